@@ -1,0 +1,1 @@
+"""Calibration data readers and statistics collection."""

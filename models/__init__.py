@@ -1,0 +1,1 @@
+"""Model zoo: shipped small models, synthetic test graphs, real-zoo build scripts."""
