@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxprune.passes.normalize import normalize
 
+from models import synthetic
 from onnxprune.shapes import declared_shape
 from tests.helpers import rel_error, run_ort
 
@@ -138,3 +140,32 @@ def test_input_model_not_modified():
     assert model.SerializeToString() == before
 
 
+@pytest.mark.parametrize("name", synthetic.names())
+def test_synthetic_graphs_equivalent(name):
+    model = synthetic.build(name)
+    out, _ = assert_equivalent(model, synthetic.random_inputs(model, batch=2))
+    assert not {"Constant", "Identity"} & set(ops(out))
+
+
+@pytest.mark.parametrize("name", synthetic.names())
+def test_constant_weight_graphs_equivalent(name):
+    model = synthetic.with_constant_weights(synthetic.build(name))
+    out, report = assert_equivalent(model, synthetic.random_inputs(model, batch=2))
+    assert report.constants_lowered > 0 and "Constant" not in ops(out)
+    assert len(out.graph.initializer) > 0
+
+
+def test_fmnist_equivalent(fmnist_path):
+    if not fmnist_path.exists():
+        pytest.skip("models/fmnist_resnet.onnx not built")
+    model = onnx.load_model(str(fmnist_path))
+    x = np.load(fmnist_path.with_name("fmnist_calib.npz"))["input"][:64]
+    out, report = assert_equivalent(model, {"input": x})
+    assert report.bn_folded >= 3 and "BatchNormalization" not in ops(out)
+
+
+@pytest.mark.parametrize("name", synthetic.names())
+def test_opset11_constant_weight_graphs_upgraded_and_equivalent(name):
+    model = synthetic.with_constant_weights(synthetic.with_opset(synthetic.build(name), 11))
+    out, report = assert_equivalent(model, synthetic.random_inputs(model, batch=2))
+    assert report.opset_before == 11 and report.opset_after >= 13, report.notes
