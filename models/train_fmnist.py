@@ -39,6 +39,7 @@ import os
 import struct
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,10 @@ def export_onnx(model, path: Path) -> None:
                   dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
     # TrainingMode.EVAL + constant folding fuses BN into the convs; PRESERVE keeps the
     # BatchNormalization nodes (the model is in eval mode, so they are inference-mode BN).
-    torch.onnx.export(model, (dummy,), str(path), do_constant_folding=True,
-                      training=torch.onnx.TrainingMode.PRESERVE, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation + PRESERVE/folding notice
+        torch.onnx.export(model, (dummy,), str(path), do_constant_folding=True,
+                          training=torch.onnx.TrainingMode.PRESERVE, **kwargs)
     m = onnx.load(str(path))
     n_bn = sum(n.op_type == "BatchNormalization" for n in m.graph.node)
     if n_bn == 0:

@@ -1,0 +1,41 @@
+"""Shared pieces of the benchmark scripts: where the zoo lives, batched ORT runs, agreement metrics."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from onnxprune.latency import ort_session
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models"
+ZOO = Path(os.environ.get("ONNXPRUNE_ZOO_DIR", REPO / "models" / "cache"))
+
+
+def run_batched(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
+    """All outputs of ``model`` over feeds whose axis 0 is the sample axis, in chunks of ``batch``."""
+    sess = ort_session(model)
+    n = len(next(iter(feeds.values())))
+    chunks = [sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
+    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+
+
+def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}"
