@@ -7,11 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
+from onnxprune.passes.normalize import normalize
 
 from models import synthetic
 from onnxprune.analyze import analyze_model
 from onnxprune.cli import main
-from onnxprune.passes.normalize import normalize
 
 
 def run_cli(capsys, *args):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnxprune.passes.normalize import normalize
 
 from benchmarks.common import ZOO
 from onnxprune.analyze import analyze_model
 from onnxprune.modelio import load_model
-from onnxprune.passes.normalize import normalize
 from tests.helpers import rel_error, run_ort
 
 # model file, eval npz, expected MACs at batch 1 (published: MobileNetV2 300M, EfficientNet-Lite0 ~385M)
