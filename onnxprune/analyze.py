@@ -18,6 +18,7 @@ from onnxprune.passes.normalize import normalize
 from .costs import human, model_cost
 from .modelio import load_model
 from .shapes import Shape, declared_shape, graph_inputs
+from .tracer import trace_channels
 
 
 def _io(values) -> list[dict]:
@@ -54,7 +55,14 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Shape] | N
                    "unmeasured": cost.unmeasured},
         "op_counts": _op_counts(model),
         "layers": layers,
+        "channel_groups": _groups(model, cost, input_shapes),
     }
+
+
+def _groups(model: onnx.ModelProto, cost, input_shapes) -> list[dict]:
+    trace = trace_channels(model, input_shapes)
+    macs = trace.group_macs({n.name: n.macs or 0 for n in cost.nodes})
+    return [{**g.to_dict(), "macs": int(round(macs[g.id]))} for g in trace.groups]
 
 
 def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -96,8 +104,22 @@ def _render_summary(console: Console, a: dict) -> None:
                       f"(shapes not inferable): {', '.join(t['unmeasured'][:5])}")
 
 
-# Each section draws one part of the analysis; the channel-group tracer adds its own here.
-SECTIONS: list[Callable[[Console, dict], None]] = [_render_layers, _render_summary]
+def _render_groups(console: Console, a: dict) -> None:
+    groups = a["channel_groups"]
+    table = Table(title=f"Channel groups: {sum(g['prunable'] for g in groups)} prunable of {len(groups)}")
+    for col, justify in (("id", "right"), ("channels", "right"), ("MACs", "right"), ("", "left"),
+                         ("members", "left"), ("reason", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for g in groups:
+        names = list(dict.fromkeys(m["node"] for m in g["members"]))
+        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+        table.add_row(str(g["id"]), str(g["channels"]), human(g["macs"]),
+                      "[green]prunable[/green]" if g["prunable"] else "[red]blocked[/red]", shown, g["reason"] or "")
+    console.print(table)
+
+
+# Each section draws one part of the analysis.
+SECTIONS: list[Callable[[Console, dict], None]] = [_render_layers, _render_groups, _render_summary]
 
 
 def render_analysis(console: Console, analysis: dict) -> None:

@@ -212,6 +212,21 @@ class Trace:
             total += macs * sum(share * float(np.prod([frac[s] for s in sp])) for share, sp in terms)
         return total
 
+    def group_macs(self, node_macs: dict[str, int]) -> dict[int, float]:
+        """MACs each group controls: what removing all of its channels would save (others kept)."""
+        share: dict[int, dict[int, float]] = {}  # space → {group: fraction of the space}
+        for sid, segs in self.segments.items():
+            for seg in segs:
+                d = share.setdefault(sid, {})
+                d[seg.group] = d.get(seg.group, 0.0) + seg.length / self.spaces[sid].size
+        out = {g.id: 0.0 for g in self.groups}
+        for node, macs in node_macs.items():
+            for part, spaces in self.mac_scaling.get(node, []):
+                for gid in {g for s in spaces for g in share.get(s, {})}:
+                    kept = float(np.prod([1.0 - share[s].get(gid, 0.0) for s in spaces]))
+                    out[gid] += macs * part * (1.0 - kept)
+        return out
+
 
 def expand_indices(kept: np.ndarray, size: int, outer: int = 1, inner: int = 1) -> np.ndarray:
     """Element indices along an axis of size outer·size·inner holding channels ``kept``: (o·C + c)·inner + r."""

@@ -121,7 +121,14 @@ def trace_channels(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | N
     for proto in model.graph.node:
         node = Node(proto)
         rule = RULES.get(node.op) if node.domain in ("", "ai.onnx") else None
-        if rule is None:
+        unknown = [t for t in node.inputs + node.outputs
+                   if t and ctx.shape(t) is None and (t in node.outputs or ctx.view(t) is not None)]
+        if rule is not None and unknown:
+            # Rules reason from shapes; without them nothing can be proven, so nothing is traced on.
+            for t in node.inputs:
+                if ctx.view(t) is not None:
+                    ctx.block(ctx.view(t).space, f"{node}: shape of '{unknown[0]}' is unknown")
+        elif rule is None:
             block_unknown(ctx, node)
         else:
             rule(ctx, node)
