@@ -7,12 +7,16 @@ numbers measured on the full zoo.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnxprune.passes.normalize import normalize
+from onnxprune.passes.prune_channels import mask_channels, prune_channels
 
 from benchmarks.common import ZOO
 from onnxprune.analyze import analyze_model
+from onnxprune.costs import model_cost
 from onnxprune.modelio import load_model
+from onnxprune.tracer import trace_channels
 from tests.helpers import rel_error, run_ort
 
 # model file, eval npz, expected MACs at batch 1 (published: MobileNetV2 300M, EfficientNet-Lite0 ~385M)
@@ -39,3 +43,22 @@ def test_real_zoo_model(name):
     assert "BatchNormalization" not in {n.op_type for n in normalized.graph.node}
     for a, b in zip(run_ort(normalized, feeds), run_ort(original, feeds), strict=True):
         assert rel_error(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2"])
+def test_real_cnn_every_conv_prunable_and_half_prune_valid(name):
+    path = ZOO / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} not built (python models/build_zoo.py)")
+    model, _ = normalize(load_model(path))
+    trace = trace_channels(model)
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            assert trace.group_of(trace.space_of(node.output[0]), 0).prunable, node.name
+    plan = {g.id: np.arange(0, g.size, 2) for g in trace.prunable_groups()}
+    pruned = prune_channels(model, trace, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    feeds = {"input": np.load(ZOO / ZOO_MODELS[name][0])["input"][:2]}
+    assert rel_error(run_ort(pruned, feeds)[0], run_ort(mask_channels(model, trace, plan), feeds)[0]) <= 1e-5
+    node_macs = {n.name: n.macs or 0 for n in model_cost(model).nodes}
+    assert model_cost(pruned).macs == round(trace.predict_macs(node_macs, plan))
