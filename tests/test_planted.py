@@ -54,7 +54,8 @@ def test_valid_and_runs(name):
         assert all(i.type.tensor_type.shape.dim[0].dim_param == "N" for i in [*model.graph.input, *model.graph.output])
         outs = run_ort(model, planted.random_inputs(model, batch=2))
         assert all(o.dtype == np.float32 and np.isfinite(o).all() for o in outs)
-    assert not [p.key for p in p.reduced.metadata_props if p.key == "planted.dead" and p.value != "{}"]
+    meta = {m.key: m.value for m in p.reduced.metadata_props}
+    assert meta["planted.dead"] == meta["planted.duplicates"] == "{}"  # nothing planted in the reduced graph
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -84,25 +85,37 @@ def test_planted_channels_hold_at_producers(name):
         assert np.abs(r - at_tap[kept]).max() <= TOL * max(np.abs(at_tap).max(), 1e-12), node
 
 
+def _assert_no_redundancy(label, y, dead=(), pairs=()):
+    """Channels (rows of ``y``) other than ``dead`` are nonzero and no two are proportional,
+    except the ``pairs`` (t, d)."""
+    live = [i for i in range(y.shape[0]) if i not in set(dead)]
+    for i in live:
+        assert np.abs(y[i]).max() > 1e-3, (label, "dead", i)
+    for i in live:
+        for j in live:
+            if i < j and (i, j) not in set(pairs):
+                a, b = y[i], y[j]
+                resid = np.linalg.norm(a - (a @ b) / (b @ b) * b) / np.linalg.norm(a)
+                assert resid > 1e-3, (label, "proportional", i, j)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_nothing_else_redundant(name):
-    """Apart from the planted ones, no tapped channel is zero or proportional to another channel."""
+    """Apart from the planted ones, no channel at a producer's tap, nor at the activation of an
+    unplanted layer (node ``<layer>/relu`` etc.), is zero or proportional to another channel."""
     p = _build(name)
     feeds = planted.random_inputs(p.model, batch=16, seed=2)
-    got = _tapped(p.model, sorted(set(p.taps.values())), feeds)
+    free = {n.output[0]: n.name for n in p.model.graph.node
+            if n.op_type in ("Relu", "LeakyRelu", "PRelu") and "/" in n.name
+            and n.name.rsplit("/", 1)[0] not in p.taps and n.output[0] not in p.taps.values()}
+    got = _tapped(p.model, sorted({*p.taps.values(), *free}), feeds)
     for node, tap in p.taps.items():
-        y = _channels(p.model, node, got[tap])
-        planted_pairs = {(t, d) for t, d, _ in p.duplicates[node]}
-        dead = set(p.dead[node])
-        live = [i for i in range(y.shape[0]) if i not in dead]
-        for i in live:
-            assert np.abs(y[i]).max() > 1e-3, (node, i)
-        for i in live:
-            for j in live:
-                if i < j and (i, j) not in planted_pairs:
-                    a, b = y[i], y[j]
-                    resid = np.linalg.norm(a - (a @ b) / (b @ b) * b) / np.linalg.norm(a)
-                    assert resid > 1e-3, (node, i, j)
+        pairs = [(t, d) for t, d, _ in p.duplicates[node]]
+        _assert_no_redundancy(node, _channels(p.model, node, got[tap]), p.dead[node], pairs)
+    for tensor, node in free.items():
+        y = got[tensor]
+        y = np.moveaxis(y, -1 if y.ndim == 3 else 1, 0)
+        _assert_no_redundancy(node, y.reshape(y.shape[0], -1).astype(np.float64))
 
 
 @pytest.mark.parametrize("batch", [1, 4])
