@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from onnxprune.passes.normalize import normalize
+from onnxprune.passes.prune_channels import prune_channels
 
 from models import planted
 from onnxprune.channels import expand_indices
 from onnxprune.costs import model_cost
-from onnxprune.passes.normalize import normalize
-from onnxprune.passes.prune_channels import prune_channels
 from onnxprune.tracer import trace_channels
 from tests.helpers import rel_error, run_ort
 
