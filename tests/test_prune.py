@@ -163,3 +163,61 @@ def test_blocked_group_plan_is_refused():
     g = trace.prunable_groups()[0]
     with pytest.raises(ValueError, match="not be empty|distinct"):
         trace.kept_channels({g.id: np.array([], np.int64)})
+
+
+def _more_ops_graph():
+    """InstanceNormalization, Resize with explicit sizes, spatial Pad, Sub/Div/Max with per-channel
+    constants, Cast round trip, Unsqueeze/Squeeze, ReduceMean over space: all pass channels through."""
+    b = Builder(1, 17)
+    x = b.input("x", ["N", 3, 8, 8])
+    h = b.conv(x, 3, 6, name="c1")
+    h = b.op("InstanceNormalization", [h, b.param("in.scale", np.linspace(0.5, 1.5, 6, dtype=np.float32)),
+                                        b.param("in.bias", np.linspace(-1, 1, 6, dtype=np.float32))], "inorm")
+    h = b.op("Resize", [h, "", "", b.param("sizes", np.array([2, 6, 16, 16], np.int64))], "up", mode="nearest")
+    h = b.op("Pad", [h, b.param("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], "pad")
+    h = b.op("Sub", [h, b.param("mean", np.arange(6, dtype=np.float32).reshape(6, 1, 1))], "sub")
+    h = b.op("Div", [h, b.param("std", np.linspace(1, 2, 6, dtype=np.float32).reshape(6, 1, 1))], "div")
+    h = b.op("Max", [h, b.param("floor", np.full((1, 6, 1, 1), -0.5, np.float32))], "max")
+    h = b.op("Cast", [b.op("Cast", [h], "to16", to=onnx.TensorProto.FLOAT16)], "to32", to=onnx.TensorProto.FLOAT)
+    h = b.op("Unsqueeze", [h, b.param("ax", np.array([2], np.int64))], "unsq")
+    h = b.op("Squeeze", [h, b.param("ax", np.array([2], np.int64))], "sq")
+    h = b.op("ReduceMean", [h], "gap", axes=[2, 3], keepdims=1)
+    y = b.conv(h, 6, 4, k=1, name="head")
+    b.output(y, [2, 4, 1, 1])
+
+    def more_ops():
+        pass
+    model = b.finish(more_ops)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # Resize sizes fix the batch
+    return model
+
+
+def test_more_ops_pass_channels_through():
+    model, _ = normalize(_more_ops_graph())
+    trace = trace_channels(model)
+    g = trace.group_of(trace.space_of("c1"), 0)
+    assert g.prunable, g.reasons
+    kinds = {(m.node, m.kind) for m in trace.members}
+    assert ("up", "resize") in kinds and ("inorm", "param") in kinds
+    plan = {g.id: np.array([0, 3, 4])}
+    pruned = prune_channels(model, trace, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    feeds = synthetic.random_inputs(model, batch=2)
+    assert rel_error(run_ort(pruned, feeds)[0], run_ort(mask_channels(model, trace, plan), feeds)[0]) <= 1e-5
+    sizes = next(t for t in pruned.graph.initializer if t.name == "sizes")
+    assert list(onnx.numpy_helper.to_array(sizes)) == [2, 3, 16, 16]
+
+
+def test_pad_on_channel_axis_blocks():
+    b = Builder(0, 17)
+    x = b.input("x", ["N", 3, 8, 8])
+    h = b.conv(x, 3, 6, name="c1")
+    h = b.op("Pad", [h, b.param("pads", np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))], "chan_pad")
+    b.output(b.conv(h, 8, 4, name="head"), ["N", 4, 8, 8])
+
+    def pad_channels():
+        pass
+    model, _ = normalize(b.finish(pad_channels))
+    trace = trace_channels(model)
+    g = trace.group_of(trace.space_of("c1"), 0)
+    assert not g.prunable and "'chan_pad' (Pad)" in " ".join(g.reasons)
