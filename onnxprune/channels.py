@@ -212,6 +212,17 @@ class Trace:
             total += macs * sum(share * float(np.prod([frac[s] for s in sp])) for share, sp in terms)
         return total
 
+    def predict_params(self, param_sizes: dict[tuple[str, int], int], plan: dict[int, np.ndarray]) -> float:
+        """Parameters after ``plan``: each (node, input) tensor shrinks by the kept fraction of every space slicing it."""
+        kept = self.kept_channels(plan)
+        frac = {s.id: len(kept[s.id]) / s.size if s.size else 1.0 for s in self.spaces}
+        factor: dict[tuple[str, int], float] = {}
+        for m in self.members:
+            key = (m.node, m.input_index)
+            if m.kind == "param" and key in param_sizes:
+                factor[key] = factor.get(key, 1.0) * frac[m.space]
+        return float(sum(n * factor.get(k, 1.0) for k, n in param_sizes.items()))
+
     def group_macs(self, node_macs: dict[str, int]) -> dict[int, float]:
         """MACs each group controls: what removing all of its channels would save (others kept)."""
         share: dict[int, dict[int, float]] = {}  # space → {group: fraction of the space}

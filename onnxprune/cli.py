@@ -40,6 +40,49 @@ def analyze(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
         render_analysis(Console(), result)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output-dir", "outdir", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for <stem>.pruned.onnx and <stem>.report.json.")
+@click.option("--target", default="2x", show_default=True, help="Cost divisor, e.g. 2x halves the MACs.")
+@click.option("--metric", type=click.Choice(["macs", "params"]), default="macs", show_default=True)
+@click.option("--calib", metavar="PATH", help="Calibration data: .npz/.npy, an image folder, or file.py:function "
+              "(runs that Python file: only use code you trust).")
+@click.option("--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out.")
+@click.option("--preprocess", type=click.Choice(["imagenet", "effnet", "raw"]), help="Image-folder preprocessing.")
+@click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
+@click.option("--criterion", type=click.Choice(["obs", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation",
+                                                "apoz", "random"]), default="obs", show_default=True)
+@click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
+@click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers.")
+@click.option("--round-to", default=1, show_default=True, help="Keep every group's width a multiple of N.")
+@click.option("--max-drop", type=float, help="Fail (exit 4) if top-1 agreement (or output cosine) drops by more.")
+@click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
+@click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
+def compress(model, outdir, target, metric, calib, calib_samples, preprocess, input_size, criterion, allocation,
+             no_reconstruct, round_to, max_drop, exclude, stats_dtype, seed, input_shapes, as_json) -> None:
+    """Prune MODEL to --target with calibration-aware scores and reconstruction."""
+    from .pipeline import CompressOptions, parse_target
+    from .pipeline import compress as run
+    from .summary import print_summary, progress_factory
+
+    opts = CompressOptions(target=parse_target(target), metric=metric, calib=calib, calib_samples=calib_samples,
+                           criterion=criterion, allocation=allocation, reconstruct=not no_reconstruct,
+                           round_to=round_to, max_drop=max_drop, exclude=exclude, seed=seed,
+                           input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
+                           preprocess=preprocess, input_size=input_size)
+    console = Console(stderr=as_json)
+    with progress_factory(console, enabled=not as_json) as progress:
+        report = run(model, outdir, opts, progress=progress)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_summary(console, report)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures print one line and exit with the contract's code."""
     try:

@@ -147,3 +147,20 @@ def save_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Write a text file atomically (temp file in the same folder, then rename); never over ``protect``."""
+    out = Path(path)
+    if any(_same_file(out, Path(q)) or out.resolve() == Path(q).resolve() for q in protect):
+        raise InputError(f"refusing to overwrite the input file {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,123 @@
+"""Statistics from calibration data: one onnxruntime pass with tapped tensors, streamed into accumulators.
+
+Nothing keeps activations: every batch is folded into fixed-size sums (Hessians, channel statistics)
+and dropped, so memory is bounded by the accumulators, not by the calibration set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune.layers import LinearLayer
+
+
+def tapped_session(model: onnx.ModelProto, taps: list[str], threads: int = 0):
+    """An ORT session computing exactly ``taps`` (the graph is cut after them, so later nodes never run)."""
+    import onnxruntime as ort
+
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    graph.outputs = [tensors[t].to_variable(dtype=tensors[t].dtype, shape=tensors[t].shape)
+                     if not isinstance(tensors[t], gs.Variable) else tensors[t] for t in taps]
+    graph.cleanup(remove_unused_graph_inputs=False)
+    cut = gs.export_onnx(graph, do_type_check=False)
+    cut.ir_version = model.ir_version
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(cut.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return sess, names
+
+
+def stream(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]], taps: list[str],
+           sink: Callable[[dict[str, np.ndarray]], None], progress: Callable[[int], None] | None = None) -> None:
+    """Run ``model`` over ``batches`` and hand each batch's tapped tensors to ``sink``."""
+    sess, needed = tapped_session(model, taps)
+    for feeds in batches:
+        outs = sess.run(taps, {k: v for k, v in feeds.items() if k in needed})
+        sink(dict(zip(taps, outs, strict=True)))
+        if progress is not None:
+            progress(len(next(iter(feeds.values()))))
+
+
+@dataclass
+class HessianSum:
+    """Σ x xᵀ over feature rows, per conv group (float64 by default): H = (2/n)·Σ x xᵀ on demand."""
+
+    layer: LinearLayer
+    dtype: type = np.float64
+    xx: np.ndarray | None = None
+    n: int = 0
+
+    def add(self, x: np.ndarray) -> None:
+        rows = self.layer.features(x.astype(self.dtype, copy=False))  # [groups, rows, features]
+        part = np.einsum("grf,grh->gfh", rows, rows, optimize=True) if rows.shape[0] > 1 else (rows[0].T @ rows[0])[None]
+        self.xx = part if self.xx is None else self.xx + part
+        self.n += rows.shape[1]
+
+    def hessian(self) -> np.ndarray:
+        return (2.0 / max(self.n, 1)) * self.xx.astype(np.float64)
+
+
+@dataclass
+class ChannelStats:
+    """Per-channel activation statistics on one axis: mean |a| and APoZ (fraction of values ≤ 0)."""
+
+    axis: int
+    abs_sum: np.ndarray | None = None
+    nonpos: np.ndarray | None = None
+    count: int = 0
+
+    def add(self, a: np.ndarray) -> None:
+        moved = np.moveaxis(a, self.axis, -1).reshape(-1, a.shape[self.axis])
+        s, z = np.abs(moved).sum(0, dtype=np.float64), (moved <= 0).sum(0)
+        self.abs_sum = s if self.abs_sum is None else self.abs_sum + s
+        self.nonpos = z if self.nonpos is None else self.nonpos + z
+        self.count += moved.shape[0]
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.abs_sum / max(self.count, 1)
+
+    @property
+    def apoz(self) -> np.ndarray:
+        return self.nonpos / max(self.count, 1)
+
+
+@dataclass
+class Statistics:
+    hessians: dict[str, HessianSum] = field(default_factory=dict)  # layer name → Σ x xᵀ of its input
+    channels: dict[str, ChannelStats] = field(default_factory=dict)  # tensor → channel statistics
+    samples: int = 0
+
+
+def collect_statistics(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
+                       layers: Mapping[str, LinearLayer], channel_axes: Mapping[str, int],
+                       dtype: type = np.float64, progress: Callable[[int], None] | None = None) -> Statistics:
+    """One pass: input Hessian sums of ``layers`` and channel statistics of ``channel_axes`` tensors."""
+    stats = Statistics()
+    by_input: dict[str, list[HessianSum]] = {}
+    for name, layer in layers.items():
+        stats.hessians[name] = HessianSum(layer, dtype)
+        by_input.setdefault(layer.input, []).append(stats.hessians[name])
+    for tensor, axis in channel_axes.items():
+        stats.channels[tensor] = ChannelStats(axis)
+    taps = sorted(set(by_input) | set(channel_axes))
+
+    def sink(outs: dict[str, np.ndarray]) -> None:
+        for tensor, arr in outs.items():
+            for h in by_input.get(tensor, []):
+                h.add(arr)
+            if tensor in stats.channels:
+                stats.channels[tensor].add(arr)
+        stats.samples += len(next(iter(outs.values())))
+
+    if taps:
+        stream(model, batches, taps, sink, progress)
+    return stats

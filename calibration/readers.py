@@ -1,0 +1,390 @@
+"""Calibration data in, numpy feed dicts out.
+
+``load_calibration(spec, model)`` reads one of
+
+* ``data.npz``: one key per model input, axis 0 = samples (other keys, e.g. ``labels``, are ignored);
+* ``data.npy``: one array, single-input models only;
+* an image folder (``.jpg .jpeg .png .bmp .webp``, recursive, sorted by path), decoded with
+  Pillow (optional: ``pip install 'onnxprune[images]'``) and preprocessed as ``imagenet``,
+  ``effnet`` or ``raw``;
+* ``path/to/file.py:function``: **imports and runs that file as Python code** (with the caller's
+  privileges) and calls ``function()``, which returns an iterable of feed dicts (input name ->
+  array with a leading batch axis); batches are concatenated, reading stops once enough samples
+  are in.
+
+The data is checked against the model's graph inputs (names, rank, static dims except axis 0,
+dtype family), cast to the input dtypes, and split in file order (no shuffling) into a calibration
+slice and a disjoint held-out slice for verification. Input files are only ever read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxprune.errors import InputError
+from onnxprune.shapes import FLOAT_TYPES, declared_shape, graph_inputs
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PREPROCESS = ("imagenet", "effnet", "raw")
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_CROP_FRACTION = 0.875
+
+
+@dataclass
+class CalibrationSet:
+    calib: dict[str, np.ndarray]  # input name -> array, axis 0 = samples
+    holdout: dict[str, np.ndarray]  # disjoint held-out slice for verification (same keys)
+    source: str  # human description, e.g. "models/fmnist_calib.npz (npz, 512 samples)"
+    warnings: list[str] = field(default_factory=list)
+    fixed_batch: int | None = None  # the model's static axis 0, if any: batches() feed exactly that many
+
+    def n_calib(self) -> int:
+        return _count(self.calib)
+
+    def n_holdout(self) -> int:
+        return _count(self.holdout)
+
+    def batches(self, which: str = "calib", batch_size: int = 32) -> Iterator[dict[str, np.ndarray]]:
+        """Consecutive slices of ``calib`` or ``holdout``; with a static model batch B, exactly B
+        samples each (a final partial batch is dropped, see ``warnings``)."""
+        if which not in ("calib", "holdout"):
+            raise ValueError(f"which must be 'calib' or 'holdout', not {which!r}")
+        data = self.calib if which == "calib" else self.holdout
+        step = self.fixed_batch or batch_size
+        if step < 1:
+            raise ValueError("batch_size must be >= 1")
+        n = _count(data)
+        stop = n - n % step if self.fixed_batch else n
+        for i in range(0, stop, step):
+            yield {k: v[i : i + step] for k, v in data.items()}
+
+
+def _count(arrays: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(arrays.values()))) if arrays else 0
+
+
+def load_calibration(
+    spec: str, model: onnx.ModelProto, *, samples: int = 256, holdout: int = 256,
+    preprocess: str | None = None, input_size: int | None = None, seed: int = 0,
+) -> CalibrationSet:
+    """Read ``spec`` (see the module doc) into a validated :class:`CalibrationSet`.
+
+    ``calib`` = the first ``samples`` samples, ``holdout`` = up to ``holdout`` next ones. Without
+    a surplus, the last ~20 % (at least 1) are held out instead, with a warning. A ``.py:function``
+    spec RUNS USER CODE. ``seed`` is accepted for CLI symmetry; the split is deterministic file order.
+    Every problem with the data raises :class:`InputError` (exit 2) with a one-line message.
+    """
+    del seed  # no shuffling: file order is the contract
+    if samples < 1:
+        raise InputError(f"--calib-samples must be at least 1, got {samples}")
+    if holdout < 0:
+        raise InputError(f"held-out sample count must be >= 0, got {holdout}")
+    inputs = graph_inputs(model)
+    if not inputs:
+        raise InputError("model has no graph inputs to feed calibration data to")
+    need = samples + holdout
+    warnings: list[str] = []
+    kind, path, func = _parse_spec(spec)
+    if kind != "images" and (preprocess is not None or input_size is not None):
+        warnings.append("--preprocess/--input-size apply to image folders only; ignored")
+    if kind in ("npz", "npy"):
+        arrays, source = _read_array_file(path, kind, inputs, need)
+    elif kind == "images":
+        arrays, source = _read_images(path, inputs, need, preprocess, input_size, warnings)
+    else:
+        arrays, source = _read_script(spec, path, func, need)
+    arrays, fixed_batch = _validate(arrays, inputs, warnings)
+    n = _count(arrays)
+    if holdout == 0:
+        n_cal, n_hold = min(n, samples), 0
+    elif n > samples:
+        n_cal, n_hold = samples, min(n - samples, holdout)
+    elif n == 1:
+        n_cal, n_hold = 1, 0
+        warnings.append("only 1 calibration sample: nothing held out, verification has no data")
+    else:
+        n_hold = min(max(1, n // 5), holdout)
+        n_cal = n - n_hold
+        warnings.append(f"only {n} samples for {samples} calibration + {holdout} held-out: calibrating on "
+                        f"the first {n_cal}, holding out the last {n_hold} for verification")
+    calib = {k: v[:n_cal] for k, v in arrays.items()}
+    held = {k: v[n_cal : n_cal + n_hold] for k, v in arrays.items()}
+    for name, m in (("calibration", n_cal), ("held-out", n_hold)):
+        if fixed_batch and m % fixed_batch:
+            warnings.append(f"model has a fixed batch of {fixed_batch}: the last {m % fixed_batch} "
+                            f"{name} samples do not fill a batch and are skipped")
+    return CalibrationSet(calib, held, source, warnings, fixed_batch)
+
+
+def _parse_spec(spec: str) -> tuple[str, str, str]:
+    """-> (kind, path, function); kind in npz | npy | images | script."""
+    raw = os.path.expanduser(str(spec))
+    if not os.path.exists(raw) and ":" in raw:
+        path, _, func = raw.rpartition(":")
+        if path.lower().endswith(".py"):
+            if not func.isidentifier():
+                raise InputError(f"bad calibration script spec '{spec}': expected path/to/file.py:function")
+            if not os.path.isfile(path):
+                raise InputError(f"calibration script not found: {path}")
+            return "script", path, func
+    if not os.path.exists(raw):
+        raise InputError(f"calibration data not found: {spec}")
+    if os.path.isdir(raw):
+        return "images", raw, ""
+    ext = os.path.splitext(raw)[1].lower()
+    if ext in (".npz", ".npy"):
+        return ext[1:], raw, ""
+    if ext == ".py":
+        raise InputError(f"calibration script '{spec}' needs a function: pass {spec}:FUNCTION")
+    raise InputError(f"unsupported calibration data '{spec}': expected a .npz or .npy file, an image folder, "
+                     "or file.py:function")
+
+
+def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str, np.ndarray], str]:
+    names = [vi.name for vi in inputs]
+    if kind == "npy" and len(inputs) != 1:
+        raise InputError(f"a .npy file holds one array but the model has {len(inputs)} inputs "
+                         f"({', '.join(names)}): use a .npz with one key per input")
+    try:
+        if kind == "npy":  # memory-mapped: only the samples used are read
+            full = {names[0]: np.load(path, mmap_mode="r", allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                _missing(inputs, npz.files)
+                full = {k: npz[k] for k in names}
+    except (OSError, ValueError, EOFError) as e:  # not a zip, truncated, object arrays...
+        raise InputError(f"cannot read {path} as .{kind}: {type(e).__name__}: {e}") from None
+    n = _same_counts(full)
+    return {k: np.array(v[:need] if v.ndim else v) for k, v in full.items()}, f"{path} ({kind}, {n} samples)"
+
+
+def _missing(inputs, keys) -> None:
+    missing = [vi.name for vi in inputs if vi.name not in keys]
+    if missing:
+        raise InputError(f"calibration data has no input {', '.join(repr(m) for m in missing)} (found keys: "
+                         f"{', '.join(keys) or 'none'}; model inputs: {', '.join(vi.name for vi in inputs)})")
+
+
+def _same_counts(arrays: Mapping[str, np.ndarray]) -> int:
+    counts = {k: (len(v) if np.ndim(v) else 0) for k, v in arrays.items()}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"'{k}' {c}" for k, c in counts.items())
+        raise InputError(f"calibration inputs have different sample counts: {detail}")
+    return next(iter(counts.values()), 0)
+
+
+def _fmt(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _family(dt: np.dtype) -> str:
+    return {"f": "float", "i": "int", "u": "int", "b": "bool"}.get(dt.kind, "other")
+
+
+def _validate(arrays, inputs, warnings: list[str]) -> tuple[dict[str, np.ndarray], int | None]:
+    """Names, rank, static dims (not axis 0), dtype; returns the cast arrays and the static batch."""
+    _missing(inputs, list(arrays))
+    out: dict[str, np.ndarray] = {}
+    fixed_batch = None
+    for vi in inputs:
+        name, arr = vi.name, np.asarray(arrays[vi.name])
+        dims = declared_shape(vi)
+        if arr.ndim == 0:
+            raise InputError(f"calibration input '{name}' is a scalar: it needs a leading sample axis")
+        if vi.type.tensor_type.HasField("shape"):
+            bad = len(dims) != arr.ndim or any(
+                isinstance(d, int) and d > 0 and d != s for d, s in zip(dims[1:], arr.shape[1:], strict=True)
+            )
+            if bad:
+                raise InputError(
+                    f"calibration input '{name}': expected shape {_fmt(dims)}, got {_fmt(arr.shape)}")
+            if isinstance(dims[0], int) and dims[0] > 0 and fixed_batch is None:
+                fixed_batch = dims[0]
+        out[name] = arr = _cast(name, arr, vi.type.tensor_type.elem_type)
+        if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            warnings.append(f"calibration input '{name}' contains NaN or infinite values")
+    n = _same_counts(out)
+    if n == 0:
+        raise InputError("calibration data is empty (0 samples)")
+    return out, fixed_batch
+
+
+def _cast(name: str, arr: np.ndarray, elem_type: int) -> np.ndarray:
+    try:
+        want = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:  # undefined or exotic element type: feed as given
+        return arr
+    got = arr.dtype
+    fw, fg = _family(want), _family(got)
+    if got == want or fw == "other":
+        return arr
+    if fw == fg == "float":
+        return arr.astype(want)
+    if fw in ("int", "bool") and fg in ("int", "bool"):
+        info = np.iinfo(want) if fw == fg == "int" else None
+        if info is not None and arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise InputError(f"calibration input '{name}': {got} values out of range for {want}")
+        return arr.astype(want)
+    raise InputError(f"calibration input '{name}': expected dtype {want}, got {got} "
+                     f"({fg} data for a {fw} input)")
+
+
+def _image_files(root: str) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [os.path.join(dirpath, f) for f in filenames
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTS)]
+    return sorted(files, key=lambda p: os.path.relpath(p, root).replace(os.sep, "/"))
+
+
+def _read_images(root, inputs, need, preprocess, input_size, warnings) -> tuple[dict[str, np.ndarray], str]:
+    if len(inputs) != 1:
+        names = ", ".join(vi.name for vi in inputs)
+        raise InputError(f"image folders feed single-input models only; this model has inputs {names}")
+    vi = inputs[0]
+    if preprocess is None:
+        preprocess = "imagenet"
+        warnings.append("image folder: --preprocess not given, using imagenet (mean/std); "
+                        "EfficientNet-Lite style models need --preprocess effnet")
+    if preprocess not in PREPROCESS:
+        raise InputError(f"unknown --preprocess '{preprocess}' (choose from {', '.join(PREPROCESS)})")
+    dims = declared_shape(vi)
+    if len(dims) != 4:
+        raise InputError(f"image folders need a 4-D image input; '{vi.name}' has shape {_fmt(dims)}")
+    if dims[1] in (1, 3):
+        layout, channels, hw = "NCHW", dims[1], dims[2:4]
+    elif dims[3] in (1, 3):
+        layout, channels, hw = "NHWC", dims[3], dims[1:3]
+    else:
+        raise InputError(f"cannot tell the channel axis of '{vi.name}' {_fmt(dims)}: expected 1 or 3 "
+                         "channels at dim 1 (NCHW) or dim 3 (NHWC)")
+    elem = vi.type.tensor_type.elem_type
+    if elem not in FLOAT_TYPES:
+        raise InputError(f"image folders feed float inputs only; '{vi.name}' is "
+                         f"{onnx.TensorProto.DataType.Name(elem).lower()}: pass a .npz instead")
+    if input_size is None:
+        h, w = hw
+        if not (isinstance(h, int) and h > 0 and h == w):
+            raise InputError(f"input '{vi.name}' {_fmt(dims)} has no static square size: pass --input-size")
+        input_size = h
+    if input_size < 1:
+        raise InputError(f"--input-size must be positive, got {input_size}")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError("reading image folders needs Pillow: pip install 'onnxprune[images]'") from None
+    files = _image_files(root)
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {root}")
+    out = np.empty((min(need, len(files)), input_size, input_size, channels), np.float32)
+    n, bad = 0, []
+    for f in files:
+        if n == len(out):
+            break
+        try:
+            out[n] = _preprocess(Image, f, preprocess, input_size, channels)
+            n += 1
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            bad.append(f"{os.path.relpath(f, root)} ({type(e).__name__})")
+    if bad:
+        more = " ..." if len(bad) > 5 else ""
+        warnings.append(f"skipped {len(bad)} unreadable image(s): {', '.join(bad[:5])}{more}")
+    if n == 0:
+        raise InputError(f"none of the {len(files)} images in {root} could be decoded")
+    arr = out[:n] if layout == "NHWC" else np.ascontiguousarray(out[:n].transpose(0, 3, 1, 2))
+    desc = (f"{root} (image folder, {len(files)} images, {preprocess} preprocessing, "
+            f"{input_size}x{input_size} {layout})")
+    return {vi.name: arr}, desc
+
+
+def _preprocess(Image, path: str, preprocess: str, size: int, channels: int) -> np.ndarray:
+    """One image file -> float32 HWC array (size x size x channels)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+        im = im.convert("L" if channels == 1 else "RGB")
+    resample = Image.Resampling.BICUBIC if preprocess == "effnet" else Image.Resampling.BILINEAR
+    if preprocess == "raw":
+        im = im.resize((size, size), resample)
+    else:  # torchvision Resize(round(size / 0.875)) + CenterCrop(size)
+        short = round(size / _CROP_FRACTION)
+        w, h = im.size
+        nw, nh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        im = im.resize((nw, nh), resample)
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        im = im.crop((left, top, left + size, top + size))
+    x = np.asarray(im, dtype=np.float32).reshape(size, size, channels)
+    if preprocess == "imagenet":
+        mean, std = (_MEAN, _STD) if channels == 3 else (_MEAN.mean(), _STD.mean())
+        return (x / 255.0 - mean) / std
+    if preprocess == "effnet":
+        return (x - 127.0) / 128.0
+    return x / 255.0
+
+
+def _read_script(spec: str, path: str, func: str, need: int) -> tuple[dict[str, np.ndarray], str]:
+    """Import ``path`` as a module (RUNS ITS CODE) and concatenate the feed dicts ``func()`` yields."""
+    mod_name = f"_onnxprune_calib_{abs(hash(os.path.abspath(path)))}"
+    folder = os.path.dirname(os.path.abspath(path))
+    chunks: dict[str, list[np.ndarray]] = {}
+    total = 0
+    sys.path.insert(0, folder)
+    try:
+        mspec = importlib.util.spec_from_file_location(mod_name, path)
+        if mspec is None or mspec.loader is None:
+            raise InputError(f"cannot import calibration script {path}")
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[mod_name] = module
+        mspec.loader.exec_module(module)
+        fn = getattr(module, func, None)
+        if not callable(fn):
+            raise InputError(f"calibration script {path} has no function '{func}'")
+        result = fn()
+        if isinstance(result, Mapping):
+            result = [result]
+        try:
+            it = iter(result)
+        except TypeError:
+            raise InputError(f"{spec}: {func}() returned {type(result).__name__}, "
+                             "expected an iterable of feed dicts") from None
+        for i, feed in enumerate(it):
+            if not isinstance(feed, Mapping):
+                raise InputError(f"{spec}: item {i} is {type(feed).__name__}, expected a dict name -> array")
+            if chunks and set(feed) != set(chunks):
+                raise InputError(f"{spec}: item {i} has keys {sorted(feed)}, item 0 had {sorted(chunks)}")
+            batch = {str(k): np.asarray(v) for k, v in feed.items()}
+            if any(v.ndim == 0 for v in batch.values()):
+                raise InputError(f"{spec}: item {i} has a scalar value; arrays need a leading batch axis")
+            total += _same_counts(batch)
+            for k, v in batch.items():
+                chunks.setdefault(k, []).append(v)
+            if total >= need:
+                break
+        if hasattr(it, "close"):
+            it.close()
+    except InputError:
+        raise
+    except (Exception, SystemExit) as e:
+        raise InputError(f"calibration script {spec} raised {type(e).__name__}: {e}") from e
+    finally:
+        sys.modules.pop(mod_name, None)
+        if folder in sys.path:
+            sys.path.remove(folder)
+    if not chunks:
+        raise InputError(f"calibration script {spec} yielded no data")
+    try:
+        arrays = {k: np.concatenate(v)[:need] for k, v in chunks.items()}
+    except ValueError as e:
+        raise InputError(f"{spec}: batches do not concatenate: {e}") from None
+    return arrays, f"{spec} (script, {min(total, need)} samples read)"

@@ -1,0 +1,144 @@
+"""Allocation: how many channels each group keeps so that the model meets a cost target.
+
+Costs couple neighbouring groups (a conv's MACs depend on its input and output widths), so every
+allocator proposes widths against a *linearized* saving and the exact cost of the proposal is then
+predicted by the tracer (``cost_of``); the requested saving is tightened until the exact cost meets
+the budget. ``dp`` is SPDY-style: minimize Σ_g e_g(k_g) subject to Σ_g saving_g(k_g) ≥ S by dynamic
+programming over discretized savings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .criteria import GroupRanking
+from .errors import TargetUnreachableError
+
+
+@dataclass
+class GroupChoice:
+    """What the allocator may do with one group."""
+
+    group: int
+    size: int
+    min_keep: int
+    multiple: int
+    saving_per_channel: float  # linearized cost saved per removed channel
+    ranking: GroupRanking
+
+    def widths(self, max_options: int = 48) -> np.ndarray:
+        """Allowed kept widths (multiples of ``multiple``, ≥ min_keep, the full width always included)."""
+        lo = max(self.min_keep, 1)
+        ks = np.arange(self.size, lo - 1, -1)
+        ks = ks[(ks % self.multiple == 0) | (ks == self.size)]
+        if len(ks) > max_options:
+            pick = np.unique(np.round(np.linspace(0, len(ks) - 1, max_options)).astype(int))
+            ks = ks[pick]
+        return ks
+
+    def error(self, keep: int) -> float:
+        return float(self.ranking.error[self.size - keep])
+
+
+def plan_from_widths(choices: list[GroupChoice], widths: dict[int, int]) -> dict[int, np.ndarray]:
+    """Keep the most important channels: drop the first (size − k) of each ranking's order."""
+    plan = {}
+    for c in choices:
+        k = widths.get(c.group, c.size)
+        if k < c.size:
+            plan[c.group] = np.sort(c.ranking.order[c.size - k:])
+    return plan
+
+
+def allocate_uniform(choices: list[GroupChoice], fraction: float) -> dict[int, int]:
+    """Every group keeps the same fraction of its channels (rounded to its multiple, within its bounds)."""
+    out = {}
+    for c in choices:
+        ks = c.widths(max_options=10**9)
+        target = c.size * (1.0 - fraction)
+        out[c.group] = int(ks[np.argmin(np.abs(ks - target))])
+    return out
+
+
+def allocate_global(choices: list[GroupChoice], saving: float) -> dict[int, int]:
+    """One global ranking: remove channels in order of their (per-group normalized) marginal error."""
+    widths = {c.group: c.size for c in choices}
+    events = []
+    for c in choices:
+        ks = c.widths(max_options=10**9)
+        for prev, k in zip(ks[:-1], ks[1:], strict=True):
+            marginal = (c.error(int(k)) - c.error(int(prev))) / max(prev - k, 1)
+            events.append((marginal, c.group, int(k), (prev - k) * c.saving_per_channel))
+    events.sort(key=lambda e: (e[0], e[1], -e[2]))
+    got = 0.0
+    for _, gid, k, gain in events:
+        if got >= saving:
+            break
+        if k < widths[gid]:
+            widths[gid] = k
+            got += gain
+    return widths
+
+
+def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000) -> dict[int, int]:
+    """Min Σ error subject to Σ linearized saving ≥ ``saving`` (knapsack over discretized savings).
+
+    best[t] is the least error reaching saving bucket t (bucket ``buckets`` means "at least the target").
+    """
+    top = buckets
+    unit = max(saving, 1e-9) / top
+    best = np.full(top + 1, np.inf)
+    best[0] = 0.0
+    trail = []
+    for c in choices:
+        ks = c.widths()
+        errs = np.array([c.error(int(k)) for k in ks])
+        gains = np.minimum(np.floor((c.size - ks) * c.saving_per_channel / unit + 1e-9).astype(int), top)
+        new = np.full(top + 1, np.inf)
+        choice = np.zeros(top + 1, int)
+        source = np.zeros(top + 1, int)
+        for i, (e, g) in enumerate(zip(errs, gains, strict=True)):
+            if not np.isfinite(e):
+                continue
+            if g < top:  # bucket t < top comes from exactly t − g
+                cand = best[: top - g] + e
+                t = np.arange(g, top)
+                better = cand < new[t]
+                new[t[better]], choice[t[better]], source[t[better]] = cand[better], i, t[better] - g
+            lo = max(0, top - g)  # the saturated bucket collects every source from top − g up
+            j = int(np.argmin(best[lo:])) + lo
+            if best[j] + e < new[top]:
+                new[top], choice[top], source[top] = best[j] + e, i, j
+        trail.append((c, ks, choice, source))
+        best = new
+    if not np.isfinite(best[top]):
+        return {c.group: int(c.widths(max_options=10**9)[-1]) for c in choices}  # as far as allowed
+    widths, t = {}, top
+    for c, ks, choice, source in reversed(trail):
+        widths[c.group] = int(ks[choice[t]])
+        t = source[t]
+    return widths
+
+
+def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[[dict[int, int]], float],
+                  base_cost: float, budget: float, floor_cost: float, metric: str) -> tuple[dict[int, int], float]:
+    """Tighten the requested linearized saving until the exact cost meets ``budget``."""
+    if floor_cost > budget * (1 + 1e-9):
+        raise TargetUnreachableError(
+            f"target unreachable: {metric} can go down to {floor_cost:,.0f} at most "
+            f"({base_cost / max(floor_cost, 1):.2f}x), the target needs {budget:,.0f} ({base_cost / budget:.2f}x)")
+    saving = base_cost - budget
+    best = None
+    for _ in range(40):
+        widths = propose(saving)
+        cost = cost_of(widths)
+        if cost <= budget * (1 + 1e-9):
+            best = (widths, cost)
+            break
+        saving += max(cost - budget, 1e-6 * base_cost) * 1.05
+    if best is None:
+        raise TargetUnreachableError(f"could not meet the {metric} target {budget:,.0f}; best reached {cost:,.0f}")
+    return best

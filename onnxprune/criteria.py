@@ -1,0 +1,220 @@
+"""Channel criteria: for every prunable group, a removal order (least important first) and an error curve.
+
+``GroupRanking.error[m]`` is the estimated damage of removing the first m channels of ``order``; the
+allocator trades these curves against cost. Data-free scores (magnitude, BN scale, FPGM) and
+activation statistics are normalized per layer and summed over the group's coupled layers; their curve
+is the cumulative normalized score. ``obs`` removes channels greedily by structured Optimal Brain
+Surgeon over every consumer of the group (DESIGN.md):
+
+    ΔE = Σ_consumers Σ_rows  w_F · ((H⁻¹)_FF)⁻¹ · w_Fᵀ     (F = the consumer features fed by the channel)
+
+with the surviving weights compensated, w ← w − w_F ((H⁻¹)_FF)⁻¹ (H⁻¹)_F:, and H⁻¹ downdated the same
+way, so each step prices the next channel given the ones already gone. ΔE is divided by each
+consumer's output energy tr(W H Wᵀ), making groups comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .channels import ChannelGroup, Trace, expand_indices
+from .layers import LinearLayer
+
+CRITERIA = ("obs", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation", "apoz", "random")
+
+
+@dataclass
+class GroupRanking:
+    group: int
+    order: np.ndarray  # channel indices of the group, least important first
+    error: np.ndarray  # error[m]: estimated damage after removing order[:m]; error[0] = 0
+
+
+def _channel_positions(trace: Trace, group: ChannelGroup, space: int) -> list[np.ndarray]:
+    """Indices of the group's channels within ``space`` (one array per segment of the group there)."""
+    return [seg.start + np.arange(group.size) for seg in trace.segments[space] if seg.group == group.id]
+
+
+def _member_channel_values(trace: Trace, group: ChannelGroup, inits: Mapping[str, np.ndarray],
+                           node_inputs: Mapping[str, list[str]], roles=("producer", "consumer")):
+    """For each param member of the group: (node, [size, ...] array of that member's weights per channel)."""
+    out = []
+    for m in trace.members:
+        if m.kind != "param" or m.role not in roles:
+            continue
+        name = node_inputs[m.node][m.input_index]
+        if name not in inits:
+            continue
+        w = np.moveaxis(np.asarray(inits[name], np.float64), m.axis, 0)
+        if w.ndim == 1:
+            continue  # biases and per-channel constants say little about importance
+        size = trace.spaces[m.space].size
+        for pos in _channel_positions(trace, group, m.space):
+            if m.groups > 1:  # grouped conv: the weight axis holds one group's (local) channels
+                rows = w[pos % (size // m.groups)].reshape(group.size, -1)
+            else:
+                rows = np.stack([w[expand_indices([p], size, m.outer, m.inner)].reshape(-1) for p in pos])
+            out.append((m.node, rows))
+    return out
+
+
+def _curve(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(scores, kind="stable")
+    s = scores[order] / max(scores.mean(), 1e-30)
+    return order, np.concatenate([[0.0], np.cumsum(s) / len(s)])
+
+
+def _per_layer_sum(rows_by_layer, fn) -> np.ndarray:
+    total = None
+    for _, rows in rows_by_layer:
+        v = fn(rows)
+        v = v / max(v.mean(), 1e-30)
+        total = v if total is None else total + v
+    return total
+
+
+def magnitude_scores(rows_by_layer, p: int = 2) -> np.ndarray:
+    return _per_layer_sum(rows_by_layer, lambda r: np.linalg.norm(r, ord=p, axis=1))
+
+
+def fpgm_scores(rows_by_layer) -> np.ndarray:
+    """Filter Pruning via Geometric Median: a channel near the others' median is the most replaceable."""
+    def dist(rows):
+        sq = (rows ** 2).sum(1)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * rows @ rows.T, 0.0)
+        return np.sqrt(d2).sum(1)
+    return _per_layer_sum(rows_by_layer, dist)
+
+
+# -- structured OBS ------------------------------------------------------------------------------
+
+@dataclass
+class _Consumer:
+    w: np.ndarray  # [blocks, out, features] (float64, compensated as channels go)
+    hinv: np.ndarray  # [blocks, features, features]
+    feats: list[np.ndarray]  # per group channel: feature indices inside every block
+    energy: float
+
+
+def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace: Trace, group: ChannelGroup,
+                  member, damp: float) -> _Consumer | None:
+    w = layer.matrix(w_stored).astype(np.float64)  # [blocks, out/b, features]
+    size = trace.spaces[member.space].size
+    feats: list[list[int]] = [[] for _ in range(group.size)]
+    for pos in _channel_positions(trace, group, member.space):
+        for j, p in enumerate(pos):
+            if layer.op == "Conv":
+                k = int(np.prod(layer.kernel))
+                local = p % (size // layer.groups)
+                feats[j].extend(range(local * k, local * k + k))
+            else:
+                feats[j].extend(expand_indices([p], size, member.outer, member.inner).tolist())
+    energy = float(np.einsum("bof,bfh,boh->", w, h, w))
+    if energy <= 0:
+        return None
+    eye = np.eye(h.shape[-1])
+    lam = damp * np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
+    hinv = np.linalg.inv(h + (lam + 1e-12) * eye)
+    return _Consumer(w, hinv, [np.array(sorted(set(f))) for f in feats], energy)
+
+
+def _block_cost(c: _Consumer, f: np.ndarray) -> float:
+    sub = c.hinv[:, f[:, None], f[None, :]]
+    wf = c.w[:, :, f]
+    return float(np.einsum("bof,bfh,boh->", wf, np.linalg.inv(sub), wf))
+
+
+def _remove(c: _Consumer, f: np.ndarray) -> None:
+    sub_inv = np.linalg.inv(c.hinv[:, f[:, None], f[None, :]])
+    rows = c.hinv[:, f, :]  # [b, |F|, d]
+    c.w -= np.einsum("bof,bfg,bgd->bod", c.w[:, :, f], sub_inv, rows)
+    c.hinv -= np.einsum("bdf,bfg,bgh->bdh", c.hinv[:, :, f], sub_inv, rows)
+    c.w[:, :, f] = 0.0
+
+
+def obs_ranking(group: ChannelGroup, consumers: list[_Consumer], chunks: int = 64) -> GroupRanking:
+    """Greedy structured OBS: repeatedly drop the channels whose removal costs least, compensating."""
+    alive = np.ones(group.size, bool)
+    order: list[int] = []
+    error = [0.0]
+    step = max(1, group.size // chunks)
+    while alive.sum() > 1:
+        cand = np.flatnonzero(alive)
+        costs = np.array([sum(_block_cost(c, c.feats[j]) / c.energy for c in consumers if c.feats[j].size)
+                          for j in cand])
+        take = cand[np.argsort(costs, kind="stable")[: min(step, len(cand) - 1)]]
+        for j in take:  # remove one by one so each price sees the previous removals
+            err = 0.0
+            for c in consumers:
+                f = c.feats[j]
+                if f.size:
+                    err += _block_cost(c, f) / c.energy
+                    _remove(c, f)
+            alive[j] = False
+            order.append(int(j))
+            error.append(error[-1] + max(err, 0.0))
+    order.append(int(np.flatnonzero(alive)[0]))
+    error.append(np.inf)  # removing the last channel empties the group: never allowed
+    return GroupRanking(group.id, np.array(order), np.array(error))
+
+
+def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits: Mapping[str, np.ndarray],
+                node_inputs: Mapping[str, list[str]], *, layers: Mapping[str, LinearLayer] | None = None,
+                hessians: Mapping[str, np.ndarray] | None = None, bn_scales: Mapping[str, np.ndarray] | None = None,
+                channel_stats=None, seed: int = 0, damp: float = 0.01) -> tuple[dict[int, GroupRanking], list[str]]:
+    """A ranking for every group under ``criterion``; returns (rankings, warnings about fallbacks)."""
+    rng = np.random.default_rng(seed)
+    rankings: dict[int, GroupRanking] = {}
+    warnings: list[str] = []
+    for g in groups:
+        scores = None
+        if criterion == "obs":
+            consumers = []
+            for m in trace.members:
+                if m.role == "consumer" and m.kind == "param" and any(s.group == g.id for s in trace.segments[m.space]) \
+                        and m.node in (layers or {}) and m.node in (hessians or {}):
+                    c = _obs_consumer(layers[m.node], inits[layers[m.node].weight], hessians[m.node], trace, g, m, damp)
+                    if c is not None:
+                        consumers.append(c)
+            if consumers:
+                rankings[g.id] = obs_ranking(g, consumers)
+                continue
+            warnings.append(f"group {g.id}: no consumer statistics for OBS, ranked by magnitude")
+        if criterion == "random":
+            scores = rng.random(g.size)
+        elif criterion == "bn-scale" and bn_scales:
+            vals = [np.abs(bn_scales[n])[pos] for n, r in g.members if r == "producer" and n in bn_scales
+                    for pos in _producer_positions(trace, g, n)]
+            if vals:
+                scores = sum(v / max(v.mean(), 1e-30) for v in vals)
+        elif criterion in ("activation", "apoz") and channel_stats:
+            vals = []
+            for tensor, cs in channel_stats.items():
+                view = trace.views.get(tensor)
+                if view is None or not view.plain:
+                    continue
+                for pos in _channel_positions(trace, g, view.space):
+                    vals.append(cs.mean_abs[pos] if criterion == "activation" else 1.0 - cs.apoz[pos] + 1e-6)
+            if vals:
+                scores = sum(v / max(v.mean(), 1e-30) for v in vals)
+        elif criterion == "fpgm":
+            rows = _member_channel_values(trace, g, inits, node_inputs, roles=("producer",))
+            if rows:
+                scores = fpgm_scores(rows)
+        if scores is None:
+            if criterion not in ("magnitude", "magnitude-l1", "obs", "fpgm"):
+                warnings.append(f"group {g.id}: no data for '{criterion}', ranked by magnitude")
+            rows = _member_channel_values(trace, g, inits, node_inputs)
+            scores = magnitude_scores(rows, p=1 if criterion == "magnitude-l1" else 2) if rows else rng.random(g.size)
+        order, err = _curve(np.asarray(scores, np.float64))
+        err[-1] = np.inf
+        rankings[g.id] = GroupRanking(g.id, order, err)
+    return rankings, warnings
+
+
+def _producer_positions(trace: Trace, group: ChannelGroup, node: str) -> list[np.ndarray]:
+    spaces = {m.space for m in trace.members if m.node == node and m.role == "producer"}
+    return [p for s in spaces for p in _channel_positions(trace, group, s)]

@@ -1,0 +1,117 @@
+"""Linear layers as matrices: every Conv / Gemm / MatMul-with-a-constant seen as Y = W·X + b per group.
+
+Statistics, OBS scores and reconstruction all reason about a layer as a weight matrix W [out, features]
+acting on feature vectors x (an im2col patch for a conv, one row of the activation for Gemm/MatMul).
+``LinearLayer`` says how to cut activations into such rows (``features``) and how to read and write W.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import helper, numpy_helper
+
+
+@dataclass
+class LinearLayer:
+    node: str
+    op: str
+    input: str
+    output: str
+    weight: str  # initializer name
+    bias: str | None
+    groups: int  # independent blocks (conv groups); features() returns one row matrix per group
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    trans_b: bool = False  # Gemm transB / MatMul: how the stored weight maps to W [out, features]
+    weight_is_a: bool = False  # MatMul with the constant on the left: Y = W·X (features on axis -2)
+
+    # -- weights as [groups, out/g, features] --------------------------------------------------
+    def matrix(self, w: np.ndarray) -> np.ndarray:
+        if self.op == "Conv":
+            cout = w.shape[0]
+            return w.reshape(self.groups, cout // self.groups, -1)
+        if self.op == "Gemm":
+            return (w if self.trans_b else w.T)[None]
+        if self.weight_is_a:
+            return w[None]  # A [M, K]: rows are outputs
+        return w.T[None]  # MatMul B [K, N] → W [N, K]
+
+    def unmatrix(self, m: np.ndarray, like: np.ndarray) -> np.ndarray:
+        if self.op == "Conv":
+            return m.reshape((-1, *like.shape[1:]))
+        if self.op == "Gemm":
+            return m[0] if self.trans_b else m[0].T
+        return m[0] if self.weight_is_a else m[0].T
+
+    # -- activations as feature rows -----------------------------------------------------------
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Input activation → [groups, rows, features] (conv: im2col patches, c-major then kernel offsets)."""
+        if self.op != "Conv":
+            if self.weight_is_a:  # Y = W·X: features on axis -2
+                x = np.swapaxes(x, -1, -2)
+            return x.reshape(1, -1, x.shape[-1])
+        nd = len(self.kernel)
+        pads = [(0, 0), (0, 0)] + [(self.pads[i], self.pads[i + nd]) for i in range(nd)]
+        if any(p != (0, 0) for p in pads):
+            x = np.pad(x, pads)
+        if all(k == 1 for k in self.kernel):
+            x = x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)]
+            rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+            return np.stack(np.split(rows, self.groups, axis=1)) if self.groups > 1 else rows[None]
+        span = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations, strict=True)]
+        win = sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))
+        win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
+                  + (Ellipsis,) + tuple(slice(None, None, d) for d in self.dilations)]
+        # win: [B, C, out..., k...] → rows [B·out..., C·k...] per group
+        b, c = win.shape[:2]
+        out_dims = win.shape[2:2 + nd]
+        win = np.moveaxis(win, 1, 1 + nd)  # [B, out..., C, k...]
+        rows = win.reshape(b * int(np.prod(out_dims)), self.groups, c // self.groups * int(np.prod(self.kernel)))
+        return np.ascontiguousarray(np.swapaxes(rows, 0, 1))
+
+
+def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
+    """Every Conv (not ConvTranspose), Gemm (B constant, no transA) and MatMul with one constant operand."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out: dict[str, LinearLayer] = {}
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv" and node.input[1] in inits:
+            w = inits[node.input[1]]
+            nd = len(w.dims) - 2
+            out[node.name] = LinearLayer(
+                node.name, "Conv", node.input[0], node.output[0], node.input[1],
+                node.input[2] if len(node.input) > 2 and node.input[2] else None, int(attrs.get("group", 1)),
+                tuple(w.dims[2:]), tuple(attrs.get("strides", [1] * nd)), tuple(attrs.get("pads", [0] * 2 * nd)),
+                tuple(attrs.get("dilations", [1] * nd)))
+            if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                del out[node.name]  # implicit padding: not handled by the im2col view
+        elif node.op_type == "Gemm" and node.input[1] in inits and not attrs.get("transA", 0) \
+                and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0:
+            c = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            if c is not None and (c not in inits or len(inits[c].dims) > 1 and inits[c].dims[0] != 1):
+                continue
+            out[node.name] = LinearLayer(node.name, "Gemm", node.input[0], node.output[0], node.input[1], c, 1,
+                                         trans_b=bool(attrs.get("transB", 0)))
+        elif node.op_type == "MatMul":
+            a, b = node.input
+            if b in inits and a not in inits and len(inits[b].dims) == 2:
+                out[node.name] = LinearLayer(node.name, "MatMul", a, node.output[0], b, None, 1)
+    return out
+
+
+def bias_of(model_inits: dict[str, np.ndarray], layer: LinearLayer, out_features: int) -> np.ndarray:
+    """The layer's bias as a vector (zeros when it has none)."""
+    if layer.bias is None:
+        return np.zeros(out_features, np.float64)
+    return np.broadcast_to(model_inits[layer.bias].reshape(-1), (out_features,)).astype(np.float64)
+
+
+def initializer_dict(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

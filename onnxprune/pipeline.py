@@ -1,0 +1,333 @@
+"""`compress`: load → normalize → trace → calibrate → score → allocate → prune → reconstruct → verify → report.
+
+Each stage is a plain function call; this module only chains them and times them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .allocate import (
+    GroupChoice,
+    allocate_dp,
+    allocate_global,
+    allocate_uniform,
+    fit_to_target,
+    plan_from_widths,
+)
+from .calibration.collect import collect_statistics
+from .calibration.readers import CalibrationSet, load_calibration
+from .costs import model_cost
+from .criteria import CRITERIA, rank_groups
+from .errors import InputError, QualityGateError
+from .fidelity import compare, headline, run_all
+from .layers import initializer_dict, linear_layers
+from .modelio import load_model, save_model, write_text_atomic
+from .passes.normalize import normalize
+from .passes.prune_channels import prune_channels
+from .passes.reconstruct import reconstruct
+from .shapes import Shape
+from .tracer import trace_channels
+
+ALLOCATIONS = ("dp", "global", "uniform")
+METRICS = ("macs", "params")
+DATA_CRITERIA = ("obs", "activation", "apoz")
+
+
+@dataclass
+class CompressOptions:
+    target: float = 2.0
+    metric: str = "macs"
+    calib: str | None = None
+    calib_samples: int = 256
+    criterion: str = "obs"
+    allocation: str = "dp"
+    reconstruct: bool = True
+    round_to: int = 1
+    max_drop: float | None = None
+    exclude: str | None = None
+    seed: int = 0
+    input_shapes: dict[str, Shape] = field(default_factory=dict)
+    stats_dtype: str = "float64"
+    preprocess: str | None = None
+    input_size: int | None = None
+    first_conv_cap: float = 0.5
+    ridge: float = 1e-3
+
+
+def parse_target(text: str) -> float:
+    """'2x' / '2' / '1.5X' → 2.0 / 2.0 / 1.5 (the cost divisor)."""
+    try:
+        value = float(str(text).strip().lower().rstrip("x"))
+    except ValueError:
+        raise InputError(f"bad --target '{text}': expected a factor like 2x or 1.5x") from None
+    if not value >= 1.0 or math.isinf(value):
+        raise InputError(f"bad --target '{text}': the factor must be ≥ 1 (2x halves the cost)")
+    return value
+
+
+def _validate(opts: CompressOptions) -> None:
+    if opts.metric not in METRICS:
+        raise InputError(f"unknown --metric '{opts.metric}' (choose from {', '.join(METRICS)})")
+    if opts.criterion not in CRITERIA:
+        raise InputError(f"unknown --criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
+    if opts.allocation not in ALLOCATIONS:
+        raise InputError(f"unknown --allocation '{opts.allocation}' (choose from {', '.join(ALLOCATIONS)})")
+    if opts.round_to < 1:
+        raise InputError("--round-to must be ≥ 1")
+    if opts.calib_samples < 1:
+        raise InputError("--calib-samples must be ≥ 1")
+    if opts.exclude:
+        try:
+            re.compile(opts.exclude)
+        except re.error as exc:
+            raise InputError(f"bad --exclude regex '{opts.exclude}': {exc}") from None
+
+
+class Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[name] = round(timer.times.get(name, 0.0) + time.perf_counter() - self.t, 3)
+        return _T()
+
+
+def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: CompressOptions,
+             log: Callable[[str], None] = lambda s: None, progress=None) -> dict:
+    """Prune ``model_path`` to ``opts.target`` and write ``<stem>.pruned.onnx`` + ``<stem>.report.json``."""
+    _validate(opts)
+    timer = Timer()
+    warnings: list[str] = []
+    path = Path(model_path)
+    with timer("load_normalize"):
+        original = load_model(path)
+        model, norm = normalize(original)
+    with timer("trace"):
+        calib = None
+        if opts.calib:
+            calib = load_calibration(opts.calib, model, samples=opts.calib_samples, preprocess=opts.preprocess,
+                                     input_size=opts.input_size, seed=opts.seed)
+            warnings.extend(calib.warnings)
+        else:
+            warnings.append("no --calib: data-free criteria only, no reconstruction, no fidelity check")
+        shapes = dict(opts.input_shapes)
+        if calib is not None and not shapes:
+            shapes = {k: (1, *v.shape[1:]) for k, v in calib.calib.items()}
+        trace = trace_channels(model, shapes or None)
+        base = model_cost(model, shapes or None)
+    node_macs = {n.name: n.macs or 0 for n in base.nodes}
+    param_sizes = _param_sizes(model)
+    criterion = opts.criterion
+    if calib is None and criterion in DATA_CRITERIA:
+        warnings.append(f"criterion '{criterion}' needs --calib: using magnitude")
+        criterion = "magnitude"
+
+    # -- which groups may shrink, and how far --------------------------------------------------
+    exclude = re.compile(opts.exclude) if opts.exclude else None
+    first_conv = next((n.name for n in model.graph.node if n.op_type == "Conv"), None)
+    eligible = []
+    skipped: dict[int, str] = {}
+    for g in trace.groups:
+        if not g.prunable:
+            continue
+        hit = next((n for n, _ in g.members if exclude and exclude.search(n)), None)
+        if hit:
+            skipped[g.id] = f"excluded by --exclude (node '{hit}')"
+            continue
+        eligible.append(g)
+
+    # -- statistics and scores -----------------------------------------------------------------
+    layers = linear_layers(model)
+    inits = initializer_dict(model)
+    node_inputs = {n.name: list(n.input) for n in model.graph.node}
+    hessians = channel_stats = None
+    if calib is not None and criterion in DATA_CRITERIA:
+        with timer("calibrate"):
+            wanted = {m.node for g in eligible for m in trace.members
+                      if m.role == "consumer" and m.node in layers and any(s.group == g.id for s in trace.segments[m.space])}
+            axes = {}
+            if criterion in ("activation", "apoz"):
+                for name, view in trace.views.items():
+                    if view.plain and any(s.group in {g.id for g in eligible} for s in trace.segments[view.space]) \
+                            and any(name == layers[c].input for c in wanted):
+                        axes[name] = view.axis
+                wanted = set()
+            dtype = np.float32 if opts.stats_dtype == "float32" else np.float64
+            stats = collect_statistics(model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, axes,
+                                       dtype=dtype, progress=progress("calibration", calib.n_calib()) if progress else None)
+            hessians = {n: h.hessian() for n, h in stats.hessians.items()}
+            channel_stats = stats.channels
+    with timer("score"):
+        rankings, rank_warnings = rank_groups(criterion, trace, eligible, inits, node_inputs, layers=layers,
+                                              hessians=hessians, bn_scales=norm.bn_scales, channel_stats=channel_stats,
+                                              seed=opts.seed)
+        warnings.extend(rank_warnings)
+
+    # -- allocation ----------------------------------------------------------------------------
+    with timer("allocate"):
+        metric_base = base.macs if opts.metric == "macs" else base.params
+
+        def exact_cost(plan) -> float:
+            return (trace.predict_macs(node_macs, plan) if opts.metric == "macs"
+                    else trace.predict_params(param_sizes, plan))
+
+        controlled = _controlled(trace, eligible, exact_cost, metric_base)
+        choices = []
+        for g in eligible:
+            min_keep = 1
+            if first_conv and any(n == first_conv and r == "producer" for n, r in g.members):
+                min_keep = math.ceil(g.size * (1 - opts.first_conv_cap))
+            min_keep = max(min_keep, min(opts.round_to, g.size))
+            choices.append(GroupChoice(g.id, g.size, min_keep, opts.round_to, controlled[g.id] / g.size, rankings[g.id]))
+        budget = metric_base / opts.target
+
+        def cost_of(widths):
+            return exact_cost(plan_from_widths(choices, widths))
+
+        floor = cost_of({c.group: int(c.widths(max_options=10**9)[-1]) for c in choices})
+        if opts.allocation == "uniform":
+            widths, cost = _fit_uniform(choices, cost_of, budget, floor, metric_base, opts.metric)
+        else:
+            allocate = allocate_dp if opts.allocation == "dp" else allocate_global
+            widths, cost = fit_to_target(lambda s: allocate(choices, s), cost_of, metric_base, budget, floor, opts.metric)
+        plan = plan_from_widths(choices, widths)
+
+    # -- prune, reconstruct, verify ------------------------------------------------------------
+    with timer("prune"):
+        pruned = prune_channels(model, trace, plan)
+        after = model_cost(pruned, shapes or None)
+    real = after.macs if opts.metric == "macs" else after.params
+    if real > budget * (1 + 1e-6):
+        raise AssertionError(f"pruned {opts.metric} {real} exceed the budget {budget:.0f} the allocator promised")
+    refit: list[str] = []
+    if calib is not None and opts.reconstruct and plan:
+        with timer("reconstruct"):
+            kept = trace.kept_channels(plan)
+            kept_out = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items()
+                        if trace.space_of(lay.output) is not None}
+            changed = {m.node for m in trace.members if m.space in {s for s in kept if len(kept[s]) < trace.spaces[s].size}}
+            bar = progress("reconstruction", None) if progress else None
+            refit = reconstruct(model, pruned, kept_out, changed, lambda: calib.batches("calib", 8), ridge=opts.ridge,
+                                progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
+    fidelity = {}
+    if calib is not None and calib.n_holdout():
+        with timer("verify"):
+            names = [o.name for o in model.graph.output]
+            dense_out = run_all(model, calib.batches("holdout", 64))
+            fidelity = compare(dense_out, run_all(pruned, calib.batches("holdout", 64)), names)
+
+    # -- write ---------------------------------------------------------------------------------
+    out = Path(outdir)
+    stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
+    with timer("save"):
+        pruned_path = save_model(pruned, out / f"{stem}.pruned.onnx", protect=(path,))
+    report = {
+        "model": str(path),
+        "output": str(pruned_path),
+        "target": opts.target,
+        "metric": opts.metric,
+        "criterion": criterion,
+        "allocation": opts.allocation,
+        "reconstruct": bool(refit),
+        "calibration": None if calib is None else {"source": calib.source, "samples": calib.n_calib(),
+                                                    "holdout": calib.n_holdout()},
+        "input_shapes": base.input_shapes,
+        "dense": {"macs": base.macs, "params": base.params},
+        "pruned": {"macs": after.macs, "params": after.params},
+        "achieved": {"macs": base.macs / max(after.macs, 1), "params": base.params / max(after.params, 1)},
+        "groups": _group_rows(trace, plan, skipped),
+        "refit_layers": refit,
+        "fidelity": fidelity,
+        "normalization": norm.summary(),
+        "warnings": warnings,
+        "timings_s": timer.times,
+        "versions": _versions(),
+    }
+    write_text_atomic(out / f"{stem}.report.json", json.dumps(report, indent=2), protect=(path,))
+    if opts.max_drop is not None and fidelity:
+        key, value = headline(fidelity)
+        drop = 1.0 - value
+        report["quality_gate"] = {"metric": key, "value": value, "max_drop": opts.max_drop, "passed": drop <= opts.max_drop}
+        write_text_atomic(out / f"{stem}.report.json", json.dumps(report, indent=2), protect=(path,))
+        if drop > opts.max_drop:
+            raise QualityGateError(f"quality gate failed: {key} {value:.4f} dropped by {drop:.4f} > --max-drop {opts.max_drop}")
+    return report
+
+
+def _param_sizes(model: onnx.ModelProto) -> dict[tuple[str, int], int]:
+    """Float initializers by the (node, input) slot that first reads them (counted once, as the cost model does)."""
+    floats = {t.name: math.prod(t.dims) for t in model.graph.initializer
+              if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
+    seen, out = set(), {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in floats and name not in seen:
+                seen.add(name)
+                out[(node.name, i)] = floats[name]
+    return out
+
+
+def _controlled(trace, groups, exact_cost, base: float) -> dict[int, float]:
+    """Cost each group controls: what keeping one channel of it (others full) saves, scaled to the whole group."""
+    out = {}
+    for g in groups:
+        saved = base - exact_cost({g.id: np.array([0])})
+        out[g.id] = max(saved * g.size / max(g.size - 1, 1), 0.0)
+    return out
+
+
+def _fit_uniform(choices, cost_of, budget, floor, base, metric):
+    """Uniform ratio: bisection on the common pruned fraction until the exact cost meets the budget."""
+    if floor > budget * (1 + 1e-9):
+        return fit_to_target(lambda s: {}, cost_of, base, budget, floor, metric)
+    lo, hi = 0.0, 1.0
+    best = allocate_uniform(choices, hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        widths = allocate_uniform(choices, mid)
+        if cost_of(widths) <= budget:
+            hi, best = mid, widths
+        else:
+            lo = mid
+    return best, cost_of(best)
+
+
+def _group_rows(trace, plan, skipped) -> list[dict]:
+    rows = []
+    for g in trace.groups:
+        kept = np.asarray(plan.get(g.id, np.arange(g.size)))
+        reason = "; ".join(g.reasons) if g.reasons else skipped.get(g.id) or (None if g.size > 1 else "single channel")
+        rows.append({"id": g.id, "channels": g.size, "kept": int(len(kept)),
+                     "pruned_indices": sorted(set(range(g.size)) - set(kept.tolist())),
+                     "members": [{"node": n, "role": r} for n, r in g.members],
+                     "prunable": g.prunable and g.id not in skipped, "reason": reason})
+    return rows
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    return {"onnxprune": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__}
+
+
+__all__ = ["CompressOptions", "CalibrationSet", "compress", "parse_target"]

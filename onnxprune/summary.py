@@ -1,0 +1,60 @@
+"""Rich terminal output for `compress`: progress bars while it runs, a summary when it is done."""
+
+from __future__ import annotations
+
+import contextlib
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .costs import human
+
+
+@contextlib.contextmanager
+def progress_factory(console: Console, enabled: bool = True):
+    """Yields ``progress(description, total)`` → ``advance(n)`` / ``update(done, total)``; None if disabled."""
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bars:
+        def factory(description: str, total: int | None):
+            task = bars.add_task(description, total=total)
+
+            def step(a: int, b: int | None = None) -> None:
+                if b is None:
+                    bars.advance(task, a)
+                else:
+                    bars.update(task, completed=a + 1, total=b)
+            return step
+        yield factory
+
+
+def print_summary(console: Console, r: dict) -> None:
+    d, p = r["dense"], r["pruned"]
+    console.print(f"[bold]{r['model']}[/bold] → {r['output']}")
+    console.print(f"MACs {human(d['macs'])} → {human(p['macs'])} ({r['achieved']['macs']:.2f}x)   "
+                  f"params {human(d['params'])} → {human(p['params'])} ({r['achieved']['params']:.2f}x)   "
+                  f"target {r['target']:g}x {r['metric']}, {r['criterion']} + {r['allocation']}"
+                  f"{' + reconstruction' if r['reconstruct'] else ''}")
+    table = Table(title="Channel groups (pruned ones)")
+    for col in ("group", "width", "kept", "first producer"):
+        table.add_column(col, justify="right" if col != "first producer" else "left")
+    for g in r["groups"]:
+        if g["kept"] < g["channels"]:
+            producer = next((m["node"] for m in g["members"] if m["role"] == "producer"), "")
+            table.add_row(str(g["id"]), str(g["channels"]), str(g["kept"]), producer)
+    console.print(table)
+    blocked = [g for g in r["groups"] if not g["prunable"] and g["reason"] and g["channels"] > 1]
+    if blocked:
+        console.print(f"{len(blocked)} group(s) not pruned: " + "; ".join(
+            f"#{g['id']}: {g['reason']}" for g in blocked[:4]) + (" …" if len(blocked) > 4 else ""))
+    for name, m in r["fidelity"].items():
+        line = f"fidelity on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
+        if "top1_agreement" in m:
+            line += f", top-1 agreement {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%"
+        console.print(line + f", max |Δ| {m['max_abs_diff']:.3g}")
+    for w in r["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings_s"].items()))

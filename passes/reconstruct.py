@@ -1,0 +1,162 @@
+"""Reconstruction: refit the pruned model's linear layers to the dense model's outputs, layer by layer.
+
+Sequential and error-correcting, as OBC/SparseGPT: layers are visited in stages (a stage's inputs depend
+only on already refitted layers); for each layer the kept output rows are refit on the *pruned* model's
+inputs X_p to reproduce the *dense* layer's outputs Y_d = W_d X_d + b_d:
+
+    W' = argmin ‖W_d X̃_d − W' X̃_p‖² + λ‖W' − W_0‖²  =  (W_d G_dp + λ W_0)(G_pp + λ I)⁻¹
+
+with X̃ = [X; 1] (bias), G_dp = X̃_d X̃_pᵀ and G_pp = X̃_p X̃_pᵀ accumulated in float64 over calibration
+batches, and W_0 the pruned layer's current weights (so a weak signal leaves them as they are).
+λ = ridge · mean(diag G_pp). With λ → 0 one layer is exactly numpy's least squares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxprune.calibration.collect import tapped_session
+
+from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
+
+
+def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
+    """(W_d G_dp + λ W_0)(G_pp + λ I)⁻¹ for one block (rows = outputs)."""
+    lam = ridge * max(float(np.mean(np.diag(g_pp))), 1e-12)
+    a = g_pp + lam * np.eye(g_pp.shape[0])
+    rhs = w_dense @ g_dp + lam * w0
+    return np.linalg.solve(a, rhs.T).T
+
+
+def _augment(x: np.ndarray, bias: bool) -> np.ndarray:
+    return np.concatenate([x, np.ones((*x.shape[:-1], 1), x.dtype)], axis=-1) if bias else x
+
+
+def _changed_inputs(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
+    """Tensors whose values differ between dense and pruned model: downstream of any pruned node."""
+    changed: set[str] = set()
+    for node in model.graph.node:
+        if node.name in seeds or any(i in changed for i in node.input):
+            changed.update(o for o in node.output if o)
+    return changed
+
+
+def _stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo: set[str]) -> list[list[str]]:
+    level: dict[str, int] = {}
+    stages: dict[int, list[str]] = {}
+    for node in model.graph.node:
+        lvl = max((level.get(i, 0) for i in node.input), default=0)
+        if node.name in todo:
+            stages.setdefault(lvl, []).append(node.name)
+            lvl += 1
+        for o in node.output:
+            level[o] = lvl
+    return [stages[k] for k in sorted(stages)]
+
+
+class _Fit:
+    """Accumulators G_pp, G_dp for one layer (per block)."""
+
+    def __init__(self, dense: LinearLayer, pruned: LinearLayer, dense_blocks: np.ndarray, bias: bool):
+        self.dense, self.pruned, self.blocks, self.bias = dense, pruned, dense_blocks, bias
+        self.g_pp = None
+        self.g_dp = None
+
+    def add(self, x_dense: np.ndarray, x_pruned: np.ndarray) -> None:
+        fd = _augment(self.dense.features(x_dense.astype(np.float64))[self.blocks], self.bias)
+        fp = _augment(self.pruned.features(x_pruned.astype(np.float64)), self.bias)
+        pp = np.einsum("brf,brh->bfh", fp, fp, optimize=True)
+        dp = np.einsum("brf,brh->bfh", fd, fp, optimize=True)
+        self.g_pp = pp if self.g_pp is None else self.g_pp + pp
+        self.g_dp = dp if self.g_dp is None else self.g_dp + dp
+
+
+def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mapping[str, np.ndarray],
+                changed_nodes: set[str], batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+                ridge: float = 1e-3, progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+    """Refit (in place) every linear layer of ``pruned`` whose input differs from the dense model's.
+
+    ``kept_out`` maps a layer to the dense output channels it kept (absent: all kept); ``changed_nodes``
+    are the nodes pruning edited. Returns the refitted layer names in order.
+    """
+    d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
+    changed = _changed_inputs(pruned, changed_nodes)
+    todo = {n for n, lay in p_layers.items() if lay.input in changed and n in d_layers}
+    d_inits = initializer_dict(dense)
+    done: list[str] = []
+    stages = _stages(pruned, p_layers, todo)
+    for si, stage in enumerate(stages):
+        if progress:
+            progress("stage", si, len(stages))
+        p_inits = initializer_dict(pruned)
+        fits = {}
+        for name in stage:
+            dl, pl = d_layers[name], p_layers[name]
+            out_kept = np.asarray(kept_out.get(name, np.arange(_out_channels(dl, d_inits))))
+            if dl.op == "Conv" and dl.groups > 1 and pl.groups != dl.groups:  # depthwise: blocks follow channels
+                blocks = out_kept
+            else:
+                blocks = np.arange(dl.groups)
+            fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul")
+        taps = sorted({d_layers[n].input for n in stage})
+        d_sess, d_need = tapped_session(dense, taps)
+        p_sess, p_need = tapped_session(pruned, taps)
+        for feeds in batches():
+            xd = dict(zip(taps, d_sess.run(taps, {k: v for k, v in feeds.items() if k in d_need}), strict=True))
+            xp = dict(zip(taps, p_sess.run(taps, {k: v for k, v in feeds.items() if k in p_need}), strict=True))
+            for name, fit in fits.items():
+                fit.add(xd[d_layers[name].input], xp[p_layers[name].input])
+        for name, fit in fits.items():
+            _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
+            done.append(name)
+    return done
+
+
+def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:
+    m = layer.matrix(inits[layer.weight])
+    return m.shape[0] * m.shape[1]
+
+
+def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray | None, ridge: float) -> None:
+    dl, pl = fit.dense, fit.pruned
+    wd_all = dl.matrix(d_inits[dl.weight]).astype(np.float64)  # [blocks, out/b, f]
+    n_out = wd_all.shape[0] * wd_all.shape[1]
+    kept = np.arange(n_out) if kept is None else np.asarray(kept)
+    bd = (d_inits[dl.bias].reshape(-1).astype(np.float64) if dl.bias else np.zeros(n_out))
+    bd = np.broadcast_to(bd, (n_out,)).reshape(wd_all.shape[0], wd_all.shape[1])
+    w0_all = pl.matrix(p_inits[pl.weight]).astype(np.float64)
+    b0 = p_inits[pl.bias].reshape(-1).astype(np.float64) if pl.bias else np.zeros(w0_all.shape[0] * w0_all.shape[1])
+    b0 = np.broadcast_to(b0, (w0_all.shape[0] * w0_all.shape[1],)).reshape(w0_all.shape[:2])
+    new_w = np.empty_like(w0_all)
+    new_b = np.empty(w0_all.shape[:2])
+    per_block_out = wd_all.shape[1]
+    for b_new, b_dense in enumerate(fit.blocks):
+        if dl.groups > 1 and pl.groups != dl.groups:  # depthwise: one output per block
+            rows = np.array([0])
+        else:
+            rows = kept[(kept // per_block_out) == b_dense] % per_block_out
+        wd = wd_all[b_dense][rows]
+        if fit.bias:
+            wd = np.concatenate([wd, bd[b_dense][rows][:, None]], axis=1)
+            w0 = np.concatenate([w0_all[b_new], b0[b_new][:, None]], axis=1)
+        else:
+            w0 = w0_all[b_new]
+        w = solve_refit(wd, fit.g_dp[b_new], fit.g_pp[b_new], w0, ridge)
+        new_w[b_new] = w[:, :-1] if fit.bias else w
+        new_b[b_new] = w[:, -1] if fit.bias else b0[b_new]
+    inits = {t.name: t for t in model.graph.initializer}
+    stored = p_inits[pl.weight]
+    inits[pl.weight].CopyFrom(numpy_helper.from_array(pl.unmatrix(new_w, stored).astype(stored.dtype), pl.weight))
+    if fit.bias:
+        flat = new_b.reshape(-1).astype(stored.dtype)
+        if pl.bias:
+            shape = p_inits[pl.bias].shape
+            inits[pl.bias].CopyFrom(numpy_helper.from_array(flat.reshape(shape), pl.bias))
+        else:  # the dense layer had no bias; the refit has one: give the node a bias input
+            node = next(n for n in model.graph.node if n.name == pl.node)
+            name = f"{pl.node}.bias_refit"
+            model.graph.initializer.append(numpy_helper.from_array(flat, name))
+            node.input.append(name)
