@@ -159,6 +159,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, protect: tuple[str 
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is an ordinary file
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

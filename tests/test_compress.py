@@ -1,0 +1,143 @@
+"""`onnxprune compress` end to end on the shipped Fashion-MNIST ResNet, its exit codes, and the math pieces
+it stands on (one-layer reconstruction = least squares, DP allocation = brute force)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnxprune.passes.reconstruct import solve_refit
+
+from onnxprune.allocate import GroupChoice, allocate_dp
+from onnxprune.cli import main
+from onnxprune.criteria import GroupRanking
+from tests.helpers import MODELS, run_ort
+
+MODEL = MODELS / "fmnist_resnet.onnx"
+CALIB = MODELS / "fmnist_calib.npz"
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    with pytest.raises(SystemExit) as info:
+        main(["compress", str(MODEL), "--calib", str(CALIB), "--calib-samples", "128", "-o", str(out), "--json"])
+    assert info.value.code == 0
+    return out
+
+
+def test_compress_outputs_valid_model_at_target(compressed):
+    pruned = compressed / "fmnist_resnet.pruned.onnx"
+    onnx.checker.check_model(str(pruned), full_check=True)
+    report = json.loads((compressed / "fmnist_resnet.report.json").read_text())
+    for key in ("model", "target", "metric", "dense", "pruned", "groups", "fidelity", "timings_s", "versions"):
+        assert key in report
+    assert report["pruned"]["macs"] * 2 <= report["dense"]["macs"]
+    assert any(g["kept"] < g["channels"] for g in report["groups"])
+    for g in report["groups"]:
+        assert g["kept"] >= 1 and len(g["pruned_indices"]) == g["channels"] - g["kept"]
+        assert {"id", "channels", "kept", "pruned_indices", "members", "prunable", "reason"} <= set(g)
+    fid = report["fidelity"]["logits"]
+    assert fid["samples"] == 256 and 0 <= fid["top1_agreement"] <= 1
+    x = np.load(CALIB)["input"][256:320]
+    assert run_ort(onnx.load(str(pruned)), {"input": x})[0].shape == (64, 10)
+
+
+def test_compress_never_touches_input(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    before = digest(model)
+    code, _, err = run_cli(capsys, "compress", model, "-o", tmp_path, "--criterion", "magnitude", "--json")
+    assert code == 0, err and "warning" in err
+    assert digest(model) == before
+    assert (tmp_path / "m.pruned.onnx").is_file() and (tmp_path / "m.report.json").is_file()
+
+
+def test_unreachable_target_exit_3(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "compress", MODEL, "-o", tmp_path, "--target", "1000x", "--criterion", "magnitude")
+    assert code == 3 and "target unreachable" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "fmnist_resnet.pruned.onnx").exists()
+
+
+def test_quality_gate_exit_4(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "compress", MODEL, "-o", tmp_path, "--calib", CALIB, "--calib-samples", "64",
+                           "--criterion", "magnitude", "--no-reconstruct", "--target", "3x", "--max-drop", "0")
+    assert code == 4 and "quality gate failed" in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--target", "0.5x"], "bad --target"),
+    (["--target", "fast"], "bad --target"),
+    (["--calib", "nope.npz"], "nope.npz"),
+    (["--exclude", "("], "bad --exclude"),
+])
+def test_bad_arguments_exit_2(tmp_path, capsys, args, words):
+    code, _, err = run_cli(capsys, "compress", MODEL, "-o", tmp_path, *args)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_calibration_shape_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((8, 1, 32, 32), np.float32))
+    code, _, err = run_cli(capsys, "compress", MODEL, "-o", tmp_path, "--calib", bad)
+    assert code == 2 and "'input'" in err and "expected shape" in err and "32, 32" in err
+
+
+def test_exclude_keeps_matching_groups(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "compress", MODEL, "-o", tmp_path, "--criterion", "magnitude",
+                             "--exclude", "res2", "--target", "1.3x", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    for g in report["groups"]:
+        if any("res2" in m["node"] for m in g["members"]):
+            assert g["kept"] == g["channels"] and "exclude" in g["reason"]
+
+
+def test_one_layer_refit_equals_lstsq():
+    rng = np.random.default_rng(0)
+    xd = rng.normal(size=(500, 12))
+    keep = [0, 2, 3, 5, 7, 8, 11]
+    xp = xd[:, keep] + 0.1 * rng.normal(size=(500, 7))  # the pruned model's (perturbed) inputs
+    wd = rng.normal(size=(4, 12))
+    aug = lambda x: np.hstack([x, np.ones((len(x), 1))])  # noqa: E731
+    got = solve_refit(np.hstack([wd, np.zeros((4, 1))]), aug(xd).T @ aug(xp), aug(xp).T @ aug(xp),
+                      np.zeros((4, 8)), ridge=1e-12)
+    want = np.linalg.lstsq(aug(xp), xd @ wd.T, rcond=None)[0].T
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(2, 5), st.floats(0.5, 5.0)), min_size=1, max_size=3), st.floats(0.1, 0.9),
+       st.integers(0, 10**6))
+def test_dp_matches_brute_force(spec, fraction, seed):
+    rng = np.random.default_rng(seed)
+    choices = []
+    for gid, (size, per) in enumerate(spec):
+        err = np.concatenate([[0.0], np.cumsum(rng.random(size - 1)), [np.inf]])
+        choices.append(GroupChoice(gid, size, 1, 1, per, GroupRanking(gid, np.arange(size), err)))
+    total = sum((c.size - 1) * c.saving_per_channel for c in choices)
+    need = fraction * total
+    widths = allocate_dp(choices, need, buckets=4000)
+    got_err = sum(c.error(widths[c.group]) for c in choices)
+    assert sum((c.size - widths[c.group]) * c.saving_per_channel for c in choices) >= need - total / 4000 * len(choices)
+    best = min(sum(c.error(k) for c, k in zip(choices, ks, strict=True))
+               for ks in itertools.product(*[range(1, c.size + 1) for c in choices])
+               if sum((c.size - k) * c.saving_per_channel for c, k in zip(choices, ks, strict=True)) >= need)
+    assert got_err <= best + 1e-9
