@@ -100,7 +100,7 @@ class _Consumer:
 
 
 def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace: Trace, group: ChannelGroup,
-                  member, damp: float) -> _Consumer | None:
+                  member, damp: float, rows: int | None = None) -> _Consumer | None:
     w = layer.matrix(w_stored).astype(np.float64)  # [blocks, out/b, features]
     size = trace.spaces[member.space].size
     feats: list[list[int]] = [[] for _ in range(group.size)]
@@ -116,46 +116,68 @@ def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace
     if energy <= 0:
         return None
     eye = np.eye(h.shape[-1])
-    lam = damp * np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
+    # Few calibration rows per feature make H low-rank, and OBS would then "compensate" almost any
+    # removal inside the calibration subspace; dampening grows with features/rows to prevent that.
+    shrink = h.shape[-1] / rows if rows else 0.0
+    lam = (damp + shrink) * np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
     hinv = np.linalg.inv(h + (lam + 1e-12) * eye)
     return _Consumer(w, hinv, [np.array(sorted(set(f))) for f in feats], energy)
 
 
 def _block_cost(c: _Consumer, f: np.ndarray) -> float:
+    """OBS error of zeroing features F (with optimal compensation): Σ_rows w_F ((H⁻¹)_FF)⁻¹ w_Fᵀ."""
     sub = c.hinv[:, f[:, None], f[None, :]]
     wf = c.w[:, :, f]
-    return float(np.einsum("bof,bfh,boh->", wf, np.linalg.inv(sub), wf))
+    return float(np.sum(wf * np.swapaxes(np.linalg.solve(sub, np.swapaxes(wf, 1, 2)), 1, 2)))
 
 
 def _remove(c: _Consumer, f: np.ndarray) -> None:
+    """w ← w − w_F ((H⁻¹)_FF)⁻¹ (H⁻¹)_F:  and  H⁻¹ ← H⁻¹ − (H⁻¹)_:F ((H⁻¹)_FF)⁻¹ (H⁻¹)_F:."""
     sub_inv = np.linalg.inv(c.hinv[:, f[:, None], f[None, :]])
     rows = c.hinv[:, f, :]  # [b, |F|, d]
-    c.w -= np.einsum("bof,bfg,bgd->bod", c.w[:, :, f], sub_inv, rows)
-    c.hinv -= np.einsum("bdf,bfg,bgh->bdh", c.hinv[:, :, f], sub_inv, rows)
+    c.w -= np.matmul(np.matmul(c.w[:, :, f], sub_inv), rows)
+    c.hinv -= np.matmul(np.matmul(c.hinv[:, :, f], sub_inv), rows)
     c.w[:, :, f] = 0.0
 
 
+def _single_costs(c: _Consumer, cand: np.ndarray) -> np.ndarray:
+    """Block cost of every candidate channel at once (channels with one feature: w²/[H⁻¹]_ff)."""
+    lengths = {c.feats[j].size for j in cand}
+    if lengths == {1}:
+        f = np.array([c.feats[j][0] for j in cand])
+        diag = np.maximum(c.hinv[:, f, f], 1e-30)  # [b, n]
+        return np.sum(c.w[:, :, f] ** 2 / diag[:, None, :], axis=(0, 1))
+    return np.array([_block_cost(c, c.feats[j]) if c.feats[j].size else 0.0 for j in cand])
+
+
 def obs_ranking(group: ChannelGroup, consumers: list[_Consumer], chunks: int = 64) -> GroupRanking:
-    """Greedy structured OBS: repeatedly drop the channels whose removal costs least, compensating."""
+    """Greedy structured OBS: repeatedly drop the cheapest channels (a chunk at a time), compensating.
+
+    A chunk is removed jointly (its features form one block F), so its price includes the interactions
+    between its channels; chunks are ~1/64 of the group, which keeps big groups fast.
+    """
     alive = np.ones(group.size, bool)
     order: list[int] = []
     error = [0.0]
     step = max(1, group.size // chunks)
     while alive.sum() > 1:
         cand = np.flatnonzero(alive)
-        costs = np.array([sum(_block_cost(c, c.feats[j]) / c.energy for c in consumers if c.feats[j].size)
-                          for j in cand])
+        costs = sum(_single_costs(c, cand) / c.energy for c in consumers)
         take = cand[np.argsort(costs, kind="stable")[: min(step, len(cand) - 1)]]
-        for j in take:  # remove one by one so each price sees the previous removals
-            err = 0.0
-            for c in consumers:
-                f = c.feats[j]
-                if f.size:
-                    err += _block_cost(c, f) / c.energy
-                    _remove(c, f)
-            alive[j] = False
+        err = 0.0
+        for c in consumers:
+            f = np.concatenate([c.feats[j] for j in take])
+            if f.size:
+                err += _block_cost(c, f) / c.energy
+                _remove(c, f)
+        alive[take] = False
+        # spread the chunk's joint error over its channels in order of their single prices
+        start = error[-1]
+        share = np.sort(costs[np.isin(cand, take)])
+        share = share / share.sum() if share.sum() > 0 else np.full(len(take), 1.0 / len(take))
+        for j, part in zip(take, np.cumsum(share), strict=True):
             order.append(int(j))
-            error.append(error[-1] + max(err, 0.0))
+            error.append(start + max(err, 0.0) * float(part))
     order.append(int(np.flatnonzero(alive)[0]))
     error.append(np.inf)  # removing the last channel empties the group: never allowed
     return GroupRanking(group.id, np.array(order), np.array(error))
@@ -164,7 +186,7 @@ def obs_ranking(group: ChannelGroup, consumers: list[_Consumer], chunks: int = 6
 def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits: Mapping[str, np.ndarray],
                 node_inputs: Mapping[str, list[str]], *, layers: Mapping[str, LinearLayer] | None = None,
                 hessians: Mapping[str, np.ndarray] | None = None, bn_scales: Mapping[str, np.ndarray] | None = None,
-                channel_stats=None, seed: int = 0, damp: float = 0.01) -> tuple[dict[int, GroupRanking], list[str]]:
+                channel_stats=None, seed: int = 0, damp: float = 0.01, rows: Mapping[str, int] | None = None) -> tuple[dict[int, GroupRanking], list[str]]:
     """A ranking for every group under ``criterion``; returns (rankings, warnings about fallbacks)."""
     rng = np.random.default_rng(seed)
     rankings: dict[int, GroupRanking] = {}
@@ -176,7 +198,8 @@ def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits:
             for m in trace.members:
                 if m.role == "consumer" and m.kind == "param" and any(s.group == g.id for s in trace.segments[m.space]) \
                         and m.node in (layers or {}) and m.node in (hessians or {}):
-                    c = _obs_consumer(layers[m.node], inits[layers[m.node].weight], hessians[m.node], trace, g, m, damp)
+                    c = _obs_consumer(layers[m.node], inits[layers[m.node].weight], hessians[m.node], trace, g, m,
+                                      damp, (rows or {}).get(m.node))
                     if c is not None:
                         consumers.append(c)
             if consumers:

@@ -28,8 +28,13 @@ class LinearLayer:
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()
     dilations: tuple[int, ...] = ()
+    in_per_group: int = 0  # conv input channels per group (W's axis 1)
     trans_b: bool = False  # Gemm transB / MatMul: how the stored weight maps to W [out, features]
     weight_is_a: bool = False  # MatMul with the constant on the left: Y = W·X (features on axis -2)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.op == "Conv" and self.groups > 1 and self.in_per_group == 1
 
     # -- weights as [groups, out/g, features] --------------------------------------------------
     def matrix(self, w: np.ndarray) -> np.ndarray:
@@ -89,7 +94,7 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
                 node.name, "Conv", node.input[0], node.output[0], node.input[1],
                 node.input[2] if len(node.input) > 2 and node.input[2] else None, int(attrs.get("group", 1)),
                 tuple(w.dims[2:]), tuple(attrs.get("strides", [1] * nd)), tuple(attrs.get("pads", [0] * 2 * nd)),
-                tuple(attrs.get("dilations", [1] * nd)))
+                tuple(attrs.get("dilations", [1] * nd)), in_per_group=int(w.dims[1]))
             if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
                 del out[node.name]  # implicit padding: not handled by the im2col view
         elif node.op_type == "Gemm" and node.input[1] in inits and not attrs.get("transA", 0) \

@@ -37,6 +37,7 @@ from .modelio import load_model, save_model, write_text_atomic
 from .passes.normalize import normalize
 from .passes.prune_channels import prune_channels
 from .passes.reconstruct import reconstruct
+from .sensitivity import measured_rankings
 from .shapes import Shape
 from .tracer import trace_channels
 
@@ -63,7 +64,10 @@ class CompressOptions:
     preprocess: str | None = None
     input_size: int | None = None
     first_conv_cap: float = 0.5
-    ridge: float = 1e-3
+    ridge: float = 1e-3  # reconstruction: λ = ridge·mean(diag G), pulling the refit toward the pruned weights
+    damp: float = 0.01  # OBS: λ = damp·mean(diag H)
+    sensitivity: str = "scaled"  # allocation curves: criterion curve at the measured level ("scaled"), "measured", "estimated"
+    sensitivity_samples: int = 32
 
 
 def parse_target(text: str) -> float:
@@ -159,7 +163,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     layers = linear_layers(model)
     inits = initializer_dict(model)
     node_inputs = {n.name: list(n.input) for n in model.graph.node}
-    hessians = channel_stats = None
+    hessians = channel_stats = rows = None
     if calib is not None and criterion in DATA_CRITERIA:
         with timer("calibrate"):
             wanted = {m.node for g in eligible for m in trace.members
@@ -175,12 +179,18 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             stats = collect_statistics(model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, axes,
                                        dtype=dtype, progress=progress("calibration", calib.n_calib()) if progress else None)
             hessians = {n: h.hessian() for n, h in stats.hessians.items()}
+            rows = {n: h.n for n, h in stats.hessians.items()}
             channel_stats = stats.channels
     with timer("score"):
         rankings, rank_warnings = rank_groups(criterion, trace, eligible, inits, node_inputs, layers=layers,
                                               hessians=hessians, bn_scales=norm.bn_scales, channel_stats=channel_stats,
-                                              seed=opts.seed)
+                                              seed=opts.seed, damp=opts.damp, rows=rows)
         warnings.extend(rank_warnings)
+    if calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible:
+        with timer("sensitivity"):
+            feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)))
+            rankings = measured_rankings(model, trace, eligible, rankings, feeds, mode=opts.sensitivity,
+                                         progress=progress("sensitivity", len(eligible)) if progress else None)
 
     # -- allocation ----------------------------------------------------------------------------
     with timer("allocate"):
@@ -226,7 +236,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                         if trace.space_of(lay.output) is not None}
             changed = {m.node for m in trace.members if m.space in {s for s in kept if len(kept[s]) < trace.spaces[s].size}}
             bar = progress("reconstruction", None) if progress else None
-            refit = reconstruct(model, pruned, kept_out, changed, lambda: calib.batches("calib", 8), ridge=opts.ridge,
+            refit = reconstruct(model, pruned, kept_out, changed, lambda: calib.batches("calib", 32), ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
     fidelity = {}
     if calib is not None and calib.n_holdout():

@@ -76,8 +76,10 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def prune_channels(model: onnx.ModelProto, trace: Trace, plan: Plan) -> onnx.ModelProto:
-    """A new model with every channel not kept by ``plan`` removed (the input model is not modified)."""
+def prune_channels(model: onnx.ModelProto, trace: Trace, plan: Plan, infer: bool = True) -> onnx.ModelProto:
+    """A new model with every channel not kept by ``plan`` removed (the input model is not modified).
+
+    ``infer=False`` skips the final shape inference (for throw-away models that only get run)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     kept = trace.kept_channels(plan)
@@ -127,7 +129,7 @@ def prune_channels(model: onnx.ModelProto, trace: Trace, plan: Plan) -> onnx.Mod
             raise AssertionError(f"unknown member kind {m.kind}")
     edit.commit()
     del out.graph.value_info[:]
-    return infer_shapes(out)
+    return infer_shapes(out) if infer else out
 
 
 def mask_channels(model: onnx.ModelProto, trace: Trace, plan: Plan) -> onnx.ModelProto:

@@ -23,16 +23,19 @@ from onnxprune.calibration.collect import tapped_session
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
 
 
-def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
-    """(W_d G_dp + λ W_0)(G_pp + λ I)⁻¹ for one block (rows = outputs)."""
-    lam = ridge * max(float(np.mean(np.diag(g_pp))), 1e-12)
+def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.ndarray, ridge: float,
+                rows: int | None = None) -> np.ndarray:
+    """(W_d G_dp + λ W_0)(G_pp + λ I)⁻¹ for one block (rows = outputs).
+
+    λ = (ridge + features/rows)·mean(diag G_pp): the fewer calibration rows per feature, the harder the
+    refit is pulled toward W_0 — a classifier fed 256 pooled vectors of 1280 features would otherwise
+    memorize its calibration set instead of generalizing.
+    """
+    shrink = g_pp.shape[0] / rows if rows else 0.0
+    lam = (ridge + shrink) * max(float(np.mean(np.diag(g_pp))), 1e-12)
     a = g_pp + lam * np.eye(g_pp.shape[0])
     rhs = w_dense @ g_dp + lam * w0
     return np.linalg.solve(a, rhs.T).T
-
-
-def _augment(x: np.ndarray, bias: bool) -> np.ndarray:
-    return np.concatenate([x, np.ones((*x.shape[:-1], 1), x.dtype)], axis=-1) if bias else x
 
 
 def _changed_inputs(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
@@ -64,19 +67,36 @@ class _Fit:
         self.dense, self.pruned, self.blocks, self.bias = dense, pruned, dense_blocks, bias
         self.g_pp = None
         self.g_dp = None
+        self.rows = 0
 
     def add(self, x_dense: np.ndarray, x_pruned: np.ndarray) -> None:
-        fd = _augment(self.dense.features(x_dense.astype(np.float64))[self.blocks], self.bias)
-        fp = _augment(self.pruned.features(x_pruned.astype(np.float64)), self.bias)
-        pp = np.einsum("brf,brh->bfh", fp, fp, optimize=True)
-        dp = np.einsum("brf,brh->bfh", fd, fp, optimize=True)
+        """Fold one batch into G_pp and G_dp: float32 products through BLAS, summed into float64."""
+        fd = self.dense.features(x_dense)[self.blocks]
+        fp = self.pruned.features(x_pruned)
+        self.rows += fp.shape[1]
+        pp = _gram(fp, fp, self.bias)
+        dp = _gram(fd, fp, self.bias)
         self.g_pp = pp if self.g_pp is None else self.g_pp + pp
         self.g_dp = dp if self.g_dp is None else self.g_dp + dp
 
 
+def _gram(a: np.ndarray, b: np.ndarray, bias: bool) -> np.ndarray:
+    """[a 1]ᵀ[b 1] per block without materializing the ones column: [[aᵀb, Σa], [Σb, n]]."""
+    core = np.matmul(np.swapaxes(a, 1, 2), b).astype(np.float64)
+    if not bias:
+        return core
+    blocks, rows = a.shape[0], a.shape[1]
+    out = np.empty((blocks, a.shape[2] + 1, b.shape[2] + 1))
+    out[:, :-1, :-1] = core
+    out[:, :-1, -1] = a.sum(1, dtype=np.float64)
+    out[:, -1, :-1] = b.sum(1, dtype=np.float64)
+    out[:, -1, -1] = rows
+    return out
+
+
 def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mapping[str, np.ndarray],
                 changed_nodes: set[str], batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
-                ridge: float = 1e-3, progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+                ridge: float = 1e-3, chunk: int = 8, progress: Callable[[str, int, int], None] | None = None) -> list[str]:
     """Refit (in place) every linear layer of ``pruned`` whose input differs from the dense model's.
 
     ``kept_out`` maps a layer to the dense output channels it kept (absent: all kept); ``changed_nodes``
@@ -84,7 +104,9 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     """
     d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
     changed = _changed_inputs(pruned, changed_nodes)
-    todo = {n for n, lay in p_layers.items() if lay.input in changed and n in d_layers}
+    # Depthwise convs pass channels through: the pointwise layer after them absorbs their drift, and
+    # their per-channel im2col statistics would cost more than the rest of the refit together.
+    todo = {n for n, lay in p_layers.items() if lay.input in changed and n in d_layers and not d_layers[n].depthwise}
     d_inits = initializer_dict(dense)
     done: list[str] = []
     stages = _stages(pruned, p_layers, todo)
@@ -107,8 +129,10 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
         for feeds in batches():
             xd = dict(zip(taps, d_sess.run(taps, {k: v for k, v in feeds.items() if k in d_need}), strict=True))
             xp = dict(zip(taps, p_sess.run(taps, {k: v for k, v in feeds.items() if k in p_need}), strict=True))
-            for name, fit in fits.items():
-                fit.add(xd[d_layers[name].input], xp[p_layers[name].input])
+            n = len(next(iter(xd.values())))
+            for lo in range(0, n, chunk):  # bound the im2col copies
+                for name, fit in fits.items():
+                    fit.add(xd[d_layers[name].input][lo:lo + chunk], xp[p_layers[name].input][lo:lo + chunk])
         for name, fit in fits.items():
             _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
             done.append(name)
@@ -144,7 +168,7 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
             w0 = np.concatenate([w0_all[b_new], b0[b_new][:, None]], axis=1)
         else:
             w0 = w0_all[b_new]
-        w = solve_refit(wd, fit.g_dp[b_new], fit.g_pp[b_new], w0, ridge)
+        w = solve_refit(wd, fit.g_dp[b_new], fit.g_pp[b_new], w0, ridge, fit.rows)
         new_w[b_new] = w[:, :-1] if fit.bias else w
         new_b[b_new] = w[:, -1] if fit.bias else b0[b_new]
     inits = {t.name: t for t in model.graph.initializer}

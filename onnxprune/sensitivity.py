@@ -1,0 +1,78 @@
+"""Measured sensitivity (SPDY-style): how much each group's pruning actually hurts the model's outputs.
+
+Layer-local error estimates (OBS) say how well a consumer can absorb a removal, not how the damage
+propagates to the outputs; early high-resolution groups look cheap locally and are not. So each group is
+pruned *alone* (in its ranking order) to a few widths and the dense-vs-pruned output damage is measured
+on a few calibration batches; the allocator then uses these end-to-end curves:
+
+    damage = mean KL(softmax(dense) ‖ softmax(pruned))  for classifier outputs,
+             ‖y − y_dense‖² / ‖y_dense‖²                 otherwise (summed over outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import onnx
+
+from .channels import ChannelGroup, Trace
+from .criteria import GroupRanking
+from .fidelity import is_classifier
+from .latency import ort_session
+from .passes.prune_channels import prune_channels
+
+
+def output_damage(dense: list[np.ndarray], other: list[np.ndarray]) -> float:
+    total = 0.0
+    for a, b in zip(dense, other, strict=True):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        if is_classifier(a.shape):
+            la, lb = _log_softmax(a64), _log_softmax(b64)
+            total += float(np.mean(np.sum(np.exp(la) * (la - lb), 1)))
+        else:
+            total += float(np.sum((a64 - b64) ** 2) / max(np.sum(a64 ** 2), 1e-30))
+    return total
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
+                      rankings: Mapping[int, GroupRanking], feeds: Mapping[str, np.ndarray],
+                      fractions: tuple[float, ...] = (0.25, 0.5, 0.75), mode: str = "measured",
+                      progress: Callable[[int], None] | None = None) -> dict[int, GroupRanking]:
+    """Rankings with the same channel order and an error curve from measured damage: interpolated
+    (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``)."""
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        sess = ort_session(m, optimize=False)
+        names = {i.name for i in sess.get_inputs()}
+        return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+    dense = run(model)
+    out: dict[int, GroupRanking] = {}
+    for g in groups:
+        r = rankings[g.id]
+        xs, ys = [0.0], [0.0]
+        for f in fractions:
+            removed = min(int(round(f * g.size)), g.size - 1)
+            if removed <= 0 or removed / g.size in xs:
+                continue
+            plan = {g.id: np.sort(r.order[removed:])}
+            ys.append(output_damage(dense, run(prune_channels(model, trace, plan, infer=False))))
+            xs.append(removed / g.size)
+        xs.append(1.0)
+        ys.append(max(ys[-1] * 2.0, ys[-1] + 1e-9) if len(ys) > 1 else 1.0)  # emptying the group: worst
+        curve = np.interp(np.arange(g.size + 1) / g.size, xs, np.maximum.accumulate(ys))
+        if mode == "scaled":  # the criterion's curve shape, at the measured level (mean ratio over the points)
+            est = r.error[:-1]
+            ratios = [y / est[int(round(x * g.size))] for x, y in zip(xs[1:-1], ys[1:-1], strict=True)
+                      if est[int(round(x * g.size))] > 0]
+            curve = r.error * (float(np.mean(ratios)) if ratios else 1.0)
+        curve[-1] = np.inf
+        out[g.id] = GroupRanking(g.id, r.order, curve)
+        if progress:
+            progress(1)
+    return out
