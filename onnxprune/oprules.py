@@ -92,25 +92,14 @@ def per_channel_norm(ctx: TraceContext, node: Node) -> None:
     ctx.set_view(node.outputs[0], view)
 
 
-def layer_norm(ctx: TraceContext, node: Node) -> None:
-    """LayerNormalization: removing a channel inside the normalized axes changes the statistics."""
+def normalizing(ctx: TraceContext, node: Node) -> None:
+    """LayerNormalization over axes [axis, rank) and Softmax-like ops over ``axis``: a channel removed from
+    the normalized axes changes every other one's value, so the space blocks; elsewhere they pass through."""
     view = ctx.view(node.inputs[0])
     if view is None:
         return
-    rank = len(ctx.shape(node.inputs[0]))
-    axis = node.attr("axis", -1) % rank
-    if view.axis >= axis:
-        ctx.block(view.space, f"{node} normalizes over the channel axis")
-    ctx.set_view(node.outputs[0], view)
-
-
-def softmax(ctx: TraceContext, node: Node) -> None:
-    """Softmax-like ops over the channel axis couple every channel: blocked there, pass-through elsewhere."""
-    view = ctx.view(node.inputs[0])
-    if view is None:
-        return
-    rank = len(ctx.shape(node.inputs[0]))
-    if view.axis == node.attr("axis", -1) % rank:
+    axis = node.attr("axis", -1) % len(ctx.shape(node.inputs[0]))
+    if view.axis == axis or (node.op == "LayerNormalization" and view.axis > axis):
         ctx.block(view.space, f"{node} normalizes over the channel axis")
     ctx.set_view(node.outputs[0], view)
 
@@ -481,11 +470,10 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(SPATIAL, spatial),
     **dict.fromkeys(REDUCE, reduce),
     **dict.fromkeys(("Reshape", "Flatten", "Squeeze", "Unsqueeze"), reshape),
-    **dict.fromkeys(("Softmax", "LogSoftmax", "Hardmax"), softmax),
+    **dict.fromkeys(("Softmax", "LogSoftmax", "Hardmax", "LayerNormalization"), normalizing),
     **dict.fromkeys(("BatchNormalization", "InstanceNormalization"), per_channel_norm),
     **dict.fromkeys(("LSTM", "GRU", "RNN"), recurrent),
     **dict.fromkeys(("Shape", "Size"), opaque),
-    "LayerNormalization": layer_norm,
     "Transpose": transpose,
     "Concat": concat,
     "Split": split,
