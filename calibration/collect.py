@@ -94,7 +94,6 @@ class ChannelStats:
 class Statistics:
     hessians: dict[str, HessianSum] = field(default_factory=dict)  # layer name → Σ x xᵀ of its input
     channels: dict[str, ChannelStats] = field(default_factory=dict)  # tensor → channel statistics
-    samples: int = 0
 
 
 def collect_statistics(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
@@ -116,7 +115,6 @@ def collect_statistics(model: onnx.ModelProto, batches: Iterable[Mapping[str, np
                 h.add(arr)
             if tensor in stats.channels:
                 stats.channels[tensor].add(arr)
-        stats.samples += len(next(iter(outs.values())))
 
     if taps:
         stream(model, batches, taps, sink, progress)

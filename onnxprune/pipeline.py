@@ -234,7 +234,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             kept = trace.kept_channels(plan)
             kept_out = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items()
                         if trace.space_of(lay.output) is not None}
-            changed = {m.node for m in trace.members if m.space in {s for s in kept if len(kept[s]) < trace.spaces[s].size}}
+            shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
+            changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
             refit = reconstruct(model, pruned, kept_out, changed, lambda: calib.batches("calib", 32), ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
