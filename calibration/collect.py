@@ -11,26 +11,44 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
+from onnx import helper
 
 from onnxprune.layers import LinearLayer
+
+
+def cut_model(model: onnx.ModelProto, taps: list[str]) -> onnx.ModelProto:
+    """The model computing exactly ``taps``: graph outputs replaced, nodes they do not need dropped.
+
+    A plain backward walk over the node list (no graph import), since refits cut the model once per stage.
+    """
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    needed, stack = set(), [t for t in taps if t in producer]
+    while stack:
+        i = producer[stack.pop()]
+        if i not in needed:
+            needed.add(i)
+            stack.extend(t for t in model.graph.node[i].input if t in producer)
+    cut = onnx.ModelProto()
+    cut.ir_version, cut.producer_name = model.ir_version, model.producer_name
+    cut.opset_import.extend(model.opset_import)
+    g = cut.graph
+    g.name = model.graph.name
+    g.node.extend(n for i, n in enumerate(model.graph.node) if i in needed)
+    used = {t for n in g.node for t in n.input} | set(taps)
+    g.initializer.extend(t for t in model.graph.initializer if t.name in used)
+    g.input.extend(i for i in model.graph.input if i.name in used)
+    g.output.extend(helper.make_empty_tensor_value_info(t) for t in taps)
+    return cut
 
 
 def tapped_session(model: onnx.ModelProto, taps: list[str], threads: int = 0):
     """An ORT session computing exactly ``taps`` (the graph is cut after them, so later nodes never run)."""
     import onnxruntime as ort
 
-    graph = gs.import_onnx(model)
-    tensors = graph.tensors()
-    graph.outputs = [tensors[t].to_variable(dtype=tensors[t].dtype, shape=tensors[t].shape)
-                     if not isinstance(tensors[t], gs.Variable) else tensors[t] for t in taps]
-    graph.cleanup(remove_unused_graph_inputs=False)
-    cut = gs.export_onnx(graph, do_type_check=False)
-    cut.ir_version = model.ir_version
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(cut.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(cut_model(model, taps).SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return sess, names
 

@@ -42,7 +42,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
                       rankings: Mapping[int, GroupRanking], feeds: Mapping[str, np.ndarray],
-                      fractions: tuple[float, ...] = (0.25, 0.5, 0.75), mode: str = "measured",
+                      fractions: tuple[float, ...] | None = None, mode: str = "measured",
                       progress: Callable[[int], None] | None = None) -> dict[int, GroupRanking]:
     """Rankings with the same channel order and an error curve from measured damage: interpolated
     (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``)."""
@@ -51,6 +51,8 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
         names = {i.name for i in sess.get_inputs()}
         return sess.run(None, {k: v for k, v in feeds.items() if k in names})
 
+    # the rescaled curve needs only its level: two points do; an interpolated curve needs three
+    fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
     dense = run(model)
     out: dict[int, GroupRanking] = {}
     for g in groups:
