@@ -5,6 +5,7 @@ Each stage is a plain function call; this module only chains them and times them
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -68,6 +69,7 @@ class CompressOptions:
     damp: float = 0.01  # OBS: λ = damp·mean(diag H)
     sensitivity: str = "scaled"  # allocation curves: criterion curve at the measured level ("scaled"), "measured", "estimated"
     sensitivity_samples: int = 32
+    refit_samples: int = 256  # calibration samples the least-squares refit reads (two ORT passes per stage)
 
 
 def parse_target(text: str) -> float:
@@ -237,7 +239,9 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
-            refit = reconstruct(model, pruned, kept_out, changed, lambda: calib.batches("calib", 32), ridge=opts.ridge,
+            refit_batches = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32))
+            refit = reconstruct(model, pruned, kept_out, changed,
+                                lambda: itertools.islice(calib.batches("calib", 32), refit_batches), ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
     fidelity = {}
     if calib is not None and calib.n_holdout():
