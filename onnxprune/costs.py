@@ -13,11 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import onnx
-from onnx import TensorProto
 
-from .shapes import Shape, static_shapes
-
-_FLOAT = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+from .shapes import FLOAT_TYPES, Shape, static_shapes
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -105,7 +102,7 @@ class ModelCost:
 def model_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None) -> ModelCost:
     """MACs and params of every node and of the whole model at the given input shapes (batch 1 by default)."""
     shapes = static_shapes(model, input_shapes)
-    floats = {t.name: list(t.dims) for t in model.graph.initializer if t.data_type in _FLOAT}
+    floats = {t.name: list(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
     counted: set[str] = set()
     nodes: list[NodeCost] = []
     unmeasured: list[str] = []

@@ -111,12 +111,5 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
     return out
 
 
-def bias_of(model_inits: dict[str, np.ndarray], layer: LinearLayer, out_features: int) -> np.ndarray:
-    """The layer's bias as a vector (zeros when it has none)."""
-    if layer.bias is None:
-        return np.zeros(out_features, np.float64)
-    return np.broadcast_to(model_inits[layer.bias].reshape(-1), (out_features,)).astype(np.float64)
-
-
 def initializer_dict(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

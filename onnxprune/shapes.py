@@ -8,11 +8,12 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .errors import InputError
 
 Shape = tuple[int, ...]
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 _TWO_GB = 2**31 - 1
 
 
@@ -178,17 +179,3 @@ def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | No
         except Exception:
             pass  # leave them unknown: the cost model reports such nodes as unmeasured
     return shapes
-
-
-def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers as numpy arrays (Constant nodes too, so un-normalized graphs can be costed)."""
-    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    arrays[node.output[0]] = numpy_helper.to_array(a.t)
-    return arrays
-
-
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}

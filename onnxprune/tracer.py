@@ -6,12 +6,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .channels import Member, Space, Trace, View, build_groups
-from .shapes import Shape, declared_shape, graph_inputs, static_shapes
-
-FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+from .shapes import FLOAT_TYPES, Shape, declared_shape, graph_inputs, static_shapes
 
 
 class Node:
@@ -115,7 +113,7 @@ def trace_channels(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | N
     for vi in graph_inputs(model):
         # Inputs are traced (and blocked) so that everything joined to them is known to be fixed.
         shape = ctx.shape(vi.name)
-        if shape and len(shape) >= 2 and vi.type.tensor_type.elem_type in FLOATS:
+        if shape and len(shape) >= 2 and vi.type.tensor_type.elem_type in FLOAT_TYPES:
             axis = 1 if len(shape) >= 4 else len(shape) - 1
             ctx.set_view(vi.name, View(ctx.new_space(vi.name, shape[axis], f"graph input '{vi.name}'"), axis))
     for proto in model.graph.node:
