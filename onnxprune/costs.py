@@ -99,17 +99,31 @@ class ModelCost:
         return asdict(self)
 
 
+def param_slots(model: onnx.ModelProto) -> dict[tuple[str, int], int]:
+    """Elements of every floating-point initializer, keyed by the (node, input index) that first reads it."""
+    floats = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
+    seen: set[str] = set()
+    slots: dict[tuple[str, int], int] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in floats and name not in seen:
+                seen.add(name)
+                slots[(node.name, i)] = floats[name]
+    return slots
+
+
 def model_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None) -> ModelCost:
     """MACs and params of every node and of the whole model at the given input shapes (batch 1 by default)."""
     shapes = static_shapes(model, input_shapes)
     floats = {t.name: list(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
-    counted: set[str] = set()
+    params_of: dict[str, int] = {}
+    for (node_name, _), n in param_slots(model).items():
+        params_of[node_name] = params_of.get(node_name, 0) + n
     nodes: list[NodeCost] = []
     unmeasured: list[str] = []
     for node in model.graph.node:
         weights = [n for n in node.input if n in floats]
-        params = sum(math.prod(floats[n]) for n in weights if n not in counted)
-        counted.update(weights)
+        params = params_of.get(node.name, 0)
         macs = None
         rule = MAC_RULES.get(node.op_type)
         if rule is not None:

@@ -29,7 +29,7 @@ from .allocate import (
 )
 from .calibration.collect import collect_statistics
 from .calibration.readers import CalibrationSet, load_calibration
-from .costs import model_cost
+from .costs import model_cost, param_slots
 from .criteria import CRITERIA, rank_groups
 from .errors import InputError, QualityGateError
 from .fidelity import compare, headline, run_all
@@ -141,7 +141,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         trace = trace_channels(model, shapes or None)
         base = model_cost(model, shapes or None)
     node_macs = {n.name: n.macs or 0 for n in base.nodes}
-    param_sizes = _param_sizes(model)
+    param_sizes = param_slots(model)
     criterion = opts.criterion
     if calib is None and criterion in DATA_CRITERIA:
         warnings.append(f"criterion '{criterion}' needs --calib: using magnitude")
@@ -286,19 +286,6 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         if drop > opts.max_drop:
             raise QualityGateError(f"quality gate failed: {key} {value:.4f} dropped by {drop:.4f} > --max-drop {opts.max_drop}")
     return report
-
-
-def _param_sizes(model: onnx.ModelProto) -> dict[tuple[str, int], int]:
-    """Float initializers by the (node, input) slot that first reads them (counted once, as the cost model does)."""
-    floats = {t.name: math.prod(t.dims) for t in model.graph.initializer
-              if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
-    seen, out = set(), {}
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name in floats and name not in seen:
-                seen.add(name)
-                out[(node.name, i)] = floats[name]
-    return out
 
 
 def _controlled(trace, groups, exact_cost, base: float) -> dict[int, float]:
