@@ -107,6 +107,11 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _is_protected(out: Path, protect) -> bool:
+    """``out`` is (a link to, or the same path as) one of the files in ``protect``."""
+    return any(_same_file(out, Path(q)) or out.resolve() == Path(q).resolve() for q in protect)
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike,
@@ -121,13 +126,12 @@ def save_model(
     there (``check``), and only then moved into place, so a failure never leaves a partial file.
     """
     out = Path(path)
-    protected = [Path(q) for q in protect]
-    if any(_same_file(out, q) or out.resolve() == q.resolve() for q in protected):
+    if _is_protected(out, protect):
         raise InputError(f"refusing to overwrite the input model {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
-    if external and any(_same_file(out.parent / data_name, q) for q in protected):
+    if external and _is_protected(out.parent / data_name, protect):
         raise InputError(f"refusing to overwrite the input's external data {out.parent / data_name}")
     tmp = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=out.parent))
     try:
@@ -152,7 +156,7 @@ def save_model(
 def write_text_atomic(path: str | os.PathLike, text: str, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Write a text file atomically (temp file in the same folder, then rename); never over ``protect``."""
     out = Path(path)
-    if any(_same_file(out, Path(q)) or out.resolve() == Path(q).resolve() for q in protect):
+    if _is_protected(out, protect):
         raise InputError(f"refusing to overwrite the input file {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", dir=out.parent)
