@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from onnxprune.latency import ort_session
+from onnxprune.fidelity import run_all
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models"
@@ -19,10 +19,8 @@ ZOO = Path(os.environ.get("ONNXPRUNE_ZOO_DIR", REPO / "models" / "cache"))
 
 def run_batched(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
     """All outputs of ``model`` over feeds whose axis 0 is the sample axis, in chunks of ``batch``."""
-    sess = ort_session(model)
     n = len(next(iter(feeds.values())))
-    chunks = [sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
-    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    return run_all(model, ({k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, n, batch)))
 
 
 def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:

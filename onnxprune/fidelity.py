@@ -10,8 +10,10 @@ import onnx
 from .latency import ort_session
 
 
-def run_all(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
-    sess = ort_session(model)
+def run_all(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
+            optimize: bool = True) -> list[np.ndarray]:
+    """Every output of ``model`` over ``batches`` (inputs it does not take are ignored), concatenated."""
+    sess = ort_session(model, optimize=optimize)
     names = {i.name for i in sess.get_inputs()}
     chunks = [sess.run(None, {k: v for k, v in b.items() if k in names}) for b in batches]
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
@@ -34,15 +36,20 @@ def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str]) 
             top5 = min(5, a.shape[1])
             ta, tb = np.argsort(-a, 1)[:, :top5], np.argsort(-b, 1)[:, :top5]
             m["top5_overlap"] = float(np.mean([len(set(x) & set(y)) / top5 for x, y in zip(ta, tb, strict=True)]))
-            pa, pb = _softmax(a64), _softmax(b64)
-            m["kl_dense_to_pruned"] = float(np.mean(np.sum(pa * (np.log(pa + 1e-12) - np.log(pb + 1e-12)), 1)))
+            m["kl_dense_to_pruned"] = mean_kl(a64, b64)
         out[name] = m
     return out
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+def mean_kl(logits_p: np.ndarray, logits_q: np.ndarray) -> float:
+    """Mean over samples of KL(softmax(p) ‖ softmax(q)), from exact log-softmaxes."""
+    lp, lq = _log_softmax(logits_p), _log_softmax(logits_q)
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), 1)))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def headline(fid: dict) -> tuple[str, float]:

@@ -18,8 +18,7 @@ import onnx
 
 from .channels import ChannelGroup, Trace
 from .criteria import GroupRanking
-from .fidelity import is_classifier
-from .latency import ort_session
+from .fidelity import is_classifier, mean_kl, run_all
 from .passes.prune_channels import prune_channels
 
 
@@ -28,16 +27,10 @@ def output_damage(dense: list[np.ndarray], other: list[np.ndarray]) -> float:
     for a, b in zip(dense, other, strict=True):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         if is_classifier(a.shape):
-            la, lb = _log_softmax(a64), _log_softmax(b64)
-            total += float(np.mean(np.sum(np.exp(la) * (la - lb), 1)))
+            total += mean_kl(a64, b64)
         else:
             total += float(np.sum((a64 - b64) ** 2) / max(np.sum(a64 ** 2), 1e-30))
     return total
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
@@ -47,9 +40,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
     """Rankings with the same channel order and an error curve from measured damage: interpolated
     (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``)."""
     def run(m: onnx.ModelProto) -> list[np.ndarray]:
-        sess = ort_session(m, optimize=False)
-        names = {i.name for i in sess.get_inputs()}
-        return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+        return run_all(m, [feeds], optimize=False)
 
     # the rescaled curve needs only its level: two points do; an interpolated curve needs three
     fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
