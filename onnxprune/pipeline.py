@@ -5,6 +5,7 @@ Each stage is a plain function call; this module only chains them and times them
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -102,19 +103,18 @@ def _validate(opts: CompressOptions) -> None:
 
 
 class Timer:
+    """Wall time per pipeline stage: ``with timer("prune"): ...`` adds to ``times["prune"]``."""
+
     def __init__(self):
         self.times: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _T:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.times[name] = round(timer.times.get(name, 0.0) + time.perf_counter() - self.t, 3)
-        return _T()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: CompressOptions,
