@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -82,6 +83,42 @@ def compress(model, outdir, target, metric, calib, calib_samples, preprocess, in
     else:
         print_summary(console, report)
 
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", required=True, metavar="PATH", help="Calibration data: .npz/.npy, an image folder, or "
+              "file.py:function (runs that Python file: only use code you trust).")
+@click.option("-o", "--output-dir", "outdir", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for <stem>.int8.onnx and <stem>.int8.report.json.")
+@click.option("--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out.")
+@click.option("--preprocess", type=click.Choice(["imagenet", "effnet", "raw"]), help="Image-folder preprocessing.")
+@click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
+@click.option("--preset", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+              help="ort: uint8 asymmetric activations for ORT CPU; tensorrt: symmetric int8, shared Add/Concat scales.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="How onnxruntime's calibrator picks activation ranges.")
+@click.option("--max-drop", type=float, help="Keep the most sensitive layers in float until top-1 agreement (or "
+              "output cosine) with the FP32 model drops by at most X; exit 4 if even that fails.")
+@click.option("--no-bias-correction", is_flag=True, help="Skip correcting the biases for the mean INT8 weight error.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
+def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset, calib_method, max_drop,
+             no_bias_correction, as_json) -> None:
+    """INT8 QDQ (QAT-ready) version of MODEL, calibrated on --calib."""
+    from .quantize import quantize_file
+    from .summary import print_quantize_summary
+
+    console = Console(stderr=True)
+    status = None if as_json else console.status("quantizing")
+    with status or contextlib.nullcontext():
+        report = quantize_file(model, outdir, calib, calib_samples=calib_samples, preprocess=preprocess,
+                               input_size=input_size, preset=preset, calib_method=calib_method, max_drop=max_drop,
+                               bias_correction=not no_bias_correction,
+                               progress=(lambda stage: status.update(f"quantizing: {stage}")) if status else None)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_quantize_summary(Console(), report)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures print one line and exit with the contract's code."""

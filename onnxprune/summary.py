@@ -58,3 +58,33 @@ def print_summary(console: Console, r: dict) -> None:
     for w in r["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings_s"].items()))
+
+
+def print_quantize_summary(console: Console, r: dict) -> None:
+    """What `onnxprune quantize` did: output, sizes, layers kept in float, fidelity, latency, warnings."""
+    size, layers = r["size_bytes"], r["layers"]
+    console.print(f"[bold]{r['model']}[/bold] → {r['output']}")
+    console.print(f"preset {r['preset']}, calibration {r['calib_method']} on {r['calibration']['samples']} samples, "
+                  f"{layers['quantized']}/{layers['weight_layers']} weight layers INT8"
+                  + (f", bias-corrected {r['bias_correction']['corrected']}" if r.get("bias_correction") else ""))
+    console.print(f"size {human(size['fp32'])}B FP32 → {human(size['int8_qdq'])}B QDQ file (float weights kept, "
+                  f"QAT-ready); {human(size['int8_weights_stored'])}B with INT8 weight storage")
+    if layers["float"]:
+        console.print(f"kept in float ({len(layers['float'])}): " + ", ".join(layers["float"][:6])
+                      + (" …" if len(layers["float"]) > 6 else ""))
+    for name, m in r["fidelity"].get("int8_vs_fp32", {}).items():
+        line = f"INT8 vs FP32 on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
+        if "top1_agreement" in m:
+            line += f", top-1 agreement {100 * m['top1_agreement']:.1f}%, KL {m['kl_dense_to_pruned']:.4f}"
+        console.print(line)
+    gate = r.get("quality_gate")
+    if gate:
+        verdict = "[green]passed[/green]" if gate["passed"] else "[red]FAILED[/red]"
+        console.print(f"quality gate (--max-drop {gate['max_drop']}): {gate['metric']} {gate['value']:.4f} {verdict}")
+    lat = r.get("latency_ms")
+    if lat:
+        console.print(f"ORT CPU latency (batch {lat['batch']}): FP32 {lat['fp32']['median']:.3f} ms, "
+                      f"INT8 {lat['int8']['median']:.3f} ms ({lat['fp32_over_int8']:.2f}x)")
+    for w in r["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings_s"].items()))

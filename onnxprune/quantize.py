@@ -1,0 +1,525 @@
+"""INT8 QDQ output built on ``onnxruntime.quantization`` (never a home-made quantizer).
+
+``quantize_model(model, calib)`` returns a QAT-ready QDQ model and a JSON-able report:
+
+* the model is normalized (opset >= 13 — per-channel QDQ on opset 12 is invalid —, Constant-node
+  weights lowered to initializers, BatchNorm folded), then run through onnxruntime's
+  ``quant_pre_process`` (shape inference; on failure, e.g. "Incomplete symbolic shape inference" on
+  some Paddle exports, onnx shape inference is used instead and the report says so);
+* activation ranges are calibrated once with onnxruntime's calibrator (``minmax``, ``percentile`` or
+  ``entropy``), batch by batch, and cached; every later ``quantize_static`` call reads that cache;
+* weights are symmetric per-channel INT8 (zero point 0, so pruned and 2:4 zeros stay exactly zero) and
+  kept in float with a QuantizeLinear -> DequantizeLinear pair each (``AddQDQPairToWeight``);
+* the quality levers (bias correction, sensitivity-ordered float fallback to meet ``max_drop``) live in
+  :mod:`onnxprune.quantize_tuning`.
+
+onnxruntime's quantizer writes temporary files (``<uuid>.data``, ``sym_shape_infer_temp.onnx``) into
+the current directory and logs through the root logger, and its calibrators print to stdout; all of
+that is contained here: it runs in a scratch folder that is the cwd only while it runs, its log
+records become report warnings, and its prints are swallowed (``--json`` output stays parseable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    create_calibrator,
+    load_tensors_data,
+    quant_pre_process,
+    quantize_static,
+    save_tensors_data,
+)
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+from . import __version__
+from .calibration.readers import CalibrationSet, load_calibration
+from .errors import InputError, QualityGateError
+from .fidelity import compare, headline, run_all
+from .latency import measure_latency, ort_session
+from .modelio import load_model, save_model, write_text_atomic
+from .passes.normalize import normalize
+from .shapes import infer_shapes
+
+# What quantize_static quantizes when op_types_to_quantize is not given; the calibrator must see the same.
+QUANTIZABLE_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                 "entropy": CalibrationMethod.Entropy}
+WEIGHT_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CALIB_BATCH = 16  # the calibrator keeps every tapped tensor of a batch in memory: keep batches small
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that differs between deployment targets: activation type and quantizer options."""
+
+    name: str
+    activation_type: QuantType
+    activation_symmetric: bool
+    extra_options: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"activation_type": self.activation_type.name, "weight_type": "QInt8",
+                "activation_symmetric": self.activation_symmetric, "extra_options": self.extra_options}
+
+
+PRESETS = {
+    # ORT CPU: asymmetric uint8 activations x symmetric int8 weights is the U8S8 path the x86 kernels
+    # (VNNI included) are built for; Relu/Clip fold into the activation range.
+    "ort": Preset("ort", QuantType.QUInt8, False, {
+        "ActivationSymmetric": False, "WeightSymmetric": True, "AddQDQPairToWeight": True,
+    }),
+    # TensorRT explicit quantization: symmetric int8 everywhere (all zero points 0), one dedicated Q/DQ
+    # pair per consumer (TensorRT cannot share a pair between nodes), activations kept as ops, no
+    # output Q/DQ on Concat/Reshape (data movement), float bias (TensorRT fuses it itself).
+    "tensorrt": Preset("tensorrt", QuantType.QInt8, True, {
+        "ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True,
+        "DedicatedQDQPair": True, "QDQKeepRemovableActivations": True, "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": ["Concat", "Reshape"],
+    }),
+}
+
+
+class FeedReader(CalibrationDataReader):
+    """onnxruntime's calibration reader over feed dicts (e.g. ``CalibrationSet.batches``)."""
+
+    def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]], input_names: set[str]):
+        self._feeds = iter(feeds)
+        self._names = input_names
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        feed = next(self._feeds, None)
+        return None if feed is None else {k: v for k, v in feed.items() if k in self._names}
+
+
+@contextlib.contextmanager
+def ort_quantizer_sandbox(records: list[str]) -> Iterator[Path]:
+    """A scratch folder that is the cwd while onnxruntime's quantizer runs (it drops temp files there).
+
+    Root-logger records of level WARNING and above are collected into ``records`` instead of being
+    printed; the previous cwd, log level and handlers are restored on exit, even on errors.
+    """
+    old_cwd = os.getcwd()
+    root = logging.getLogger()
+    old_level = root.level
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(" ".join(record.getMessage().split()))
+
+    handler = Collect(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-quant-") as scratch:
+        os.chdir(scratch)
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+        try:
+            yield Path(scratch)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+            os.chdir(old_cwd)
+
+
+def prepare_float_model(model: onnx.ModelProto, path: Path, warnings: list[str]) -> tuple[onnx.ModelProto, dict]:
+    """Normalize ``model``, give every Conv/Gemm a bias, run ORT's pre-processing; save to ``path``.
+
+    Zero biases change nothing numerically; they give bias correction a place to write. ORT's graph
+    optimizer is skipped (normalize already folded BatchNorm and constants) so node names stay the
+    ones the report and ``nodes_to_exclude`` use.
+    """
+    normalized, norm_report = normalize(model)
+    add_zero_biases(normalized)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(normalized, str(path), skip_optimization=True)
+        prepared = onnx.load(str(path))
+        pre = "quant_pre_process"
+    except Exception as exc:  # noqa: BLE001 - any failure of ORT's pre-processing has the same fallback
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        warnings.append(f"onnxruntime quant_pre_process failed ({reason}); used onnx shape inference instead")
+        prepared = infer_shapes(normalized)
+        onnx.save(prepared, str(path))
+        pre = "onnx shape inference (quant_pre_process failed)"
+    return prepared, {"normalization": norm_report.summary(), "shape_inference": pre}
+
+
+def add_zero_biases(model: onnx.ModelProto) -> int:
+    """Give each Conv/ConvTranspose/Gemm that has a float weight initializer but no bias a zero bias."""
+    inits = {t.name: t for t in model.graph.initializer}
+    added = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
+            continue
+        weight = inits.get(node.input[1])
+        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or (len(node.input) > 2 and node.input[2]):
+            continue
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            width = weight.dims[0] if trans_b else weight.dims[1]
+        else:  # Conv weight [M, C/g, k...]; ConvTranspose weight [C, M/g, k...]
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            width = weight.dims[0] if node.op_type == "Conv" else weight.dims[1] * group
+        bias = onnx.numpy_helper.from_array(np.zeros(width, np.float32), _unique_name(inits, f"{node.name}.zero_bias"))
+        model.graph.initializer.append(bias)
+        inits[bias.name] = bias
+        del node.input[2:]
+        node.input.append(bias.name)
+        added += 1
+    return added
+
+
+def _unique_name(taken: Mapping[str, object], base: str) -> str:
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def calibrate_ranges(model_path: Path, calib: CalibrationSet, method: str, preset: Preset, cache: Path) -> None:
+    """Run onnxruntime's calibrator over the calibration slice, one small batch at a time; save the ranges.
+
+    Percentile ranges follow the preset's activation symmetry (ORT defaults them to symmetric, which
+    would waste half the uint8 range on post-ReLU tensors).
+    """
+    options = {"symmetric": preset.activation_symmetric} if method == "percentile" else {}
+    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress to stdout
+        calibrator = create_calibrator(model_path, QUANTIZABLE_OP_TYPES,
+                                       augmented_model_path=str(cache.with_name("augmented.onnx")),
+                                       calibrate_method=CALIB_METHODS[method], extra_options=options)
+        names = {i.name for i in calibrator.model.graph.input}
+        for batch in calib.batches("calib", CALIB_BATCH):
+            calibrator.collect_data(FeedReader([batch], names))
+        ranges = calibrator.compute_data()
+    save_tensors_data(ranges, cache)
+
+
+def shared_scale_overrides(model: onnx.ModelProto, cache: Path) -> dict[str, list[dict]]:
+    """TensorQuantOverrides giving all activation inputs of each Add and Concat (and a Concat's output) one range.
+
+    Tensors are unioned transitively (a residual stream feeding two Adds shares across both); each
+    group gets the widest symmetric range of its members, so onnxruntime derives one identical scale
+    for all of them — what TensorRT needs to run the Add/Concat in INT8 without requantizing.
+    """
+    ranges = load_tensors_data(cache)
+    parent: dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.setdefault(t, t) != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for node in model.graph.node:
+        if node.op_type not in ("Add", "Concat"):
+            continue
+        members = [t for t in node.input if t in ranges]
+        if node.op_type == "Concat" and node.output[0] in ranges:
+            members.append(node.output[0])
+        for other in members[1:]:
+            parent[find(other)] = find(members[0])
+    groups: dict[str, list[str]] = {}
+    for t in parent:
+        groups.setdefault(find(t), []).append(t)
+    overrides = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        absmax = max(float(np.max(np.abs(ranges[t].range_value))) for t in members)
+        for t in members:
+            overrides[t] = [{"rmin": np.float32(-absmax), "rmax": np.float32(absmax)}]
+    return overrides
+
+
+@dataclass
+class Int8Builder:
+    """Runs ``quantize_static`` on the prepared float model with the cached ranges, any layer set excluded."""
+
+    float_path: Path
+    cache: Path
+    preset: Preset
+    method: str
+    per_channel: bool
+    overrides: dict[str, list[dict]]
+    scratch: Path
+
+    def build(self, exclude: Iterable[str] = (), float_model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        """The QDQ model of ``float_model`` (default: the prepared one; same tensor names) minus ``exclude``."""
+        source = self.float_path
+        if float_model is not None:
+            source = self.scratch / "float_variant.onnx"
+            onnx.save(float_model, str(source))
+        out = self.scratch / "int8.onnx"
+        options = dict(self.preset.extra_options)
+        if self.overrides:
+            options["TensorQuantOverrides"] = self.overrides
+        quantize_static(str(source), str(out), None, quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                        activation_type=self.preset.activation_type, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=sorted(exclude), calibrate_method=CALIB_METHODS[self.method],
+                        calibration_cache_path=str(self.cache), extra_options=options)
+        int8 = onnx.load(str(out))
+        keep_outputs_float(int8)
+        return int8
+
+
+def keep_outputs_float(qdq: onnx.ModelProto) -> int:
+    """Remove the Q -> DQ pair onnxruntime puts right before graph outputs (in place); return how many.
+
+    Rounding the final logits to 256 levels only costs accuracy — close logits swap places — and
+    saves nothing: the consumer of a graph output is float anyway.
+    """
+    outputs = {o.name for o in qdq.graph.output}
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in qdq.graph.node:
+        for t in n.input:
+            readers[t] = readers.get(t, 0) + 1
+    drop = []
+    for name in outputs:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        source = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if source is None or readers.get(q.input[0], 0) != 1 or readers.get(q.output[0], 0) != 1 \
+                or q.input[0] in outputs:
+            continue
+        source.output[list(source.output).index(q.input[0])] = name
+        drop += [q, dq]
+    if drop:
+        kept = [n for n in qdq.graph.node if all(n is not d for d in drop)]
+        del qdq.graph.node[:]
+        qdq.graph.node.extend(kept)
+        used = {t for n in qdq.graph.node for t in n.input}
+        unused = [t for t in qdq.graph.initializer if t.name not in used]
+        for t in unused:
+            qdq.graph.initializer.remove(t)
+    return len(drop) // 2
+
+
+def weight_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/ConvTranspose/Gemm/MatMul nodes whose weight (input 1) is a float initializer."""
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    return [n.name for n in model.graph.node if n.op_type in WEIGHT_LAYER_OPS and len(n.input) > 1
+            and n.input[1] in floats]
+
+
+def quantized_weight_layers(qdq: onnx.ModelProto) -> list[str]:
+    """Weight layers of a QDQ model whose weight arrives through a DequantizeLinear."""
+    dq_outputs = {n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in qdq.graph.node if n.op_type in WEIGHT_LAYER_OPS and len(n.input) > 1
+            and n.input[1] in dq_outputs]
+
+
+def weight_storage_bytes(qdq: onnx.ModelProto) -> int:
+    """Serialized size if every float weight behind a QuantizeLinear were stored as INT8 instead.
+
+    The QAT-ready file keeps float weights; onnxruntime folds those Q nodes at load time, and a
+    deployment export would store the int8 values: 3 bytes saved per weight element.
+    """
+    inits = {t.name: t for t in qdq.graph.initializer}
+    quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits}
+    saved = sum(3 * int(np.prod(inits[name].dims)) for name in quantized
+                if inits[name].data_type == onnx.TensorProto.FLOAT)
+    return qdq.ByteSize() - saved
+
+
+def check_runnable(model: onnx.ModelProto) -> None:
+    """Full ONNX check and an onnxruntime session: every emitted model must pass both."""
+    onnx.checker.check_model(model, full_check=True)
+    ort_session(model)
+
+
+def versions() -> dict:
+    import onnxruntime
+
+    return {"onnxprune": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__}
+
+
+@contextlib.contextmanager
+def timed(times: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[stage] = round(times.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+
+def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str = "ort",
+                   calib_method: str = "minmax", per_channel: bool = True, max_drop: float | None = None,
+                   dense_reference: onnx.ModelProto | None = None, bias_correction: bool = True,
+                   exclude: Iterable[str] = (), latency_runs: int = 50,
+                   progress=None) -> tuple[onnx.ModelProto, dict]:
+    """INT8 QDQ version of ``model`` and a JSON-able report section.
+
+    ``calib`` calibrates (its ``calib`` slice) and verifies (its ``holdout`` slice). With ``max_drop``
+    set, the most sensitive weight layers are kept in float until the held-out headline metric (top-1
+    agreement with the FP32 model, or output cosine) drops by at most ``max_drop``; the report's
+    ``quality_gate`` says whether that was reached (this function does not raise for it). ``exclude``:
+    node names always kept in float. ``progress(stage)`` is called as stages start.
+    """
+    from .quantize_tuning import BiasCorrector, fallback_search
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown quantization preset '{preset}' (choose from {', '.join(PRESETS)})")
+    if calib_method not in CALIB_METHODS:
+        raise InputError(f"unknown calibration method '{calib_method}' (choose from {', '.join(CALIB_METHODS)})")
+    if calib.n_calib() == 0:
+        raise InputError("quantization needs calibration samples; the calibration set is empty")
+    if max_drop is not None and not calib.n_holdout():
+        raise InputError("--max-drop needs held-out samples to verify against; give more calibration data")
+    settings = PRESETS[preset]
+    notify = progress or (lambda stage: None)
+    warnings = list(calib.warnings)
+    log_records: list[str] = []
+    times: dict[str, float] = {}
+    with ort_quantizer_sandbox(log_records) as scratch:
+        notify("prepare")
+        with timed(times, "prepare"):
+            float_path = scratch / "prepared.onnx"
+            prepared, prep_report = prepare_float_model(model, float_path, warnings)
+            layers = weight_layers(prepared)
+            unknown = sorted(set(exclude) - {n.name for n in prepared.graph.node})
+            if unknown:
+                warnings.append(f"excluded node(s) not in the normalized model: {', '.join(unknown[:5])}")
+        notify("calibrate")
+        with timed(times, "calibrate"):
+            cache = scratch / "ranges.json"
+            calibrate_ranges(float_path, calib, calib_method, settings, cache)
+            overrides = shared_scale_overrides(prepared, cache) if preset == "tensorrt" else {}
+        builder = Int8Builder(float_path, cache, settings, calib_method, per_channel, overrides, scratch)
+        corrector = BiasCorrector(prepared, builder, calib) if bias_correction else None
+        notify("quantize")
+        with timed(times, "quantize"):
+            build = corrector.build if corrector else builder.build
+            forced = sorted(set(exclude) & set(layers))
+            int8 = build(forced)
+        holdout = calib.n_holdout() > 0
+        names = [o.name for o in model.graph.output]
+        fidelity: dict = {}
+        search: dict = {}
+        if holdout:
+            notify("verify")
+            with timed(times, "verify"):
+                fp32_out = run_all(model, calib.batches("holdout", 64))
+                fidelity = compare(fp32_out, run_all(int8, calib.batches("holdout", 64)), names)
+            first_int8 = int8
+            if max_drop is not None and 1.0 - headline(fidelity)[1] > max_drop:
+                notify("fallback")
+                with timed(times, "fallback"):
+                    found, found_fid, search = fallback_search(build, builder.build, forced, layers, calib,
+                                                               fp32_out, names, max_drop)
+                if found is not None and headline(found_fid)[1] >= headline(fidelity)[1]:
+                    int8, fidelity = found, found_fid
+                else:
+                    search["excluded"], search["count"] = [], 0
+        else:
+            warnings.append("no held-out samples: INT8 fidelity not measured")
+    check_runnable(int8)
+    report = _report(model, int8, calib, settings, calib_method, per_channel, prep_report, layers,
+                     quantized_weight_layers(int8), fidelity, search, corrector, max_drop)
+    if dense_reference is not None and holdout:
+        with timed(times, "verify"):
+            dense_out = run_all(dense_reference, calib.batches("holdout", 64))
+            report["fidelity"]["int8_vs_dense"] = compare(dense_out, run_all(int8, calib.batches("holdout", 64)), names)
+            report["fidelity"]["fp32_vs_dense"] = compare(dense_out, fp32_out, names)
+    if latency_runs:
+        notify("latency")
+        with timed(times, "latency"):
+            variants = {"fp32": model, "int8": int8}
+            if search.get("excluded"):
+                variants["int8_no_fallback"] = first_int8
+            report["latency_ms"] = latency_report(variants, calib, latency_runs)
+    report["warnings"] = warnings + _dedupe(log_records)
+    report["timings_s"] = times
+    report["versions"] = versions()
+    return int8, report
+
+
+def latency_report(models: Mapping[str, onnx.ModelProto], calib: CalibrationSet, runs: int) -> dict:
+    """ORT CPU median latency of each model on the same batch-1 feed (the model's batch if fixed), one process."""
+    feed = next(calib.batches("calib", 1))
+    out = {}
+    for name, m in models.items():
+        lat = measure_latency(m, feed, runs=runs, warmup=max(3, runs // 5), budget_s=10.0)
+        out[name] = {"median": round(lat.median_ms, 4), "p90": round(lat.p90_ms, 4), "runs": lat.runs}
+    out["batch"] = len(next(iter(feed.values())))
+    out["fp32_over_int8"] = round(out["fp32"]["median"] / out["int8"]["median"], 3)
+    if "int8_no_fallback" in out:
+        out["fallback_cost"] = round(out["int8"]["median"] / out["int8_no_fallback"]["median"], 3)
+    return out
+
+
+def _dedupe(lines: list[str], limit: int = 20) -> list[str]:
+    seen = list(dict.fromkeys(f"onnxruntime: {line}" for line in lines))
+    return seen[:limit] + ([f"... {len(seen) - limit} more onnxruntime warnings"] if len(seen) > limit else [])
+
+
+def _report(model, int8, calib, settings, method, per_channel, prep_report, layers, quantized, fidelity, search,
+            corrector, max_drop) -> dict:
+    """The JSON-able report section (fidelity, sizes, layers, gate); latency/timings are added by the caller."""
+    fp32_bytes, int8_bytes, stored = model.ByteSize(), int8.ByteSize(), weight_storage_bytes(int8)
+    report = {
+        "preset": settings.name,
+        "calib_method": method,
+        "per_channel": per_channel,
+        "settings": settings.describe(),
+        "calibration": {"source": calib.source, "samples": calib.n_calib(), "holdout": calib.n_holdout()},
+        "size_bytes": {"fp32": fp32_bytes, "int8_qdq": int8_bytes, "int8_weights_stored": stored,
+                       "fp32_over_int8_weights_stored": round(fp32_bytes / max(stored, 1), 3)},
+        "layers": {"weight_layers": len(layers), "quantized": len(quantized),
+                   "float": sorted(set(layers) - set(quantized))},
+        "bias_correction": corrector.summary() if corrector else None,
+        "fidelity": {"int8_vs_fp32": fidelity},
+        "preprocessing": prep_report,
+    }
+    if search:
+        report["fallback"] = search
+    if max_drop is not None and fidelity:
+        key, value = headline(fidelity)
+        report["quality_gate"] = {"metric": key, "value": value, "max_drop": max_drop,
+                                  "passed": 1.0 - value <= max_drop}
+    return report
+
+
+def quantize_file(model_path: str | os.PathLike, outdir: str | os.PathLike, calib_spec: str, *,
+                  calib_samples: int = 256, preprocess: str | None = None, input_size: int | None = None,
+                  progress=None, **options) -> dict:
+    """``onnxprune quantize``: load, calibrate, quantize, write ``<stem>.int8.onnx`` + ``<stem>.int8.report.json``.
+
+    ``options`` go to :func:`quantize_model`. Both outputs are written (atomically, never over the
+    input) before a failed ``max_drop`` gate raises QualityGateError (exit 4).
+    """
+    max_drop = options.get("max_drop")
+    if max_drop is not None and not 0.0 <= max_drop <= 1.0:
+        raise InputError(f"--max-drop must be between 0 and 1, got {max_drop}")
+    path = Path(model_path)
+    model = load_model(path)
+    calib = load_calibration(calib_spec, model, samples=calib_samples, preprocess=preprocess, input_size=input_size)
+    int8, section = quantize_model(model, calib, progress=progress, **options)
+    stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
+    out = Path(outdir)
+    written = save_model(int8, out / f"{stem}.int8.onnx", protect=(path,))
+    report = {"model": str(path), "output": str(written), **section}
+    write_text_atomic(out / f"{stem}.int8.report.json", json.dumps(report, indent=2), protect=(path,))
+    gate = report.get("quality_gate")
+    if gate and not gate["passed"]:
+        kept = report.get("fallback", {}).get("count", 0)
+        raise QualityGateError(f"quality gate failed: {gate['metric']} {gate['value']:.4f} dropped by "
+                               f"{1 - gate['value']:.4f} > --max-drop {gate['max_drop']} even with {kept} "
+                               "layer(s) kept in float")
+    return report
