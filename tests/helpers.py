@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
+
+from onnxprune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -25,3 +29,16 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     """max |a − b| / max(|b|, 1e-12): scale-free error used by the equivalence oracles."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the `onnxprune` entry point in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a file: proves an input was left untouched."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

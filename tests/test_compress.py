@@ -3,7 +3,6 @@ it stands on (one-layer reconstruction = least squares, DP allocation = brute fo
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 
@@ -17,21 +16,10 @@ from onnxprune.passes.reconstruct import solve_refit
 from onnxprune.allocate import GroupChoice, allocate_dp
 from onnxprune.cli import main
 from onnxprune.criteria import GroupRanking
-from tests.helpers import MODELS, run_ort
+from tests.helpers import MODELS, digest, run_cli, run_ort
 
 MODEL = MODELS / "fmnist_resnet.onnx"
 CALIB = MODELS / "fmnist_calib.npz"
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
-
-
-def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ bias correction, exit codes, outputs, and no stray files."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -18,21 +17,10 @@ from models import synthetic
 from onnxprune.cli import main
 from onnxprune.quantize import quantize_model
 from onnxprune.quantize_tuning import _fallback_counts, channel_means
-from tests.helpers import MODELS, run_ort
+from tests.helpers import MODELS, digest, run_cli, run_ort
 
 MODEL = MODELS / "fmnist_resnet.onnx"
 CALIB = MODELS / "fmnist_calib.npz"
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
-
-
-def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def random_calib(model: onnx.ModelProto, n: int = 48, seed: int = 0) -> CalibrationSet:
