@@ -53,6 +53,65 @@ def tapped_session(model: onnx.ModelProto, taps: list[str], threads: int = 0):
     return sess, names
 
 
+class Frontier:
+    """Activations on the boundary between already-run and not-yet-run nodes, one dict per batch.
+
+    ``advance(model, taps)`` runs only the nodes between the boundary and ``taps`` (with ``model``'s
+    current weights) and moves the boundary there, so a sequential refit visits every node once
+    instead of re-running the model from its inputs for every stage. Nodes downstream of the boundary
+    may be edited between calls (their weights refit); nodes already run must not be.
+    """
+
+    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]]):
+        self.values = [dict(b) for b in batches]
+        self.done: set[str] = set()  # names of the nodes already run
+
+    def advance(self, model: onnx.ModelProto, taps: list[str], threads: int = 0) -> list[dict[str, np.ndarray]]:
+        import onnxruntime as ort
+
+        graph = model.graph
+        have = set(self.values[0]) if self.values else set()
+        inits = {t.name for t in graph.initializer}
+        producer = {o: n for n in graph.node for o in n.output}
+        run: set[str] = set()
+        stack = [t for t in taps if t not in have]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in run:
+                continue
+            if node.name in self.done:
+                raise ValueError(f"tensor {node.output[0]!r} left the frontier before it was tapped")
+            run.add(node.name)
+            stack.extend(i for i in node.input if i and i not in have and i not in inits)
+        self.done |= run
+        later = {i for n in graph.node if n.name not in self.done for i in n.input} | set(taps)
+        order = [n for n in graph.node if n.name in run]
+        if order:
+            produced = {o for n in order for o in n.output}
+            outs = sorted(t for t in produced if t in later)
+            feeds = sorted({i for n in order for i in n.input if i in have})
+            sub = onnx.ModelProto()
+            sub.ir_version = model.ir_version
+            sub.opset_import.extend(model.opset_import)
+            sub.graph.node.extend(order)
+            used = {i for n in order for i in n.input}
+            sub.graph.initializer.extend(t for t in graph.initializer if t.name in used)
+            first = self.values[0]
+            sub.graph.input.extend(
+                helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(first[t].dtype), None) for t in feeds)
+            sub.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in outs)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            for vals in self.values:
+                vals.update(zip(outs, sess.run(outs, {t: vals[t] for t in feeds}), strict=True))
+        for vals in self.values:
+            for t in [t for t in vals if t not in later]:
+                del vals[t]
+        return [{t: vals[t] for t in taps} for vals in self.values]
+
+
 def stream(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]], taps: list[str],
            sink: Callable[[dict[str, np.ndarray]], None], progress: Callable[[int], None] | None = None) -> None:
     """Run ``model`` over ``batches`` and hand each batch's tapped tensors to ``sink``."""

@@ -230,19 +230,21 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     real = after.macs if opts.metric == "macs" else after.params
     if real > budget * (1 + 1e-6):
         raise AssertionError(f"pruned {opts.metric} {real} exceed the budget {budget:.0f} the allocator promised")
-    refit: list[str] = []
+    refit: dict[str, str] = {}
     if calib is not None and opts.reconstruct and plan:
         with timer("reconstruct"):
             kept = trace.kept_channels(plan)
             kept_out = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items()
                         if trace.space_of(lay.output) is not None}
+            kept_in = {n: kept[trace.space_of(lay.input)] for n, lay in layers.items()
+                       if trace.space_of(lay.input) is not None}
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
             refit_batches = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32))
             refit = reconstruct(model, pruned, kept_out, changed,
                                 lambda: itertools.islice(calib.batches("calib", 32), refit_batches), ridge=opts.ridge,
-                                progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
+                                progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in)
     fidelity = {}
     if calib is not None and calib.n_holdout():
         with timer("verify"):

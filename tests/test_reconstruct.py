@@ -1,0 +1,88 @@
+"""Reconstruction internals: the frontier runner and the per-layer choice of fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnxprune.calibration.collect import Frontier, tapped_session
+from onnxprune.passes.normalize import normalize
+from onnxprune.passes.reconstruct import _Fit, _stages
+
+from models import synthetic
+from onnxprune.layers import LinearLayer, linear_layers
+
+
+def _model_and_batches(name: str, n_batches: int = 3):
+    model, _ = normalize(synthetic.build(name))
+    batches = [synthetic.random_inputs(model, batch=2, seed=i) for i in range(n_batches)]
+    return model, batches
+
+
+@pytest.mark.parametrize("name", ["residual_add", "dense_concat", "depthwise_se", "split_slice", "resize_fpn"])
+def test_frontier_gives_the_tapped_tensors_stage_by_stage(name):
+    model, batches = _model_and_batches(name)
+    layers = linear_layers(model)
+    front = Frontier(batches)
+    for stage in _stages(model, layers, set(layers)):
+        taps = sorted({layers[n].input for n in stage})
+        got = front.advance(model, taps)
+        sess, need = tapped_session(model, taps)
+        for feeds, vals in zip(batches, got, strict=True):
+            want = sess.run(taps, {k: v for k, v in feeds.items() if k in need})
+            for t, w in zip(taps, want, strict=True):
+                np.testing.assert_allclose(vals[t], w, rtol=1e-5, atol=1e-6)
+
+
+def test_frontier_runs_downstream_nodes_with_their_edited_weights():
+    model, batches = _model_and_batches("residual_add", 1)
+    layers = linear_layers(model)
+    stages = _stages(model, layers, set(layers))
+    front = Frontier(batches)
+    front.advance(model, sorted({layers[n].input for n in stages[0]}))
+    for t in model.graph.initializer:  # zero every weight not yet run: the next taps must see it
+        if t.name in {layers[n].weight for n in stages[0]}:
+            t.raw_data = bytes(len(t.raw_data))
+    later = sorted({layers[n].input for n in stages[1]})
+    got = front.advance(model, later)[0]
+    sess, need = tapped_session(model, later)
+    want = sess.run(later, {k: v for k, v in batches[0].items() if k in need})
+    for t, w in zip(later, want, strict=True):
+        np.testing.assert_allclose(got[t], w, rtol=1e-5, atol=1e-6)
+
+
+def test_frontier_refuses_a_tap_it_has_passed():
+    model, batches = _model_and_batches("residual_add", 1)
+    layers = linear_layers(model)
+    stages = _stages(model, layers, set(layers))
+    front = Frontier(batches)
+    front.advance(model, sorted({layers[n].input for n in stages[-1]}))
+    early = [layers[stages[0][0]].output]
+    with pytest.raises(ValueError, match="left the frontier"):
+        front.advance(model, early)
+
+
+def _gemm_fit(kept, rng, drift, rows=400, feats=8):
+    """A Gemm layer W [3, feats] whose pruned copy reads ``drift(x_dense[:, kept], half)``."""
+    dense = LinearLayer("g", "Gemm", "x", "y", "w", "b", groups=1, trans_b=True)
+    fit = _Fit(dense, dense, np.arange(1), bias=True, kept_in=np.asarray(kept))
+    wd = [np.hstack([rng.normal(size=(3, feats)), rng.normal(size=(3, 1))])]
+    for half in (0, 1):
+        for _ in range(4):
+            xd = rng.normal(size=(rows // 8, feats)).astype(np.float32)
+            fit.add(xd, drift(xd[:, kept], half).astype(np.float32), half)
+    w0 = [np.hstack([wd[0][:, kept], wd[0][:, -1:]])]
+    return fit, wd, w0
+
+
+def test_refit_keeps_error_correction_for_a_drift_seen_in_both_halves():
+    rng = np.random.default_rng(1)
+    fit, wd, w0 = _gemm_fit([0, 1, 2, 4, 6], rng, lambda x, half: 2.0 * x + 0.5)
+    assert fit.choose(wd, w0, ridge=1e-6) == ("correcting", 1.0)
+
+
+def test_refit_falls_back_to_local_when_the_drift_does_not_generalize():
+    rng = np.random.default_rng(2)
+    # each half drifts in its own direction: correcting for one half's drift hurts on the other
+    mix = [np.eye(5) + 0.8 * rng.normal(size=(5, 5)) for _ in range(2)]
+    fit, wd, w0 = _gemm_fit([0, 1, 2, 4, 6], rng, lambda x, half: x @ mix[half])
+    assert fit.choose(wd, w0, ridge=1e-6) == ("local", 1.0)
