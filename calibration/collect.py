@@ -143,6 +143,34 @@ class HessianSum:
 
 
 @dataclass
+class RowSample:
+    """A uniform random sample (without replacement) of at most ``limit`` feature rows of a layer's input.
+
+    Every row gets a random key and the ``limit`` smallest keys seen so far are kept, so the sample is
+    uniform over the whole stream while memory stays at ``limit`` rows per conv group.
+    """
+
+    layer: LinearLayer
+    limit: int = 2048
+    seed: int = 0
+    rows: np.ndarray | None = None  # [groups, kept, features]
+    keys: np.ndarray | None = None
+    n: int = 0  # rows seen
+
+    def add(self, x: np.ndarray) -> None:
+        rows = self.layer.features(x.astype(np.float64, copy=False))
+        rng = np.random.default_rng([self.seed, self.n])
+        keys = rng.random(rows.shape[1])
+        self.n += rows.shape[1]
+        if self.rows is not None:
+            rows, keys = np.concatenate([self.rows, rows], axis=1), np.concatenate([self.keys, keys])
+        if len(keys) > self.limit:
+            pick = np.argpartition(keys, self.limit)[: self.limit]
+            rows, keys = rows[:, pick], keys[pick]
+        self.rows, self.keys = rows, keys
+
+
+@dataclass
 class ChannelStats:
     """Per-channel activation statistics on one axis: mean |a| and APoZ (fraction of values ≤ 0)."""
 
@@ -171,17 +199,23 @@ class ChannelStats:
 class Statistics:
     hessians: dict[str, HessianSum] = field(default_factory=dict)  # layer name → Σ x xᵀ of its input
     channels: dict[str, ChannelStats] = field(default_factory=dict)  # tensor → channel statistics
+    samples: dict[str, RowSample] = field(default_factory=dict)  # layer name → sampled input rows
 
 
 def collect_statistics(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
                        layers: Mapping[str, LinearLayer], channel_axes: Mapping[str, int],
-                       dtype: type = np.float64, progress: Callable[[int], None] | None = None) -> Statistics:
-    """One pass: input Hessian sums of ``layers`` and channel statistics of ``channel_axes`` tensors."""
+                       dtype: type = np.float64, progress: Callable[[int], None] | None = None,
+                       sample_rows: int = 0, seed: int = 0) -> Statistics:
+    """One pass: input Hessian sums of ``layers`` (or, with ``sample_rows``, a row sample of each
+    layer's input instead) and channel statistics of ``channel_axes`` tensors."""
     stats = Statistics()
-    by_input: dict[str, list[HessianSum]] = {}
+    by_input: dict[str, list] = {}
     for name, layer in layers.items():
-        stats.hessians[name] = HessianSum(layer, dtype)
-        by_input.setdefault(layer.input, []).append(stats.hessians[name])
+        if sample_rows:
+            acc = stats.samples[name] = RowSample(layer, sample_rows, seed)
+        else:
+            acc = stats.hessians[name] = HessianSum(layer, dtype)
+        by_input.setdefault(layer.input, []).append(acc)
     for tensor, axis in channel_axes.items():
         stats.channels[tensor] = ChannelStats(axis)
     taps = sorted(set(by_input) | set(channel_axes))

@@ -52,7 +52,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
 @click.option("--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out.")
 @click.option("--preprocess", type=click.Choice(["imagenet", "effnet", "raw"]), help="Image-folder preprocessing.")
 @click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
-@click.option("--criterion", type=click.Choice(["obs", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation",
+@click.option("--criterion", type=click.Choice(["obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation",
                                                 "apoz", "random"]), default="obs", show_default=True)
 @click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers.")

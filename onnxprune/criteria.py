@@ -10,7 +10,9 @@ Surgeon over every consumer of the group (DESIGN.md):
 
 with the surviving weights compensated, w ← w − w_F ((H⁻¹)_FF)⁻¹ (H⁻¹)_F:, and H⁻¹ downdated the same
 way, so each step prices the next channel given the ones already gone. ΔE is divided by each
-consumer's output energy tr(W H Wᵀ), making groups comparable.
+consumer's output energy tr(W H Wᵀ), making groups comparable. ``woodfisher`` is the same search with
+H⁻¹ built WoodFisher-style from a sample of input rows by the Woodbury recursion (no d×d inversion of
+an accumulated Hessian; see :func:`woodfisher_inverse`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from .channels import ChannelGroup, Trace, expand_indices
 from .layers import LinearLayer
 
-CRITERIA = ("obs", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation", "apoz", "random")
+CRITERIA = ("obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation", "apoz", "random")
 
 
 @dataclass
@@ -99,8 +101,36 @@ class _Consumer:
     energy: float
 
 
+def woodfisher_inverse(x: np.ndarray, lam: np.ndarray | float, block: int = 64) -> np.ndarray:
+    """(λI + (2/n)·Σ_i x_i x_iᵀ)⁻¹ by the Woodbury recursion over the n rows of x ([groups, n, d]).
+
+    Starting from F₀⁻¹ = I/λ, each block X_b of rows (rank-1 when ``block`` = 1, as in WoodFisher) updates
+        F⁻¹ ← F⁻¹ − F⁻¹X_bᵀ ((n/2)·I + X_b F⁻¹ X_bᵀ)⁻¹ X_b F⁻¹,
+    which costs O(n·d²) and never inverts a d×d matrix.
+    """
+    g, n, d = x.shape
+    lam = np.broadcast_to(np.asarray(lam, np.float64).reshape(-1), (g,))
+    finv = np.eye(d)[None] / lam[:, None, None]
+    for lo in range(0, n, block):
+        xb = x[:, lo:lo + block]  # [g, b, d]
+        fx = np.matmul(finv, np.swapaxes(xb, 1, 2))  # F⁻¹ X_bᵀ  [g, d, b]
+        inner = (n / 2.0) * np.eye(xb.shape[1])[None] + np.matmul(xb, fx)
+        finv = finv - np.matmul(fx, np.linalg.solve(inner, np.swapaxes(fx, 1, 2)))
+    return finv
+
+
+def woodfisher_hessian(x: np.ndarray, damp: float, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(H, H⁻¹) of a row sample x [groups, n, d]: H = (2/n)·XᵀX and the Woodbury inverse of H + λI,
+    λ dampened as for ``obs`` (see :func:`_obs_consumer`)."""
+    n, d = x.shape[1], x.shape[2]
+    h = (2.0 / max(n, 1)) * np.matmul(np.swapaxes(x, 1, 2), x)
+    shrink = d / rows if rows else 0.0
+    lam = (damp + shrink) * np.maximum(np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1), 1e-12) + 1e-12
+    return h, woodfisher_inverse(x, lam)
+
+
 def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace: Trace, group: ChannelGroup,
-                  member, damp: float, rows: int | None = None) -> _Consumer | None:
+                  member, damp: float, rows: int | None = None, hinv: np.ndarray | None = None) -> _Consumer | None:
     w = layer.matrix(w_stored).astype(np.float64)  # [blocks, out/b, features]
     size = trace.spaces[member.space].size
     feats: list[list[int]] = [[] for _ in range(group.size)]
@@ -120,7 +150,8 @@ def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace
     # removal inside the calibration subspace; dampening grows with features/rows to prevent that.
     shrink = h.shape[-1] / rows if rows else 0.0
     lam = (damp + shrink) * np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
-    hinv = np.linalg.inv(h + (lam + 1e-12) * eye)
+    if hinv is None:
+        hinv = np.linalg.inv(h + (lam + 1e-12) * eye)
     return _Consumer(w, hinv, [np.array(sorted(set(f))) for f in feats], energy)
 
 
@@ -186,26 +217,29 @@ def obs_ranking(group: ChannelGroup, consumers: list[_Consumer], chunks: int = 6
 def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits: Mapping[str, np.ndarray],
                 node_inputs: Mapping[str, list[str]], *, layers: Mapping[str, LinearLayer] | None = None,
                 hessians: Mapping[str, np.ndarray] | None = None, bn_scales: Mapping[str, np.ndarray] | None = None,
-                channel_stats=None, seed: int = 0, damp: float = 0.01, rows: Mapping[str, int] | None = None) -> tuple[dict[int, GroupRanking], list[str]]:
-    """A ranking for every group under ``criterion``; returns (rankings, warnings about fallbacks)."""
+                channel_stats=None, seed: int = 0, damp: float = 0.01, rows: Mapping[str, int] | None = None,
+                inverses: Mapping[str, np.ndarray] | None = None) -> tuple[dict[int, GroupRanking], list[str]]:
+    """A ranking for every group under ``criterion``; returns (rankings, warnings about fallbacks).
+
+    ``inverses`` (``woodfisher``): each consumer's H⁻¹, used instead of inverting its Hessian."""
     rng = np.random.default_rng(seed)
     rankings: dict[int, GroupRanking] = {}
     warnings: list[str] = []
     for g in groups:
         scores = None
-        if criterion == "obs":
+        if criterion in ("obs", "woodfisher"):
             consumers = []
             for m in trace.members:
                 if m.role == "consumer" and m.kind == "param" and any(s.group == g.id for s in trace.segments[m.space]) \
                         and m.node in (layers or {}) and m.node in (hessians or {}):
                     c = _obs_consumer(layers[m.node], inits[layers[m.node].weight], hessians[m.node], trace, g, m,
-                                      damp, (rows or {}).get(m.node))
+                                      damp, (rows or {}).get(m.node), (inverses or {}).get(m.node))
                     if c is not None:
                         consumers.append(c)
             if consumers:
                 rankings[g.id] = obs_ranking(g, consumers)
                 continue
-            warnings.append(f"group {g.id}: no consumer statistics for OBS, ranked by magnitude")
+            warnings.append(f"group {g.id}: no consumer statistics for {criterion}, ranked by magnitude")
         if criterion == "random":
             scores = rng.random(g.size)
         elif criterion == "bn-scale" and bn_scales:
@@ -228,7 +262,7 @@ def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits:
             if rows:
                 scores = fpgm_scores(rows)
         if scores is None:
-            if criterion not in ("magnitude", "magnitude-l1", "obs", "fpgm"):
+            if criterion not in ("magnitude", "magnitude-l1", "obs", "woodfisher", "fpgm"):
                 warnings.append(f"group {g.id}: no data for '{criterion}', ranked by magnitude")
             rows = _member_channel_values(trace, g, inits, node_inputs)
             scores = magnitude_scores(rows, p=1 if criterion == "magnitude-l1" else 2) if rows else rng.random(g.size)

@@ -31,7 +31,7 @@ from .allocate import (
 from .calibration.collect import collect_statistics
 from .calibration.readers import CalibrationSet, load_calibration
 from .costs import model_cost, param_slots
-from .criteria import CRITERIA, rank_groups
+from .criteria import CRITERIA, rank_groups, woodfisher_hessian
 from .errors import InputError, QualityGateError
 from .fidelity import compare, headline, run_all
 from .layers import initializer_dict, linear_layers
@@ -45,7 +45,7 @@ from .tracer import trace_channels
 
 ALLOCATIONS = ("dp", "global", "uniform")
 METRICS = ("macs", "params")
-DATA_CRITERIA = ("obs", "activation", "apoz")
+DATA_CRITERIA = ("obs", "woodfisher", "activation", "apoz")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class CompressOptions:
     damp: float = 0.01  # OBS: λ = damp·mean(diag H)
     sensitivity: str = "scaled"  # allocation curves: criterion curve at the measured level ("scaled"), "measured", "estimated"
     sensitivity_samples: int = 32
+    woodfisher_rows: int = 2048  # `woodfisher`: input rows sampled per consumer for the Woodbury inverse
     refit_samples: int = 256  # calibration samples the least-squares refit reads (two ORT passes per stage)
 
 
@@ -166,6 +167,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     inits = initializer_dict(model)
     node_inputs = {n.name: list(n.input) for n in model.graph.node}
     hessians = channel_stats = rows = None
+    inverses: dict[str, np.ndarray] = {}
     if calib is not None and criterion in DATA_CRITERIA:
         with timer("calibrate"):
             wanted = {m.node for g in eligible for m in trace.members
@@ -179,14 +181,19 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                 wanted = set()
             dtype = np.float32 if opts.stats_dtype == "float32" else np.float64
             stats = collect_statistics(model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, axes,
-                                       dtype=dtype, progress=progress("calibration", calib.n_calib()) if progress else None)
+                                       dtype=dtype, progress=progress("calibration", calib.n_calib()) if progress else None,
+                                       sample_rows=opts.woodfisher_rows if criterion == "woodfisher" else 0,
+                                       seed=opts.seed)
             hessians = {n: h.hessian() for n, h in stats.hessians.items()}
             rows = {n: h.n for n, h in stats.hessians.items()}
+            for n, sample in stats.samples.items():
+                hessians[n], inverses[n] = woodfisher_hessian(sample.rows, opts.damp, sample.n)
+                rows[n] = sample.n
             channel_stats = stats.channels
     with timer("score"):
         rankings, rank_warnings = rank_groups(criterion, trace, eligible, inits, node_inputs, layers=layers,
                                               hessians=hessians, bn_scales=norm.bn_scales, channel_stats=channel_stats,
-                                              seed=opts.seed, damp=opts.damp, rows=rows)
+                                              seed=opts.seed, damp=opts.damp, rows=rows, inverses=inverses)
         warnings.extend(rank_warnings)
     if calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible:
         with timer("sensitivity"):

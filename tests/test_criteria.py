@@ -1,0 +1,57 @@
+"""Criteria math: the WoodFisher inverse, the row sample it is built from, and the CLI path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnxprune.calibration.collect import RowSample
+
+from onnxprune.criteria import woodfisher_hessian, woodfisher_inverse
+from onnxprune.layers import LinearLayer
+from tests.helpers import MODELS, run_cli, run_ort
+
+
+def test_woodfisher_recursion_equals_the_direct_inverse():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 300, 12)) * rng.uniform(0.1, 3.0, size=12)  # two conv groups, uneven scales
+    lam = np.array([0.05, 0.2])
+    direct = np.linalg.inv(lam[:, None, None] * np.eye(12) + (2 / 300) * np.swapaxes(x, 1, 2) @ x)
+    for block in (1, 7, 64, 1000):  # rank-1 WoodFisher, ragged blocks, one block
+        np.testing.assert_allclose(woodfisher_inverse(x, lam, block), direct, rtol=1e-8, atol=1e-10)
+
+
+def test_woodfisher_hessian_dampens_like_obs():
+    x = np.random.default_rng(1).normal(size=(1, 50, 80))  # fewer rows than features: singular Hessian
+    h, hinv = woodfisher_hessian(x, damp=0.01, rows=50)
+    lam = (0.01 + 80 / 50) * np.mean(np.diag(h[0]))
+    np.testing.assert_allclose(hinv[0] @ (h[0] + lam * np.eye(80)), np.eye(80), atol=1e-8)
+
+
+def test_row_sample_is_bounded_uniform_and_deterministic():
+    layer = LinearLayer("g", "Gemm", "x", "y", "w", None, groups=1, trans_b=True)
+    a, b = RowSample(layer, limit=100, seed=3), RowSample(layer, limit=100, seed=3)
+    for i in range(20):  # 2000 rows whose first feature is their index
+        x = np.arange(i * 100, (i + 1) * 100, dtype=np.float64)[:, None] * np.ones((1, 4))
+        a.add(x)
+        b.add(x)
+    assert a.rows.shape == (1, 100, 4) and a.n == 2000
+    np.testing.assert_array_equal(a.rows, b.rows)
+    idx = a.rows[0, :, 0]
+    assert len(np.unique(idx)) == 100
+    assert 600 < idx.mean() < 1400  # drawn from the whole stream, not its start or end
+
+
+def test_compress_with_woodfisher_criterion(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1.5x", "--calib",
+                           MODELS / "fmnist_calib.npz", "--calib-samples", "64", "--criterion", "woodfisher",
+                           "-o", tmp_path, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["criterion"] == "woodfisher" and not any("magnitude" in w for w in report["warnings"])
+    model = onnx.load(report["output"])
+    onnx.checker.check_model(model, full_check=True)
+    x = np.load(MODELS / "fmnist_calib.npz")["input"][:4]
+    assert np.isfinite(run_ort(model, {model.graph.input[0].name: x})[0]).all()
+    assert report["pruned"]["macs"] <= report["dense"]["macs"] / 1.5
