@@ -1,0 +1,276 @@
+"""N:M semi-structured and unstructured weight sparsity: SparseGPT, its OBS reference, magnitude baselines.
+
+A layer is a weight matrix W [rows = outputs, columns = features] and the Hessian of its squared output
+error, H = (2/n)·Σ x xᵀ over calibration feature rows x. Zeroing a set of weights and re-adjusting the
+others to keep W·x close is Optimal Brain Surgeon (OBS): removing weight w_q of one row costs
+
+    ε_q = w_q² / [H⁻¹]_qq                     and is compensated by   δw = −(w_q / [H⁻¹]_qq)·H⁻¹_{:,q}.
+
+SparseGPT (Frantar & Alistarh 2023) visits the columns left to right and, once column j is done, never
+touches it again, so every row shares the same sequence of inverse Hessians H_{F_j}⁻¹ (F_j = columns
+j … d−1 still free). With the upper Cholesky factor H⁻¹ = UᵀU, row j of U is that inverse's row j
+scaled: [H_{F_j}⁻¹]_{j,j:} = U_jj·U_{j,j:}, so the OBS update of column j is
+
+    e = (w_j − q_j) / U_jj,     W_{:,j:} ← W_{:,j:} − e·U_{j,j:}
+
+(q_j: w_j with its pruned entries zeroed) and the OBS cost of pruning w_rj is w_rj² / U_jj². Columns are
+processed in blocks of 128: inside a block updates are applied at once, to later blocks lazily as
+one matrix product Err·U_{block, later} (same result, BLAS-friendly).
+
+Masks: N:M — before each group of M consecutive columns is processed, the N entries of each row with
+the lowest w²/U_jj² in that group are pruned (``n`` = zeros per group, as in NVIDIA's 2:4, which keeps
+2 of every 4); unstructured — before each block, the lowest ``sparsity`` fraction of w²/U_jj² over the
+whole block (all rows) is pruned.
+
+Layout (TensorRT's sparse Tensor Cores): a Conv weight [K, C, R, S] has its M-groups over M consecutive
+input channels C at each (k, r, s) tap; Gemm/MatMul over the reduction dimension. The im2col feature
+order of ``LinearLayer`` is (c, r, s); ``tap_major_order`` permutes it to (r, s, c) so that consecutive
+columns are consecutive channels at one tap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.layers import LinearLayer
+
+MIN_WEIGHTS = 1024  # smaller layers are skipped: negligible memory and compute, sparse kernels do not pay off
+
+
+# ---- patterns ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pattern:
+    """Either N:M (``n`` zeros in every ``m`` consecutive reduction-dimension weights) or unstructured."""
+
+    n: int = 0
+    m: int = 0
+    sparsity: float | None = None  # unstructured: fraction of zeros per layer
+
+    @property
+    def semi_structured(self) -> bool:
+        return self.sparsity is None
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.semi_structured else f"{self.sparsity:g}"
+
+
+def parse_pattern(spec: str | float) -> Pattern:
+    """"2:4" → 2 zeros in every 4; "0.5" or 0.5 → 50 % unstructured. Raises ValueError otherwise."""
+    text = str(spec).strip()
+    if ":" in text:
+        n_text, m_text = text.split(":", 1)
+        n, m = int(n_text), int(m_text)
+        if not 0 < n < m:
+            raise ValueError(f"sparsity pattern {text!r}: need 0 < N < M in N:M")
+        return Pattern(n=n, m=m)
+    fraction = float(text)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"sparsity {text!r}: an unstructured fraction must lie strictly between 0 and 1")
+    return Pattern(sparsity=fraction)
+
+
+# ---- mask rules (shared by SparseGPT, the OBS reference and magnitude) -------------------------
+
+def nm_mask(scores: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Pruned entries (True) of [rows, k·M] scores: in every M consecutive columns of a row, the N lowest."""
+    rows, cols = scores.shape
+    groups = scores.reshape(rows, cols // m, m)
+    order = np.argsort(groups, axis=-1, kind="stable")
+    mask = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(mask, order[..., :n], True, axis=-1)
+    return mask.reshape(rows, cols)
+
+
+def lowest_fraction_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """Pruned entries (True): the ⌈sparsity·size⌉ lowest scores of the whole array (ties: first in order)."""
+    count = int(np.ceil(sparsity * scores.size - 1e-9))
+    mask = np.zeros(scores.size, dtype=bool)
+    mask[np.argsort(scores, axis=None, kind="stable")[:count]] = True
+    return mask.reshape(scores.shape)
+
+
+def obs_scores(w: np.ndarray, inv_diag: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """OBS cost of zeroing each entry: w² / [H_F⁻¹]_jj; 0 for dead features (input always 0: free to prune)."""
+    return np.where(dead[None, :], 0.0, w**2 / inv_diag[None, :])
+
+
+# ---- Hessian preparation -------------------------------------------------------------------------
+
+def dampen(h: np.ndarray, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """H + λI with λ = percdamp·mean(diag H over live features); dead features (H_jj = 0) get H_jj = 1.
+
+    Returns (damped H, dead mask). A dead feature is 0 on every calibration row, so its weights never
+    reach the output there: a unit diagonal keeps H invertible without coupling it to anything.
+    """
+    h = np.array(h, dtype=np.float64)
+    diag = np.diag(h).copy()
+    dead = diag <= 0
+    live_mean = float(diag[~dead].mean()) if (~dead).any() else 1.0
+    diag[dead] = 1.0
+    h[np.diag_indices_from(h)] = diag + percdamp * live_mean
+    return h, dead
+
+
+def inverse_upper_cholesky(h_damped: np.ndarray) -> np.ndarray:
+    """U upper-triangular with H⁻¹ = UᵀU (U = Lᵀ for the lower Cholesky factor L of H⁻¹)."""
+    lower = np.linalg.cholesky(h_damped)
+    eye = np.eye(len(h_damped))
+    h_inv = np.linalg.solve(lower.T, np.linalg.solve(lower, eye))
+    return np.linalg.cholesky((h_inv + h_inv.T) / 2).T
+
+
+# ---- SparseGPT -----------------------------------------------------------------------------------
+
+def sparsegpt_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4, sparsity: float | None = None,
+                    blocksize: int = 128, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """SparseGPT on W [rows, columns] with input Hessian H [columns, columns] → (sparse W, pruned mask).
+
+    ``sparsity`` None: N:M (``n`` zeros per ``m`` consecutive columns; columns % m == 0 and blocksize % m
+    == 0 required); else unstructured with that fraction of zeros per block of ``blocksize`` columns.
+    Computed in float64; pruned entries are exactly 0.
+    """
+    semi = sparsity is None
+    rows, cols = w.shape
+    if semi and (cols % m or blocksize % m):
+        raise ValueError(f"N:M needs columns ({cols}) and blocksize ({blocksize}) to be multiples of M={m}")
+    h_damped, dead = dampen(h, percdamp)
+    u = inverse_upper_cholesky(h_damped)
+    u_diag = np.diag(u)
+    w = np.array(w, dtype=np.float64)
+    mask = np.zeros(w.shape, dtype=bool)
+    for start in range(0, cols, blocksize):
+        stop = min(start + blocksize, cols)
+        block = w[:, start:stop].copy()
+        u_block = u[start:stop, start:stop]
+        errors = np.zeros_like(block)
+        block_mask = mask[:, start:stop]  # a view: choices land in ``mask``
+        if not semi:
+            block_mask[:] = lowest_fraction_mask(obs_scores(block, u_diag[start:stop] ** 2, dead[start:stop]), sparsity)
+        for j in range(stop - start):
+            if semi and j % m == 0:
+                cols_g = slice(j, j + m)
+                scores = obs_scores(block[:, cols_g], u_diag[start:stop][cols_g] ** 2, dead[start:stop][cols_g])
+                block_mask[:, cols_g] = nm_mask(scores, n, m)
+            pruned = block_mask[:, j]
+            err = np.where(pruned, block[:, j], 0.0) / u_block[j, j]
+            block[:, j:] -= np.outer(err, u_block[j, j:])
+            block[pruned, j] = 0.0
+            errors[:, j] = err
+        w[:, start:stop] = block
+        w[:, stop:] -= errors @ u[start:stop, stop:]  # lazy update of every later block at once
+    return w, mask
+
+
+def obs_reference_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4, sparsity: float | None = None,
+                        blocksize: int = 128, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """The same pruning done directly (slow, for tests): explicit H⁻¹, one OBS step per column, downdates.
+
+    For column q = 0 … d−1 with the current inverse G (= H_{F_q}⁻¹ after the downdates so far), every
+    row r pruned at q gets w_r ← w_r − (w_rq / G_qq)·G_{q,:}; then q leaves the free set:
+    G ← G − G_{:,q} G_{q,:} / G_qq. Mask scores use [H_{F_j}⁻¹]_jj = (H[j:, j:])⁻¹_00, inverted directly.
+    """
+    semi = sparsity is None
+    h_damped, dead = dampen(h, percdamp)
+    g = np.linalg.inv(h_damped)
+    w = np.array(w, dtype=np.float64)
+    rows, cols = w.shape
+    mask = np.zeros(w.shape, dtype=bool)
+    window = m if semi else blocksize
+    for q in range(cols):
+        if q % window == 0:
+            span = range(q, min(q + window, cols))
+            inv_diag = np.array([np.linalg.inv(h_damped[j:, j:])[0, 0] for j in span])
+            scores = obs_scores(w[:, q:q + len(span)], inv_diag, dead[q:q + len(span)])
+            mask[:, q:q + len(span)] = nm_mask(scores, n, m) if semi else lowest_fraction_mask(scores, sparsity)
+        for r in np.flatnonzero(mask[:, q]):
+            w[r] -= (w[r, q] / g[q, q]) * g[q]
+            w[r, q] = 0.0
+        g = g - np.outer(g[:, q], g[q]) / g[q, q]
+    return w, mask
+
+
+# ---- magnitude baselines -------------------------------------------------------------------------
+
+def magnitude_nm(w: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero the N smallest |w| in every M consecutive columns of each row (no compensation)."""
+    mask = nm_mask(np.abs(w), n, m)
+    return np.where(mask, 0.0, w).astype(w.dtype), mask
+
+
+def magnitude_unstructured(w: np.ndarray, sparsity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Zero the ⌈sparsity·size⌉ smallest |w| of the whole matrix (no compensation)."""
+    mask = lowest_fraction_mask(np.abs(w), sparsity)
+    return np.where(mask, 0.0, w).astype(w.dtype), mask
+
+
+def relative_output_error(w: np.ndarray, w_new: np.ndarray, h: np.ndarray) -> float:
+    """‖(W − W')X‖ / ‖WX‖ over the calibration rows, from H ∝ XXᵀ: √(Σ tr(ΔW H ΔWᵀ) / Σ tr(W H Wᵀ)).
+
+    Also for stacks of conv groups: W [groups, rows, features] with H [groups, features, features].
+    """
+    w = np.asarray(w, np.float64)
+    delta = np.asarray(w_new, np.float64) - w
+    num = float(np.sum((delta @ h) * delta))
+    den = float(np.sum((w @ h) * w))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+
+
+# ---- layout ----------------------------------------------------------------------------------
+
+def tap_major_order(channels: int, taps: int) -> np.ndarray:
+    """Permutation of im2col columns c·T + t (channel-major) into t·C + c (tap-major): new[i] = old[order[i]].
+
+    With W_tap = W[:, order], consecutive columns are consecutive input channels at one kernel tap, so
+    N:M groups of W_tap fall on M channels at a fixed (r, s), as TensorRT lays sparse conv weights out.
+    """
+    return np.arange(channels * taps).reshape(channels, taps).T.reshape(-1)
+
+
+def layer_columns_order(layer: LinearLayer, in_per_group: int, features: int) -> np.ndarray:
+    """Column permutation of ``layer.matrix(w)`` putting reduction-dimension neighbours side by side."""
+    if layer.op == "Conv":
+        return tap_major_order(in_per_group, features // in_per_group)
+    return np.arange(features)
+
+
+def reduction_axis(layer: LinearLayer) -> int:
+    """Axis of the *stored* weight along which N:M groups run (input channels / reduction dimension)."""
+    if layer.op == "Conv":
+        return 1  # [K, C/g, R, S]
+    if layer.op == "Gemm":
+        return 1 if layer.trans_b else 0  # [N, K] or [K, N]
+    return 1 if layer.weight_is_a else 0  # MatMul A [M, K] or B [K, N]
+
+
+def ineligible_reason(layer: LinearLayer, shape: tuple[int, ...], pattern: Pattern) -> str | None:
+    """Why a layer is left dense under ``pattern`` (None: eligible). Reduction size is per conv group."""
+    size = int(np.prod(shape))
+    if layer.depthwise:
+        return "depthwise conv (one input channel per group)"
+    if size < MIN_WEIGHTS:
+        return f"tiny layer ({size} weights < {MIN_WEIGHTS})"
+    reduction = shape[reduction_axis(layer)]
+    if pattern.semi_structured and reduction % pattern.m:
+        what = "input channels per group" if layer.op == "Conv" and layer.groups > 1 else \
+            "input channels" if layer.op == "Conv" else "reduction dimension"
+        return f"{what} = {reduction} is not a multiple of M={pattern.m}"
+    return None
+
+
+def check_pattern(w: np.ndarray, reduction: int, n: int, m: int) -> dict:
+    """Does ``w`` have ≥ n zeros in every m consecutive entries along axis ``reduction``? (like polygraphy)
+
+    Returns {"compliant", "groups", "violating_groups", "sparsity"}; a reduction size that is not a
+    multiple of m is never compliant (groups 0).
+    """
+    w = np.asarray(w)
+    sparsity = float(np.mean(w == 0)) if w.size else 0.0
+    size = w.shape[reduction]
+    if size % m:
+        return {"compliant": False, "groups": 0, "violating_groups": 0, "sparsity": sparsity}
+    zeros = (np.moveaxis(w, reduction, -1) == 0).reshape(-1, size // m, m).sum(-1)
+    bad = int(np.sum(zeros < n))
+    return {"compliant": bad == 0, "groups": int(zeros.size), "violating_groups": bad, "sparsity": sparsity}

@@ -1,0 +1,229 @@
+"""N:M and unstructured sparsity: SparseGPT against a direct OBS computation, TensorRT layout of the masks,
+eligibility, and whole models sparsified end to end (checker, onnxruntime, pattern on every eligible weight)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxprune.passes.normalize import normalize
+from onnxprune.passes.sparsify import pattern_report, sparsify
+
+from onnxprune.layers import initializer_dict
+from onnxprune.modelio import load_model
+from onnxprune.sparsity import (
+    check_pattern,
+    magnitude_nm,
+    obs_reference_prune,
+    parse_pattern,
+    relative_output_error,
+    sparsegpt_prune,
+    tap_major_order,
+)
+from tests.helpers import MODELS, run_ort
+
+
+def correlated_layer(rows=6, cols=24, samples=300, dead=(5,), seed=0):
+    """W and H = (2/n)·XᵀX from correlated inputs with some dead (always zero) features."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, cols)) @ rng.standard_normal((cols, cols)) + rng.standard_normal(cols)
+    x[:, list(dead)] = 0.0
+    return rng.standard_normal((rows, cols)), 2.0 / samples * x.T @ x
+
+
+@pytest.mark.parametrize("kwargs", [dict(n=2, m=4), dict(n=1, m=4), dict(n=3, m=8), dict(sparsity=0.5),
+                                    dict(sparsity=0.3)])
+def test_sparsegpt_equals_direct_obs(kwargs):
+    """Cholesky rows + lazy block updates (blocks of 8 over 24 columns) = explicit OBS steps and downdates."""
+    w, h = correlated_layer()
+    fast, fast_mask = sparsegpt_prune(w, h, blocksize=8, **kwargs)
+    slow, slow_mask = obs_reference_prune(w, h, blocksize=8, **kwargs)
+    assert np.array_equal(fast_mask, slow_mask)
+    assert np.max(np.abs(fast - slow)) < 1e-6
+    assert np.all(fast[fast_mask] == 0) and np.all(fast[~fast_mask] != 0)
+    if "n" in kwargs:
+        assert np.all(fast_mask.reshape(6, -1, kwargs["m"]).sum(-1) == kwargs["n"])
+        assert fast_mask[:, 5].all()  # the dead feature costs nothing: always pruned first
+    else:
+        for start in range(0, 24, 8):  # the fraction holds per block
+            assert fast_mask[:, start:start + 8].mean() >= kwargs["sparsity"]
+    # compensation pays: lower output error than zeroing the same weights without updating the rest
+    assert relative_output_error(w, fast, h) < relative_output_error(w, np.where(fast_mask, 0, w), h)
+
+
+def test_sparsegpt_beats_magnitude_on_output_error():
+    w, h = correlated_layer(rows=16, cols=64, samples=500, dead=(), seed=1)
+    sgpt, _ = sparsegpt_prune(w, h)
+    mag, _ = magnitude_nm(w, 2, 4)
+    assert relative_output_error(w, sgpt, h) < 0.8 * relative_output_error(w, mag, h)
+
+
+def test_tap_major_order_groups_channels_at_one_tap():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 8, 3, 2))  # [K, C, R, S]
+    im2col = w.reshape(5, -1)  # LinearLayer.matrix / features order: (c, r, s)
+    assert np.array_equal(im2col[:, tap_major_order(8, 6)], w.transpose(0, 2, 3, 1).reshape(5, -1))
+
+
+def test_check_pattern_layouts():
+    w = np.arange(1, 2 * 8 * 3 * 3 + 1, dtype=np.float32).reshape(2, 8, 3, 3)
+    w[:, 0::4] = w[:, 1::4] = 0  # two zeros in every 4 consecutive input channels at every (k, r, s)
+    assert check_pattern(w, 1, 2, 4) == {"compliant": True, "groups": 2 * 2 * 9, "violating_groups": 0,
+                                         "sparsity": 0.5}
+    assert not check_pattern(w, 2, 1, 3)["compliant"]  # along the kernel rows the zeros do not line up
+    w[1, 5, 2, 2] = 0
+    w[1, 4, 2, 2] = 7  # group (k=1, c=4..7, r=s=2) now has one zero only
+    assert check_pattern(w, 1, 2, 4)["violating_groups"] == 1
+    assert check_pattern(np.zeros((4, 6)), 1, 2, 4)["compliant"] is False  # 6 not a multiple of 4
+
+
+def test_parse_pattern():
+    assert (parse_pattern("2:4").n, parse_pattern("2:4").m) == (2, 4)
+    assert parse_pattern(0.5).sparsity == 0.5 and parse_pattern("0.75").sparsity == 0.75
+    for bad in ("4:4", "0:4", "1.5", "0", "x"):
+        with pytest.raises(ValueError):
+            parse_pattern(bad)
+
+
+# ---- a model with every layout and every reason to skip -------------------------------------------
+
+def layouts_model(seed=0) -> onnx.ModelProto:
+    """stem Conv 3→64 (C % 4 ≠ 0) → conv 64→16 3x3 → grouped conv (2 groups of 8) → depthwise → GAP →
+    Gemm transB=1 [64,16] → MatMul B [64,32] → Gemm transB=0 [32,40] → tiny Gemm [40,10]."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def param(name, shape):
+        fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name))
+        return name
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    h = node("Conv", ["x", param("stem.w", [64, 3, 3, 3]), param("stem.b", [64])], "stem", pads=[1] * 4)
+    h = node("Relu", [h], "stem/relu")
+    h = node("Relu", [node("Conv", [h, param("conv.w", [16, 64, 3, 3])], "conv", pads=[1] * 4)], "conv/relu")
+    h = node("Relu", [node("Conv", [h, param("grouped.w", [16, 8, 3, 3])], "grouped", pads=[1] * 4, group=2)],
+             "grouped/relu")
+    h = node("Conv", [h, param("dw.w", [16, 1, 3, 3])], "dw", pads=[1] * 4, group=16)
+    h = node("Flatten", [node("GlobalAveragePool", [h], "gap")], "flatten")
+    h = node("Relu", [node("Gemm", [h, param("fc1.w", [64, 16]), param("fc1.b", [64])], "fc1", transB=1)], "fc1/relu")
+    h = node("Relu", [node("MatMul", [h, param("mm.w", [64, 32])], "mm")], "mm/relu")
+    h = node("Relu", [node("Gemm", [h, param("fc2.w", [32, 40]), param("fc2.b", [40])], "fc2")], "fc2/relu")
+    node("Gemm", [h, param("head.w", [40, 10])], "head")
+    graph = helper.make_graph(nodes, "layouts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("head", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def calib(n=64, batch=16, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)
+    return lambda: ({"x": x[i:i + batch]} for i in range(0, n, batch))
+
+
+def groups_of_channels(w: np.ndarray, layout: str, m: int) -> np.ndarray:
+    """Zeros per M-group, written out per layout (independently of check_pattern)."""
+    if layout == "conv":  # [K, C, R, S]: M consecutive C at each (k, r, s)
+        k, c, r, s = w.shape
+        return (w.reshape(k, c // m, m, r, s) == 0).sum(2)
+    if layout == "out_k":  # Gemm transB=1 [N, K]
+        return (w.reshape(w.shape[0], -1, m) == 0).sum(2)
+    return (w.T.reshape(w.shape[1], -1, m) == 0).sum(2)  # [K, N]: groups along K = axis 0
+
+
+ELIGIBLE = {"conv": "conv", "grouped": "conv", "fc1": "out_k", "mm": "k_out", "fc2": "k_out"}
+WEIGHT = {"conv": "conv.w", "grouped": "grouped.w", "fc1": "fc1.w", "mm": "mm.w", "fc2": "fc2.w"}
+
+
+@pytest.mark.parametrize("criterion", ["sparsegpt", "magnitude"])
+def test_nm_pattern_on_every_layout_and_skips_reported(criterion):
+    model = layouts_model()
+    before = initializer_dict(model)
+    sparse, report = sparsify(model, calib(), pattern="2:4", criterion=criterion)
+    onnx.checker.check_model(sparse, full_check=True)
+    x = next(calib()())
+    assert run_ort(sparse, x)[0].shape == (16, 10)
+    after = initializer_dict(sparse)
+    for node, layout in ELIGIBLE.items():
+        assert groups_of_channels(after[WEIGHT[node]], layout, 4).min() >= 2, node
+        assert not np.array_equal(after[WEIGHT[node]], before[WEIGHT[node]])
+    rows = {e["node"]: e for e in report["layers"]}
+    assert {n for n, e in rows.items() if e["eligible"]} == set(ELIGIBLE)
+    assert "input channels = 3 is not a multiple of M=4" in rows["stem"]["reason"]
+    assert "depthwise" in rows["dw"]["reason"]
+    assert "tiny layer (400 weights" in rows["head"]["reason"]
+    for name in ("stem.w", "stem.b", "dw.w", "head.w", "fc1.b"):  # skipped layers and biases untouched
+        assert np.array_equal(after[name], before[name])
+    assert all(rows[n]["pattern_ok"] and rows[n]["sparsity"] >= 0.5 for n in ELIGIBLE)
+    assert all(0 < rows[n]["relative_output_error"] < 1 for n in ELIGIBLE)
+    assert initializer_dict(model)["conv.w"].tolist() == before["conv.w"].tolist()  # input model not edited
+    assert pattern_report(sparse)["compliant_layers"] == len(ELIGIBLE)
+    assert pattern_report(model)["compliant_layers"] == 0
+
+
+def test_wrong_column_order_breaks_the_channel_pattern():
+    """Pruning 2:4 in im2col (c, r, s) order instead of (r, s, c) does not give the channel layout."""
+    w = np.random.default_rng(0).standard_normal((16, 64, 3, 3))
+    wrong = magnitude_nm(w.reshape(16, -1), 2, 4)[0].reshape(w.shape)
+    assert groups_of_channels(wrong, "conv", 4).min() < 2
+    order = tap_major_order(64, 9)
+    right = np.empty((16, 64 * 9))
+    right[:, order] = magnitude_nm(w.reshape(16, -1)[:, order], 2, 4)[0]
+    assert groups_of_channels(right.reshape(w.shape), "conv", 4).min() >= 2
+
+
+def test_unstructured_half_on_every_eligible_layer():
+    model = layouts_model()
+    sparse, report = sparsify(model, calib(), pattern=0.5)
+    rows = {e["node"]: e for e in report["layers"]}
+    eligible = {n for n, e in rows.items() if e["eligible"]}
+    assert eligible == set(ELIGIBLE) | {"stem"}  # no M constraint: the 3-channel stem qualifies
+    after = initializer_dict(sparse)
+    for e in report["layers"]:
+        if e["eligible"]:
+            assert np.mean(after[e["weight"]] == 0) >= 0.5, e["node"]
+    assert np.array_equal(after["dw.w"], initializer_dict(model)["dw.w"])
+    onnx.checker.check_model(sparse, full_check=True)
+
+
+def test_sparsegpt_needs_calibration_and_known_criterion():
+    with pytest.raises(ValueError, match="calibration"):
+        sparsify(layouts_model(), None, pattern="2:4")
+    with pytest.raises(ValueError, match="criterion"):
+        sparsify(layouts_model(), calib(), pattern="2:4", criterion="random")
+    # magnitude is data-free
+    sparse, report = sparsify(layouts_model(), None, pattern="2:4", criterion="magnitude")
+    assert report["calibration_samples"] == 0 and pattern_report(sparse)["compliant_layers"] == len(ELIGIBLE)
+
+
+# ---- the shipped Fashion-MNIST ResNet ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fmnist():
+    model, _ = normalize(load_model(MODELS / "fmnist_resnet.onnx"))
+    x = np.load(MODELS / "fmnist_calib.npz")["input"]
+    evaluation = np.load(MODELS / "fmnist_eval.npz")
+    return model, x[:128], evaluation["input"][:2000], evaluation["labels"][:2000]
+
+
+def test_fmnist_two_four_end_to_end(fmnist):
+    model, x, x_eval, labels = fmnist
+    batches = lambda: ({"input": x[i:i + 32]} for i in range(0, len(x), 32))  # noqa: E731
+    results = {}
+    for criterion in ("sparsegpt", "magnitude"):
+        sparse, report = sparsify(model, batches, pattern="2:4", criterion=criterion)
+        onnx.checker.check_model(sparse, full_check=True)
+        weights = initializer_dict(sparse)
+        eligible = [e for e in report["layers"] if e["eligible"]]
+        assert len(eligible) >= 5 and report["sparsity_eligible"] >= 0.5
+        for e in eligible:
+            assert groups_of_channels(weights[e["weight"]], "conv" if e["op"] == "Conv" else "out_k", 4).min() >= 2
+        results[criterion] = np.mean(run_ort(sparse, {"input": x_eval})[0].argmax(1) == labels)
+    dense = np.mean(run_ort(model, {"input": x_eval})[0].argmax(1) == labels)
+    # second-order masks and compensation lose far less accuracy than magnitude masks
+    assert dense - results["sparsegpt"] < 0.5 * (dense - results["magnitude"])
