@@ -14,10 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxprune.passes.normalize import normalize
+from onnxprune.passes.sparsify import pattern_report
 
 from .costs import human, model_cost
+from .errors import InputError
 from .modelio import load_model
 from .shapes import Shape, declared_shape, graph_inputs
+from .sparsity import parse_pattern
 from .tracer import trace_channels
 
 
@@ -29,8 +32,10 @@ def _io(values) -> list[dict]:
     ]
 
 
-def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Shape] | None = None) -> dict:
-    """Load, normalize and cost a model; the dict is JSON-serializable."""
+def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Shape] | None = None,
+                  sparsity: str | None = None) -> dict:
+    """Load, normalize and cost a model; with ``sparsity`` ("N:M") also check every linear weight for
+    ≥ N zeros in every M along its reduction dimension. The dict is JSON-serializable."""
     original = load_model(path)
     model, norm = normalize(original)
     cost = model_cost(model, input_shapes)
@@ -43,7 +48,16 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Shape] | N
         for n in cost.nodes
         if n.macs or n.params
     ]
+    pattern = None
+    if sparsity is not None:
+        try:
+            pattern = parse_pattern(sparsity)
+        except ValueError as exc:
+            raise InputError(f"bad --sparsity '{sparsity}': {exc}") from None
+        if not pattern.semi_structured:
+            raise InputError(f"--sparsity for analyze takes an N:M pattern such as 2:4, not '{sparsity}'")
     return {
+        "sparsity": pattern_report(model, pattern.n, pattern.m) if pattern else None,
         "model": str(path),
         "ir_version": original.ir_version,
         "producer": f"{original.producer_name} {original.producer_version}".strip(),
@@ -118,8 +132,23 @@ def _render_groups(console: Console, a: dict) -> None:
     console.print(table)
 
 
+def _render_sparsity(console: Console, a: dict) -> None:
+    sp = a.get("sparsity")
+    if not sp:
+        return
+    table = Table(title=f"Sparsity pattern {sp['pattern']} (≥ N zeros in every M along the reduction dimension)")
+    for col in ("op", "node", "weight shape", "sparsity", sp["pattern"]):
+        table.add_column(col, justify="left" if col in ("op", "node") else "right")
+    for r in sp["layers"]:
+        ok = "[green]yes[/green]" if r["compliant"] else ("[red]no[/red]" if r["groups"] else "n/a (C % M ≠ 0)")
+        table.add_row(r["op"], r["node"], _shape(r["shape"]), f"{100 * r['sparsity']:.1f}%", ok)
+    console.print(table)
+    console.print(f"[bold]{sp['compliant_layers']}[/bold] of {len(sp['layers'])} linear layers follow "
+                  f"{sp['pattern']}; overall sparsity of linear weights {100 * sp['sparsity']:.1f}%")
+
+
 # Each section draws one part of the analysis.
-SECTIONS: list[Callable[[Console, dict], None]] = [_render_layers, _render_groups, _render_summary]
+SECTIONS: list[Callable[[Console, dict], None]] = [_render_layers, _render_groups, _render_summary, _render_sparsity]
 
 
 def render_analysis(console: Console, analysis: dict) -> None:

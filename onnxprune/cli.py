@@ -29,12 +29,14 @@ def cli() -> None:
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @input_shape_option
+@click.option("--sparsity", metavar="N:M", help="Also report which linear weights have ≥ N zeros in every M "
+              "along the reduction dimension (TensorRT layout), and the overall sparsity.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON instead of tables.")
-def analyze(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_json: bool) -> None:
     """Layers, MACs and parameters of MODEL (after normalization)."""
     from .analyze import analyze_model, render_analysis
 
-    result = analyze_model(model, parse_input_shapes(input_shapes))
+    result = analyze_model(model, parse_input_shapes(input_shapes), sparsity)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -60,11 +62,13 @@ def analyze(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
 @click.option("--max-drop", type=float, help="Fail (exit 4) if top-1 agreement (or output cosine) drops by more.")
 @click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
 @click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--sparsity", metavar="N:M|FRACTION", help="Also sparsify the linear weights: '2:4' (2 zeros in every "
+              "4 input channels, TensorRT layout) or an unstructured fraction like 0.5 (SparseGPT with --calib).")
 @click.option("--seed", default=0, show_default=True)
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def compress(model, outdir, target, metric, calib, calib_samples, preprocess, input_size, criterion, allocation,
-             no_reconstruct, round_to, max_drop, exclude, stats_dtype, seed, input_shapes, as_json) -> None:
+             no_reconstruct, round_to, max_drop, exclude, stats_dtype, sparsity, seed, input_shapes, as_json) -> None:
     """Prune MODEL to --target with calibration-aware scores and reconstruction."""
     from .pipeline import CompressOptions, parse_target
     from .pipeline import compress as run
@@ -74,7 +78,7 @@ def compress(model, outdir, target, metric, calib, calib_samples, preprocess, in
                            criterion=criterion, allocation=allocation, reconstruct=not no_reconstruct,
                            round_to=round_to, max_drop=max_drop, exclude=exclude, seed=seed,
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
-                           preprocess=preprocess, input_size=input_size)
+                           preprocess=preprocess, input_size=input_size, sparsity=sparsity)
     console = Console(stderr=as_json)
     with progress_factory(console, enabled=not as_json) as progress:
         report = run(model, outdir, opts, progress=progress)

@@ -39,8 +39,10 @@ from .modelio import load_model, save_model, write_text_atomic
 from .passes.normalize import normalize
 from .passes.prune_channels import prune_channels
 from .passes.reconstruct import reconstruct
+from .passes.sparsify import sparsify
 from .sensitivity import measured_rankings
 from .shapes import Shape
+from .sparsity import parse_pattern
 from .tracer import trace_channels
 
 ALLOCATIONS = ("dp", "global", "uniform")
@@ -71,7 +73,8 @@ class CompressOptions:
     sensitivity: str = "scaled"  # allocation curves: criterion curve at the measured level ("scaled"), "measured", "estimated"
     sensitivity_samples: int = 32
     woodfisher_rows: int = 2048  # `woodfisher`: input rows sampled per consumer for the Woodbury inverse
-    refit_samples: int = 256  # calibration samples the least-squares refit reads (two ORT passes per stage)
+    refit_samples: int = 256
+    sparsity: str | None = None  # "2:4" / "N:M" (N zeros in every M input channels) or a fraction "0.5"  # calibration samples the least-squares refit reads (two ORT passes per stage)
 
 
 def parse_target(text: str) -> float:
@@ -96,6 +99,11 @@ def _validate(opts: CompressOptions) -> None:
         raise InputError("--round-to must be ≥ 1")
     if opts.calib_samples < 1:
         raise InputError("--calib-samples must be ≥ 1")
+    if opts.sparsity is not None:
+        try:
+            parse_pattern(opts.sparsity)
+        except ValueError as exc:
+            raise InputError(f"bad --sparsity '{opts.sparsity}': {exc}") from None
     if opts.exclude:
         try:
             re.compile(opts.exclude)
@@ -202,6 +210,10 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                                          progress=progress("sensitivity", len(eligible)) if progress else None)
 
     # -- allocation ----------------------------------------------------------------------------
+    pattern = parse_pattern(opts.sparsity) if opts.sparsity is not None else None
+    round_to = opts.round_to
+    if pattern is not None and pattern.semi_structured:  # N:M groups must tile the pruned channel counts
+        round_to = math.lcm(round_to, pattern.m)
     with timer("allocate"):
         metric_base = base.macs if opts.metric == "macs" else base.params
 
@@ -215,8 +227,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             min_keep = 1
             if first_conv and any(n == first_conv and r == "producer" for n, r in g.members):
                 min_keep = math.ceil(g.size * (1 - opts.first_conv_cap))
-            min_keep = max(min_keep, min(opts.round_to, g.size))
-            choices.append(GroupChoice(g.id, g.size, min_keep, opts.round_to, controlled[g.id] / g.size, rankings[g.id]))
+            min_keep = max(min_keep, min(round_to, g.size))
+            choices.append(GroupChoice(g.id, g.size, min_keep, round_to, controlled[g.id] / g.size, rankings[g.id]))
         budget = metric_base / opts.target
 
         def cost_of(widths):
@@ -252,6 +264,17 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             refit = reconstruct(model, pruned, kept_out, changed,
                                 lambda: itertools.islice(calib.batches("calib", 32), refit_batches), ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in)
+    sparse_report = None
+    if pattern is not None:
+        with timer("sparsify"):
+            how = "magnitude" if criterion.startswith("magnitude") or calib is None else "sparsegpt"
+            if calib is None:
+                warnings.append("no --calib: --sparsity uses magnitude masks without compensation")
+            refit_batches = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32)) if calib else 0
+            bar = progress("sparsity", None) if progress else None
+            pruned, sparse_report = sparsify(
+                pruned, (lambda: itertools.islice(calib.batches("calib", 32), refit_batches)) if calib else None,
+                pattern=pattern, criterion=how, progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
     fidelity = {}
     if calib is not None and calib.n_holdout():
         with timer("verify"):
@@ -280,6 +303,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         "achieved": {"macs": base.macs / max(after.macs, 1), "params": base.params / max(after.params, 1)},
         "groups": _group_rows(trace, plan, skipped),
         "refit_layers": refit,
+        "sparsity": sparse_report,
         "fidelity": fidelity,
         "normalization": norm.summary(),
         "warnings": warnings,

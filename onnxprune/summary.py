@@ -38,6 +38,11 @@ def print_summary(console: Console, r: dict) -> None:
                   f"params {human(d['params'])} → {human(p['params'])} ({r['achieved']['params']:.2f}x)   "
                   f"target {r['target']:g}x {r['metric']}, {r['criterion']} + {r['allocation']}"
                   f"{' + reconstruction' if r['reconstruct'] else ''}")
+    sp = r.get("sparsity")
+    if sp:
+        console.print(f"sparsity {sp['pattern']} ({sp['criterion']}): {sp['eligible_layers']} layers sparsified, "
+                      f"{sp['skipped_layers']} skipped (see the report); zeros {100 * sp['sparsity_linear']:.1f}% "
+                      "of all linear weights")
     table = Table(title="Channel groups (pruned ones)")
     for col in ("group", "width", "kept", "first producer"):
         table.add_column(col, justify="right" if col != "first producer" else "left")

@@ -1,0 +1,57 @@
+"""`compress --sparsity` (channel pruning + N:M in one command) and `analyze --sparsity`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.cli import main
+from tests.helpers import MODELS, run_cli, run_ort
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sparse")
+    with pytest.raises(SystemExit) as info:
+        main(["compress", str(MODELS / "fmnist_resnet.onnx"), "--target", "1.5x", "--calib",
+              str(MODELS / "fmnist_calib.npz"), "--calib-samples", "64", "--sparsity", "2:4", "-o", str(out), "--json"])
+    assert info.value.code == 0
+    return out
+
+
+def test_compress_prunes_channels_then_applies_2_4(sparse_run, capsys):
+    report = json.loads((sparse_run / "fmnist_resnet.report.json").read_text())
+    assert report["pruned"]["macs"] <= report["dense"]["macs"] / 1.5
+    for g in report["groups"]:  # widths rounded so that groups of 4 channels tile every pruned layer
+        if g["kept"] < g["channels"]:
+            assert g["kept"] % 4 == 0
+    sp = report["sparsity"]
+    assert sp["pattern"] == "2:4" and sp["eligible_layers"] >= 5
+    model = onnx.load(report["output"])
+    onnx.checker.check_model(model, full_check=True)
+    x = np.load(MODELS / "fmnist_calib.npz")["input"][:4]
+    assert np.isfinite(run_ort(model, {model.graph.input[0].name: x})[0]).all()
+    code, out, _ = run_cli(capsys, "analyze", report["output"], "--sparsity", "2:4", "--json")
+    assert code == 0
+    checked = {r["node"]: r for r in json.loads(out)["sparsity"]["layers"]}
+    for row in sp["layers"]:
+        assert checked[row["node"]]["compliant"] == row["eligible"], row["node"]
+
+
+def test_analyze_sparsity_of_a_dense_model(capsys):
+    code, out, _ = run_cli(capsys, "analyze", MODELS / "fmnist_resnet.onnx", "--sparsity", "2:4", "--json")
+    assert code == 0
+    sp = json.loads(out)["sparsity"]
+    assert sp["compliant_layers"] == 0 and sp["sparsity"] < 0.01
+
+
+@pytest.mark.parametrize("cmd", ["analyze", "compress"])
+@pytest.mark.parametrize("spec", ["5:4", "x:y", "1.5"])
+def test_bad_sparsity_spec_exit_2(tmp_path, capsys, cmd, spec):
+    extra = ["-o", tmp_path, "--calib", MODELS / "fmnist_calib.npz"] if cmd == "compress" else []
+    code, _, err = run_cli(capsys, cmd, MODELS / "fmnist_resnet.onnx", "--sparsity", spec, *extra)
+    assert code == 2 and "--sparsity" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
