@@ -393,7 +393,9 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
             float_path = scratch / "prepared.onnx"
             prepared, prep_report = prepare_float_model(model, float_path, warnings)
             layers = weight_layers(prepared)
-            unknown = sorted(set(exclude) - {n.name for n in prepared.graph.node})
+            node_names = {n.name for n in prepared.graph.node}
+            forced = sorted(set(exclude) & node_names)
+            unknown = sorted(set(exclude) - node_names)
             if unknown:
                 warnings.append(f"excluded node(s) not in the normalized model: {', '.join(unknown[:5])}")
         notify("calibrate")
@@ -406,7 +408,6 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
         notify("quantize")
         with timed(times, "quantize"):
             build = corrector.build if corrector else builder.build
-            forced = sorted(set(exclude) & set(layers))
             int8 = build(forced)
         holdout = calib.n_holdout() > 0
         names = [o.name for o in model.graph.output]
