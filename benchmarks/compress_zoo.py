@@ -4,7 +4,8 @@
 
 Fashion-MNIST ResNet: true accuracy on the 10k test images. ImageNet models: top-1 agreement, top-5
 overlap and KL against the dense model on the 456 held-out photo crops (models/cache/*_eval.npz).
-Every run goes through the CLI (`onnxprune compress`) as a user would, timed with peak RSS.
+Every run goes through the CLI (`onnxprune compress --no-int8`) as a user would, timed with peak RSS
+(INT8 is benchmarked on its own by benchmarks/quantize_zoo.py).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as out:
                     t0 = time.perf_counter()
                     cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(calib),
-                           "--target", f"{target}x", "-o", out, "--json", *CONFIGS[name]]
+                           "--target", f"{target}x", "-o", out, "--json", "--no-int8", *CONFIGS[name]]
                     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
                         proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
                         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS

@@ -64,11 +64,17 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--sparsity", metavar="N:M|FRACTION", help="Also sparsify the linear weights: '2:4' (2 zeros in every "
               "4 input channels, TensorRT layout) or an unstructured fraction like 0.5 (SparseGPT with --calib).")
+@click.option("--int8/--no-int8", default=True, show_default=True,
+              help="Also write <stem>.pruned.int8.onnx: QAT-ready INT8 QDQ of the pruned model (needs --calib).")
+@click.option("--quant-preset", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="INT8 activation range calibration.")
 @click.option("--seed", default=0, show_default=True)
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def compress(model, outdir, target, metric, calib, calib_samples, preprocess, input_size, criterion, allocation,
-             no_reconstruct, round_to, max_drop, exclude, stats_dtype, sparsity, seed, input_shapes, as_json) -> None:
+             no_reconstruct, round_to, max_drop, exclude, stats_dtype, sparsity, int8, quant_preset, calib_method, seed,
+             input_shapes, as_json) -> None:
     """Prune MODEL to --target with calibration-aware scores and reconstruction."""
     from .pipeline import CompressOptions, parse_target
     from .pipeline import compress as run
@@ -78,7 +84,8 @@ def compress(model, outdir, target, metric, calib, calib_samples, preprocess, in
                            criterion=criterion, allocation=allocation, reconstruct=not no_reconstruct,
                            round_to=round_to, max_drop=max_drop, exclude=exclude, seed=seed,
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
-                           preprocess=preprocess, input_size=input_size, sparsity=sparsity)
+                           preprocess=preprocess, input_size=input_size, sparsity=sparsity, int8=int8,
+                           quant_preset=quant_preset, calib_method=calib_method)
     console = Console(stderr=as_json)
     with progress_factory(console, enabled=not as_json) as progress:
         report = run(model, outdir, opts, progress=progress)

@@ -40,6 +40,7 @@ from .passes.normalize import normalize
 from .passes.prune_channels import prune_channels
 from .passes.reconstruct import reconstruct
 from .passes.sparsify import sparsify
+from .quantize import quantize_model
 from .sensitivity import measured_rankings
 from .shapes import Shape
 from .sparsity import parse_pattern
@@ -74,7 +75,10 @@ class CompressOptions:
     sensitivity_samples: int = 32
     woodfisher_rows: int = 2048  # `woodfisher`: input rows sampled per consumer for the Woodbury inverse
     refit_samples: int = 256
-    sparsity: str | None = None  # "2:4" / "N:M" (N zeros in every M input channels) or a fraction "0.5"  # calibration samples the least-squares refit reads (two ORT passes per stage)
+    sparsity: str | None = None  # "2:4" / "N:M" (N zeros in every M input channels) or a fraction "0.5"
+    int8: bool = True  # also write <stem>.pruned.int8.onnx (QAT-ready QDQ; needs calib)
+    quant_preset: str = "ort"
+    calib_method: str = "minmax"  # calibration samples the least-squares refit reads (two ORT passes per stage)
 
 
 def parse_target(text: str) -> float:
@@ -287,6 +291,16 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
     with timer("save"):
         pruned_path = save_model(pruned, out / f"{stem}.pruned.onnx", protect=(path,))
+    int8_report = None
+    if opts.int8 and calib is None:
+        warnings.append("no --calib: no INT8 output (it needs calibration data)")
+    elif opts.int8:
+        with timer("int8"):
+            int8, int8_report = quantize_model(pruned, calib, preset=opts.quant_preset, calib_method=opts.calib_method,
+                                               dense_reference=model, latency_runs=20,
+                                               progress=(lambda stage: progress(f"int8: {stage}", None)) if progress else None)
+            int8_report = {"output": str(save_model(int8, out / f"{stem}.pruned.int8.onnx", protect=(path,))),
+                           **int8_report}
     report = {
         "model": str(path),
         "output": str(pruned_path),
@@ -304,6 +318,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         "groups": _group_rows(trace, plan, skipped),
         "refit_layers": refit,
         "sparsity": sparse_report,
+        "int8": int8_report,
         "fidelity": fidelity,
         "normalization": norm.summary(),
         "warnings": warnings,

@@ -43,6 +43,18 @@ def print_summary(console: Console, r: dict) -> None:
         console.print(f"sparsity {sp['pattern']} ({sp['criterion']}): {sp['eligible_layers']} layers sparsified, "
                       f"{sp['skipped_layers']} skipped (see the report); zeros {100 * sp['sparsity_linear']:.1f}% "
                       "of all linear weights")
+    q = r.get("int8")
+    if q:
+        line = f"INT8 QDQ ({q['preset']}, {q['calib_method']}) → {q['output']}"
+        for key, label in (("int8_vs_fp32", "vs pruned FP32"), ("int8_vs_dense", "vs dense")):
+            m = next(iter(q["fidelity"].get(key, {}).values()), None)
+            if m:
+                line += f"; {label}: " + (f"top-1 agr. {100 * m['top1_agreement']:.1f}%" if "top1_agreement" in m
+                                          else f"cosine {m['cosine_mean']:.4f}")
+        lat = q.get("latency_ms")
+        if lat:
+            line += f"; latency FP32 {lat['fp32']['median']:.2f} ms → INT8 {lat['int8']['median']:.2f} ms"
+        console.print(line)
     table = Table(title="Channel groups (pruned ones)")
     for col in ("group", "width", "kept", "first producer"):
         table.add_column(col, justify="right" if col != "first producer" else "left")

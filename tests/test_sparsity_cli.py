@@ -55,3 +55,31 @@ def test_bad_sparsity_spec_exit_2(tmp_path, capsys, cmd, spec):
     code, _, err = run_cli(capsys, cmd, MODELS / "fmnist_resnet.onnx", "--sparsity", spec, *extra)
     assert code == 2 and "--sparsity" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_int8_output_of_the_chain_keeps_the_2_4_zeros(sparse_run):
+    """Pruning + 2:4 + INT8 from one command: every weight Q/DQ pair is symmetric (zero point 0), so
+    the zeros of the sparse float weights quantize to exactly 0."""
+    from onnx import numpy_helper
+
+    report = json.loads((sparse_run / "fmnist_resnet.report.json").read_text())
+    int8 = onnx.load(report["int8"]["output"])
+    onnx.checker.check_model(int8, full_check=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(report["output"]).graph.initializer}
+    sparse = [r["weight"] for r in report["sparsity"]["layers"] if r["eligible"]]
+    checked = 0
+    for node in int8.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in sparse:
+            w, scale, zp = (inits[n] for n in node.input[:3])
+            assert not np.any(zp)
+            np.testing.assert_array_equal(w == 0, pruned[node.input[0]] == 0)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(w / scale.reshape(shape)), -128, 127)
+            assert np.all(q[w == 0] == 0)
+            checked += 1
+    assert checked == len(sparse)
+    x = np.load(MODELS / "fmnist_calib.npz")["input"][:4]
+    assert np.isfinite(run_ort(int8, {int8.graph.input[0].name: x})[0]).all()
