@@ -239,7 +239,9 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             return exact_cost(plan_from_widths(choices, widths))
 
         floor = cost_of({c.group: int(c.widths(max_options=10**9)[-1]) for c in choices})
-        if opts.allocation == "uniform":
+        if opts.target <= 1.0:  # nothing to remove (e.g. --sparsity alone): keep every channel
+            widths = {c.group: c.size for c in choices}
+        elif opts.allocation == "uniform":
             widths, cost = _fit_uniform(choices, cost_of, budget, floor, metric_base, opts.metric)
         else:
             allocate = allocate_dp if opts.allocation == "dp" else allocate_global

@@ -83,3 +83,14 @@ def test_int8_output_of_the_chain_keeps_the_2_4_zeros(sparse_run):
     assert checked == len(sparse)
     x = np.load(MODELS / "fmnist_calib.npz")["input"][:4]
     assert np.isfinite(run_ort(int8, {int8.graph.input[0].name: x})[0]).all()
+
+
+def test_sparsity_alone_keeps_every_channel(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1x", "--calib",
+                           MODELS / "fmnist_calib.npz", "--calib-samples", "64", "--sparsity", "0.5", "--no-int8",
+                           "-o", tmp_path, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["pruned"]["macs"] == report["dense"]["macs"] and report["int8"] is None
+    assert all(g["kept"] == g["channels"] for g in report["groups"])
+    assert all(r["sparsity"] >= 0.5 for r in report["sparsity"]["layers"] if r["eligible"])
