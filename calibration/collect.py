@@ -13,7 +13,24 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxprune.latency import ort_session
 from onnxprune.layers import LinearLayer
+
+
+def _sub_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+               outputs: list[str]) -> onnx.ModelProto:
+    """A model of ``nodes`` (in order) with the initializers they read, ``inputs`` and ``outputs``."""
+    sub = onnx.ModelProto()
+    sub.ir_version, sub.producer_name = model.ir_version, model.producer_name
+    sub.opset_import.extend(model.opset_import)
+    g = sub.graph
+    g.name = model.graph.name
+    g.node.extend(nodes)
+    used = {t for n in nodes for t in n.input}
+    g.initializer.extend(t for t in model.graph.initializer if t.name in used)
+    g.input.extend(inputs)
+    g.output.extend(helper.make_empty_tensor_value_info(t) for t in outputs)
+    return sub
 
 
 def cut_model(model: onnx.ModelProto, taps: list[str]) -> onnx.ModelProto:
@@ -28,27 +45,14 @@ def cut_model(model: onnx.ModelProto, taps: list[str]) -> onnx.ModelProto:
         if i not in needed:
             needed.add(i)
             stack.extend(t for t in model.graph.node[i].input if t in producer)
-    cut = onnx.ModelProto()
-    cut.ir_version, cut.producer_name = model.ir_version, model.producer_name
-    cut.opset_import.extend(model.opset_import)
-    g = cut.graph
-    g.name = model.graph.name
-    g.node.extend(n for i, n in enumerate(model.graph.node) if i in needed)
-    used = {t for n in g.node for t in n.input} | set(taps)
-    g.initializer.extend(t for t in model.graph.initializer if t.name in used)
-    g.input.extend(i for i in model.graph.input if i.name in used)
-    g.output.extend(helper.make_empty_tensor_value_info(t) for t in taps)
-    return cut
+    nodes = [n for i, n in enumerate(model.graph.node) if i in needed]
+    used = {t for n in nodes for t in n.input} | set(taps)
+    return _sub_model(model, nodes, [i for i in model.graph.input if i.name in used], taps)
 
 
 def tapped_session(model: onnx.ModelProto, taps: list[str], threads: int = 0):
     """An ORT session computing exactly ``taps`` (the graph is cut after them, so later nodes never run)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(cut_model(model, taps).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(cut_model(model, taps), threads)
     names = {i.name for i in sess.get_inputs()}
     return sess, names
 
@@ -67,8 +71,6 @@ class Frontier:
         self.done: set[str] = set()  # names of the nodes already run
 
     def advance(self, model: onnx.ModelProto, taps: list[str], threads: int = 0) -> list[dict[str, np.ndarray]]:
-        import onnxruntime as ort
-
         graph = model.graph
         have = set(self.values[0]) if self.values else set()
         inits = {t.name for t in graph.initializer}
@@ -90,20 +92,10 @@ class Frontier:
             produced = {o for n in order for o in n.output}
             outs = sorted(t for t in produced if t in later)
             feeds = sorted({i for n in order for i in n.input if i in have})
-            sub = onnx.ModelProto()
-            sub.ir_version = model.ir_version
-            sub.opset_import.extend(model.opset_import)
-            sub.graph.node.extend(order)
-            used = {i for n in order for i in n.input}
-            sub.graph.initializer.extend(t for t in graph.initializer if t.name in used)
             first = self.values[0]
-            sub.graph.input.extend(
-                helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(first[t].dtype), None) for t in feeds)
-            sub.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in outs)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.log_severity_level = 3
-            sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(first[t].dtype), None)
+                      for t in feeds]
+            sess = ort_session(_sub_model(model, order, inputs, outs), threads)
             for vals in self.values:
                 vals.update(zip(outs, sess.run(outs, {t: vals[t] for t in feeds}), strict=True))
         for vals in self.values:
