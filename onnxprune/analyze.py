@@ -20,7 +20,7 @@ from .costs import human, model_cost
 from .errors import InputError
 from .modelio import load_model
 from .shapes import Shape, declared_shape, graph_inputs
-from .sparsity import parse_pattern
+from .sparsity import sparsity_option
 from .tracer import trace_channels
 
 
@@ -48,12 +48,8 @@ def analyze_model(path: str | os.PathLike, input_shapes: Mapping[str, Shape] | N
         for n in cost.nodes
         if n.macs or n.params
     ]
-    pattern = None
-    if sparsity is not None:
-        try:
-            pattern = parse_pattern(sparsity)
-        except ValueError as exc:
-            raise InputError(f"bad --sparsity '{sparsity}': {exc}") from None
+    pattern = sparsity_option(sparsity)
+    if pattern is not None:
         if not pattern.semi_structured:
             raise InputError(f"--sparsity for analyze takes an N:M pattern such as 2:4, not '{sparsity}'")
     return {

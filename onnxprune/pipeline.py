@@ -43,7 +43,7 @@ from .passes.sparsify import sparsify
 from .quantize import quantize_model
 from .sensitivity import measured_rankings
 from .shapes import Shape
-from .sparsity import parse_pattern
+from .sparsity import sparsity_option
 from .tracer import trace_channels
 
 ALLOCATIONS = ("dp", "global", "uniform")
@@ -103,11 +103,7 @@ def _validate(opts: CompressOptions) -> None:
         raise InputError("--round-to must be ≥ 1")
     if opts.calib_samples < 1:
         raise InputError("--calib-samples must be ≥ 1")
-    if opts.sparsity is not None:
-        try:
-            parse_pattern(opts.sparsity)
-        except ValueError as exc:
-            raise InputError(f"bad --sparsity '{opts.sparsity}': {exc}") from None
+    sparsity_option(opts.sparsity)
     if opts.exclude:
         try:
             re.compile(opts.exclude)
@@ -214,7 +210,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                                          progress=progress("sensitivity", len(eligible)) if progress else None)
 
     # -- allocation ----------------------------------------------------------------------------
-    pattern = parse_pattern(opts.sparsity) if opts.sparsity is not None else None
+    pattern = sparsity_option(opts.sparsity)
     round_to = opts.round_to
     if pattern is not None and pattern.semi_structured:  # N:M groups must tile the pruned channel counts
         round_to = math.lcm(round_to, pattern.m)
@@ -256,6 +252,11 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     if real > budget * (1 + 1e-6):
         raise AssertionError(f"pruned {opts.metric} {real} exceed the budget {budget:.0f} the allocator promised")
     refit: dict[str, str] = {}
+
+    def refit_feeds():  # the calibration batches the refit and SparseGPT read (two ORT passes per stage)
+        n = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32))
+        return itertools.islice(calib.batches("calib", 32), n)
+
     if calib is not None and opts.reconstruct and plan:
         with timer("reconstruct"):
             kept = trace.kept_channels(plan)
@@ -266,9 +267,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
-            refit_batches = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32))
-            refit = reconstruct(model, pruned, kept_out, changed,
-                                lambda: itertools.islice(calib.batches("calib", 32), refit_batches), ridge=opts.ridge,
+            refit = reconstruct(model, pruned, kept_out, changed, refit_feeds, ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in)
     sparse_report = None
     if pattern is not None:
@@ -276,11 +275,9 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             how = "magnitude" if criterion.startswith("magnitude") or calib is None else "sparsegpt"
             if calib is None:
                 warnings.append("no --calib: --sparsity uses magnitude masks without compensation")
-            refit_batches = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32)) if calib else 0
             bar = progress("sparsity", None) if progress else None
             pruned, sparse_report = sparsify(
-                pruned, (lambda: itertools.islice(calib.batches("calib", 32), refit_batches)) if calib else None,
-                pattern=pattern, criterion=how, progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
+                pruned, refit_feeds if calib is not None else None, pattern=pattern, criterion=how, progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
     fidelity = {}
     if calib is not None and calib.n_holdout():
         with timer("verify"):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxprune.errors import InputError
 from onnxprune.layers import LinearLayer
 
 MIN_WEIGHTS = 1024  # smaller layers are skipped: negligible memory and compute, sparse kernels do not pay off
@@ -70,6 +71,16 @@ def parse_pattern(spec: str | float) -> Pattern:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"sparsity {text!r}: an unstructured fraction must lie strictly between 0 and 1")
     return Pattern(sparsity=fraction)
+
+
+def sparsity_option(spec: str | None) -> Pattern | None:
+    """The ``--sparsity`` option: None stays None, a bad spec is an InputError (exit 2) naming it."""
+    if spec is None:
+        return None
+    try:
+        return parse_pattern(spec)
+    except ValueError as exc:
+        raise InputError(f"bad --sparsity '{spec}': {exc}") from None
 
 
 # ---- mask rules (shared by SparseGPT, the OBS reference and magnitude) -------------------------
