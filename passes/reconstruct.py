@@ -16,8 +16,8 @@ inputs restricted to the kept channels (X_k: it only compensates the removed cha
 
     W' = (W_d G_dk + λ W_0)(G_kk + λ I)⁻¹,
 
-and the fit (correcting or local) and the shrinkage strength are chosen per layer by two-fold
-validation across the two halves of the calibration batches, on the error that matters at inference,
+and the fit (correcting or local; see ``CANDIDATES``) is chosen per layer by two-fold validation
+across the two halves of the calibration batches, on the error that matters at inference,
 ‖W_d X̃_d − W' X̃_p‖² on the held-out half.
 """
 

@@ -18,6 +18,15 @@ def _model_and_batches(name: str, n_batches: int = 3):
     return model, batches
 
 
+def _assert_tapped(model, batches, taps, got) -> None:
+    """``got`` (per batch: tap → array) equals a tapped session run from the graph inputs."""
+    sess, need = tapped_session(model, taps)
+    for feeds, vals in zip(batches, got, strict=True):
+        want = sess.run(taps, {k: v for k, v in feeds.items() if k in need})
+        for t, w in zip(taps, want, strict=True):
+            np.testing.assert_allclose(vals[t], w, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["residual_add", "dense_concat", "depthwise_se", "split_slice", "resize_fpn"])
 def test_frontier_gives_the_tapped_tensors_stage_by_stage(name):
     model, batches = _model_and_batches(name)
@@ -25,12 +34,7 @@ def test_frontier_gives_the_tapped_tensors_stage_by_stage(name):
     front = Frontier(batches)
     for stage in _stages(model, layers, set(layers)):
         taps = sorted({layers[n].input for n in stage})
-        got = front.advance(model, taps)
-        sess, need = tapped_session(model, taps)
-        for feeds, vals in zip(batches, got, strict=True):
-            want = sess.run(taps, {k: v for k, v in feeds.items() if k in need})
-            for t, w in zip(taps, want, strict=True):
-                np.testing.assert_allclose(vals[t], w, rtol=1e-5, atol=1e-6)
+        _assert_tapped(model, batches, taps, front.advance(model, taps))
 
 
 def test_frontier_runs_downstream_nodes_with_their_edited_weights():
@@ -43,11 +47,7 @@ def test_frontier_runs_downstream_nodes_with_their_edited_weights():
         if t.name in {layers[n].weight for n in stages[0]}:
             t.raw_data = bytes(len(t.raw_data))
     later = sorted({layers[n].input for n in stages[1]})
-    got = front.advance(model, later)[0]
-    sess, need = tapped_session(model, later)
-    want = sess.run(later, {k: v for k, v in batches[0].items() if k in need})
-    for t, w in zip(later, want, strict=True):
-        np.testing.assert_allclose(got[t], w, rtol=1e-5, atol=1e-6)
+    _assert_tapped(model, batches, later, front.advance(model, later))
 
 
 def test_frontier_refuses_a_tap_it_has_passed():
