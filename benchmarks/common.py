@@ -10,11 +10,28 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from onnxprune.fidelity import run_all
+from onnxprune.fidelity import compare, run_all
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models"
 ZOO = Path(os.environ.get("ONNXPRUNE_ZOO_DIR", REPO / "models" / "cache"))
+
+
+# key -> (model, calibration npz, evaluation npz); the ImageNet models' eval crops come from held-out photos
+MODELS = {
+    "fmnist": (SHIPPED / "fmnist_resnet.onnx", SHIPPED / "fmnist_calib.npz", SHIPPED / "fmnist_eval.npz"),
+    "effnet": (ZOO / "efficientnet_lite0.onnx", ZOO / "effnet_calib.npz", ZOO / "effnet_eval.npz"),
+    "mnv2": (ZOO / "mobilenet_v2.onnx", ZOO / "imagenet_calib.npz", ZOO / "imagenet_eval.npz"),
+}
+
+
+def quality_text(key: str, logits: np.ndarray, dense_logits: np.ndarray, labels: np.ndarray | None) -> str:
+    """Fashion-MNIST: true accuracy; ImageNet models: top-1 agreement, top-5 overlap and KL vs dense."""
+    if key == "fmnist":
+        return f"accuracy {100 * np.mean(logits.argmax(1) == labels):.2f}%"
+    m = compare([dense_logits], [logits], ["logits"])["logits"]
+    return (f"top-1 agr. {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%, "
+            f"KL {m['kl_dense_to_pruned']:.3f}")
 
 
 def run_batched(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks.common import SHIPPED, ZOO, machine, run_batched
-from onnxprune.fidelity import compare
+from benchmarks.common import MODELS, machine, quality_text, run_batched
 
 CONFIGS = {
     "magnitude+uniform": ["--criterion", "magnitude", "--allocation", "uniform", "--no-reconstruct"],
@@ -31,23 +30,14 @@ CONFIGS = {
     "obs+dp": ["--no-reconstruct"],
     "obs+dp+reconstruct": [],
 }
-MODELS = {
-    "fmnist": (SHIPPED / "fmnist_resnet.onnx", SHIPPED / "fmnist_calib.npz", SHIPPED / "fmnist_eval.npz"),
-    "effnet": (ZOO / "efficientnet_lite0.onnx", ZOO / "effnet_calib.npz", ZOO / "effnet_eval.npz"),
-    "mnv2": (ZOO / "mobilenet_v2.onnx", ZOO / "imagenet_calib.npz", ZOO / "imagenet_eval.npz"),
-}
 
 
 def evaluate(key: str, dense: Path, pruned: Path, eval_npz: Path) -> str:
     data = np.load(eval_npz)
     feeds = {"input": data["input"]}
     got = run_batched(onnx.load(str(pruned)), feeds, 64)[0]
-    if key == "fmnist":
-        return f"accuracy {100 * np.mean(got.argmax(1) == data['labels']):.2f}%"
-    ref = run_batched(onnx.load(str(dense)), feeds, 64)[0]
-    m = compare([ref], [got], ["logits"])["logits"]
-    return (f"top-1 agr. {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%, "
-            f"KL {m['kl_dense_to_pruned']:.3f}")
+    ref = got if key == "fmnist" else run_batched(onnx.load(str(dense)), feeds, 64)[0]
+    return quality_text(key, got, ref, data["labels"] if "labels" in data.files else None)
 
 
 def main() -> None:

@@ -18,8 +18,7 @@ import onnx
 from onnxprune.passes.normalize import normalize
 from onnxprune.passes.prune_channels import prune_channels
 
-from benchmarks.common import run_batched
-from benchmarks.compress_zoo import MODELS
+from benchmarks.common import MODELS, run_batched
 from onnxprune.costs import model_cost
 from onnxprune.fidelity import compare
 from onnxprune.modelio import load_model

@@ -22,16 +22,11 @@ from onnxprune.calibration.readers import CalibrationSet, load_calibration
 from onnxprune.passes.normalize import normalize
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-from benchmarks.common import SHIPPED, ZOO, machine, run_batched
+from benchmarks.common import MODELS, machine, run_batched
 from onnxprune.fidelity import compare
 from onnxprune.latency import measure_latency
 from onnxprune.quantize import FeedReader, ort_quantizer_sandbox, quantize_model
 
-MODELS = {
-    "fmnist": (SHIPPED / "fmnist_resnet.onnx", SHIPPED / "fmnist_calib.npz", SHIPPED / "fmnist_eval.npz"),
-    "effnet": (ZOO / "efficientnet_lite0.onnx", ZOO / "effnet_calib.npz", ZOO / "effnet_eval.npz"),
-    "mnv2": (ZOO / "mobilenet_v2.onnx", ZOO / "imagenet_calib.npz", ZOO / "imagenet_eval.npz"),
-}
 # name -> quantize_model options; "fallback" rows use each model's best method from FALLBACK_METHOD
 CONFIGS = {
     "minmax": {"calib_method": "minmax"},

@@ -18,25 +18,11 @@ import numpy as np
 from onnxprune.passes.normalize import normalize
 from onnxprune.passes.sparsify import sparsify
 
-from benchmarks.common import SHIPPED, ZOO, machine, run_batched
-from onnxprune.fidelity import compare
+from benchmarks.common import MODELS, machine, quality_text, run_batched
 from onnxprune.modelio import load_model
 
-MODELS = {
-    "fmnist": (SHIPPED / "fmnist_resnet.onnx", SHIPPED / "fmnist_calib.npz", SHIPPED / "fmnist_eval.npz"),
-    "effnet": (ZOO / "efficientnet_lite0.onnx", ZOO / "effnet_calib.npz", ZOO / "effnet_eval.npz"),
-    "mnv2": (ZOO / "mobilenet_v2.onnx", ZOO / "imagenet_calib.npz", ZOO / "imagenet_eval.npz"),
-}
 CALIB_ROWS = 256
 BATCH = 32
-
-
-def quality(key: str, logits: np.ndarray, dense_logits: np.ndarray, labels: np.ndarray | None) -> str:
-    if key == "fmnist":
-        return f"accuracy {100 * np.mean(logits.argmax(1) == labels):.2f}%"
-    m = compare([dense_logits], [logits], ["logits"])["logits"]
-    return (f"top-1 agr. {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%, "
-            f"KL {m['kl_dense_to_pruned']:.3f}")
 
 
 def main() -> None:
@@ -62,7 +48,7 @@ def main() -> None:
         labels = evaluation["labels"] if "labels" in evaluation else None
         dense_logits = run_batched(dense, feeds, 64)[0]
         if key == "fmnist":
-            print(f"| {key} | dense | — | {quality(key, dense_logits, dense_logits, labels)} | | | |")
+            print(f"| {key} | dense | — | {quality_text(key, dense_logits, dense_logits, labels)} | | | |")
 
         def batches(calib=calib):
             return ({"input": calib[i:i + BATCH]} for i in range(0, len(calib), BATCH))
@@ -73,7 +59,7 @@ def main() -> None:
                 sparse, report = sparsify(dense, batches, pattern=pattern, criterion=criterion,
                                            percdamp=args.percdamp)
                 wall = time.perf_counter() - t0
-                q = quality(key, run_batched(sparse, feeds, 64)[0], dense_logits, labels)
+                q = quality_text(key, run_batched(sparse, feeds, 64)[0], dense_logits, labels)
                 total = report["eligible_layers"] + report["skipped_layers"]
                 print(f"| {key} | {pattern} | {criterion} | {q} | {100 * report['sparsity_eligible']:.1f}% / "
                       f"{100 * report['sparsity_linear']:.1f}% | {report['eligible_layers']}/{total} | {wall:.0f} s |",
