@@ -57,7 +57,8 @@ def _changed_inputs(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
     return changed
 
 
-def _stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo: set[str]) -> list[list[str]]:
+def layer_stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo: set[str]) -> list[list[str]]:
+    """``todo`` layers in stages: a layer's input depends only on layers of earlier stages (topological levels)."""
     level: dict[str, int] = {}
     stages: dict[int, list[str]] = {}
     for node in model.graph.node:
@@ -179,7 +180,7 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     d_inits = initializer_dict(dense)
     kept_in = kept_in or {}
     done: dict[str, str] = {}
-    stages = _stages(pruned, p_layers, todo)
+    stages = layer_stages(pruned, p_layers, todo)
     # Both models advance stage by stage from their last boundary: every node runs once per model.
     feeds = list(batches())
     d_front, p_front = Frontier(feeds), Frontier(feeds)

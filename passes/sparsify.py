@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier, HessianSum
-from onnxprune.passes.reconstruct import _stages
+from onnxprune.passes.reconstruct import layer_stages
 
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
 from onnxprune.sparsity import (
@@ -78,7 +78,7 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
         feeds = list(batches())
         samples = sum(len(next(iter(f.values()))) for f in feeds)
         front = Frontier(feeds)
-        stages = _stages(out, layers, eligible)
+        stages = layer_stages(out, layers, eligible)
         for index, stage in enumerate(stages):
             if progress:
                 progress("stage", index, len(stages))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnxprune.calibration.collect import Frontier, tapped_session
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.reconstruct import _Fit, _stages
+from onnxprune.passes.reconstruct import _Fit, layer_stages
 
 from models import synthetic
 from onnxprune.layers import LinearLayer, linear_layers
@@ -32,7 +32,7 @@ def test_frontier_gives_the_tapped_tensors_stage_by_stage(name):
     model, batches = _model_and_batches(name)
     layers = linear_layers(model)
     front = Frontier(batches)
-    for stage in _stages(model, layers, set(layers)):
+    for stage in layer_stages(model, layers, set(layers)):
         taps = sorted({layers[n].input for n in stage})
         _assert_tapped(model, batches, taps, front.advance(model, taps))
 
@@ -40,7 +40,7 @@ def test_frontier_gives_the_tapped_tensors_stage_by_stage(name):
 def test_frontier_runs_downstream_nodes_with_their_edited_weights():
     model, batches = _model_and_batches("residual_add", 1)
     layers = linear_layers(model)
-    stages = _stages(model, layers, set(layers))
+    stages = layer_stages(model, layers, set(layers))
     front = Frontier(batches)
     front.advance(model, sorted({layers[n].input for n in stages[0]}))
     for t in model.graph.initializer:  # zero every weight not yet run: the next taps must see it
@@ -53,7 +53,7 @@ def test_frontier_runs_downstream_nodes_with_their_edited_weights():
 def test_frontier_refuses_a_tap_it_has_passed():
     model, batches = _model_and_batches("residual_add", 1)
     layers = linear_layers(model)
-    stages = _stages(model, layers, set(layers))
+    stages = layer_stages(model, layers, set(layers))
     front = Frontier(batches)
     front.advance(model, sorted({layers[n].input for n in stages[-1]}))
     early = [layers[stages[0][0]].output]
