@@ -131,6 +131,42 @@ def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset
     else:
         print_quantize_summary(Console(), report)
 
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--batch", "batches", default="1", show_default=True, metavar="B[,B..]",
+              help="Batch sizes to measure, comma-separated, e.g. 1,8,32.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+              help="onnxruntime intra-op threads (0: onnxruntime's default, one per core).")
+@click.option("--rounds", default=30, show_default=True, type=click.IntRange(min=1),
+              help="Timed rounds; every model runs once per round, in rotating order.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Untimed rounds first.")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Repeat the interleaved rounds; the table shows the median and the min of the p50s.")
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+              help="ort: onnxruntime CPU; tensorrt: engines built on the GPU (needs tensorrt and a CUDA GPU).")
+@click.option("--sparse", is_flag=True, help="TensorRT: build with SPARSE_WEIGHTS (automatic for models with 2:4 weights).")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON instead of a table.")
+def bench(models, batches, threads, rounds, warmup, repeats, backend, sparse, input_shapes, as_json) -> None:
+    """Latency of MODELS side by side in one process, with ratios against the first model."""
+    from .bench import parse_batches, run_bench
+    from .summary import print_bench
+
+    console = Console(stderr=True)
+    status = None if as_json else console.status("benchmarking")
+    with status or contextlib.nullcontext():
+        report = run_bench(models, backend=backend, batches=parse_batches(batches), threads=threads, rounds=rounds,
+                           warmup=warmup, repeats=repeats, input_shapes=parse_input_shapes(input_shapes),
+                           sparse=sparse, progress=(lambda text: status.update(f"benchmarking: {text}")) if status else None)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        out = Console()
+        # piped into a file or a CI log, the wide table is kept whole instead of wrapped at 80 columns
+        print_bench(out if out.is_terminal else Console(width=max(out.width, 150)), report)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures print one line and exit with the contract's code."""
     try:

@@ -105,3 +105,66 @@ def print_quantize_summary(console: Console, r: dict) -> None:
     for w in r["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings_s"].items()))
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 1000 else f"{value:.0f}"
+
+
+def _short_names(names: list[str]) -> dict[str, str]:
+    """File names when they tell the models apart, else the paths as given."""
+    base = {n: n.replace("\\", "/").rsplit("/", 1)[-1] for n in names}
+    return base if len(set(base.values())) == len(set(names)) else {n: n for n in names}
+
+
+def print_bench(console: Console, r: dict) -> None:
+    """`onnxprune bench`: one row per model and batch, ratios against the first model at the same batch."""
+    trt = r["backend"] == "tensorrt"
+    repeats = r["repeats"] > 1
+    rows = r["results"]
+    label = _short_names(r["models"])
+    backend = "TensorRT (GPU time)" if trt else "onnxruntime CPU"
+    schedule = f"{r['rounds']} rounds" + (f" × {r['repeats']} repeats" if repeats else "")
+    threads = "" if trt else f", threads {r['threads'] or 'default'}"
+    table = Table(title=f"{backend} latency, interleaved: {schedule} after {r['warmup']} warm-up{threads}")
+    columns = ["model", "batch"] + (["precision"] if trt else []) + ["p50 ms"] + (["p50 min"] if repeats else []) + \
+        ["p90 ms", "p99 ms", "min ms", "samples/s", "vs first", "size MB", "GPU MB" if trt else "peak MB"] + \
+        (["build s"] if trt else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "precision") else "right",
+                         overflow="fold" if col == "model" else "ellipsis")
+    for row in rows:
+        stats = row["stats"] or {}
+        cells = [label[row["model"]], str(row["batch"])]
+        if trt:
+            cells.append((row.get("precision") or "—") + (" +2:4" if row.get("sparse") else ""))
+        cells.append("[yellow]skipped[/yellow]" if row["skipped"] else _ms(row["p50_median_ms"]))
+        if repeats:
+            cells.append(_ms(row["p50_min_ms"]))
+        cells += [_ms(stats.get("p90_ms")), _ms(stats.get("p99_ms")), _ms(stats.get("min_ms")),
+                  "—" if row["throughput"] is None else f"{row['throughput']:.{0 if row['throughput'] >= 100 else 1}f}",
+                  "—" if row["speedup"] is None else f"{row['speedup']:.2f}x", f"{row['size_mb']:.2f}",
+                  "—" if row["peak_mb"] is None else f"{row['peak_mb']:.1f}"]
+        if trt:
+            cells.append("—" if row.get("build_s") is None else f"{row['build_s']:.1f}")
+        table.add_row(*cells)
+    console.print(table)
+    if repeats:
+        console.print(f"p50 ms: median of the {r['repeats']} repeats' p50s; p50 min: their minimum; "
+                      "p90/p99/min over all runs")
+    console.print("vs first: the first model's p50 / this model's p50 at the same batch (above 1: faster); "
+                  + ("GPU MB: device memory of the engine, its context and I/O buffers" if trt else
+                     "peak MB: resident memory growth while loading the model and running it once"))
+    for row in rows:
+        if row["skipped"]:
+            console.print(f"[yellow]warning:[/yellow] {label[row['model']]} skipped at batch {row['batch']}: "
+                          f"{row['skipped']}")
+    for row in rows:
+        sp = row.get("sparse_layers")
+        if sp:
+            console.print(f"[bold]{label[row['model']]}[/bold] (batch {row['batch']}) 2:4 weights in "
+                          f"{len(sp['eligible'])} layer(s)"
+                          + (f"; TensorRT eligible: {', '.join(sp['eligible_tensorrt']) or 'none'}"
+                             if sp["eligible_tensorrt"] is not None else "")
+                          + f"; sparse tactics: {', '.join(sp['sparse_tactic']) or 'none'}"
+                          + ("" if sp["detailed"] else " (no tactic names: engine not built with DETAILED verbosity)"))

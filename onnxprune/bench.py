@@ -1,0 +1,426 @@
+"""`onnxprune bench`: side-by-side latency of several ONNX models, measured in one process.
+
+Why interleaved: on a shared or thermally throttling machine the speed drifts over seconds. Timing
+model A for a while and then model B charges that drift to whichever ran in the slow stretch.
+Here every model is loaded and warmed up first, then each *round* runs every model once, and round
+r starts at model r mod n (A B C, B C A, C A B, ...), so slow stretches hit all models alike and
+no model always runs right after the same neighbour. The ratios between models are what this
+measures best; absolute numbers are those of this machine at this moment.
+
+Per model the run times (ms) give p50/p90/p99, min, mean and a throughput of batch / p50.
+``--repeats R`` repeats the interleaved rounds R times on the same sessions; the table then shows the
+median and the min of the R per-repeat p50s (p90/p99/min are over all runs).
+
+The onnxruntime backend lives here; ``onnxprune.tensorrt_backend`` plugs into the same loop
+(:func:`bench_models`) with engines instead of sessions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import InputError
+from .latency import ort_session
+from .modelio import load_model
+from .shapes import Shape, declared_shape, graph_inputs, resolve_input_shapes
+
+MIN_ROUNDS = 5  # a time budget never cuts a measurement below this many rounds
+
+
+class ModelSkipped(InputError):
+    """A model cannot be measured in this configuration (e.g. its batch is fixed to another size).
+
+    ``bench`` shows it as a skipped row; :func:`compare_latency` lets it through (exit 2).
+    """
+
+
+# ---- statistics and schedule (pure) -------------------------------------------------------------
+
+@dataclass
+class LatencyStats:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    mean_ms: float
+    throughput: float  # samples per second at the median: batch / p50
+    runs: int
+    batch: int
+    threads: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def latency_stats(times_ms: Sequence[float], *, batch: int = 1, threads: int = 0) -> LatencyStats:
+    """Summary of run times in milliseconds.
+
+    Percentiles interpolate linearly between order statistics (numpy's default), so p50 of an even
+    count is the mean of the two middle runs; throughput = batch / p50 in samples per second.
+    Raises ValueError on an empty sequence.
+    """
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.size == 0:
+        raise ValueError("no run times to summarize")
+    p50, p90, p99 = (float(v) for v in np.percentile(t, [50, 90, 99]))
+    return LatencyStats(p50, p90, p99, float(t.min()), float(t.mean()), batch * 1000.0 / p50 if p50 > 0 else float("inf"),
+                        int(t.size), batch, threads)
+
+
+def rotation(n_models: int, round_index: int) -> list[int]:
+    """Order in which the models run in round ``round_index``: starts at model round_index mod n."""
+    return [(round_index + i) % n_models for i in range(n_models)]
+
+
+def interleave(runners: Sequence[Callable[[], float]], *, rounds: int, warmup: int = 0,
+               budget_s: float | None = None) -> list[list[float]]:
+    """Run every runner once per round in :func:`rotation` order; each call returns its own time in ms.
+
+    ``warmup`` untimed rounds come first (same rotation). With ``budget_s``, rounds stop once that many
+    seconds have passed since the first timed round, but never before MIN_ROUNDS rounds. The garbage
+    collector is paused meanwhile so that a collection is not charged to whichever model triggered it.
+    Returns one list of times per runner, in round order.
+    """
+    n = len(runners)
+    times: list[list[float]] = [[] for _ in range(n)]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(warmup):
+            for i in rotation(n, r):
+                runners[i]()
+        start = time.perf_counter()
+        for r in range(rounds):
+            if budget_s is not None and r >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
+                break
+            for i in rotation(n, r):
+                times[i].append(float(runners[i]()))
+    finally:
+        if was_enabled:
+            gc.enable()
+    return times
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+def shapes_at_batch(model: onnx.ModelProto, batch: int, input_shapes: Mapping[str, Shape] | None = None) -> dict[str, Shape]:
+    """Concrete input shapes with the leading (batch) dim set to ``batch``.
+
+    ``input_shapes`` (only the names this model has are used) settle the other dynamic dims; their
+    leading dim is replaced by ``batch`` too. A dim left dynamic is an InputError naming input and dim;
+    a model whose leading dim is fixed to another size raises ModelSkipped.
+    """
+    names = {vi.name for vi in graph_inputs(model)}
+    given = {k: v for k, v in (input_shapes or {}).items() if k in names}
+    shapes = resolve_input_shapes(model, given)
+    out: dict[str, Shape] = {}
+    for vi in graph_inputs(model):
+        dims, shape = declared_shape(vi), shapes[vi.name]
+        if not shape:
+            out[vi.name] = shape
+        elif dims and isinstance(dims[0], int) and dims[0] > 0:
+            if dims[0] != batch:
+                raise ModelSkipped(f"input '{vi.name}' has a fixed batch of {dims[0]}, not {batch}")
+            out[vi.name] = shape
+        else:
+            out[vi.name] = (batch, *shape[1:])
+    return out
+
+
+def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Shape], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs in each input's dtype: floats ~ N(0, 1); integers in {0, 1} (valid token ids,
+    segment ids and attention masks alike); bools by coin flip."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in graph_inputs(model):
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        shape = shapes[vi.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.random(shape) < 0.5
+        else:
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds
+
+
+def feeds_for(model: onnx.ModelProto, batch: int, input_shapes: Mapping[str, Shape] | None,
+              cache: dict) -> dict[str, np.ndarray]:
+    """Random feeds at ``batch``; models with the same input names, dtypes and shapes get the very same
+    arrays (through ``cache``), models whose inputs differ get their own."""
+    shapes = shapes_at_batch(model, batch, input_shapes)
+    key = tuple((vi.name, vi.type.tensor_type.elem_type, shapes[vi.name]) for vi in graph_inputs(model))
+    if key not in cache:
+        cache[key] = random_feeds(model, shapes)
+    return cache[key]
+
+
+def check_input_shape_names(models: Sequence[onnx.ModelProto], input_shapes: Mapping[str, Shape] | None) -> None:
+    """Every ``--input-shape`` name must be an input of at least one model (a typo is exit 2, not ignored)."""
+    known = {vi.name for m in models for vi in graph_inputs(m)}
+    for name in input_shapes or {}:
+        if name not in known:
+            raise InputError(f"--input-shape names unknown input '{name}' (model inputs: {', '.join(sorted(known))})")
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+def _status_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> tuple[object, float | None]:
+    """``fn()``'s result and how far it raised the process's resident memory at its peak, in MB.
+
+    Linux: writing 5 to /proc/self/clear_refs resets the high-water mark VmHWM to the current RSS, so
+    VmHWM afterwards is this call's peak. Where that is refused, the RSS growth after the call is
+    reported instead (a lower bound); None where /proc is missing.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        peak_field = "VmHWM"
+    except OSError:
+        peak_field = "VmRSS"
+    before = _status_kb("VmRSS")
+    result = fn()
+    after = _status_kb(peak_field)
+    if before is None or after is None:
+        return result, None
+    return result, max(0, after - before) * 1024 / 1e6
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so the next model's growth is not hidden by reuse."""
+    libc = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(libc).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+# ---- the measurement loop -----------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """One model made ready at one batch by a backend."""
+
+    run: Callable[[], float]  # one timed inference; returns its time in ms
+    peak_mb: float | None  # memory growth while loading it and running it once
+    extra: dict = field(default_factory=dict)  # backend details shown in the report
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass
+class BenchModel:
+    name: str
+    model: onnx.ModelProto
+    size_mb: float
+
+
+@dataclass
+class BenchRow:
+    model: str
+    batch: int
+    size_mb: float
+    stats: LatencyStats | None = None  # over every timed run of every repeat
+    p50_repeats_ms: list[float] = field(default_factory=list)
+    peak_mb: float | None = None
+    speedup: float | None = None  # first model's median p50 / this one's, same batch
+    skipped: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def p50_median_ms(self) -> float | None:
+        return statistics.median(self.p50_repeats_ms) if self.p50_repeats_ms else None
+
+    def to_dict(self) -> dict:
+        d = {"model": self.model, "batch": self.batch, "size_mb": self.size_mb, "peak_mb": self.peak_mb,
+             "skipped": self.skipped, "stats": self.stats.to_dict() if self.stats else None,
+             "p50_repeats_ms": self.p50_repeats_ms, "p50_median_ms": self.p50_median_ms,
+             "p50_min_ms": min(self.p50_repeats_ms) if self.p50_repeats_ms else None, "speedup": self.speedup,
+             "throughput": self.batch * 1000.0 / self.p50_median_ms if self.p50_median_ms else None}
+        return {**d, **self.extra}
+
+
+Prepare = Callable[[BenchModel, int, dict[str, np.ndarray]], Prepared]
+
+
+def bench_models(models: Sequence[BenchModel], prepare: Prepare, *, batches: Sequence[int], rounds: int, warmup: int,
+                 repeats: int = 1, threads: int = 0, input_shapes: Mapping[str, Shape] | None = None,
+                 progress: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """For each batch: prepare every model in turn (alone, so its memory growth is its own), then time
+    them all with :func:`interleave` — warm-up once, then ``repeats`` × ``rounds`` rounds. Models that
+    cannot run at a batch (ModelSkipped) become skipped rows. Rows come batch by batch, in model order.
+    """
+    rows: list[BenchRow] = []
+    for batch in batches:
+        cache: dict = {}
+        ready: list[tuple[BenchRow, Prepared]] = []
+        batch_rows = []
+        for m in models:
+            row = BenchRow(m.name, batch, m.size_mb)
+            batch_rows.append(row)
+            if progress:
+                progress(f"batch {batch}: loading {m.name}")
+            try:
+                prepared = prepare(m, batch, feeds_for(m.model, batch, input_shapes, cache))
+            except ModelSkipped as exc:
+                row.skipped = str(exc)
+                continue
+            row.peak_mb, row.extra = prepared.peak_mb, prepared.extra
+            ready.append((row, prepared))
+        try:
+            if ready:
+                runners = [p.run for _, p in ready]
+                per_repeat = []
+                for rep in range(repeats):
+                    if progress:
+                        progress(f"batch {batch}: repeat {rep + 1}/{repeats}, {rounds} rounds")
+                    # the sessions stay warm between repeats: warm-up rounds only before the first
+                    per_repeat.append(interleave(runners, rounds=rounds, warmup=warmup if rep == 0 else 0))
+                for k, (row, _) in enumerate(ready):
+                    runs = [t for rep in per_repeat for t in rep[k]]
+                    row.stats = latency_stats(runs, batch=batch, threads=threads)
+                    row.p50_repeats_ms = [latency_stats(rep[k]).p50_ms for rep in per_repeat]
+        finally:
+            for _, p in ready:
+                p.close()
+            del ready
+            gc.collect()
+            release_freed_memory()
+        first = batch_rows[0].p50_median_ms
+        for row in batch_rows:
+            if first and row.p50_median_ms:
+                row.speedup = first / row.p50_median_ms
+        rows.extend(batch_rows)
+    return rows
+
+
+# ---- onnxruntime ---------------------------------------------------------------------------------
+
+def ort_runner(session, feeds: Mapping[str, np.ndarray]) -> Callable[[], float]:
+    """One ``session.run`` on fixed feeds, timed with the wall clock (ms)."""
+    feeds = dict(feeds)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        return (time.perf_counter() - t0) * 1e3
+    return run
+
+
+@functools.cache
+def _onnxruntime_started() -> None:
+    """Create and run one trivial session, so that onnxruntime's process-wide setup (environment,
+    default logger, kernel registries) is not charged to the first model's memory."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warm",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)).run(
+        None, {"x": np.zeros(1, np.float32)})
+
+
+def ort_prepare(threads: int) -> Prepare:
+    """Backend hook for :func:`bench_models`: an onnxruntime CPU session, created and run once while
+    the memory growth is measured."""
+    _onnxruntime_started()
+
+    def prepare(m: BenchModel, batch: int, feeds: dict[str, np.ndarray]) -> Prepared:
+        def load_and_run():
+            session = ort_session(m.model, threads)
+            session.run(None, feeds)
+            return session
+        try:
+            session, peak = peak_rss_growth(load_and_run)
+        except Exception as exc:  # onnxruntime's own errors: unsupported op, bad shapes, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelSkipped(f"onnxruntime cannot run it at batch {batch}: {first}") from None
+        return Prepared(ort_runner(session, feeds), peak)
+    return prepare
+
+
+def compare_latency(models: Sequence[onnx.ModelProto], *, batch: int = 1, threads: int = 0,
+                    input_shapes: Mapping[str, tuple] | None = None, rounds: int = 30, warmup: int = 5,
+                    budget_s: float | None = None) -> list[LatencyStats]:
+    """onnxruntime CPU latency of ``models`` measured side by side (one :func:`interleave` run).
+
+    Every model gets random inputs at ``batch`` (shared when the models' inputs agree); ``input_shapes``
+    settles dynamic non-batch dims. Returns one LatencyStats per model, in order. Raises InputError for
+    an unresolved dynamic dim, ModelSkipped (an InputError) when a model cannot run at ``batch``.
+    """
+    check_input_shape_names(models, input_shapes)
+    cache: dict = {}
+    prepare = ort_prepare(threads)
+    runners = []
+    for i, m in enumerate(models, 1):
+        try:
+            feeds = feeds_for(m, batch, input_shapes, cache)
+            runners.append(prepare(BenchModel(f"model {i}", m, 0.0), batch, feeds).run)
+        except ModelSkipped as exc:
+            raise ModelSkipped(f"model {i} of {len(models)}: {exc}") from None
+    times = interleave(runners, rounds=rounds, warmup=warmup, budget_s=budget_s)
+    return [latency_stats(t, batch=batch, threads=threads) for t in times]
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+def parse_batches(spec: str) -> list[int]:
+    """"1,8,32" → [1, 8, 32]; anything else (zero, negative, not a number) is an InputError."""
+    try:
+        batches = [int(b) for b in spec.split(",") if b.strip()]
+        if not batches or any(b <= 0 for b in batches):
+            raise ValueError
+    except ValueError:
+        raise InputError(f"bad --batch '{spec}': expected positive sizes separated by commas, e.g. 1,8,32") from None
+    return list(dict.fromkeys(batches))
+
+
+def run_bench(paths: Sequence[str], *, backend: str = "ort", batches: Sequence[int] = (1,), threads: int = 0,
+              rounds: int = 30, warmup: int = 5, repeats: int = 1, input_shapes: Mapping[str, Shape] | None = None,
+              sparse: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+    """``onnxprune bench``: load the models (exit 2 on an unusable file), measure them, return the report."""
+    import onnxruntime
+
+    if backend not in ("ort", "tensorrt"):
+        raise InputError(f"unknown backend '{backend}' (ort or tensorrt)")
+    if sparse and backend != "tensorrt":
+        raise InputError("--sparse applies to --backend tensorrt only")
+    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if backend == "tensorrt":
+        from .tensorrt_backend import tensorrt_available
+
+        reason = tensorrt_available()
+        if reason:
+            raise InputError(f"--backend tensorrt: {reason}")
+    models = [BenchModel(str(p), m, m.ByteSize() / 1e6) for p, m in ((p, load_model(p)) for p in paths)]
+    check_input_shape_names([m.model for m in models], input_shapes)
+    if backend == "tensorrt":
+        from .tensorrt_backend import tensorrt_prepare, tensorrt_version
+
+        prepare, versions["tensorrt"] = tensorrt_prepare(input_shapes, sparse), tensorrt_version()
+    else:
+        prepare = ort_prepare(threads)
+    rows = bench_models(models, prepare, batches=batches, rounds=rounds, warmup=warmup, repeats=repeats,
+                        threads=threads, input_shapes=input_shapes, progress=progress)
+    return {"backend": backend, "models": [m.name for m in models], "batches": list(batches), "threads": threads,
+            "rounds": rounds, "warmup": warmup, "repeats": repeats,
+            "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+            "results": [r.to_dict() for r in rows], "versions": versions}
