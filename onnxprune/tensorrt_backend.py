@@ -269,6 +269,18 @@ def _capturing_logger(trt):
     return CapturingLogger()
 
 
+def _asymmetric_qdq_hint(model: onnx.ModelProto) -> str:
+    """A hint when Q/DQ zero points are uint8 or nonzero (the ort preset): TensorRT takes symmetric int8 only."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
+            zp = numpy_helper.to_array(inits[node.input[2]])
+            if zp.dtype != np.int8 or np.any(zp != 0):
+                return " (its Q/DQ zero points are not symmetric int8, which TensorRT requires: quantize with " \
+                       "--preset tensorrt / --quant-preset tensorrt)"
+    return ""
+
+
 def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", sparse: bool = False, batch: int = 1,
                  input_shapes: Mapping[str, Shape] | None = None) -> EngineBuild:
     """Parse ``model`` (a path or a ModelProto) with TensorRT's ONNX parser and build a serialized engine.
@@ -287,7 +299,7 @@ def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", spars
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(proto.SerializeToString()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT's ONNX parser rejected it: {errors}")
+        raise EngineBuildError(f"TensorRT's ONNX parser rejected it: {errors}{_asymmetric_qdq_hint(proto)}")
     config = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     for flag in flags:
@@ -309,7 +321,8 @@ def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", spars
     build_s = time.perf_counter() - start
     if serialized is None:
         errors = [msg for sev, msg in logger.messages if sev <= int(trt.Logger.ERROR)]
-        raise EngineBuildError("TensorRT could not build an engine: " + ("; ".join(errors[-2:]) or "see its log"))
+        raise EngineBuildError("TensorRT could not build an engine: " + ("; ".join(errors[-2:]) or "see its log")
+                               + _asymmetric_qdq_hint(proto))
     engine_bytes = bytes(serialized)
     runtime = trt.Runtime(logger)  # a runtime must outlive the engines it deserialized: keep it named
     engine = runtime.deserialize_cuda_engine(engine_bytes)

@@ -137,6 +137,17 @@ def test_2_4_weights_are_found_also_behind_qdq():
     assert tb.nodes_with_nm_weights(synthetic.build("conv_chain")) == []
 
 
+def test_asymmetric_qdq_gets_a_preset_hint():
+    symmetric = sparse_model(qdq_weight=True)
+    assert tb._asymmetric_qdq_hint(symmetric) == ""
+    asymmetric = onnx.ModelProto()
+    asymmetric.CopyFrom(symmetric)
+    zp = next(t for t in asymmetric.graph.initializer if t.name == "w1.zp")
+    zp.CopyFrom(numpy_helper.from_array(np.full(64, 128, np.uint8), "w1.zp"))  # the ort preset's uint8 style
+    assert "--preset tensorrt" in tb._asymmetric_qdq_hint(asymmetric)
+    assert tb._asymmetric_qdq_hint(sparse_model()) == ""
+
+
 def _layer_info() -> str:
     """Engine inspector JSON as TensorRT 10 writes it at DETAILED verbosity (abridged)."""
     return json.dumps({"Layers": [
