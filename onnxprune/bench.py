@@ -273,33 +273,28 @@ def bench_models(models: Sequence[BenchModel], prepare: Prepare, *, batches: Seq
     rows: list[BenchRow] = []
     for batch in batches:
         cache: dict = {}
+        batch_rows = [BenchRow(m.name, batch, m.size_mb) for m in models]
         ready: list[tuple[BenchRow, Prepared]] = []
-        batch_rows = []
-        for m in models:
-            row = BenchRow(m.name, batch, m.size_mb)
-            batch_rows.append(row)
-            if progress:
-                progress(f"batch {batch}: loading {m.name}")
-            try:
-                prepared = prepare(m, batch, feeds_for(m.model, batch, input_shapes, cache))
-            except ModelSkipped as exc:
-                row.skipped = str(exc)
-                continue
-            row.peak_mb, row.extra = prepared.peak_mb, prepared.extra
-            ready.append((row, prepared))
         try:
-            if ready:
-                runners = [p.run for _, p in ready]
-                per_repeat = []
-                for rep in range(repeats):
-                    if progress:
-                        progress(f"batch {batch}: repeat {rep + 1}/{repeats}, {rounds} rounds")
-                    # the sessions stay warm between repeats: warm-up rounds only before the first
-                    per_repeat.append(interleave(runners, rounds=rounds, warmup=warmup if rep == 0 else 0))
-                for k, (row, _) in enumerate(ready):
-                    runs = [t for rep in per_repeat for t in rep[k]]
-                    row.stats = latency_stats(runs, batch=batch, threads=threads)
-                    row.p50_repeats_ms = [latency_stats(rep[k]).p50_ms for rep in per_repeat]
+            for m, row in zip(models, batch_rows, strict=True):
+                if progress:
+                    progress(f"batch {batch}: loading {m.name}")
+                try:
+                    prepared = prepare(m, batch, feeds_for(m.model, batch, input_shapes, cache))
+                except ModelSkipped as exc:
+                    row.skipped = str(exc)
+                    continue
+                row.peak_mb, row.extra = prepared.peak_mb, prepared.extra
+                ready.append((row, prepared))
+            per_repeat = []
+            for rep in range(repeats if ready else 0):
+                if progress:
+                    progress(f"batch {batch}: repeat {rep + 1}/{repeats}, {rounds} rounds")
+                # the sessions stay warm between repeats: warm-up rounds only before the first
+                per_repeat.append(interleave([p.run for _, p in ready], rounds=rounds, warmup=warmup if rep == 0 else 0))
+            for k, (row, _) in enumerate(ready):
+                row.stats = latency_stats([t for rep in per_repeat for t in rep[k]], batch=batch, threads=threads)
+                row.p50_repeats_ms = [latency_stats(rep[k]).p50_ms for rep in per_repeat]
         finally:
             for _, p in ready:
                 p.close()
