@@ -17,6 +17,7 @@ two CUDA events (GPU time, like trtexec's "GPU Compute Time"). The CUDA runtime 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -235,7 +236,7 @@ def nodes_with_nm_weights(model: onnx.ModelProto, n: int = 2, m: int = 4) -> lis
         else:
             continue
         if w is not None and w.ndim >= 2 and check_pattern(w, axis % w.ndim, n, m)["compliant"]:
-            found.append(node.name or node.output[0])
+            found.append(node.name or f"node_of_{node.output[0]}")  # the name TensorRT's ONNX parser gives it
     return found
 
 
@@ -254,7 +255,12 @@ class EngineBuild:
     log: list[str] = field(default_factory=list)  # TensorRT's info/warning/error lines during the build
 
 
-def _capturing_logger(trt):
+@functools.cache
+def _logger():
+    """One capturing logger for the whole process: TensorRT keeps the first logger it is given as its
+    global one, so a second logger would miss messages. Builds read their own lines by list offset."""
+    trt = _import_tensorrt()
+
     class CapturingLogger(trt.ILogger):
         """Keeps TensorRT's messages up to INFO: the (Sparsity) report is an INFO line."""
 
@@ -293,7 +299,8 @@ def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", spars
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     shapes = shapes_at_batch(proto, batch, input_shapes)
     flags = precision_flags(precision, sparse)
-    logger = _capturing_logger(trt)
+    logger = _logger()
+    first_message = len(logger.messages)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode (flag 0)
     parser = trt.OnnxParser(network, logger)
@@ -320,7 +327,7 @@ def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", spars
     serialized = builder.build_serialized_network(network, config)
     build_s = time.perf_counter() - start
     if serialized is None:
-        errors = [msg for sev, msg in logger.messages if sev <= int(trt.Logger.ERROR)]
+        errors = [msg for sev, msg in logger.messages[first_message:] if sev <= int(trt.Logger.ERROR)]
         raise EngineBuildError("TensorRT could not build an engine: " + ("; ".join(errors[-2:]) or "see its log")
                                + _asymmetric_qdq_hint(proto))
     engine_bytes = bytes(serialized)
@@ -330,7 +337,7 @@ def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", spars
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     del inspector, engine, runtime  # in that order
     return EngineBuild(engine_bytes, build_s, json.loads(info, strict=False), precision, sparse, flags, batch,
-                       shapes, [msg for _, msg in logger.messages])
+                       shapes, [msg for _, msg in logger.messages[first_message:]])
 
 
 # ---- which layers went sparse ------------------------------------------------------------------------
@@ -393,7 +400,7 @@ class EngineRunner:
         self.cuda = cuda or cuda_api()
         self.pointers: list[int] = []
         free_before = self.cuda.free_bytes()
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
+        self.runtime = trt.Runtime(_logger())  # must outlive the engine
         self.engine = self.runtime.deserialize_cuda_engine(build.engine)
         self.context = self.engine.create_execution_context()
         self.stream, self.handle = self.cuda.new_stream()
