@@ -2,7 +2,7 @@
 
 Costs couple neighbouring groups (a conv's MACs depend on its input and output widths), so every
 allocator proposes widths against a *linearized* saving and the exact cost of the proposal is then
-predicted by the tracer (``cost_of``); the requested saving is tightened until the exact cost meets
+predicted by the tracer or the latency table (``cost_of``); the requested saving is tightened until the exact cost meets
 the budget. ``dp`` is SPDY-style: minimize Σ_g e_g(k_g) subject to Σ_g saving_g(k_g) ≥ S by dynamic
 programming over discretized savings.
 """
@@ -126,10 +126,13 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000) 
 def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[[dict[int, int]], float],
                   base_cost: float, budget: float, floor_cost: float, metric: str) -> tuple[dict[int, int], float]:
     """Tighten the requested linearized saving until the exact cost meets ``budget``."""
+    def fmt(v: float) -> str:
+        return f"{v:.3f} ms" if metric == "latency" else f"{v:,.0f}"
+
     if floor_cost > budget * (1 + 1e-9):
         raise TargetUnreachableError(
-            f"target unreachable: {metric} can go down to {floor_cost:,.0f} at most "
-            f"({base_cost / max(floor_cost, 1):.2f}x), the target needs {budget:,.0f} ({base_cost / budget:.2f}x)")
+            f"target unreachable: {metric} can go down to {fmt(floor_cost)} at most "
+            f"({base_cost / max(floor_cost, 1e-12):.2f}x), the target needs {fmt(budget)} ({base_cost / budget:.2f}x)")
     saving = base_cost - budget
     best = None
     for _ in range(40):
@@ -140,5 +143,5 @@ def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[
             break
         saving += max(cost - budget, 1e-6 * base_cost) * 1.05
     if best is None:
-        raise TargetUnreachableError(f"could not meet the {metric} target {budget:,.0f}; best reached {cost:,.0f}")
+        raise TargetUnreachableError(f"could not meet the {metric} target {fmt(budget)}; best reached {fmt(cost)}")
     return best

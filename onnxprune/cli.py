@@ -48,7 +48,9 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("-o", "--output-dir", "outdir", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for <stem>.pruned.onnx and <stem>.report.json.")
 @click.option("--target", default="2x", show_default=True, help="Cost divisor, e.g. 2x halves the MACs.")
-@click.option("--metric", type=click.Choice(["macs", "params"]), default="macs", show_default=True)
+@click.option("--metric", type=click.Choice(["macs", "params", "latency"]), default="macs", show_default=True,
+              help="What --target divides. latency: measured onnxruntime CPU time on this machine (a per-layer "
+              "latency table, then a side-by-side check of the pruned model; the budget tightens until it holds).")
 @click.option("--calib", metavar="PATH", help="Calibration data: .npz/.npy, an image folder, or file.py:function "
               "(runs that Python file: only use code you trust).")
 @click.option("--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out.")
@@ -58,7 +60,12 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
                                                 "apoz", "random"]), default="obs", show_default=True)
 @click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers.")
-@click.option("--round-to", default=1, show_default=True, help="Keep every group's width a multiple of N.")
+@click.option("--round-to", type=int, help="Keep every group's width a multiple of N (default 1; 8 with --metric "
+              "latency, where odd widths fall off onnxruntime's blocked kernels).")
+@click.option("--threads", default=0, show_default=True, help="--metric latency: onnxruntime threads of every "
+              "measurement (0: one per core).")
+@click.option("--latency-batches", default="1,32", show_default=True, metavar="B1,B2..", help="--metric latency: "
+              "the table is measured at the first batch size, the speedup checked at each.")
 @click.option("--max-drop", type=float, help="Fail (exit 4) if top-1 agreement (or output cosine) drops by more.")
 @click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
 @click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
@@ -73,9 +80,10 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def compress(model, outdir, target, metric, calib, calib_samples, preprocess, input_size, criterion, allocation,
-             no_reconstruct, round_to, max_drop, exclude, stats_dtype, sparsity, int8, quant_preset, calib_method, seed,
-             input_shapes, as_json) -> None:
+             no_reconstruct, round_to, threads, latency_batches, max_drop, exclude, stats_dtype, sparsity, int8,
+             quant_preset, calib_method, seed, input_shapes, as_json) -> None:
     """Prune MODEL to --target with calibration-aware scores and reconstruction."""
+    from .bench import parse_batches
     from .pipeline import CompressOptions, parse_target
     from .pipeline import compress as run
     from .summary import print_summary, progress_factory
@@ -85,7 +93,8 @@ def compress(model, outdir, target, metric, calib, calib_samples, preprocess, in
                            round_to=round_to, max_drop=max_drop, exclude=exclude, seed=seed,
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
                            preprocess=preprocess, input_size=input_size, sparsity=sparsity, int8=int8,
-                           quant_preset=quant_preset, calib_method=calib_method)
+                           quant_preset=quant_preset, calib_method=calib_method, threads=threads,
+                           latency_batches=tuple(parse_batches(latency_batches)))
     console = Console(stderr=as_json)
     with progress_factory(console, enabled=not as_json) as progress:
         report = run(model, outdir, opts, progress=progress)

@@ -34,6 +34,7 @@ from .costs import model_cost, param_slots
 from .criteria import CRITERIA, rank_groups, woodfisher_hessian
 from .errors import InputError, QualityGateError
 from .fidelity import compare, headline, run_all
+from .latency_table import LATENCY_ROUND_TO, build_table, latency_feeds, meet_speedup
 from .layers import initializer_dict, linear_layers
 from .modelio import load_model, save_model, write_text_atomic
 from .passes.normalize import normalize
@@ -47,7 +48,7 @@ from .sparsity import sparsity_option
 from .tracer import trace_channels
 
 ALLOCATIONS = ("dp", "global", "uniform")
-METRICS = ("macs", "params")
+METRICS = ("macs", "params", "latency")
 DATA_CRITERIA = ("obs", "woodfisher", "activation", "apoz")
 
 
@@ -60,7 +61,7 @@ class CompressOptions:
     criterion: str = "obs"
     allocation: str = "dp"
     reconstruct: bool = True
-    round_to: int = 1
+    round_to: int | None = None  # None: 1 for macs/params, LATENCY_ROUND_TO for latency
     max_drop: float | None = None
     exclude: str | None = None
     seed: int = 0
@@ -74,11 +75,13 @@ class CompressOptions:
     sensitivity: str = "scaled"  # allocation curves: criterion curve at the measured level ("scaled"), "measured", "estimated"
     sensitivity_samples: int = 32
     woodfisher_rows: int = 2048  # `woodfisher`: input rows sampled per consumer for the Woodbury inverse
-    refit_samples: int = 256
+    refit_samples: int = 256  # calibration samples the least-squares refit reads (two ORT passes per stage)
     sparsity: str | None = None  # "2:4" / "N:M" (N zeros in every M input channels) or a fraction "0.5"
     int8: bool = True  # also write <stem>.pruned.int8.onnx (QAT-ready QDQ; needs calib)
     quant_preset: str = "ort"
-    calib_method: str = "minmax"  # calibration samples the least-squares refit reads (two ORT passes per stage)
+    calib_method: str = "minmax"
+    threads: int = 0  # --metric latency: onnxruntime intra-op threads of every measurement (0: one per core)
+    latency_batches: tuple[int, ...] = (1, 32)  # table measured at the first; speedup checked at each
 
 
 def parse_target(text: str) -> float:
@@ -99,7 +102,7 @@ def _validate(opts: CompressOptions) -> None:
         raise InputError(f"unknown --criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
     if opts.allocation not in ALLOCATIONS:
         raise InputError(f"unknown --allocation '{opts.allocation}' (choose from {', '.join(ALLOCATIONS)})")
-    if opts.round_to < 1:
+    if opts.round_to is not None and opts.round_to < 1:
         raise InputError("--round-to must be ≥ 1")
     if opts.calib_samples < 1:
         raise InputError("--calib-samples must be ≥ 1")
@@ -211,15 +214,24 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
 
     # -- allocation ----------------------------------------------------------------------------
     pattern = sparsity_option(opts.sparsity)
-    round_to = opts.round_to
+    round_to = opts.round_to or (LATENCY_ROUND_TO if opts.metric == "latency" else 1)
     if pattern is not None and pattern.semi_structured:  # N:M groups must tile the pruned channel counts
         round_to = math.lcm(round_to, pattern.m)
+    table = None
+    if opts.metric == "latency":
+        with timer("latency_table"):
+            lat_feeds = latency_feeds(model, shapes, opts.latency_batches[0])
+            table = build_table(model, trace, {g.id for g in eligible}, lat_feeds, threads=opts.threads,
+                                round_to=round_to, progress=progress("latency table", None) if progress else None)
     with timer("allocate"):
-        metric_base = base.macs if opts.metric == "macs" else base.params
+        metric_base = {"macs": base.macs, "params": base.params}.get(opts.metric) or table.dense_ms
 
         def exact_cost(plan) -> float:
-            return (trace.predict_macs(node_macs, plan) if opts.metric == "macs"
-                    else trace.predict_params(param_sizes, plan))
+            if opts.metric == "macs":
+                return trace.predict_macs(node_macs, plan)
+            if opts.metric == "params":
+                return trace.predict_params(param_sizes, plan)
+            return table.predict({s: len(k) for s, k in trace.kept_channels(plan).items()})
 
         controlled = _controlled(trace, eligible, exact_cost, metric_base)
         choices = []
@@ -229,28 +241,42 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                 min_keep = math.ceil(g.size * (1 - opts.first_conv_cap))
             min_keep = max(min_keep, min(round_to, g.size))
             choices.append(GroupChoice(g.id, g.size, min_keep, round_to, controlled[g.id] / g.size, rankings[g.id]))
-        budget = metric_base / opts.target
 
         def cost_of(widths):
             return exact_cost(plan_from_widths(choices, widths))
 
         floor = cost_of({c.group: int(c.widths(max_options=10**9)[-1]) for c in choices})
-        if opts.target <= 1.0:  # nothing to remove (e.g. --sparsity alone): keep every channel
-            widths = {c.group: c.size for c in choices}
-        elif opts.allocation == "uniform":
-            widths, cost = _fit_uniform(choices, cost_of, budget, floor, metric_base, opts.metric)
-        else:
-            allocate = allocate_dp if opts.allocation == "dp" else allocate_global
-            widths, cost = fit_to_target(lambda s: allocate(choices, s), cost_of, metric_base, budget, floor, opts.metric)
-        plan = plan_from_widths(choices, widths)
 
-    # -- prune, reconstruct, verify ------------------------------------------------------------
+        def allocate_to(budget: float) -> dict[int, np.ndarray]:
+            if opts.target <= 1.0:  # nothing to remove (e.g. --sparsity alone): keep every channel
+                return {}
+            if opts.allocation == "uniform":
+                widths, _ = _fit_uniform(choices, cost_of, budget, floor, metric_base, opts.metric)
+            else:
+                allocate = allocate_dp if opts.allocation == "dp" else allocate_global
+                widths, _ = fit_to_target(lambda s: allocate(choices, s), cost_of, metric_base, budget, floor,
+                                          opts.metric)
+            return plan_from_widths(choices, widths)
+
+        budget = metric_base / opts.target
+        plan = allocate_to(budget)
+
+    # -- prune, (latency: measure and tighten), reconstruct, verify -----------------------------
     with timer("prune"):
         pruned = prune_channels(model, trace, plan)
         after = model_cost(pruned, shapes or None)
-    real = after.macs if opts.metric == "macs" else after.params
-    if real > budget * (1 + 1e-6):
-        raise AssertionError(f"pruned {opts.metric} {real} exceed the budget {budget:.0f} the allocator promised")
+    speed = None
+    if table is not None:
+        with timer("latency_check"):
+            plan, pruned, speed = meet_speedup(
+                model, plan, pruned, lambda b: allocate_to(b), lambda p: prune_channels(model, trace, p), budget,
+                opts.target, opts.latency_batches, opts.threads, shapes)
+            after = model_cost(pruned, shapes or None)
+            speed["table"] = table.summary()
+    else:
+        real = after.macs if opts.metric == "macs" else after.params
+        if real > budget * (1 + 1e-6):
+            raise AssertionError(f"pruned {opts.metric} {real} exceed the budget {budget:.0f} the allocator promised")
     refit: dict[str, str] = {}
 
     def refit_feeds():  # the calibration batches the refit and SparseGPT read (two ORT passes per stage)
@@ -314,6 +340,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         "dense": {"macs": base.macs, "params": base.params},
         "pruned": {"macs": after.macs, "params": after.params},
         "achieved": {"macs": base.macs / max(after.macs, 1), "params": base.params / max(after.params, 1)},
+        "latency": speed,
         "groups": _group_rows(trace, plan, skipped),
         "refit_layers": refit,
         "sparsity": sparse_report,

@@ -38,6 +38,12 @@ def print_summary(console: Console, r: dict) -> None:
                   f"params {human(d['params'])} → {human(p['params'])} ({r['achieved']['params']:.2f}x)   "
                   f"target {r['target']:g}x {r['metric']}, {r['criterion']} + {r['allocation']}"
                   f"{' + reconstruction' if r['reconstruct'] else ''}")
+    lat = r.get("latency")
+    if lat:
+        console.print("measured ORT CPU speedup (side by side, median): " + ", ".join(
+            f"{k} {v['dense_ms']:.2f} → {v['pruned_ms']:.2f} ms ({v['speedup']:.2f}x)" for k, v in lat["measured"].items())
+            + f"; {len(lat['attempts'])} allocation(s), table of {lat['table']['nodes']} layers"
+            + (" (cached)" if lat["table"]["cached"] else f" measured in {lat['table']['seconds']:.0f}s"))
     sp = r.get("sparsity")
     if sp:
         console.print(f"sparsity {sp['pattern']} ({sp['criterion']}): {sp['eligible_layers']} layers sparsified, "

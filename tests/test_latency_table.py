@@ -1,0 +1,167 @@
+"""The latency lookup table (`--metric latency`): probes, interpolation, caching and the speedup loop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnxprune.passes.normalize import normalize
+
+from models import synthetic
+from onnxprune import latency_table as lt
+from onnxprune.errors import TargetUnreachableError
+from onnxprune.shapes import static_shapes
+from onnxprune.tracer import trace_channels
+from tests.helpers import MODELS, run_cli, run_ort
+
+
+def _traced(name: str):
+    model, _ = normalize(synthetic.build(name))
+    shapes = {model.graph.input[0].name: synthetic.random_inputs(model, batch=1)[model.graph.input[0].name].shape}
+    return model, trace_channels(model, shapes), shapes
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "depthwise_se", "flatten_gemm", "grouped_conv"])
+def test_probe_models_run_at_the_narrowed_widths(name):
+    model, trace, shapes = _traced(name)
+    tensors = static_shapes(model, shapes)
+    varying = lt.varying_spaces(trace, {g.id for g in trace.groups if g.prunable})
+    probed = 0
+    for node in model.graph.node:
+        spaces = sorted({s for _, sp in trace.mac_scaling.get(node.name, []) for s in sp} & varying)
+        if not spaces:
+            continue
+        kept = {s: max(4, trace.spaces[s].size // 8 * 4) for s in spaces}  # multiples of the conv groups
+        probe, feeds = lt.probe_model(model, trace, node, tensors, kept)
+        onnx.checker.check_model(probe, full_check=True)
+        (out,) = run_ort(probe, feeds)
+        out_space = trace.space_of(node.output[0])
+        view = trace.views[node.output[0]]
+        want = list(tensors[node.output[0]])
+        if out_space in kept:
+            want[view.axis] = view.outer * kept[out_space] * view.inner
+        assert list(out.shape) == want, node.name
+        probed += 1
+    assert probed >= 2
+
+
+def test_table_interpolates_between_probes_and_clamps():
+    t = lt.NodeTable([0, 1], [[8, 4], [16, 8]], np.array([[4.0, 2.0], [2.0, 1.0]]))
+    assert t.predict({0: 8, 1: 16}) == pytest.approx(4.0)
+    assert t.predict({0: 4, 1: 8}) == pytest.approx(1.0)
+    assert t.predict({0: 6, 1: 16}) == pytest.approx(3.0)  # halfway along the first axis
+    assert t.predict({0: 6, 1: 12}) == pytest.approx(2.25)  # bilinear: mean of the four corners
+    assert t.predict({0: 1, 1: 1}) == pytest.approx(1.0)  # clamped below the smallest probe
+
+
+def test_monotone_removes_noise_where_fewer_channels_look_slower():
+    ms = np.array([[3.0, 3.5, 1.0], [2.0, 2.5, 0.5]])
+    m = lt.monotone(ms)
+    assert np.all(np.diff(m, axis=0) <= 0) and np.all(np.diff(m, axis=1) <= 0)
+    assert m[0, 0] == 3.5 and m[1, 2] == 0.5
+
+
+def test_grid_widths_respect_round_to():
+    assert lt.grid_widths(96, 8) == [96, 72, 48, 24]
+    assert lt.grid_widths(20, 8) == [20, 16, 8]
+    assert all(w % 16 == 0 for w in lt.grid_widths(100, 16)[1:])
+
+
+def test_build_table_calibrates_to_the_dense_model_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path))
+    model, trace, shapes = _traced("conv_chain")
+    groups = {g.id for g in trace.groups if g.prunable}
+    feeds = lt.latency_feeds(model, shapes, 1)
+    table = lt.build_table(model, trace, groups, feeds, threads=1, round_to=2)
+    full = {s.id: s.size for s in trace.spaces}
+    assert table.nodes and not table.cached
+    assert table.predict(full) == pytest.approx(table.dense_ms, rel=1e-9)
+    half = {**full, **{s: max(1, full[s] // 2) for s in lt.varying_spaces(trace, groups)}}
+    assert table.predict(half) <= table.predict(full)
+    again = lt.build_table(model, trace, groups, feeds, threads=1, round_to=2)
+    assert again.cached and again.predict(half) == pytest.approx(table.predict(half))
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 1
+
+
+def test_damaged_cache_entry_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path))
+    model, trace, shapes = _traced("conv_chain")
+    groups = {g.id for g in trace.groups if g.prunable}
+    feeds = lt.latency_feeds(model, shapes, 1)
+    lt.build_table(model, trace, groups, feeds, threads=1)
+    (entry,) = (tmp_path / "latency").glob("*.json")
+    entry.write_text("{not json")
+    assert not lt.build_table(model, trace, groups, feeds, threads=1).cached
+    json.loads(entry.read_text())  # rewritten whole
+
+
+class _FakeClock:
+    """measured speedup = dense budget / budget, i.e. the table is right up to a constant factor."""
+
+    def __init__(self, factor: float):
+        self.factor, self.budgets = factor, []
+
+    def allocate(self, budget):
+        self.budgets.append(budget)
+        return {0: np.arange(max(1, int(budget * 1000)))}
+
+    def speedups(self, dense, pruned, batches, threads, shapes):
+        budget = len(pruned) / 1000
+        return {f"batch {b}": {"speedup": round(self.factor / budget, 6)} for b in batches}
+
+
+def _meet(monkeypatch, factor, start_budget, target=2.0):
+    clock = _FakeClock(factor)
+    monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
+    plan = clock.allocate(start_budget)
+    pruned = plan[0].tolist()
+    out = lt.meet_speedup(None, plan, pruned, clock.allocate, lambda p: p[0].tolist(), start_budget, target,
+                          (1, 32), 0, None)
+    return out, clock
+
+
+def test_speedup_loop_tightens_until_the_measurement_meets_the_target(monkeypatch):
+    (_, _, report), clock = _meet(monkeypatch, factor=0.8, start_budget=0.5)  # table 25% optimistic
+    assert all(v["speedup"] >= 2.0 for v in report["measured"].values())
+    assert len(report["attempts"]) >= 2 and clock.budgets[1] < clock.budgets[0]
+
+
+def test_speedup_loop_loosens_a_large_overshoot(monkeypatch):
+    (_, _, report), clock = _meet(monkeypatch, factor=1.5, start_budget=0.5)  # measured 3x for a 2x target
+    final = min(v["speedup"] for v in report["measured"].values())
+    assert 2.0 <= final <= 2.2 and clock.budgets[1] > clock.budgets[0]
+
+
+def test_speedup_loop_gives_up_with_exit_3(monkeypatch):
+    clock = _FakeClock(0.0001)
+    monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
+    with pytest.raises(TargetUnreachableError, match="latency target 2x not met"):
+        lt.meet_speedup(None, {0: np.arange(500)}, list(range(500)), clock.allocate, lambda p: p[0].tolist(),
+                        0.5, 2.0, (1,), 0, None)
+
+
+def test_compress_metric_latency_reports_measured_speedups(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1.3x", "--metric",
+                             "latency", "--calib", MODELS / "fmnist_calib.npz", "--calib-samples", "64",
+                             "--latency-batches", "1,8", "--no-int8", "-o", tmp_path, "--json")
+    if code == 3:  # a noisy machine can keep the measurement short of the target: then it must say so
+        assert "latency target 1.3x not met: measured batch 1" in err
+        return
+    assert code == 0, err
+    report = json.loads(out)
+    lat = report["latency"]
+    assert set(lat["measured"]) == {"batch 1", "batch 8"}
+    assert all(v["speedup"] >= 1.3 for v in lat["measured"].values())
+    assert lat["table"]["nodes"] > 0 and lat["attempts"]
+    widths = [g["kept"] for g in report["groups"] if g["kept"] < g["channels"]]
+    assert widths and all(w % 8 == 0 for w in widths)  # --round-to defaults to 8 for latency
+    onnx.checker.check_model(onnx.load(report["output"]), full_check=True)
+
+
+def test_bad_latency_batches_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--metric", "latency",
+                           "--latency-batches", "1,0", "-o", tmp_path)
+    assert code == 2 and err.count("\n") == 1
