@@ -4,8 +4,10 @@ Why interleaved: on a shared or thermally throttling machine the speed drifts ov
 model A for a while and then model B charges that drift to whichever ran in the slow stretch.
 Here every model is loaded and warmed up first, then each *round* runs every model once, and round
 r starts at model r mod n (A B C, B C A, C A B, ...), so slow stretches hit all models alike and
-no model always runs right after the same neighbour. The ratios between models are what this
-measures best; absolute numbers are those of this machine at this moment.
+every model takes every position in a round in turn (none is always first after a pause). The
+ratios between models are what this measures best; absolute numbers are those of this machine at
+this moment. Each run follows another model's run, so caches are not warm with the model's own
+data as in a loop over one model: for sub-millisecond models that costs some speed, charged to all.
 
 Per model the run times (ms) give p50/p90/p99, min, mean and a throughput of batch / p50.
 ``--repeats R`` repeats the interleaved rounds R times on the same sessions; the table then shows the
