@@ -7,7 +7,7 @@ r starts at model r mod n (A B C, B C A, C A B, ...), so slow stretches hit all 
 every model takes every position in a round in turn (none is always first after a pause). The
 ratios between models are what this measures best; absolute numbers are those of this machine at
 this moment. Each run follows another model's run, so caches are not warm with the model's own
-data as in a loop over one model: for sub-millisecond models that costs some speed, charged to all.
+data as in a loop over one model: for sub-millisecond models that costs some speed, most for the fastest.
 
 Per model the run times (ms) give p50/p90/p99, min, mean and a throughput of batch / p50.
 ``--repeats R`` repeats the interleaved rounds R times on the same sessions; the table then shows the
