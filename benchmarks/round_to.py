@@ -1,83 +1,66 @@
-"""Evidence for the `--round-to` default of `--metric latency`: ORT CPU time of layers at every width.
+"""Evidence for the `--round-to` default of `--metric latency`: same MACs, different width multiples.
 
-For a few pointwise (1x1) convs of each model, the single-layer probe of `onnxprune.latency_table`
-is timed at every output width from `full − 2·16` to `full`, with the input width fixed. A step
-pattern (widths between multiples of 8 or 16 cost as much as the next multiple) means rounding
-widths to that multiple loses no speed while keeping more channels; the printed table gives, per
-residue class of the width, the median time relative to the next multiple of 16 above it.
+Each model is pruned to the same MACs target with widths rounded to 1, 2, 4, 8, 16 and 32
+(`magnitude` + `uniform`, no reconstruction: the weights do not matter for speed, only the widths),
+then all variants and the dense model are timed side by side in one process
+(`onnxprune.bench.compare_latency`, interleaved rounds, median). Odd widths break onnxruntime's
+blocked NCHWc convolutions (a conv whose input channels are not a multiple of the block is left in
+NCHW, with layout reorders around it), so equal MACs can run at very different speeds.
 
-    .venv/bin/python -m benchmarks.round_to --models effnet mnv2 --threads 2
+    .venv/bin/python -m benchmarks.round_to --models effnet mnv2 --target 2 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
-import numpy as np
 import onnx
-from onnxprune.passes.normalize import normalize
 
-from benchmarks.common import MODELS
-from onnxprune.latency_table import probe_model, time_probe
-from onnxprune.shapes import static_shapes
-from onnxprune.tracer import trace_channels
+from benchmarks.common import MODELS, machine
+from onnxprune.bench import compare_latency
 
-
-def pointwise_convs(model, trace, count: int) -> list:
-    """The ``count`` pointwise convs with the most output channels whose output space is prunable."""
-    prunable = {s.space for g in trace.groups if g.prunable for s in g.segments}
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "Conv":
-            continue
-        w = next(t for t in model.graph.initializer if t.name == node.input[1])
-        out = trace.space_of(node.output[0])
-        if list(w.dims[2:]) == [1, 1] and out in prunable and w.dims[0] >= 48:
-            found.append((w.dims[0], node, out))
-    found.sort(key=lambda f: -f[0])
-    return found[:count]
+MULTIPLES = (1, 2, 4, 8, 16, 32)
 
 
-def sweep(name: str, threads: int, layers: int, span: int = 32) -> dict[int, list[float]]:
-    """Per residue (width mod 16): time at that width / time at the next multiple of 16 (≥ it)."""
-    model, _ = normalize(onnx.load(str(MODELS[name][0])))
-    shapes = {"input": (1, 3, 224, 224)}
-    trace = trace_channels(model, shapes)
-    tensors = static_shapes(model, shapes)
-    ratios: dict[int, list[float]] = {r: [] for r in range(16)}
-    for full, node, space in pointwise_convs(model, trace, layers):
-        top = full - full % 16
-        widths = range(top - span, top + 1)
-        ms = {}
-        for w in widths:
-            probe, feeds = probe_model(model, trace, node, tensors, {space: w})
-            ms[w] = min(time_probe(probe, feeds, threads, runs=30) for _ in range(3))
-        for w in widths:
-            up = w + (-w) % 16
-            if up in ms:
-                ratios[w % 16].append(ms[w] / ms[up])
-        print(f"{name} {node.name} (full {full}): " + " ".join(f"{w}:{ms[w]:.3f}" for w in widths), flush=True)
-    return ratios
+def prune(model: Path, out: str, target: float, round_to: int) -> tuple[onnx.ModelProto, float]:
+    cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--target", f"{target}x", "--criterion",
+           "magnitude", "--allocation", "uniform", "--no-reconstruct", "--round-to", str(round_to), "-o", out,
+           "--json", "--no-int8"]
+    report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    return onnx.load(report["output"]), report["achieved"]["macs"]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["effnet", "mnv2"], choices=[k for k in MODELS if k != "fmnist"])
+    ap.add_argument("--models", nargs="+", default=["effnet", "mnv2"], choices=list(MODELS))
+    ap.add_argument("--target", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     args = ap.parse_args(argv)
-    rows = {}
-    for name in args.models:
-        rows[name] = sweep(name, args.threads, args.layers)
-    print("\n| width mod 16 | " + " | ".join(args.models) + " |")
-    print("|---|" + "---|" * len(args.models))
-    for r in range(16):
-        cells = [f"{statistics.median(rows[m][r]):.2f}" if rows[m][r] else "" for m in args.models]
-        print(f"| {r} | " + " | ".join(cells) + " |")
-    allr = {k: np.median([x for m in args.models for x in rows[m][k]]) for k in range(16)}
-    print("\nmedian time of a width relative to the next multiple of 16: "
-          f"multiples of 8 {allr[8]:.2f}, others {np.median([allr[k] for k in range(16) if k % 8]):.2f}")
+    print(f"Machine: {machine()}, {args.threads} onnxruntime threads, MACs target {args.target}x\n")
+    print("| model | round-to | MACs | " + " | ".join(f"speedup b{b}" for b in args.batches) + " |")
+    print("|---|---|---|" + "---|" * len(args.batches))
+    for key in args.models:
+        dense = onnx.load(str(MODELS[key][0]))
+        variants, macs = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in MULTIPLES:
+                m, achieved = prune(MODELS[key][0], f"{tmp}/r{r}", args.target, r)
+                variants.append(m)
+                macs.append(achieved)
+        speed = {}
+        for b in args.batches:
+            stats = compare_latency([dense, *variants], batch=b, threads=args.threads,
+                                    rounds=60 if b == 1 else 12, warmup=5)
+            speed[b] = [stats[0].p50_ms / s.p50_ms for s in stats[1:]]
+        for i, r in enumerate(MULTIPLES):
+            print(f"| {key} | {r} | {macs[i]:.2f}x | " + " | ".join(f"{speed[b][i]:.2f}x" for b in args.batches)
+                  + " |", flush=True)
 
 
 if __name__ == "__main__":

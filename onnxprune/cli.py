@@ -60,8 +60,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
                                                 "apoz", "random"]), default="obs", show_default=True)
 @click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers.")
-@click.option("--round-to", type=int, help="Keep every group's width a multiple of N (default 1; 8 with --metric "
-              "latency, where odd widths fall off onnxruntime's blocked kernels).")
+@click.option("--round-to", type=int, help="Keep every group's width a multiple of N (default 1; 16 with --metric "
+              "latency: other widths fall off onnxruntime's 16-channel blocked CPU convolutions).")
 @click.option("--threads", default=0, show_default=True, help="--metric latency: onnxruntime threads of every "
               "measurement (0: one per core).")
 @click.option("--latency-batches", default="1,32", show_default=True, metavar="B1,B2..", help="--metric latency: "

@@ -293,7 +293,7 @@ def build_table(model: onnx.ModelProto, trace: Trace, groups: set[int], feeds: M
 
 # -- meeting a measured speedup -------------------------------------------------------------------
 
-LATENCY_ROUND_TO = 8  # default --round-to for --metric latency (evidence: BENCHMARKS.md, "--round-to")
+LATENCY_ROUND_TO = 16  # default --round-to for --metric latency: ORT's NCHWc block (BENCHMARKS.md, "--round-to")
 MAX_ATTEMPTS = 4
 
 

@@ -277,6 +277,11 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         real = after.macs if opts.metric == "macs" else after.params
         if real > budget * (1 + 1e-6):
             raise AssertionError(f"pruned {opts.metric} {real} exceed the budget {budget:.0f} the allocator promised")
+    off_block = [g.id for g in eligible if g.id in plan and len(plan[g.id]) % LATENCY_ROUND_TO]
+    if off_block and opts.metric != "latency":
+        warnings.append(f"{len(off_block)} pruned group(s) keep widths that are not multiples of {LATENCY_ROUND_TO}: "
+                        "onnxruntime's CPU convolutions are blocked by 16 channels, so fewer MACs can run slower "
+                        f"(--round-to {LATENCY_ROUND_TO} or --metric latency keep the speed)")
     refit: dict[str, str] = {}
 
     def refit_feeds():  # the calibration batches the refit and SparseGPT read (two ORT passes per stage)

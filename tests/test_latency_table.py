@@ -157,7 +157,7 @@ def test_compress_metric_latency_reports_measured_speedups(tmp_path, capsys, mon
     assert all(v["speedup"] >= 1.3 for v in lat["measured"].values())
     assert lat["table"]["nodes"] > 0 and lat["attempts"]
     widths = [g["kept"] for g in report["groups"] if g["kept"] < g["channels"]]
-    assert widths and all(w % 8 == 0 for w in widths)  # --round-to defaults to 8 for latency
+    assert widths and all(w % 16 == 0 for w in widths)  # --round-to defaults to 16 for latency
     onnx.checker.check_model(onnx.load(report["output"]), full_check=True)
 
 
