@@ -2,17 +2,23 @@
 
     python -m benchmarks.sparsity_zoo [--models fmnist effnet mnv2] [--patterns 2:4 0.5]
                                       [--criteria sparsegpt magnitude] [--calib-rows 256] [--percdamp 0.01]
+                                      [--correct off fixed validated] [--bias] [--shrink 1.0] [--ridge 1e-3]
 
 Each model is loaded and normalized (BatchNorm folded) as `compress` does, then sparsified with
 calibration on the first 256 rows (--calib-rows) of its *_calib.npz. Fashion-MNIST ResNet: true accuracy on the 10k
 test images. ImageNet models: top-1 agreement, top-5 overlap and KL(dense ‖ sparse) against the dense
 model on the 456 held-out photo crops.
+
+--correct runs SparseGPT once per listed error correction (``sparsify(correct=...)``: "off" prunes toward
+each layer's output on the sparsified model's inputs, "fixed" toward the dense model's, "validated"
+chooses per layer); --bias refits the biases too. Magnitude rows ignore both.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import numpy as np
 from onnxprune.passes.normalize import normalize
@@ -32,6 +38,10 @@ def main() -> None:
     ap.add_argument("--criteria", nargs="+", default=["sparsegpt", "magnitude"])
     ap.add_argument("--calib-rows", type=int, default=CALIB_ROWS)
     ap.add_argument("--percdamp", type=float, default=0.01)
+    ap.add_argument("--correct", nargs="+", default=["off"], choices=["off", "fixed", "validated"])
+    ap.add_argument("--bias", action="store_true", help="refit biases to the dense model's mean outputs")
+    ap.add_argument("--shrink", type=float, default=1.0, help="pull of the corrected target toward W")
+    ap.add_argument("--ridge", type=float, default=1e-3)
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
     print("| model | pattern | criterion | quality | zeros in eligible / all linear weights | eligible layers "
@@ -54,14 +64,25 @@ def main() -> None:
             return ({"input": calib[i:i + BATCH]} for i in range(0, len(calib), BATCH))
 
         for pattern in args.patterns:
-            for criterion in args.criteria:
+            runs = [(c, corr) for c in args.criteria for corr in (args.correct if c == "sparsegpt" else ["off"])]
+            for criterion, correct in runs:
                 t0 = time.perf_counter()
+                extra = dict(correct=correct, bias=args.bias, shrink=args.shrink, ridge=args.ridge) \
+                    if criterion == "sparsegpt" else {}
                 sparse, report = sparsify(dense, batches, pattern=pattern, criterion=criterion,
-                                           percdamp=args.percdamp)
+                                           percdamp=args.percdamp, **extra)
                 wall = time.perf_counter() - t0
                 q = quality_text(key, run_batched(sparse, feeds, 64)[0], dense_logits, labels)
                 total = report["eligible_layers"] + report["skipped_layers"]
-                print(f"| {key} | {pattern} | {criterion} | {q} | {100 * report['sparsity_eligible']:.1f}% / "
+                label = criterion
+                if extra and (correct != "off" or args.bias):
+                    label += f", correct {correct}" + (", bias" if args.bias else "")
+                    if correct != "off" and args.shrink != 1.0:
+                        label += f", shrink {args.shrink:g}"
+                    if correct == "validated":
+                        chosen = Counter(e.get("correction") for e in report["layers"] if e["eligible"])
+                        label += f" ({chosen['corrected']} corrected / {chosen['plain']} plain)"
+                print(f"| {key} | {pattern} | {label} | {q} | {100 * report['sparsity_eligible']:.1f}% / "
                       f"{100 * report['sparsity_linear']:.1f}% | {report['eligible_layers']}/{total} | {wall:.0f} s |",
                       flush=True)
 

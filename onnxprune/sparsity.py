@@ -285,3 +285,58 @@ def check_pattern(w: np.ndarray, reduction: int, n: int, m: int) -> dict:
     zeros = (np.moveaxis(w, reduction, -1) == 0).reshape(-1, size // m, m).sum(-1)
     bad = int(np.sum(zeros < n))
     return {"compliant": bad == 0, "groups": int(zeros.size), "violating_groups": bad, "sparsity": sparsity}
+
+
+# ---- error correction: prune toward the dense model's outputs ------------------------------------
+#
+# In a sequentially sparsified network a layer sees X_s (inputs from the already sparsified model), not
+# the dense model's X_d. Plain SparseGPT minimizes ‖W·X_s − Ŵ·X_s‖²: it keeps the layer faithful to its
+# *drifted* input and passes the drift on. What the next layers need is ‖W·X_d − Ŵ·X_s‖². With
+# H_s = X_s X_sᵀ and C = X_d X_sᵀ (sums over calibration rows; feature rows as columns of X),
+#
+#     ‖W X_d − Ŵ X_s‖² = tr(W H_d Wᵀ) − 2 tr(W C Ŵᵀ) + tr(Ŵ H_s Ŵᵀ)
+#                      = ‖W* X_s − Ŵ X_s‖² + const,     W* = W C H_s⁻¹,
+#
+# since W C = W* H_s; const = tr(W H_d Wᵀ) − tr(W* H_s W*ᵀ) does not depend on Ŵ. So the error-correcting
+# prune is SparseGPT (same H_s) on the target W*, the unconstrained least-squares refit of the layer.
+
+
+def corrected_target(w: np.ndarray, cross: np.ndarray, h: np.ndarray, lam: float = 0.0) -> np.ndarray:
+    """The target W* that SparseGPT must approach on X_s so that Ŵ·X_s reproduces W·X_d (W [rows, features]).
+
+    W* = W + (W·C − W·H_s)(H_s + λI)⁻¹  with C = Σ x_d x_sᵀ (``cross``) and H_s = Σ x_s x_sᵀ (``h``).
+    λ = 0 is the exact refit W·C·H_s⁻¹; λ > 0 shrinks it toward W (ridge: argmin ‖W X_d − W' X_s‖² +
+    λ‖W' − W‖², the form ``passes.reconstruct.solve_refit`` takes with W_0 = W). With X_s = X_d (C = H_s)
+    W* = W exactly, for every λ.
+    """
+    w = np.asarray(w, np.float64)
+    h = np.asarray(h, np.float64)
+    a = h + lam * np.eye(len(h)) if lam else h
+    return w + np.linalg.solve(a, (w @ (np.asarray(cross, np.float64) - h)).T).T
+
+
+def output_mismatch(w: np.ndarray, w_new: np.ndarray, cross: np.ndarray, h_s: np.ndarray,
+                    h_d: np.ndarray | None = None) -> float:
+    """‖W·X_d − Ŵ·X_s‖² from sums: tr(Ŵ H_s Ŵᵀ) − 2 tr(W C Ŵᵀ) [+ tr(W H_d Wᵀ) when ``h_d`` is given].
+
+    Without ``h_d`` it is the mismatch up to a constant that does not depend on Ŵ (enough to compare fits).
+    """
+    w = np.asarray(w, np.float64)
+    w_new = np.asarray(w_new, np.float64)
+    err = float(np.sum((w_new @ h_s) * w_new) - 2.0 * np.sum((w @ cross) * w_new))
+    return err + float(np.sum((w @ h_d) * w)) if h_d is not None else err
+
+
+def bias_correction(w: np.ndarray, b: np.ndarray, w_new: np.ndarray, mean_d: np.ndarray,
+                    mean_s: np.ndarray) -> np.ndarray:
+    """b' = b + W·E[x_d] − Ŵ·E[x_s]: the pruned layer's mean output equals the dense layer's on calibration data."""
+    return np.asarray(b, np.float64) + np.asarray(w, np.float64) @ mean_d - np.asarray(w_new, np.float64) @ mean_s
+
+
+def corrected_sparsegpt(w: np.ndarray, cross: np.ndarray, h_s: np.ndarray, *, lam: float = 0.0,
+                        **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """SparseGPT toward the dense outputs: ``sparsegpt_prune(corrected_target(W, C, H_s, λ), H_s, ...)``.
+
+    Minimizes ‖W X_d − Ŵ X_s‖² under the mask (up to SparseGPT's greedy mask choice and dampening).
+    """
+    return sparsegpt_prune(corrected_target(w, cross, h_s, lam), h_s, **kwargs)

@@ -14,16 +14,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier, HessianSum
-from onnxprune.passes.reconstruct import layer_stages
+from onnxprune.passes.reconstruct import _Sums, layer_stages
 
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
 from onnxprune.sparsity import (
     Pattern,
+    bias_correction,
     check_pattern,
+    corrected_target,
     ineligible_reason,
     layer_columns_order,
     magnitude_nm,
     magnitude_unstructured,
+    output_mismatch,
     parse_pattern,
     reduction_axis,
     relative_output_error,
@@ -36,7 +39,8 @@ FLOAT_WEIGHTS = (np.float16, np.float32, np.float64)
 
 def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None, *,
              pattern: str | float | Pattern, criterion: str = "sparsegpt", blocksize: int = 128,
-             percdamp: float = 0.01, chunk: int = 8,
+             percdamp: float = 0.01, chunk: int = 8, correct: str = "off", bias: bool = False,
+             ridge: float = 1e-3, shrink: float = 1.0,
              progress: Callable[[str, int, int], None] | None = None) -> tuple[onnx.ModelProto, dict]:
     """A sparsified copy of ``model`` and a report of every linear layer (eligible or skipped + reason).
 
@@ -44,9 +48,20 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
     fraction (unstructured, per layer). ``criterion``: "sparsegpt" (needs ``batches``) or "magnitude"
     (``batches`` optional: with them the report carries each layer's relative output error too).
     ``batches()`` yields feed dicts (axis 0 = samples); ``chunk`` bounds the im2col copies (samples).
+
+    SparseGPT only — ``correct`` (see ``CORRECTIONS``): "off" prunes each layer toward its own output on the
+    sparsified model's inputs (‖W X_s − Ŵ X_s‖²); "fixed" toward the *dense* model's output
+    (‖W X_d − Ŵ X_s‖², target ``corrected_target`` with λ = (ridge + shrink·features/rows)·mean diag H_s);
+    "validated" picks one of the two per layer by two-fold validation on the calibration halves.
+    ``bias``: afterwards refit each Conv/Gemm bias (adding one if missing) so the layer's mean output
+    matches the dense model's (``bias_correction``). Measured on the zoo: it does not help with "fixed"
+    and wrecks "off" (it re-centres outputs whose spread still carries the drift); pruning on centered
+    sums (the joint optimum over Ŵ and b' on calibration data) generalized worse still.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown sparsity criterion {criterion!r} (one of {', '.join(CRITERIA)})")
+    if correct not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correct!r} (one of {', '.join(CORRECTIONS)})")
     if criterion == "sparsegpt" and batches is None:
         raise ValueError("sparsegpt needs calibration batches")
     pat = pattern if isinstance(pattern, Pattern) else parse_pattern(pattern)
@@ -57,11 +72,9 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
     entries = {name: _entry(out, layer, weights[layer.weight], pat) for name, layer in layers.items()}
     eligible = {name for name, e in entries.items() if e["eligible"]}
 
-    def prune(name: str, hessian: np.ndarray | None) -> None:
+    def finish(name: str, new: np.ndarray, hessian: np.ndarray | None) -> None:
         layer = layers[name]
         stored = weights[layer.weight]
-        new = _prune_matrix(layer.matrix(stored).astype(np.float64), hessian, layer, pat, criterion,
-                            blocksize, percdamp)
         new_stored = layer.unmatrix(new, stored).astype(stored.dtype)
         if hessian is not None:
             entries[name]["relative_output_error"] = relative_output_error(layer.matrix(stored), new, hessian)
@@ -70,15 +83,22 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
         if pat.semi_structured:
             entries[name]["pattern_ok"] = check_pattern(new_stored, reduction_axis(layer), pat.n, pat.m)["compliant"]
 
+    def prune(name: str, hessian: np.ndarray | None) -> None:
+        layer = layers[name]
+        new = _prune_matrix(layer.matrix(weights[layer.weight]).astype(np.float64), hessian, layer, pat, criterion,
+                            blocksize, percdamp)
+        finish(name, new, hessian)
+
     samples = 0
     if batches is None:
         for name in sorted(eligible):
             prune(name, None)
-    else:
-        feeds = list(batches())
-        samples = sum(len(next(iter(f.values()))) for f in feeds)
+        return out, _summary(entries, pat, criterion, samples)
+    feeds = list(batches())
+    samples = sum(len(next(iter(f.values()))) for f in feeds)
+    stages = layer_stages(out, layers, eligible)
+    if criterion == "magnitude" or (correct == "off" and not bias):
         front = Frontier(feeds)
-        stages = layer_stages(out, layers, eligible)
         for index, stage in enumerate(stages):
             if progress:
                 progress("stage", index, len(stages))
@@ -90,7 +110,126 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
                         acc.add(x[lo:lo + chunk])
             for name, acc in sums.items():
                 prune(name, acc.hessian())
+        return out, _summary(entries, pat, criterion, samples)
+
+    # Error-correcting: the dense model advances beside the sparsified one (both from their last boundary).
+    d_front, s_front = Frontier(feeds), Frontier(feeds)
+    fit = _CorrectedFit(pat, blocksize, percdamp, correct, bias, ridge, shrink)
+    for index, stage in enumerate(stages):
+        if progress:
+            progress("stage", index, len(stages))
+        halves = {name: (_Sums(), _Sums()) for name in stage}
+        taps = sorted({layers[name].input for name in stage})
+        d_vals, s_vals = d_front.advance(model, taps), s_front.advance(out, taps)
+        for bi, (xd, xs) in enumerate(zip(d_vals, s_vals, strict=True)):
+            half = int(2 * bi >= len(d_vals))  # halves of the batch list: different inputs, honest validation
+            for name, sums in halves.items():
+                lay = layers[name]
+                a_d, a_s = xd[lay.input], xs[lay.input]
+                for lo in range(0, len(a_s), chunk):
+                    sums[half].add(lay.features(a_d[lo:lo + chunk].astype(np.float64)),
+                                   lay.features(a_s[lo:lo + chunk].astype(np.float64)), None, True)
+        for name, sums in halves.items():
+            layer = layers[name]
+            mat = layer.matrix(weights[layer.weight]).astype(np.float64)
+            b0 = _bias_matrix(layer, weights, mat.shape)
+            new, new_b, choice = fit.layer(layer, mat, b0, sums)
+            total = sums[0] + sums[1] if sums[1].rows else sums[0]
+            finish(name, new, total.pp[:, :-1, :-1] * (2.0 / max(total.rows, 1)))
+            entries[name]["correction"] = choice
+            if fit.bias_for(layer):
+                _set_bias(out, layer, weights, new_b.reshape(-1))
     return out, _summary(entries, pat, criterion, samples)
+
+
+CORRECTIONS = ("off", "fixed", "validated")
+
+
+class _CorrectedFit:
+    """Error-correcting SparseGPT of one layer from the Gram sums of ``passes.reconstruct._Sums``.
+
+    Per conv group, with X̃ = [X; 1]: pp = X̃_s X̃_sᵀ (H_s, Σx_s, n), dp = X̃_d X̃_sᵀ (C, Σx_d, Σx_s).
+    Candidates: "plain" (target W) and "corrected" (target W*); both prune with H_s, and with ``bias``
+    both refit the bias afterwards. Validation fits on one half, scores ‖W̃ X̃_d − Ŵ̃ X̃_s‖² on
+    the other, both ways.
+    """
+
+    def __init__(self, pat: Pattern, blocksize: int, percdamp: float, correct: str, bias: bool, ridge: float,
+                 shrink: float):
+        self.pat, self.blocksize, self.percdamp = pat, blocksize, percdamp
+        self.correct, self.bias, self.ridge, self.shrink = correct, bias, ridge, shrink
+
+    def bias_for(self, layer: LinearLayer) -> bool:
+        return self.bias and layer.op != "MatMul"
+
+    def layer(self, layer: LinearLayer, mat: np.ndarray, b0: np.ndarray,
+              halves: tuple[_Sums, _Sums]) -> tuple[np.ndarray, np.ndarray, str]:
+        """(pruned [groups, rows, features], bias [groups, rows], the candidate used)."""
+        refit_bias = self.bias_for(layer)
+        order = layer_columns_order(layer, layer.in_per_group, mat.shape[2])
+        choice = {"off": "plain", "fixed": "corrected"}.get(self.correct)
+        if choice is None:  # validated
+            if not halves[1].rows:
+                choice = "corrected"
+            else:
+                errs = {}
+                for cand in ("plain", "corrected"):
+                    err = 0.0
+                    for fit, val in ((0, 1), (1, 0)):
+                        for g in range(mat.shape[0]):
+                            w_hat, b_hat = self.group(mat[g], b0[g], halves[fit], g, cand, refit_bias, order)
+                            v = halves[val]
+                            w_aug = np.concatenate([mat[g], b0[g][:, None]], 1)
+                            hat_aug = np.concatenate([w_hat, b_hat[:, None]], 1)
+                            err += output_mismatch(w_aug, hat_aug, v.dp[g], v.pp[g])
+                    errs[cand] = err
+                choice = min(errs, key=errs.get)
+        total = halves[0] + halves[1] if halves[1].rows else halves[0]
+        new, new_b = np.empty_like(mat), np.empty_like(b0)
+        for g in range(mat.shape[0]):
+            new[g], new_b[g] = self.group(mat[g], b0[g], total, g, choice, refit_bias, order)
+        return new, new_b, choice
+
+    def group(self, w: np.ndarray, b: np.ndarray, sums: _Sums, g: int, cand: str, refit_bias: bool,
+              order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pp, dp, n = sums.pp[g], sums.dp[g], sums.rows
+        h, cross = pp[:-1, :-1], dp[:-1, :-1]
+        sum_s, sum_d = pp[:-1, -1], dp[:-1, -1]
+        target = w
+        if cand == "corrected":
+            lam = (self.ridge + self.shrink * h.shape[0] / n) * max(float(np.mean(np.diag(h))), 1e-12)
+            target = corrected_target(w, cross, h, lam)
+        pat = self.pat
+        w_hat = np.empty_like(w)
+        w_hat[:, order] = sparsegpt_prune(target[:, order], h[np.ix_(order, order)], n=pat.n, m=pat.m,
+                                          sparsity=pat.sparsity, blocksize=self.blocksize,
+                                          percdamp=self.percdamp)[0]
+        b_hat = bias_correction(w, b, w_hat, sum_d / n, sum_s / n) if refit_bias else b
+        return w_hat, b_hat
+
+
+def _bias_matrix(layer: LinearLayer, weights: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The layer's bias as [groups, rows] float64 (zeros when it has none)."""
+    n_out = shape[0] * shape[1]
+    b = weights[layer.bias].reshape(-1).astype(np.float64) if layer.bias else np.zeros(n_out)
+    return np.broadcast_to(b, (n_out,)).reshape(shape[0], shape[1]).copy()
+
+
+def _set_bias(model: onnx.ModelProto, layer: LinearLayer, weights: Mapping[str, np.ndarray], value: np.ndarray) -> None:
+    """Write a refit bias: in place when the layer owns a full-size bias, else as a new initializer."""
+    dtype = weights[layer.weight].dtype
+    old = weights[layer.bias] if layer.bias else None
+    uses = Counter(i for node in model.graph.node for i in node.input)
+    if old is not None and old.size == value.size and uses[layer.bias] == 1:
+        _set_initializer(model, layer.bias, value.reshape(old.shape).astype(dtype))
+        return
+    name = f"{layer.node}.bias_corrected"
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
+    node = next(n for n in model.graph.node if n.name == layer.node)
+    if len(node.input) > 2:
+        node.input[2] = name
+    else:
+        node.input.append(name)
 
 
 def _prune_matrix(mat: np.ndarray, hessians: np.ndarray | None, layer: LinearLayer, pat: Pattern, criterion: str,

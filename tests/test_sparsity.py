@@ -13,9 +13,13 @@ from onnxprune.passes.sparsify import pattern_report, sparsify
 from onnxprune.layers import initializer_dict
 from onnxprune.modelio import load_model
 from onnxprune.sparsity import (
+    bias_correction,
     check_pattern,
+    corrected_sparsegpt,
+    corrected_target,
     magnitude_nm,
     obs_reference_prune,
+    output_mismatch,
     parse_pattern,
     relative_output_error,
     sparsegpt_prune,
@@ -57,6 +61,69 @@ def test_sparsegpt_beats_magnitude_on_output_error():
     sgpt, _ = sparsegpt_prune(w, h)
     mag, _ = magnitude_nm(w, 2, 4)
     assert relative_output_error(w, sgpt, h) < 0.8 * relative_output_error(w, mag, h)
+
+
+def drifted_inputs(cols=32, samples=400, seed=2):
+    """X_d [features, rows] (dense model's inputs) and X_s = X_d + correlated drift (sparsified model's)."""
+    rng = np.random.default_rng(seed)
+    x_d = rng.standard_normal((cols, cols)) @ rng.standard_normal((cols, samples)) + rng.standard_normal((cols, 1))
+    x_s = x_d + 0.3 * rng.standard_normal((cols, cols)) @ x_d / np.sqrt(cols) + 0.2 * rng.standard_normal((cols, 1))
+    return x_d, x_s
+
+
+def test_error_correction_decomposition():
+    """‖W X_d − Ŵ X_s‖² − ‖W* X_s − Ŵ X_s‖² does not depend on Ŵ (W* = W C H_s⁻¹); output_mismatch is exact."""
+    rng = np.random.default_rng(3)
+    x_d, x_s = drifted_inputs()
+    w = rng.standard_normal((8, 32))
+    cross, h_s, h_d = x_d @ x_s.T, x_s @ x_s.T, x_d @ x_d.T
+    target = corrected_target(w, cross, h_s)
+    gaps = []
+    for scale in (0.0, 1.0, 10.0):
+        w_hat = w + scale * rng.standard_normal(w.shape)
+        full = np.sum((w @ x_d - w_hat @ x_s) ** 2)
+        assert abs(output_mismatch(w, w_hat, cross, h_s, h_d) - full) < 1e-9 * full
+        gaps.append(full - np.sum((target @ x_s - w_hat @ x_s) ** 2))
+    assert np.ptp(gaps) < 1e-8 * np.sum((w @ x_d) ** 2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(n=2, m=4), dict(sparsity=0.5)])
+def test_corrected_sparsegpt_pattern_and_gain(kwargs):
+    rng = np.random.default_rng(4)
+    x_d, x_s = drifted_inputs()
+    w = rng.standard_normal((8, 32))
+    cross, h_s = x_d @ x_s.T, x_s @ x_s.T
+    lam = 1e-3 * np.mean(np.diag(h_s))
+    fixed, mask = corrected_sparsegpt(w, cross, h_s, lam=lam, blocksize=16, **kwargs)
+    assert np.all(fixed[mask] == 0) and np.all(fixed[~mask] != 0)
+    if "n" in kwargs:
+        assert np.all(mask.reshape(8, -1, 4).sum(-1) == 2)
+    else:
+        assert mask.mean() == 0.5
+    plain = sparsegpt_prune(w, h_s, blocksize=16, **kwargs)[0]
+    # toward the dense outputs it is closer than plain SparseGPT (which reproduces W on the drifted inputs)
+    assert output_mismatch(w, fixed, cross, h_s, x_d @ x_d.T) < 0.7 * output_mismatch(w, plain, cross, h_s, x_d @ x_d.T)
+
+
+def test_corrected_sparsegpt_without_drift_is_plain():
+    w, h = correlated_layer(rows=8, cols=32, dead=(3,), seed=5)
+    for kwargs in (dict(n=2, m=4), dict(sparsity=0.5)):
+        plain, plain_mask = sparsegpt_prune(w, h, **kwargs)
+        fixed, fixed_mask = corrected_sparsegpt(w, h, h, lam=0.1, **kwargs)
+        assert np.array_equal(plain_mask, fixed_mask) and np.array_equal(plain, fixed)
+
+
+def test_bias_correction_matches_dense_mean_output():
+    """b' = b + W E[x_d] − Ŵ E[x_s]: zero mean residual, and the best constant for that Ŵ."""
+    rng = np.random.default_rng(6)
+    x_d, x_s = drifted_inputs(seed=7)
+    w, b = rng.standard_normal((8, 32)), rng.standard_normal(8)
+    w_hat = corrected_sparsegpt(w, x_d @ x_s.T, x_s @ x_s.T, lam=1.0)[0]
+    b_new = bias_correction(w, b, w_hat, x_d.mean(1), x_s.mean(1))
+    residual = (w @ x_d + b[:, None]) - (w_hat @ x_s + b_new[:, None])
+    assert np.max(np.abs(residual.mean(1))) < 1e-9 * np.max(np.abs(residual))
+    for other in (b, b_new + 0.01):
+        assert np.sum(residual ** 2) < np.sum(((w @ x_d + b[:, None]) - (w_hat @ x_s + other[:, None])) ** 2)
 
 
 def test_tap_major_order_groups_channels_at_one_tap():
@@ -189,6 +256,26 @@ def test_unstructured_half_on_every_eligible_layer():
             assert np.mean(after[e["weight"]] == 0) >= 0.5, e["node"]
     assert np.array_equal(after["dw.w"], initializer_dict(model)["dw.w"])
     onnx.checker.check_model(sparse, full_check=True)
+
+
+def test_error_correcting_sparsify():
+    """Both models advance together; pattern on every layout, biases refit (added where a conv had none)."""
+    model = layouts_model()
+    x = next(calib(seed=1)())
+    dense = run_ort(model, x)[0]
+    sparse, report = sparsify(model, calib(), pattern="2:4", correct="validated", bias=True)
+    onnx.checker.check_model(sparse, full_check=True)
+    after = initializer_dict(sparse)
+    for node, layout in ELIGIBLE.items():
+        assert groups_of_channels(after[WEIGHT[node]], layout, 4).min() >= 2, node
+    rows = {e["node"]: e for e in report["layers"]}
+    assert {rows[n]["correction"] for n in ELIGIBLE} <= {"plain", "corrected"}
+    assert "conv.bias_corrected" in after and "mm.bias_corrected" not in after  # MatMul: no bias input
+    assert not np.array_equal(after["fc1.b"], initializer_dict(model)["fc1.b"])
+    plain = run_ort(sparsify(model, calib(), pattern="2:4")[0], x)[0]
+    assert np.linalg.norm(run_ort(sparse, x)[0] - dense) < np.linalg.norm(plain - dense)
+    with pytest.raises(ValueError, match="correction"):
+        sparsify(model, calib(), pattern="2:4", correct="yes")
 
 
 def test_sparsegpt_needs_calibration_and_known_criterion():
