@@ -2,7 +2,7 @@
 
     python -m benchmarks.sparsity_zoo [--models fmnist effnet mnv2] [--patterns 2:4 0.5]
                                       [--criteria sparsegpt magnitude] [--calib-rows 256] [--percdamp 0.01]
-                                      [--correct off fixed validated] [--bias] [--shrink 1.0] [--ridge 1e-3]
+                                      [--correct fixed] [--bias] [--shrink 0.25] [--ridge 1e-3]
 
 Each model is loaded and normalized (BatchNorm folded) as `compress` does, then sparsified with
 calibration on the first 256 rows (--calib-rows) of its *_calib.npz. Fashion-MNIST ResNet: true accuracy on the 10k
@@ -38,9 +38,9 @@ def main() -> None:
     ap.add_argument("--criteria", nargs="+", default=["sparsegpt", "magnitude"])
     ap.add_argument("--calib-rows", type=int, default=CALIB_ROWS)
     ap.add_argument("--percdamp", type=float, default=0.01)
-    ap.add_argument("--correct", nargs="+", default=["off"], choices=["off", "fixed", "validated"])
+    ap.add_argument("--correct", nargs="+", default=["fixed"], choices=["off", "fixed", "validated"])
     ap.add_argument("--bias", action="store_true", help="refit biases to the dense model's mean outputs")
-    ap.add_argument("--shrink", type=float, default=1.0, help="pull of the corrected target toward W")
+    ap.add_argument("--shrink", type=float, default=0.25, help="pull of the corrected target toward W")
     ap.add_argument("--ridge", type=float, default=1e-3)
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
@@ -77,7 +77,7 @@ def main() -> None:
                 label = criterion
                 if extra and (correct != "off" or args.bias):
                     label += f", correct {correct}" + (", bias" if args.bias else "")
-                    if correct != "off" and args.shrink != 1.0:
+                    if correct != "off" and args.shrink != 0.25:
                         label += f", shrink {args.shrink:g}"
                     if correct == "validated":
                         chosen = Counter(e.get("correction") for e in report["layers"] if e["eligible"])

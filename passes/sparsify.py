@@ -1,8 +1,11 @@
 """Sparsify: N:M semi-structured or unstructured weight sparsity for every eligible Conv/Gemm/MatMul.
 
 Sequential, as SparseGPT prunes a network: layers go in stages (a stage's inputs depend only on earlier
-stages); each stage's input Hessians H = (2/n)·Σ x xᵀ are collected on the *already sparsified* model, so
-later layers compensate the error of earlier ones. The math is in ``onnxprune.sparsity``.
+stages); each stage's input Hessians H = (2/n)·Σ x xᵀ are collected on the *already sparsified* model.
+By default (``correct="fixed"``) every layer is also pruned toward the *dense* model's output, not its
+own: the dense model advances beside the sparsified one, and SparseGPT approaches the refit target
+W* = W + (W·C − W·H_s)(H_s + λI)⁻¹ (C = Σ x_d x_sᵀ), so each layer corrects the drift that earlier
+layers left in its input instead of passing it on. The math is in ``onnxprune.sparsity``.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ FLOAT_WEIGHTS = (np.float16, np.float32, np.float64)
 
 def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None, *,
              pattern: str | float | Pattern, criterion: str = "sparsegpt", blocksize: int = 128,
-             percdamp: float = 0.01, chunk: int = 8, correct: str = "off", bias: bool = False,
-             ridge: float = 1e-3, shrink: float = 1.0,
+             percdamp: float = 0.01, chunk: int = 8, correct: str = "fixed", bias: bool = False,
+             ridge: float = 1e-3, shrink: float = 0.25,
              progress: Callable[[str, int, int], None] | None = None) -> tuple[onnx.ModelProto, dict]:
     """A sparsified copy of ``model`` and a report of every linear layer (eligible or skipped + reason).
 
@@ -52,7 +55,9 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
     SparseGPT only — ``correct`` (see ``CORRECTIONS``): "off" prunes each layer toward its own output on the
     sparsified model's inputs (‖W X_s − Ŵ X_s‖²); "fixed" toward the *dense* model's output
     (‖W X_d − Ŵ X_s‖², target ``corrected_target`` with λ = (ridge + shrink·features/rows)·mean diag H_s);
-    "validated" picks one of the two per layer by two-fold validation on the calibration halves.
+    "validated" picks one of the two per layer by two-fold validation on the calibration halves. "fixed"
+    is the default: on EfficientNet-Lite0 / MobileNetV2 it measured far better than "off" and at least as
+    good as "validated" (which costs two SparseGPT runs more per layer); shrink 0.25 beat 0, 1 and 4.
     ``bias``: afterwards refit each Conv/Gemm bias (adding one if missing) so the layer's mean output
     matches the dense model's (``bias_correction``). Measured on the zoo: it does not help with "fixed"
     and wrecks "off" (it re-centres outputs whose spread still carries the drift); pruning on centered
