@@ -9,6 +9,11 @@ ratios between models are what this measures best; absolute numbers are those of
 this moment. Each run follows another model's run, so caches are not warm with the model's own
 data as in a loop over one model: for sub-millisecond models that costs some speed, most for the fastest.
 
+Sessions are created with intra-op spinning off. With spinning on, the idle session's threads
+busy-wait after each run and steal the cores of the session that runs next; on 2 cores the same
+EfficientNet-Lite0 dense/pruned pair at batch 32 measured 1.97x or 1.53x depending only on which
+session was created first, and 1.97x / 1.96x either way with spinning off (both models faster too).
+
 Per model the run times (ms) give p50/p90/p99, min, mean and a throughput of batch / p50.
 ``--repeats R`` repeats the interleaved rounds R times on the same sessions; the table then shows the
 median and the min of the R per-repeat p50s (p90/p99/min are over all runs).
@@ -342,7 +347,7 @@ def ort_prepare(threads: int) -> Prepare:
 
     def prepare(m: BenchModel, batch: int, feeds: dict[str, np.ndarray]) -> Prepared:
         def load_and_run():
-            session = ort_session(m.model, threads)
+            session = ort_session(m.model, threads, spinning=False)  # see the module docstring
             session.run(None, feeds)
             return session
         try:

@@ -19,12 +19,18 @@ class Latency:
     threads: int
 
 
-def ort_session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True):
-    """A CPU InferenceSession; ``threads`` 0 lets onnxruntime choose (one per core)."""
+def ort_session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True, spinning: bool = True):
+    """A CPU InferenceSession; ``threads`` 0 lets onnxruntime choose (one per core).
+
+    ``spinning=False`` stops idle intra-op threads from busy-waiting after a run: needed when several
+    sessions take turns in one process (a finished session's spinning threads steal cores from the next).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
