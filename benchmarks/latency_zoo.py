@@ -1,6 +1,6 @@
 """Latency-targeted pruning on the zoo: `--metric latency` beside MACs-targeted models, by measured speed.
 
-    python -m benchmarks.latency_zoo [--models effnet mnv2] [--target 2] [--macs-targets 2 2.5 3]
+    python -m benchmarks.latency_zoo [--models effnet mnv2] [--target 2] [--macs-targets 2 2.5] [--macs-round-to 16] [--out DIR]
 
 For each model: `onnxprune compress --metric latency --target T` (its report carries the side-by-side
 measured speedups at batch 1 and 32), then `--metric macs` at each of ``--macs-targets``, whose
@@ -51,14 +51,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="+", default=["effnet", "mnv2"], choices=list(MODELS))
     ap.add_argument("--target", type=float, default=2.0)
-    ap.add_argument("--macs-targets", nargs="+", type=float, default=[2.0, 2.5, 3.0])
+    ap.add_argument("--macs-targets", nargs="*", type=float, default=[2.0, 2.5])
+    ap.add_argument("--macs-round-to", type=int, default=16, help="--round-to of the MACs-targeted runs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="keep the latency-targeted models in OUT/<model>/ (default: discarded)")
     args = ap.parse_args()
     print(f"Machine: {machine()}, {args.threads} onnxruntime threads\n")
     print("| model | run | MACs | measured speedup b1 / b32 (side by side) | quality | wall |\n|---|---|---|---|---|---|")
     for key in args.models:
         model, calib, eval_npz = MODELS[key]
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = f"{args.out}/{key}" if args.out else tmp
             report, wall, err = compress(model, calib, out, "--metric", "latency", "--target", f"{args.target}x",
                                          "--threads", str(args.threads))
             if report is None:
@@ -74,13 +77,14 @@ def main() -> None:
                       flush=True)
         for t in args.macs_targets:
             with tempfile.TemporaryDirectory() as out:
-                report, wall, err = compress(model, calib, out, "--metric", "macs", "--target", f"{t}x")
+                report, wall, err = compress(model, calib, out, "--metric", "macs", "--target", f"{t}x",
+                                             "--round-to", str(args.macs_round_to))
                 if report is None:
-                    print(f"| {key} | macs {t}x | | failed: {err} | | {wall:.0f} s |", flush=True)
+                    print(f"| {key} | macs {t}x, round-to {args.macs_round_to} | | failed: {err} | | {wall:.0f} s |", flush=True)
                     continue
                 s = speedups(model, Path(report["output"]), (1, 32), args.threads)
                 q = evaluate(key, model, Path(report["output"]), eval_npz)
-                print(f"| {key} | macs {t}x | {report['achieved']['macs']:.2f}x | {s[1]:.2f}x / {s[32]:.2f}x | {q} | "
+                print(f"| {key} | macs {t}x, round-to {args.macs_round_to} | {report['achieved']['macs']:.2f}x | {s[1]:.2f}x / {s[32]:.2f}x | {q} | "
                       f"{wall:.0f} s |", flush=True)
 
 

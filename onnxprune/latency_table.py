@@ -294,7 +294,7 @@ def build_table(model: onnx.ModelProto, trace: Trace, groups: set[int], feeds: M
 # -- meeting a measured speedup -------------------------------------------------------------------
 
 LATENCY_ROUND_TO = 16  # default --round-to for --metric latency: ORT's NCHWc block (BENCHMARKS.md, "--round-to")
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 5
 
 
 def latency_feeds(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None, batch: int) -> dict[str, np.ndarray]:
@@ -321,31 +321,55 @@ def measured_speedups(dense: onnx.ModelProto, pruned: onnx.ModelProto, batches: 
     return out
 
 
+def next_budget(history: list[tuple[float, float]], target: float) -> float:
+    """The next predicted budget from measured (budget, worst speedup) pairs, aiming at 1.03·target.
+
+    Once one budget measured at or above the target and a looser one below it, interpolate between
+    them in log-log (speedup ≈ c·budget^k locally); before that, scale the last budget by s/aim.
+    The table's predictions are not linear in the budget (a tighter budget can switch whole layers
+    onto faster kernels), so a proportional step alone oscillates.
+    """
+    aim = target * 1.03
+    met = [(b, s) for b, s in history if s >= target]
+    short = [(b, s) for b, s in history if s < target]
+    if met and short:
+        b_met, s_met = max(met)
+        looser = [(b, s) for b, s in short if b > b_met]
+        if looser:
+            b_short, s_short = min(looser)
+            if s_met > s_short:
+                t = np.log(s_met / aim) / np.log(s_met / s_short)
+                return float(b_met * (b_short / b_met) ** float(np.clip(t, 0.1, 0.9)))
+    b, s = history[-1]
+    return b * s / aim
+
+
 def meet_speedup(dense: onnx.ModelProto, plan, pruned: onnx.ModelProto, allocate: Callable[[float], dict],
                  prune: Callable[[dict], onnx.ModelProto], budget_ms: float, target: float,
                  batches: tuple[int, ...], threads: int, input_shapes: Mapping[str, Shape] | None):
     """Measure the pruned model's real speedup and re-allocate until it meets ``target`` without much excess.
 
-    The table predicts; only the side-by-side measurement decides. The worst measured speedup s scales
-    the predicted budget by s/target (2% extra when short, for noise) and the allocation is redone —
-    tighter when short, looser when more than 10% over (overshooting costs accuracy). The loosest
-    allocation that measured ≥ target wins. Returns (plan, pruned model, report section); raises
-    TargetUnreachableError when no attempt measures the target.
+    The table predicts; only the side-by-side measurement decides. The worst speedup over the batches
+    steers the next predicted budget (:func:`next_budget`) — tighter when short, looser when more than
+    10% over (overshooting costs accuracy). The loosest allocation that measured ≥ target wins.
+    Returns (plan, pruned model, report section); raises TargetUnreachableError when no attempt
+    measures the target.
     """
     from .errors import TargetUnreachableError
 
-    attempts, best, seen = [], None, []
+    attempts, best, seen, history = [], None, [], []
     for _ in range(MAX_ATTEMPTS):
         speed = measured_speedups(dense, pruned, batches, threads, input_shapes)
         worst = min(v["speedup"] for v in speed.values())
         attempts.append({"budget_ms": round(budget_ms, 4), "measured": speed})
         seen.append(plan)
+        history.append((budget_ms, worst))
         if worst >= target:
             if best is None or budget_ms > best[0]:
                 best = (budget_ms, plan, pruned, speed)
             if worst <= target * 1.1:
                 break
-        budget_ms *= worst / target * (0.98 if worst < target else 1.0)
+        budget_ms = next_budget(history, target)
         plan = allocate(budget_ms)
         if any(_same_plan(plan, p) for p in seen):
             break

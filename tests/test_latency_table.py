@@ -165,3 +165,11 @@ def test_bad_latency_batches_exit_2(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--metric", "latency",
                            "--latency-batches", "1,0", "-o", tmp_path)
     assert code == 2 and err.count("\n") == 1
+
+
+def test_next_budget_interpolates_inside_a_bracket():
+    # 1.0 ms measured 3x (met), 2.0 ms measured 1.5x (short): the next budget lies strictly between them
+    b = lt.next_budget([(1.0, 3.0), (2.0, 1.5)], 2.0)
+    assert 1.0 < b < 2.0
+    # without a bracket: proportional step toward 1.03·target
+    assert lt.next_budget([(1.0, 1.5)], 2.0) == pytest.approx(1.5 / 2.06)
