@@ -77,7 +77,7 @@ def layer_stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo
 CANDIDATES = (("correcting", 1.0), ("local", 1.0))
 
 
-class _Sums:
+class GramSums:
     """Gram accumulators of one calibration half: pp = X̃_p X̃_pᵀ, dp = X̃_d X̃_pᵀ, kk, dk likewise for X_k."""
 
     def __init__(self):
@@ -93,8 +93,8 @@ class _Sums:
             old = getattr(self, key)
             setattr(self, key, val if old is None else old + val)
 
-    def __add__(self, other: _Sums) -> _Sums:
-        out = _Sums()
+    def __add__(self, other: GramSums) -> GramSums:
+        out = GramSums()
         out.rows = self.rows + other.rows
         for key in ("pp", "dp", "kk", "dk"):
             a, b = getattr(self, key), getattr(other, key)
@@ -109,7 +109,7 @@ class _Fit:
                  kept_in: np.ndarray | None):
         self.dense, self.pruned, self.blocks, self.bias = dense, pruned, dense_blocks, bias
         self.kept_in = kept_in
-        self.halves = (_Sums(), _Sums())
+        self.halves = (GramSums(), GramSums())
         self.local = True  # the local candidate exists (dense inputs map onto the pruned layer's inputs)
 
     def add(self, x_dense: np.ndarray, x_pruned: np.ndarray, half: int) -> None:
@@ -143,7 +143,7 @@ class _Fit:
         return best
 
     @staticmethod
-    def solve(sums: _Sums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float, cand: tuple[str, float]):
+    def solve(sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float, cand: tuple[str, float]):
         g_x, g_t = (sums.kk, sums.dk) if cand[0] == "local" else (sums.pp, sums.dp)
         return solve_refit(wd, g_t[b], g_x[b], w0, ridge, sums.rows, cand[1])
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier, HessianSum
-from onnxprune.passes.reconstruct import _Sums, layer_stages
+from onnxprune.passes.reconstruct import GramSums, layer_stages
 
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
 from onnxprune.sparsity import (
@@ -123,7 +123,7 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
     for index, stage in enumerate(stages):
         if progress:
             progress("stage", index, len(stages))
-        halves = {name: (_Sums(), _Sums()) for name in stage}
+        halves = {name: (GramSums(), GramSums()) for name in stage}
         taps = sorted({layers[name].input for name in stage})
         d_vals, s_vals = d_front.advance(model, taps), s_front.advance(out, taps)
         for bi, (xd, xs) in enumerate(zip(d_vals, s_vals, strict=True)):
@@ -151,7 +151,7 @@ CORRECTIONS = ("off", "fixed", "validated")
 
 
 class _CorrectedFit:
-    """Error-correcting SparseGPT of one layer from the Gram sums of ``passes.reconstruct._Sums``.
+    """Error-correcting SparseGPT of one layer from the Gram sums of ``passes.reconstruct.GramSums``.
 
     Per conv group, with X̃ = [X; 1]: pp = X̃_s X̃_sᵀ (H_s, Σx_s, n), dp = X̃_d X̃_sᵀ (C, Σx_d, Σx_s).
     Candidates: "plain" (target W) and "corrected" (target W*); both prune with H_s, and with ``bias``
@@ -168,7 +168,7 @@ class _CorrectedFit:
         return self.bias and layer.op != "MatMul"
 
     def layer(self, layer: LinearLayer, mat: np.ndarray, b0: np.ndarray,
-              halves: tuple[_Sums, _Sums]) -> tuple[np.ndarray, np.ndarray, str]:
+              halves: tuple[GramSums, GramSums]) -> tuple[np.ndarray, np.ndarray, str]:
         """(pruned [groups, rows, features], bias [groups, rows], the candidate used)."""
         refit_bias = self.bias_for(layer)
         order = layer_columns_order(layer, layer.in_per_group, mat.shape[2])
@@ -195,7 +195,7 @@ class _CorrectedFit:
             new[g], new_b[g] = self.group(mat[g], b0[g], total, g, choice, refit_bias, order)
         return new, new_b, choice
 
-    def group(self, w: np.ndarray, b: np.ndarray, sums: _Sums, g: int, cand: str, refit_bias: bool,
+    def group(self, w: np.ndarray, b: np.ndarray, sums: GramSums, g: int, cand: str, refit_bias: bool,
               order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pp, dp, n = sums.pp[g], sums.dp[g], sums.rows
         h, cross = pp[:-1, :-1], dp[:-1, :-1]
