@@ -34,6 +34,7 @@ class NormalizeReport:
     constants_lowered: int = 0
     identities_removed: int = 0
     bn_folded: int = 0
+    pads_folded: int = 0
     bn_kept: list[str] = field(default_factory=list)
     bn_scales: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -46,6 +47,7 @@ class NormalizeReport:
             "identities_removed": self.identities_removed,
             "batchnorm_folded": self.bn_folded,
             "batchnorm_kept": self.bn_kept,
+            "pads_folded": self.pads_folded,
             "notes": self.notes,
         }
 
@@ -189,6 +191,45 @@ def fold_batchnorms(graph: gs.Graph, report: NormalizeReport) -> None:
         report.bn_folded += 1
 
 
+def _spatial_zero_pads(pad: gs.Node) -> list[int] | None:
+    """Pad's [h_begin, w_begin, ..., h_end, w_end] if it is a constant-zero pad of the spatial axes of a
+    4-D+ tensor only (non-negative), else None."""
+    if pad.attrs.get("mode", "constant") not in ("constant", b"constant") or len(pad.inputs) > 3:
+        return None
+    if len(pad.inputs) < 2 or not isinstance(pad.inputs[1], gs.Constant):
+        return None
+    if len(pad.inputs) > 2 and pad.inputs[2] is not None and not (
+            isinstance(pad.inputs[2], gs.Constant) and np.all(np.asarray(pad.inputs[2].values) == 0)):
+        return None
+    pads = np.asarray(pad.inputs[1].values).astype(int).ravel()
+    rank = len(pads) // 2
+    if rank < 3 or np.any(pads < 0) or np.any(pads[[0, 1, rank, rank + 1]] != 0):
+        return None
+    return [int(v) for v in np.concatenate([pads[2:rank], pads[rank + 2:]])]
+
+
+def fold_pads(graph: gs.Graph, report: NormalizeReport) -> None:
+    """Fold a zero Pad of the spatial axes into the Convs it alone feeds (their ``pads`` grow by it).
+
+    TF-style "same" exports put a Pad before strided convs; left in, it is a float island between
+    INT8 convs (onnxruntime cannot fuse Q/DQ across it) and an extra copy of the activation in FP32.
+    """
+    for pad in [n for n in graph.nodes if n.op == "Pad"]:
+        extra = _spatial_zero_pads(pad)
+        y = pad.outputs[0]
+        consumers = list(y.outputs)
+        if extra is None or not consumers or y in graph.outputs or any(
+                c.op != "Conv" or c.inputs[0] is not y or c.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
+                for c in consumers):
+            continue
+        for conv in consumers:
+            own = list(conv.attrs.get("pads", [0] * len(extra)))
+            conv.attrs["pads"] = [a + b for a, b in zip(own, extra, strict=True)]
+            conv.inputs[0] = pad.inputs[0]
+        pad.outputs.clear()
+        report.pads_folded += 1
+
+
 def _finish(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export the graph with the original model's metadata and a valid IR version, then infer shapes."""
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -219,6 +260,7 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, NormalizeReport]
         gs.logger.G_LOGGER.severity = level
     report.identities_removed = remove_identities(graph)
     fold_batchnorms(graph, report)
+    fold_pads(graph, report)
     out = _finish(graph, model)
     report.nodes_after = len(out.graph.node)
     return out, report

@@ -169,3 +169,42 @@ def test_opset11_constant_weight_graphs_upgraded_and_equivalent(name):
     model = synthetic.with_constant_weights(synthetic.with_opset(synthetic.build(name), 11))
     out, report = assert_equivalent(model, synthetic.random_inputs(model, batch=2))
     assert report.opset_before == 11 and report.opset_after >= 13, report.notes
+
+
+def _pad_conv_model(pads, mode="constant", conv_pads=(1, 0, 1, 0), extra_consumer=False):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    p = numpy_helper.from_array(np.array(pads, np.int64), "p")
+    nodes = [helper.make_node("Pad", ["x", "p"], ["xp"], name="pad", mode=mode),
+             helper.make_node("Conv", ["xp", "w"], ["y"], name="conv", pads=list(conv_pads), strides=[2, 2])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_consumer:
+        nodes.append(helper.make_node("Relu", ["xp"], ["r"], name="relu"))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+                              outputs, [w, p])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_spatial_zero_pad_folds_into_conv():
+    model = _pad_conv_model([0, 0, 0, 1, 0, 0, 1, 2])  # TF-style asymmetric "same" padding
+    out, report = normalize(model)
+    assert report.pads_folded == 1 and not [n for n in out.graph.node if n.op_type == "Pad"]
+    conv = next(n for n in out.graph.node if n.op_type == "Conv")
+    assert list(helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))) == [1, 1, 2, 2]
+    x = {"x": np.random.default_rng(1).standard_normal((1, 3, 9, 9)).astype(np.float32)}
+    assert rel_error(run_ort(out, x)[0], run_ort(model, x)[0]) < 1e-6
+    onnx.checker.check_model(out, full_check=True)
+
+
+@pytest.mark.parametrize("pads, mode, extra", [
+    ([1, 0, 0, 0, 0, 0, 0, 0], "constant", False),  # pads the batch axis: not a conv padding
+    ([0, 0, 1, 1, 0, 0, 1, 1], "reflect", False),   # not zeros
+    ([0, 0, 1, 1, 0, 0, 1, 1], "constant", True),   # the padded tensor is also read elsewhere
+])
+def test_pad_kept_where_it_is_not_a_conv_padding(pads, mode, extra):
+    model = _pad_conv_model(pads, mode, extra_consumer=extra)
+    out, report = normalize(model)
+    assert report.pads_folded == 0 and [n for n in out.graph.node if n.op_type == "Pad"]
+    x = {"x": np.random.default_rng(1).standard_normal((1, 3, 9, 9)).astype(np.float32)}
+    assert rel_error(run_ort(out, x)[0], run_ort(model, x)[0]) < 1e-6
