@@ -224,7 +224,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             table = build_table(model, trace, {g.id for g in eligible}, lat_feeds, threads=opts.threads,
                                 round_to=round_to, progress=progress("latency table", None) if progress else None)
     with timer("allocate"):
-        metric_base = {"macs": base.macs, "params": base.params}.get(opts.metric) or table.dense_ms
+        metric_base = table.dense_ms if table is not None else base.macs if opts.metric == "macs" else base.params
 
         def exact_cost(plan) -> float:
             if opts.metric == "macs":
@@ -264,16 +264,16 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     # -- prune, (latency: measure and tighten), reconstruct, verify -----------------------------
     with timer("prune"):
         pruned = prune_channels(model, trace, plan)
-        after = model_cost(pruned, shapes or None)
     speed = None
     if table is not None:
         with timer("latency_check"):
             plan, pruned, speed = meet_speedup(
-                model, plan, pruned, lambda b: allocate_to(b), lambda p: prune_channels(model, trace, p), budget,
+                model, plan, pruned, allocate_to, lambda p: prune_channels(model, trace, p), budget,
                 opts.target, opts.latency_batches, opts.threads, shapes)
-            after = model_cost(pruned, shapes or None)
             speed["table"] = table.summary()
-    else:
+    with timer("prune"):
+        after = model_cost(pruned, shapes or None)
+    if table is None:
         real = after.macs if opts.metric == "macs" else after.params
         if real > budget * (1 + 1e-6):
             raise AssertionError(f"pruned {opts.metric} {real} exceed the budget {budget:.0f} the allocator promised")
