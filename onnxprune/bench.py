@@ -384,14 +384,14 @@ def compare_latency(models: Sequence[onnx.ModelProto], *, batch: int = 1, thread
 
 # ---- the command --------------------------------------------------------------------------------
 
-def parse_batches(spec: str) -> list[int]:
-    """"1,8,32" → [1, 8, 32]; anything else (zero, negative, not a number) is an InputError."""
+def parse_batches(spec: str, option: str = "--batch") -> list[int]:
+    """"1,8,32" → [1, 8, 32]; anything else (zero, negative, not a number) is an InputError naming ``option``."""
     try:
         batches = [int(b) for b in spec.split(",") if b.strip()]
         if not batches or any(b <= 0 for b in batches):
             raise ValueError
     except ValueError:
-        raise InputError(f"bad --batch '{spec}': expected positive sizes separated by commas, e.g. 1,8,32") from None
+        raise InputError(f"bad {option} '{spec}': expected positive sizes separated by commas, e.g. 1,8,32") from None
     return list(dict.fromkeys(batches))
 
 

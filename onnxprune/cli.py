@@ -94,7 +94,7 @@ def compress(model, outdir, target, metric, calib, calib_samples, preprocess, in
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
                            preprocess=preprocess, input_size=input_size, sparsity=sparsity, int8=int8,
                            quant_preset=quant_preset, calib_method=calib_method, threads=threads,
-                           latency_batches=tuple(parse_batches(latency_batches)))
+                           latency_batches=tuple(parse_batches(latency_batches, "--latency-batches")))
     console = Console(stderr=as_json)
     with progress_factory(console, enabled=not as_json) as progress:
         report = run(model, outdir, opts, progress=progress)

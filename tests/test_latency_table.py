@@ -164,7 +164,7 @@ def test_compress_metric_latency_reports_measured_speedups(tmp_path, capsys, mon
 def test_bad_latency_batches_exit_2(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--metric", "latency",
                            "--latency-batches", "1,0", "-o", tmp_path)
-    assert code == 2 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1 and "bad --latency-batches '1,0'" in err
 
 
 def test_next_budget_interpolates_inside_a_bracket():
