@@ -29,6 +29,7 @@ CONFIGS = {
     "magnitude+global": ["--criterion", "magnitude", "--allocation", "global", "--no-reconstruct"],
     "obs+dp": ["--no-reconstruct"],
     "obs+dp+reconstruct": [],
+    "obs+dp+search+reconstruct": ["--search-evals", "32"],
 }
 
 

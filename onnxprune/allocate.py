@@ -9,7 +9,7 @@ programming over discretized savings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +83,12 @@ def allocate_global(choices: list[GroupChoice], saving: float) -> dict[int, int]
     return widths
 
 
-def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000) -> dict[int, int]:
-    """Min Σ error subject to Σ linearized saving ≥ ``saving`` (knapsack over discretized savings).
+def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
+                weights: Mapping[int, float] | None = None) -> dict[int, int]:
+    """Min Σ c_g·error_g subject to Σ linearized saving ≥ ``saving`` (knapsack over discretized savings).
 
     best[t] is the least error reaching saving bucket t (bucket ``buckets`` means "at least the target").
+    ``weights``: the per-group multipliers c_g (default 1) that ``search_allocation`` tunes.
     """
     top = buckets
     unit = max(saving, 1e-9) / top
@@ -95,7 +97,7 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000) 
     trail = []
     for c in choices:
         ks = c.widths()
-        errs = np.array([c.error(int(k)) for k in ks])
+        errs = np.array([c.error(int(k)) for k in ks]) * (weights.get(c.group, 1.0) if weights else 1.0)
         gains = np.minimum(np.floor((c.size - ks) * c.saving_per_channel / unit + 1e-9).astype(int), top)
         new = np.full(top + 1, np.inf)
         choice = np.zeros(top + 1, int)
@@ -134,14 +136,51 @@ def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[
             f"target unreachable: {metric} can go down to {fmt(floor_cost)} at most "
             f"({base_cost / max(floor_cost, 1e-12):.2f}x), the target needs {fmt(budget)} ({base_cost / budget:.2f}x)")
     saving = base_cost - budget
-    best = None
+    best, previous, boost = None, None, 1.0
     for _ in range(40):
         widths = propose(saving)
         cost = cost_of(widths)
         if cost <= budget * (1 + 1e-9):
             best = (widths, cost)
             break
-        saving += max(cost - budget, 1e-6 * base_cost) * 1.05
+        # an overshoot smaller than the proposer's resolution leaves its answer unchanged: step up faster
+        boost = boost * 2.0 if widths == previous else 1.0
+        previous = widths
+        saving += max(cost - budget, 1e-6 * base_cost) * 1.05 * boost
     if best is None:
         raise TargetUnreachableError(f"could not meet the {metric} target {fmt(budget)}; best reached {fmt(cost)}")
     return best
+
+
+def search_allocation(groups: list[int], propose: Callable[[dict[int, float]], dict[int, int]],
+                      damage: Callable[[dict[int, int]], float], evals: int, seed: int = 0,
+                      step: float = 1.0) -> tuple[dict[int, int], dict]:
+    """SPDY-style search: tune the per-group weights c_g of the DP objective Σ c_g·e_g(k_g) by the real damage.
+
+    The error curves are per group, measured or estimated one group at a time, and damages do not add up;
+    so each candidate c (log c_g perturbed by N(0, ``step``²) on a random subset of groups, the subset
+    shrinking from half the groups to one over the search) is turned into widths by ``propose`` (the DP at
+    the budget) and scored by ``damage`` (the whole plan applied, end to end). Starts at c = 1, keeps the
+    best: never worse than the plain DP on what ``damage`` measures. Returns (widths, search record).
+    """
+    rng = np.random.default_rng(seed)
+    log_c = np.zeros(len(groups))
+    widths = propose({g: 1.0 for g in groups})
+    best, seen = damage(widths), {}
+    seen[tuple(sorted(widths.items()))] = best
+    record = {"evaluations": 1, "initial_damage": best, "accepted": 0}
+    for i in range(1, evals):
+        share = 0.5 * (1.0 - i / evals)
+        picked = rng.choice(len(groups), max(1, int(round(share * len(groups)))), replace=False)
+        cand = log_c.copy()
+        cand[picked] += rng.normal(0.0, step, len(picked))
+        cand_widths = propose(dict(zip(groups, np.exp(cand), strict=True)))
+        key = tuple(sorted(cand_widths.items()))
+        if key not in seen:
+            seen[key] = damage(cand_widths)
+            record["evaluations"] += 1
+        if seen[key] < best:
+            best, log_c, widths = seen[key], cand, cand_widths
+            record["accepted"] += 1
+    record["damage"] = best
+    return widths, record

@@ -59,6 +59,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--criterion", type=click.Choice(["obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation",
                                                 "apoz", "random"]), default="obs", show_default=True)
 @click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
+@click.option("--search-evals", default=0, show_default=True, metavar="N", help="dp: after the DP, search its "
+              "per-group weights by the whole plan's measured damage on calibration data (N evaluations; 0: off).")
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers.")
 @click.option("--round-to", type=int, help="Keep every group's width a multiple of N (default 1; 16 with --metric "
               "latency: other widths fall off onnxruntime's 16-channel blocked CPU convolutions).")
@@ -80,7 +82,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def compress(model, outdir, target, metric, calib, calib_samples, preprocess, input_size, criterion, allocation,
-             no_reconstruct, round_to, threads, latency_batches, max_drop, exclude, stats_dtype, sparsity, int8,
+             search_evals, no_reconstruct, round_to, threads, latency_batches, max_drop, exclude, stats_dtype, sparsity, int8,
              quant_preset, calib_method, seed, input_shapes, as_json) -> None:
     """Prune MODEL to --target with calibration-aware scores and reconstruction."""
     from .bench import parse_batches
@@ -89,7 +91,8 @@ def compress(model, outdir, target, metric, calib, calib_samples, preprocess, in
     from .summary import print_summary, progress_factory
 
     opts = CompressOptions(target=parse_target(target), metric=metric, calib=calib, calib_samples=calib_samples,
-                           criterion=criterion, allocation=allocation, reconstruct=not no_reconstruct,
+                           criterion=criterion, allocation=allocation, search_evals=search_evals,
+                           reconstruct=not no_reconstruct,
                            round_to=round_to, max_drop=max_drop, exclude=exclude, seed=seed,
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
                            preprocess=preprocess, input_size=input_size, sparsity=sparsity, int8=int8,

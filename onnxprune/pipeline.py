@@ -27,6 +27,7 @@ from .allocate import (
     allocate_uniform,
     fit_to_target,
     plan_from_widths,
+    search_allocation,
 )
 from .calibration.collect import collect_statistics
 from .calibration.readers import CalibrationSet, load_calibration
@@ -39,10 +40,10 @@ from .layers import initializer_dict, linear_layers
 from .modelio import load_model, save_model, write_text_atomic
 from .passes.normalize import normalize
 from .passes.prune_channels import prune_channels
-from .passes.reconstruct import reconstruct
+from .passes.reconstruct import compensate_locally, reconstruct
 from .passes.sparsify import sparsify
 from .quantize import quantize_model
-from .sensitivity import measured_rankings
+from .sensitivity import measured_rankings, output_damage
 from .shapes import Shape
 from .sparsity import sparsity_option
 from .tracer import trace_channels
@@ -74,6 +75,7 @@ class CompressOptions:
     damp: float = 0.01  # OBS: λ = damp·mean(diag H)
     sensitivity: str = "scaled"  # allocation curves: criterion curve at the measured level ("scaled"), "measured", "estimated"
     sensitivity_samples: int = 32
+    search_evals: int = 0  # SPDY-style search of the DP weights by the whole plan's measured damage (0: off)
     woodfisher_rows: int = 2048  # `woodfisher`: input rows sampled per consumer for the Woodbury inverse
     refit_samples: int = 256  # calibration samples the least-squares refit reads (two ORT passes per stage)
     sparsity: str | None = None  # "2:4" / "N:M" (N zeros in every M input channels) or a fraction "0.5"
@@ -206,11 +208,19 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                                               hessians=hessians, bn_scales=norm.bn_scales, channel_stats=channel_stats,
                                               seed=opts.seed, damp=opts.damp, rows=rows, inverses=inverses)
         warnings.extend(rank_warnings)
+
+    def compensator(try_plan, pruned_try) -> None:
+        """Damage is measured after OBS compensation from the dense Hessians (``compensate_locally``): what the
+        refit repairs anyway no longer counts, so the curves follow what reconstruction leaves."""
+        k_in, k_out = _kept_in_out(trace, layers, try_plan)
+        compensate_locally(model, pruned_try, hessians, rows, k_in, k_out)
+
     if calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible:
         with timer("sensitivity"):
             feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)))
             rankings = measured_rankings(model, trace, eligible, rankings, feeds, mode=opts.sensitivity,
-                                         progress=progress("sensitivity", len(eligible)) if progress else None)
+                                         progress=progress("sensitivity", len(eligible)) if progress else None,
+                                         compensate=compensator if hessians else None)
 
     # -- allocation ----------------------------------------------------------------------------
     pattern = sparsity_option(opts.sparsity)
@@ -254,9 +264,32 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                 widths, _ = _fit_uniform(choices, cost_of, budget, floor, metric_base, opts.metric)
             else:
                 allocate = allocate_dp if opts.allocation == "dp" else allocate_global
-                widths, _ = fit_to_target(lambda s: allocate(choices, s), cost_of, metric_base, budget, floor,
-                                          opts.metric)
+
+                def propose(weights=None):
+                    fit = (lambda s: allocate_dp(choices, s, weights=weights)) if weights else \
+                        (lambda s: allocate(choices, s))
+                    return fit_to_target(fit, cost_of, metric_base, budget, floor, opts.metric)[0]
+
+                if search_feeds is not None:
+                    widths, search_record = search_allocation([c.group for c in choices], propose, plan_damage,
+                                                              opts.search_evals, opts.seed)
+                    searches.append(search_record)
+                else:
+                    widths = propose()
             return plan_from_widths(choices, widths)
+
+        searches: list[dict] = []
+        search_feeds = None
+        if calib is not None and opts.search_evals > 1 and opts.allocation == "dp" and choices:
+            search_feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)))
+            search_dense = run_all(model, [search_feeds])
+
+            def plan_damage(widths) -> float:
+                try_plan = plan_from_widths(choices, widths)
+                pruned_try = prune_channels(model, trace, try_plan, infer=False)
+                if hessians:
+                    compensator(try_plan, pruned_try)
+                return output_damage(search_dense, run_all(pruned_try, [search_feeds]))
 
         budget = metric_base / opts.target
         plan = allocate_to(budget)
@@ -291,10 +324,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     if calib is not None and opts.reconstruct and plan:
         with timer("reconstruct"):
             kept = trace.kept_channels(plan)
-            kept_out = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items()
-                        if trace.space_of(lay.output) is not None}
-            kept_in = {n: kept[trace.space_of(lay.input)] for n, lay in layers.items()
-                       if trace.space_of(lay.input) is not None}
+            kept_in, kept_out = _kept_in_out(trace, layers, plan)
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
@@ -338,6 +368,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         "metric": opts.metric,
         "criterion": criterion,
         "allocation": opts.allocation,
+        "search": searches[-1] if searches else None,
         "reconstruct": bool(refit),
         "calibration": None if calib is None else {"source": calib.source, "samples": calib.n_calib(),
                                                     "holdout": calib.n_holdout()},
@@ -365,6 +396,14 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         if drop > opts.max_drop:
             raise QualityGateError(f"quality gate failed: {key} {value:.4f} dropped by {drop:.4f} > --max-drop {opts.max_drop}")
     return report
+
+
+def _kept_in_out(trace, layers, plan) -> tuple[dict, dict]:
+    """Per linear layer, the dense input / output channels ``plan`` keeps (layers on traced channels only)."""
+    kept = trace.kept_channels(plan)
+    ins = {n: kept[trace.space_of(lay.input)] for n, lay in layers.items() if trace.space_of(lay.input) is not None}
+    outs = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items() if trace.space_of(lay.output) is not None}
+    return ins, outs
 
 
 def _controlled(trace, groups, exact_cost, base: float) -> dict[int, float]:

@@ -36,11 +36,12 @@ def output_damage(dense: list[np.ndarray], other: list[np.ndarray]) -> float:
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
                       rankings: Mapping[int, GroupRanking], feeds: Mapping[str, np.ndarray],
                       fractions: tuple[float, ...] | None = None, mode: str = "measured",
-                      progress: Callable[[int], None] | None = None) -> dict[int, GroupRanking]:
+                      progress: Callable[[int], None] | None = None,
+                      compensate: Callable[[dict, onnx.ModelProto], None] | None = None) -> dict[int, GroupRanking]:
     """Rankings with the same channel order and an error curve from measured damage: interpolated
     (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``)."""
     def run(m: onnx.ModelProto) -> list[np.ndarray]:
-        return run_all(m, [feeds], optimize=False)
+        return run_all(m, [feeds])
 
     # the rescaled curve needs only its level: two points do; an interpolated curve needs three
     fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
@@ -54,7 +55,10 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             if removed <= 0 or removed / g.size in xs:
                 continue
             plan = {g.id: np.sort(r.order[removed:])}
-            ys.append(output_damage(dense, run(prune_channels(model, trace, plan, infer=False))))
+            pruned = prune_channels(model, trace, plan, infer=False)
+            if compensate is not None:
+                compensate(plan, pruned)
+            ys.append(output_damage(dense, run(pruned)))
             xs.append(removed / g.size)
         xs.append(1.0)
         ys.append(max(ys[-1] * 2.0, ys[-1] + 1e-9) if len(ys) > 1 else 1.0)  # emptying the group: worst

@@ -263,3 +263,46 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
             model.graph.initializer.append(numpy_helper.from_array(flat, name))
             node.input.append(name)
     return cand
+
+
+def compensate_locally(dense: onnx.ModelProto, pruned: onnx.ModelProto, hessians: Mapping[str, np.ndarray],
+                       rows: Mapping[str, int], kept_in: Mapping[str, np.ndarray],
+                       kept_out: Mapping[str, np.ndarray], ridge: float = 1e-3, shrink: float = 1.0) -> list[str]:
+    """OBS compensation of every layer that lost input channels, from the dense Hessians alone (no ORT pass).
+
+    For such a layer with kept input features K (conv: each kept channel's kernel taps) and dense Hessian H,
+    the least-squares fit on the dense inputs of the kept channels (the *local* refit, which also is what
+    OBS's update does when it removes the others) is
+
+        W'_K = W_d H_{:,K} (H_KK + λI)⁻¹,   λ = (ridge + shrink·|K|/rows)·mean diag H_KK,
+
+    written into ``pruned`` in place (bias untouched). Cheap enough to score many candidate plans with;
+    the sequential ``reconstruct`` remains the real repair. Layers whose Hessian is missing, grouped
+    convs and those whose inputs are all kept are left alone. Returns the compensated layers.
+    """
+    d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
+    d_inits, p_tensors = initializer_dict(dense), {t.name: t for t in pruned.graph.initializer}
+    done = []
+    for name, kept in kept_in.items():
+        dl, pl = d_layers.get(name), p_layers.get(name)
+        if dl is None or pl is None or name not in hessians or dl.groups > 1:
+            continue
+        wd = dl.matrix(d_inits[dl.weight])[0].astype(np.float64)  # [out, features]
+        channels = dl.in_per_group if dl.op == "Conv" else wd.shape[1]
+        if len(kept) >= channels:
+            continue
+        taps = wd.shape[1] // channels
+        cols = (np.asarray(kept)[:, None] * taps + np.arange(taps)).reshape(-1)
+        if name in kept_out:
+            wd = wd[np.asarray(kept_out[name])]
+        h = np.asarray(hessians[name][0], np.float64)
+        h_kk = h[np.ix_(cols, cols)]
+        lam = (ridge + shrink * len(cols) / max(rows.get(name, 1), 1)) * max(float(np.mean(np.diag(h_kk))), 1e-12)
+        new = np.linalg.solve(h_kk + lam * np.eye(len(cols)), (wd @ h[:, cols]).T).T
+        stored = numpy_helper.to_array(p_tensors[pl.weight])
+        if pl.matrix(stored).shape != (1, *new.shape):
+            continue
+        p_tensors[pl.weight].CopyFrom(numpy_helper.from_array(pl.unmatrix(new[None], stored).astype(stored.dtype),
+                                                              pl.weight))
+        done.append(name)
+    return done

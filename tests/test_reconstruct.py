@@ -86,3 +86,46 @@ def test_refit_falls_back_to_local_when_the_drift_does_not_generalize():
     mix = [np.eye(5) + 0.8 * rng.normal(size=(5, 5)) for _ in range(2)]
     fit, wd, w0 = _gemm_fit([0, 1, 2, 4, 6], rng, lambda x, half: x @ mix[half])
     assert fit.choose(wd, w0, ridge=1e-6) == ("local", 1.0)
+
+
+def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
+    """compensate_locally (dense Hessians only) = numpy lstsq of the dense outputs on the kept input features."""
+    from onnx import numpy_helper
+    from onnxprune.calibration.collect import HessianSum
+    from onnxprune.passes.prune_channels import prune_channels
+    from onnxprune.passes.reconstruct import compensate_locally
+
+    from onnxprune.tracer import trace_channels
+
+    model, batches = _model_and_batches("residual_add", 4)
+    layers = linear_layers(model)
+    trace = trace_channels(model)
+    group = max(trace.prunable_groups(), key=lambda g: g.size)
+    plan = {group.id: np.arange(0, group.size, 2)}
+    kept = trace.kept_channels(plan)
+    k_in = {n: kept[trace.space_of(lay.input)] for n, lay in layers.items() if trace.space_of(lay.input) is not None}
+    k_out = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items() if trace.space_of(lay.output) is not None}
+    taps = sorted({lay.input for lay in layers.values()})
+    sess, need = tapped_session(model, taps)
+    acts = [dict(zip(taps, sess.run(taps, {k: v for k, v in f.items() if k in need}), strict=True)) for f in batches]
+    sums = {n: HessianSum(lay) for n, lay in layers.items()}
+    for a in acts:
+        for n, lay in layers.items():
+            sums[n].add(a[lay.input])
+    hessians = {n: s.hessian() for n, s in sums.items()}
+    rows = {n: s.n for n, s in sums.items()}
+    pruned = prune_channels(model, trace, plan, infer=False)
+    done = compensate_locally(model, pruned, hessians, rows, k_in, k_out, ridge=1e-12, shrink=0.0)
+    assert done  # the group feeds at least one layer
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    p_inits = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    for name in done:
+        lay = layers[name]
+        x = np.concatenate([lay.features(a[lay.input].astype(np.float64))[0] for a in acts])  # [rows, features]
+        wd = lay.matrix(inits[lay.weight])[0].astype(np.float64)
+        taps_per = wd.shape[1] // (lay.in_per_group if lay.op == "Conv" else wd.shape[1])
+        cols = (np.asarray(k_in[name])[:, None] * taps_per + np.arange(taps_per)).reshape(-1)
+        out_rows = np.asarray(k_out.get(name, np.arange(len(wd))))
+        want = np.linalg.lstsq(x[:, cols], x @ wd[out_rows].T, rcond=None)[0].T
+        got = linear_layers(pruned)[name].matrix(p_inits[lay.weight])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
