@@ -209,11 +209,11 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                                               seed=opts.seed, damp=opts.damp, rows=rows, inverses=inverses)
         warnings.extend(rank_warnings)
 
-    def compensator(try_plan, pruned_try) -> None:
+    def compensator(try_plan, pruned_try) -> list[str]:
         """Damage is measured after OBS compensation from the dense Hessians (``compensate_locally``): what the
         refit repairs anyway no longer counts, so the curves follow what reconstruction leaves."""
         k_in, k_out = _kept_in_out(trace, layers, try_plan)
-        compensate_locally(model, pruned_try, hessians, rows, k_in, k_out)
+        return compensate_locally(model, pruned_try, hessians, rows, k_in, k_out)
 
     if calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible:
         with timer("sensitivity"):
@@ -330,6 +330,9 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             bar = progress("reconstruction", None) if progress else None
             refit = reconstruct(model, pruned, kept_out, changed, refit_feeds, ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in)
+    elif hessians and plan:  # --no-reconstruct: still OBS's own compensation (no calibration pass needed)
+        with timer("compensate"):
+            refit = {n: "obs compensation" for n in compensator(plan, pruned)}
     sparse_report = None
     if pattern is not None:
         with timer("sparsify"):
@@ -369,7 +372,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         "criterion": criterion,
         "allocation": opts.allocation,
         "search": searches[-1] if searches else None,
-        "reconstruct": bool(refit),
+        "reconstruct": opts.reconstruct and bool(refit),
         "calibration": None if calib is None else {"source": calib.source, "samples": calib.n_calib(),
                                                     "holdout": calib.n_holdout()},
         "input_shapes": base.input_shapes,

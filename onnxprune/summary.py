@@ -37,7 +37,7 @@ def print_summary(console: Console, r: dict) -> None:
     console.print(f"MACs {human(d['macs'])} → {human(p['macs'])} ({r['achieved']['macs']:.2f}x)   "
                   f"params {human(d['params'])} → {human(p['params'])} ({r['achieved']['params']:.2f}x)   "
                   f"target {r['target']:g}x {r['metric']}, {r['criterion']} + {r['allocation']}"
-                  f"{' + reconstruction' if r['reconstruct'] else ''}")
+                  f"{' + reconstruction' if r['reconstruct'] else ' + OBS compensation' if r.get('refit_layers') else ''}")
     lat = r.get("latency")
     if lat:
         console.print("measured ORT CPU speedup (side by side, median): " + ", ".join(

@@ -184,3 +184,19 @@ def test_fit_to_target_steps_past_a_coarse_proposer():
 
     widths, cost = fit_to_target(propose, lambda w: 100_000 - w[0], 100_000, 50_999, 0, "macs")
     assert cost <= 50_999 and widths == {0: 50_000}
+
+
+def test_no_reconstruct_keeps_obs_compensation_and_it_helps(tmp_path, capsys):
+    """--no-reconstruct skips the calibration refit, not OBS's own update: obs compensates, magnitude cannot."""
+    reports = {}
+    for criterion in ("obs", "magnitude"):
+        code, out, _ = run_cli(capsys, "compress", MODEL, "--calib", CALIB, "--calib-samples", "128", "--target", "1.5x",
+                               "--criterion", criterion, "--no-reconstruct", "--no-int8", "-o", tmp_path / criterion,
+                               "--json")
+        assert code == 0
+        reports[criterion] = json.loads(out)
+    obs = reports["obs"]
+    assert obs["reconstruct"] is False and obs["refit_layers"]
+    assert set(obs["refit_layers"].values()) == {"obs compensation"}
+    assert reports["magnitude"]["refit_layers"] == {}
+    assert obs["fidelity"]["logits"]["top1_agreement"] > 0.8  # sliced without compensation it is far lower

@@ -126,6 +126,6 @@ def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
         taps_per = wd.shape[1] // (lay.in_per_group if lay.op == "Conv" else wd.shape[1])
         cols = (np.asarray(k_in[name])[:, None] * taps_per + np.arange(taps_per)).reshape(-1)
         out_rows = np.asarray(k_out.get(name, np.arange(len(wd))))
-        want = np.linalg.lstsq(x[:, cols], x @ wd[out_rows].T, rcond=None)[0].T
         got = linear_layers(pruned)[name].matrix(p_inits[lay.weight])[0]
+        want = np.linalg.lstsq(x[:, cols], x @ wd[out_rows].T, rcond=None)[0].T
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
