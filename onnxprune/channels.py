@@ -202,6 +202,13 @@ class Trace:
             out[sid] = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         return out
 
+    def layer_kept(self, layers, plan: dict[int, np.ndarray]) -> tuple[dict, dict]:
+        """Per linear layer ({name: LinearLayer}), the dense input / output channels ``plan`` keeps (traced only)."""
+        kept = self.kept_channels(plan)
+        ins = {n: kept[self.space_of(lay.input)] for n, lay in layers.items() if self.space_of(lay.input) is not None}
+        outs = {n: kept[self.space_of(lay.output)] for n, lay in layers.items() if self.space_of(lay.output) is not None}
+        return ins, outs
+
     def predict_macs(self, node_macs: dict[str, int], plan: dict[int, np.ndarray]) -> float:
         """MACs after applying ``plan``: each node's MACs times the kept fraction of the spaces it scales with."""
         kept = self.kept_channels(plan)

@@ -212,7 +212,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     def compensator(try_plan, pruned_try) -> list[str]:
         """Damage is measured after OBS compensation from the dense Hessians (``compensate_locally``): what the
         refit repairs anyway no longer counts, so the curves follow what reconstruction leaves."""
-        k_in, k_out = _kept_in_out(trace, layers, try_plan)
+        k_in, k_out = trace.layer_kept(layers, try_plan)
         return compensate_locally(model, pruned_try, hessians, rows, k_in, k_out)
 
     if calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible:
@@ -324,7 +324,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     if calib is not None and opts.reconstruct and plan:
         with timer("reconstruct"):
             kept = trace.kept_channels(plan)
-            kept_in, kept_out = _kept_in_out(trace, layers, plan)
+            kept_in, kept_out = trace.layer_kept(layers, plan)
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
@@ -399,14 +399,6 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         if drop > opts.max_drop:
             raise QualityGateError(f"quality gate failed: {key} {value:.4f} dropped by {drop:.4f} > --max-drop {opts.max_drop}")
     return report
-
-
-def _kept_in_out(trace, layers, plan) -> tuple[dict, dict]:
-    """Per linear layer, the dense input / output channels ``plan`` keeps (layers on traced channels only)."""
-    kept = trace.kept_channels(plan)
-    ins = {n: kept[trace.space_of(lay.input)] for n, lay in layers.items() if trace.space_of(lay.input) is not None}
-    outs = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items() if trace.space_of(lay.output) is not None}
-    return ins, outs
 
 
 def _controlled(trace, groups, exact_cost, base: float) -> dict[int, float]:
