@@ -99,7 +99,7 @@ class BiasCorrector:
         self.prepared = prepared
         self.builder = builder
         self.slots = bias_slots(prepared)
-        batch = 32
+        batch = 8  # every quantized layer's float and INT8 outputs of a batch are held at once (1.6 GB at 32)
         self.batches = list(itertools.islice(calib.batches("calib", batch), max(1, math.ceil(samples / batch))))
         self.last: dict = {}
 
