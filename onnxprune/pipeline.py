@@ -263,11 +263,9 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             if opts.allocation == "uniform":
                 widths, _ = _fit_uniform(choices, cost_of, budget, floor, metric_base, opts.metric)
             else:
-                allocate = allocate_dp if opts.allocation == "dp" else allocate_global
-
-                def propose(weights=None):
-                    fit = (lambda s: allocate_dp(choices, s, weights=weights)) if weights else \
-                        (lambda s: allocate(choices, s))
+                def propose(weights=None):  # ``weights``: the DP's per-group multipliers (the search's)
+                    fit = (lambda s: allocate_dp(choices, s, weights=weights)) if opts.allocation == "dp" else \
+                        (lambda s: allocate_global(choices, s))
                     return fit_to_target(fit, cost_of, metric_base, budget, floor, opts.metric)[0]
 
                 if search_feeds is not None:

@@ -2,8 +2,10 @@
 
 Layer-local error estimates (OBS) say how well a consumer can absorb a removal, not how the damage
 propagates to the outputs; early high-resolution groups look cheap locally and are not. So each group is
-pruned *alone* (in its ranking order) to a few widths and the dense-vs-pruned output damage is measured
-on a few calibration batches; the allocator then uses these end-to-end curves:
+pruned *alone* (in its ranking order) to a few widths, its consumers get the compensation the pipeline
+will give them anyway (``compensate``: OBS's update from the dense Hessians; sliced alone, a group's
+damage is mostly what that update repairs), and the dense-vs-pruned output damage is measured on a few
+calibration batches; the allocator then uses these end-to-end curves:
 
     damage = mean KL(softmax(dense) ‖ softmax(pruned))  for classifier outputs,
              ‖y − y_dense‖² / ‖y_dense‖²                 otherwise (summed over outputs).
@@ -37,9 +39,10 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
                       rankings: Mapping[int, GroupRanking], feeds: Mapping[str, np.ndarray],
                       fractions: tuple[float, ...] | None = None, mode: str = "measured",
                       progress: Callable[[int], None] | None = None,
-                      compensate: Callable[[dict, onnx.ModelProto], None] | None = None) -> dict[int, GroupRanking]:
+                      compensate: Callable[[dict, onnx.ModelProto], object] | None = None) -> dict[int, GroupRanking]:
     """Rankings with the same channel order and an error curve from measured damage: interpolated
-    (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``)."""
+    (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``).
+    ``compensate(plan, pruned)`` edits each trial model in place before it runs."""
     def run(m: onnx.ModelProto) -> list[np.ndarray]:
         return run_all(m, [feeds])
 
