@@ -258,14 +258,15 @@ def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits:
             if vals:
                 scores = sum(v / max(v.mean(), 1e-30) for v in vals)
         elif criterion == "fpgm":
-            rows = _member_channel_values(trace, g, inits, node_inputs, roles=("producer",))
-            if rows:
-                scores = fpgm_scores(rows)
+            members = _member_channel_values(trace, g, inits, node_inputs, roles=("producer",))
+            if members:
+                scores = fpgm_scores(members)
         if scores is None:
             if criterion not in ("magnitude", "magnitude-l1", "obs", "woodfisher", "fpgm"):
                 warnings.append(f"group {g.id}: no data for '{criterion}', ranked by magnitude")
-            rows = _member_channel_values(trace, g, inits, node_inputs)
-            scores = magnitude_scores(rows, p=1 if criterion == "magnitude-l1" else 2) if rows else rng.random(g.size)
+            members = _member_channel_values(trace, g, inits, node_inputs)
+            scores = magnitude_scores(members, p=1 if criterion == "magnitude-l1" else 2) if members \
+                else rng.random(g.size)
         order, err = _curve(np.asarray(scores, np.float64))
         err[-1] = np.inf
         rankings[g.id] = GroupRanking(g.id, order, err)

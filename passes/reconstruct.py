@@ -98,7 +98,7 @@ class GramSums:
         out.rows = self.rows + other.rows
         for key in ("pp", "dp", "kk", "dk"):
             a, b = getattr(self, key), getattr(other, key)
-            setattr(out, key, None if a is None or b is None else a + b)
+            setattr(out, key, b if a is None else a if b is None else a + b)  # one batch: the second half is empty
         return out
 
 
