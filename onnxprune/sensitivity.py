@@ -70,7 +70,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             est = r.error[:-1]
             ratios = [y / est[int(round(x * g.size))] for x, y in zip(xs[1:-1], ys[1:-1], strict=True)
                       if est[int(round(x * g.size))] > 0]
-            curve = r.error * (float(np.mean(ratios)) if ratios else 1.0)
+            curve = np.append(est * (float(np.mean(ratios)) if ratios else 1.0), np.inf)  # not inf·0 when no damage
         curve[-1] = np.inf
         out[g.id] = GroupRanking(g.id, r.order, curve)
         if progress:

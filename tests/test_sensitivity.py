@@ -34,3 +34,24 @@ def test_measured_curves_monotone_and_order_kept():
             assert curve[0] == 0 and np.isinf(curve[-1]) and np.all(np.diff(curve[:-1]) >= 0)
             np.testing.assert_array_equal(measured[g.id].order, rankings[g.id].order)
         assert any(measured[g.id].error[g.size // 2] > 0 for g in groups)
+
+
+def test_scaled_curve_of_a_harmless_group_is_zero_without_warnings(monkeypatch):
+    """A group whose measured damage is 0 (dead channels) scales its curve by 0: finite, no inf·0 warning."""
+    import warnings
+
+    import onnxprune.sensitivity as sensitivity
+    from onnxprune.criteria import GroupRanking
+
+    monkeypatch.setattr(sensitivity, "output_damage", lambda dense, other: 0.0)
+
+    model, _ = normalize(synthetic.build("residual_add"))
+    trace = trace_channels(model)
+    g = trace.prunable_groups()[0]
+    ranking = {g.id: GroupRanking(g.id, np.arange(g.size), np.append(np.linspace(0, 1, g.size), np.inf))}
+    feeds = synthetic.random_inputs(model, batch=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = measured_rankings(model, trace, [g], ranking, feeds, mode="scaled",
+                                compensate=lambda plan, pruned: None)[g.id]
+    assert np.all(out.error[:-1] == 0.0) and np.isinf(out.error[-1])
