@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -156,15 +157,38 @@ def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str,
                          f"({', '.join(names)}): use a .npz with one key per input")
     try:
         if kind == "npy":  # memory-mapped: only the samples used are read
-            full = {names[0]: np.load(path, mmap_mode="r", allow_pickle=False)}
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            parts = {names[0]: (arr, len(arr) if arr.ndim else 0)}
         else:
             with np.load(path, allow_pickle=False) as npz:
                 _missing(inputs, npz.files)
-                full = {k: npz[k] for k in names}
-    except (OSError, ValueError, EOFError) as e:  # not a zip, truncated, object arrays...
+                parts = {k: _npz_rows(npz, k, need) for k in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, truncated, object arrays...
         raise InputError(f"cannot read {path} as .{kind}: {type(e).__name__}: {e}") from None
-    n = _same_counts(full)
-    return {k: np.array(v[:need] if v.ndim else v) for k, v in full.items()}, f"{path} ({kind}, {n} samples)"
+    n = _check_counts({k: c for k, (_, c) in parts.items()})
+    return {k: np.array(v[:need] if v.ndim else v) for k, (v, _) in parts.items()}, f"{path} ({kind}, {n} samples)"
+
+
+def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
+    """(the first ``rows`` samples of ``npz[key]``, its full sample count) without decompressing the rest.
+
+    A C-ordered .npy inside the zip holds its samples in order, so the first ones are a prefix of its
+    data: a 1656-photo calibration file read for 512 samples costs a third of the time and memory.
+    Other layouts (Fortran order, object or 0-d arrays) are read whole.
+    """
+    with npz.zip.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+        shape, fortran, dtype = read_header(f)
+        if fortran or dtype.hasobject or not shape:
+            whole = npz[key]
+            return whole, len(whole) if whole.ndim else 0
+        count = min(rows, shape[0])
+        size = count * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        data = f.read(size)
+        if len(data) != size:
+            raise EOFError(f"'{key}' is truncated")
+        return np.frombuffer(data, dtype).reshape((count, *shape[1:])), shape[0]
 
 
 def _missing(inputs, keys) -> None:
@@ -175,7 +199,10 @@ def _missing(inputs, keys) -> None:
 
 
 def _same_counts(arrays: Mapping[str, np.ndarray]) -> int:
-    counts = {k: (len(v) if np.ndim(v) else 0) for k, v in arrays.items()}
+    return _check_counts({k: (len(v) if np.ndim(v) else 0) for k, v in arrays.items()})
+
+
+def _check_counts(counts: Mapping[str, int]) -> int:
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"'{k}' {c}" for k, c in counts.items())
         raise InputError(f"calibration inputs have different sample counts: {detail}")

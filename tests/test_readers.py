@@ -394,3 +394,29 @@ def test_images_errors(tmp_path, pil, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(InputError, match=r"needs Pillow: pip install 'onnxprune\[images\]'"):
         load_calibration(str(tmp_path), model)
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_npz_reads_only_the_samples_it_needs_and_equals_a_full_read(tmp_path, compressed):
+    """The prefix reader (C-ordered members) and the whole-array fallback (Fortran order) give the same rows."""
+    model = make_model(("x", TensorProto.FLOAT, ["N", 3, 4]), ("ids", TensorProto.INT64, ["N", 5]),
+                       ("f", TensorProto.FLOAT, ["N", 6]))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3, 4)).astype(np.float32)
+    ids = rng.integers(0, 1000, size=(100, 5))
+    f = np.asfortranarray(rng.normal(size=(100, 6)).astype(np.float32))
+    path = tmp_path / "c.npz"
+    (np.savez_compressed if compressed else np.savez)(path, x=x, ids=ids, f=f, labels=np.arange(100))
+    cal = load_calibration(str(path), model, samples=10, holdout=5)
+    for key, full in (("x", x), ("ids", ids), ("f", f)):
+        np.testing.assert_array_equal(cal.calib[key], full[:10])
+        np.testing.assert_array_equal(cal.holdout[key], full[10:15])
+    assert "100 samples" in cal.source
+
+
+def test_npz_members_of_different_lengths_are_still_refused(tmp_path):
+    model = make_model(("a", TensorProto.FLOAT, ["N", 2]), ("b", TensorProto.FLOAT, ["N", 2]))
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, a=np.zeros((8, 2), np.float32), b=np.zeros((9, 2), np.float32))
+    with pytest.raises(InputError, match="different sample counts: 'a' 8, 'b' 9"):
+        load_calibration(str(path), model, samples=2, holdout=1)
