@@ -144,6 +144,7 @@ def prepare_float_model(model: onnx.ModelProto, path: Path, warnings: list[str])
     """
     normalized, norm_report = normalize(model)
     add_zero_biases(normalized)
+    flatten_gemm_biases(normalized)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             quant_pre_process(normalized, str(path), skip_optimization=True)
@@ -156,6 +157,40 @@ def prepare_float_model(model: onnx.ModelProto, path: Path, warnings: list[str])
         onnx.save(prepared, str(path))
         pre = "onnx shape inference (quant_pre_process failed)"
     return prepared, {"normalization": norm_report.summary(), "shape_inference": pre}
+
+
+def flatten_gemm_biases(model: onnx.ModelProto) -> int:
+    """A Gemm bias stored as [1, N] becomes [N] (same broadcast): onnxruntime's per-channel bias check
+    indexes the bias per output channel and fails on a row. Shared biases get their own copy."""
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        bias = inits[node.input[2]]
+        if len(bias.dims) != 2 or bias.dims[0] != 1:
+            continue
+        flat = onnx.numpy_helper.to_array(bias).reshape(-1)
+        if uses[bias.name] == 1:
+            bias.CopyFrom(onnx.numpy_helper.from_array(flat, bias.name))
+        else:
+            copy = onnx.numpy_helper.from_array(flat, _unique_name(inits, f"{node.name}.bias"))
+            model.graph.initializer.append(copy)
+            inits[copy.name] = copy
+            node.input[2] = copy.name
+        changed += 1
+    return changed
+
+
+def grouped_conv_transposes(model: onnx.ModelProto) -> list[str]:
+    """ConvTranspose nodes with group > 1: onnxruntime's per-channel quantizer gives their weight one scale
+    per output channel *of a group* (axis 1 of [C, M/g, k...]) and then fails on the M-long bias."""
+    return [n.name for n in model.graph.node if n.op_type == "ConvTranspose"
+            and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
 
 
 def add_zero_biases(model: onnx.ModelProto) -> int:
@@ -395,6 +430,11 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
             layers = weight_layers(prepared)
             node_names = {n.name for n in prepared.graph.node}
             forced = sorted(set(exclude) & node_names)
+            grouped = grouped_conv_transposes(prepared) if per_channel else []
+            if grouped:
+                warnings.append(f"{len(grouped)} grouped ConvTranspose node(s) kept in float (onnxruntime's "
+                                f"per-channel quantizer cannot size their scales): {', '.join(grouped[:3])}")
+                forced = sorted(set(forced) | set(grouped))
             unknown = sorted(set(exclude) - node_names)
             if unknown:
                 warnings.append(f"excluded node(s) not in the normalized model: {', '.join(unknown[:5])}")
