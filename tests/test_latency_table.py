@@ -173,3 +173,16 @@ def test_next_budget_interpolates_inside_a_bracket():
     assert 1.0 < b < 2.0
     # without a bracket: proportional step toward 1.03·target
     assert lt.next_budget([(1.0, 1.5)], 2.0) == pytest.approx(1.5 / 2.06)
+
+
+def test_probes_a_grouped_conv_cannot_run_are_priced_by_macs_silently(tmp_path, monkeypatch, capfd):
+    """Widths a grouped conv's groups do not divide make its probe fail: the point is priced by MACs, and
+    onnxruntime prints nothing about it (it used to log every failed run to stderr)."""
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path))
+    model, _ = normalize(synthetic.build("grouped_conv"))
+    trace = trace_channels(model)
+    groups = {g.id for g in trace.prunable_groups()}
+    feeds = synthetic.random_inputs(model, batch=1)
+    table = lt.build_table(model, trace, groups, feeds, threads=1, round_to=1)
+    assert table.nodes and all(np.all(np.isfinite(t.ms)) for t in table.nodes.values())
+    assert "Non-zero status code" not in capfd.readouterr().err
