@@ -61,7 +61,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
 @click.option("--search-evals", default=0, show_default=True, metavar="N", help="dp: after the DP, search its "
               "per-group weights by the whole plan's measured damage on calibration data (N evaluations; 0: off).")
-@click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers.")
+@click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers on "
+              "calibration data (obs/woodfisher still apply OBS's own compensation from the dense Hessians).")
 @click.option("--round-to", type=int, help="Keep every group's width a multiple of N (default 1; 16 with --metric "
               "latency: other widths fall off onnxruntime's 16-channel blocked CPU convolutions).")
 @click.option("--threads", default=0, show_default=True, help="--metric latency: onnxruntime threads of every "
