@@ -34,7 +34,7 @@ CONFIGS = {
     "entropy": {"calib_method": "entropy"},
     "fallback": {"max_drop": 0.05},
 }
-FALLBACK_METHOD = {"fmnist": "minmax", "effnet": "percentile", "mnv2": "entropy"}
+FALLBACK_METHOD = {"fmnist": "minmax", "effnet": "percentile", "mnv2": "percentile"}
 
 
 def plain_ptq(model: onnx.ModelProto, calib: CalibrationSet) -> onnx.ModelProto:

@@ -61,6 +61,7 @@ QUANTIZABLE_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                  "entropy": CalibrationMethod.Entropy}
 WEIGHT_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+PERCENTILE = 99.99  # `percentile` calibration: the clipping percentile of each activation histogram
 CALIB_BATCH = 16  # the calibrator keeps every tapped tensor of a batch in memory: keep batches small
 
 
@@ -230,9 +231,11 @@ def calibrate_ranges(model_path: Path, calib: CalibrationSet, method: str, prese
     """Run onnxruntime's calibrator over the calibration slice, one small batch at a time; save the ranges.
 
     Percentile ranges follow the preset's activation symmetry (ORT defaults them to symmetric, which
-    would waste half the uint8 range on post-ReLU tensors).
+    would waste half the uint8 range on post-ReLU tensors) and clip at the 99.99th percentile (ORT's
+    99.999 kept MobileNetV2 at 81.6% agreement on the zoo's eval crops, 99.99 gives 85.7%, EfficientNet-Lite0
+    94.3% → 95.0%; 99.9 clips too much: EfficientNet-Lite0 90.8%).
     """
-    options = {"symmetric": preset.activation_symmetric} if method == "percentile" else {}
+    options = {"symmetric": preset.activation_symmetric, "percentile": PERCENTILE} if method == "percentile" else {}
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress to stdout
         calibrator = create_calibrator(model_path, QUANTIZABLE_OP_TYPES,
                                        augmented_model_path=str(cache.with_name("augmented.onnx")),

@@ -303,3 +303,20 @@ def test_every_synthetic_graph_quantizes_to_a_valid_runnable_model(graph, opset)
     grouped = [n.name for n in model.graph.node if n.op_type == "ConvTranspose"
                and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     assert bool(grouped) == any("grouped ConvTranspose" in w for w in report["warnings"])
+
+
+def test_percentile_calibration_clips_at_the_project_percentile(monkeypatch):
+    """`percentile` asks onnxruntime's calibrator for PERCENTILE (not its 99.999 default) and the preset's symmetry."""
+    import onnxprune.quantize as q
+
+    seen = {}
+    real = q.create_calibrator
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs.get("extra_options", {}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(q, "create_calibrator", spy)
+    model = synthetic.build("residual_add")
+    quantize_model(model, random_calib(model), calib_method="percentile", latency_runs=0)
+    assert seen == {"symmetric": False, "percentile": q.PERCENTILE} and q.PERCENTILE == 99.99
