@@ -320,3 +320,31 @@ def test_percentile_calibration_clips_at_the_project_percentile(monkeypatch):
     model = synthetic.build("residual_add")
     quantize_model(model, random_calib(model), calib_method="percentile", latency_runs=0)
     assert seen == {"symmetric": False, "percentile": q.PERCENTILE} and q.PERCENTILE == 99.99
+
+
+def test_attention_graphs_quantize_weight_layers_only():
+    """A graph with MatMuls of two activations (attention) gets Q/DQ on its weight layers' weights and inputs
+    only (their outputs stay float), with a warning; a CNN keeps its INT8 islands (Add inputs quantized too)."""
+    from onnxprune.quantize import attention_matmuls
+
+    model = synthetic.build("transformer_block")
+    assert attention_matmuls(model)
+    int8, report = quantize_model(model, random_calib(model), latency_runs=0)
+    onnx.checker.check_model(int8, full_check=True)
+    assert any("attention graph" in w for w in report["warnings"])
+    assert report["layers"]["quantized"] == report["layers"]["weight_layers"] > 0
+    dq_out = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
+    q_in = {n.input[0] for n in int8.graph.node if n.op_type == "QuantizeLinear"}
+    for node in int8.graph.node:
+        if node.op_type in ("Softmax", "LayerNormalization") or node.name in attention_matmuls(model):
+            assert not any(i in dq_out for i in node.input), node.name  # computed in float
+        if node.op_type in ("MatMul", "Gemm") and node.name not in attention_matmuls(model):
+            assert node.input[1] in dq_out and node.input[0] in dq_out  # INT8 weight and input
+            assert node.output[0] not in q_in  # output float: the bias Add and residual stay exact
+
+    cnn = synthetic.build("residual_add")
+    assert not attention_matmuls(cnn)
+    int8, report = quantize_model(cnn, random_calib(cnn), latency_runs=0)
+    dq_out = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
+    assert any(n.op_type == "Add" and any(i in dq_out for i in n.input) for n in int8.graph.node)
+    assert not any("attention graph" in w for w in report["warnings"])
