@@ -173,7 +173,7 @@ def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
     """(the first ``rows`` samples of ``npz[key]``, its full sample count) without decompressing the rest.
 
     A C-ordered .npy inside the zip holds its samples in order, so the first ones are a prefix of its
-    data: a 1656-photo calibration file read for 512 samples costs a third of the time and memory.
+    data: a 1656-row calibration file read for 512 samples costs a third of the time and memory.
     Other layouts (Fortran order, object or 0-d arrays) are read whole.
     """
     with npz.zip.open(f"{key}.npy") as f:

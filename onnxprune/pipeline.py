@@ -43,7 +43,7 @@ from .passes.prune_channels import prune_channels
 from .passes.reconstruct import compensate_locally, reconstruct
 from .passes.sparsify import sparsify
 from .quantize import quantize_model
-from .sensitivity import measured_rankings, output_damage
+from .sensitivity import measured_rankings, trial_damage
 from .shapes import Shape
 from .sparsity import sparsity_option
 from .tracer import trace_channels
@@ -283,11 +283,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             search_dense = run_all(model, [search_feeds])
 
             def plan_damage(widths) -> float:
-                try_plan = plan_from_widths(choices, widths)
-                pruned_try = prune_channels(model, trace, try_plan, infer=False)
-                if hessians:
-                    compensator(try_plan, pruned_try)
-                return output_damage(search_dense, run_all(pruned_try, [search_feeds]))
+                return trial_damage(model, trace, plan_from_widths(choices, widths), search_feeds, search_dense,
+                                    compensator if hessians else None)
 
         budget = metric_base / opts.target
         plan = allocate_to(budget)

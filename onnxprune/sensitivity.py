@@ -35,6 +35,16 @@ def output_damage(dense: list[np.ndarray], other: list[np.ndarray]) -> float:
     return total
 
 
+def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Mapping[str, np.ndarray],
+                 dense: list[np.ndarray], compensate: Callable[[dict, onnx.ModelProto], object] | None = None) -> float:
+    """Output damage of ``model`` pruned by ``plan`` on ``feeds`` against the dense outputs ``dense``;
+    ``compensate(plan, pruned)`` edits the trial model in place before it runs."""
+    pruned = prune_channels(model, trace, plan, infer=False)
+    if compensate is not None:
+        compensate(plan, pruned)
+    return output_damage(dense, run_all(pruned, [feeds]))
+
+
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
                       rankings: Mapping[int, GroupRanking], feeds: Mapping[str, np.ndarray],
                       fractions: tuple[float, ...] | None = None, mode: str = "measured",
@@ -43,12 +53,9 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
     """Rankings with the same channel order and an error curve from measured damage: interpolated
     (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``).
     ``compensate(plan, pruned)`` edits each trial model in place before it runs."""
-    def run(m: onnx.ModelProto) -> list[np.ndarray]:
-        return run_all(m, [feeds])
-
     # the rescaled curve needs only its level: two points do; an interpolated curve needs three
     fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
-    dense = run(model)
+    dense = run_all(model, [feeds])
     out: dict[int, GroupRanking] = {}
     for g in groups:
         r = rankings[g.id]
@@ -57,11 +64,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             removed = min(int(round(f * g.size)), g.size - 1)
             if removed <= 0 or removed / g.size in xs:
                 continue
-            plan = {g.id: np.sort(r.order[removed:])}
-            pruned = prune_channels(model, trace, plan, infer=False)
-            if compensate is not None:
-                compensate(plan, pruned)
-            ys.append(output_damage(dense, run(pruned)))
+            ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, compensate))
             xs.append(removed / g.size)
         xs.append(1.0)
         ys.append(max(ys[-1] * 2.0, ys[-1] + 1e-9) if len(ys) > 1 else 1.0)  # emptying the group: worst

@@ -139,7 +139,7 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
             mat = layer.matrix(weights[layer.weight]).astype(np.float64)
             b0 = _bias_matrix(layer, weights, mat.shape)
             new, new_b, choice = fit.layer(layer, mat, b0, sums)
-            total = sums[0] + sums[1] if sums[1].rows else sums[0]
+            total = sums[0] + sums[1]  # an empty second half (one batch) adds nothing
             finish(name, new, total.pp[:, :-1, :-1] * (2.0 / max(total.rows, 1)))
             entries[name]["correction"] = choice
             if fit.bias_for(layer):
@@ -189,7 +189,7 @@ class _CorrectedFit:
                             err += output_mismatch(w_aug, hat_aug, v.dp[g], v.pp[g])
                     errs[cand] = err
                 choice = min(errs, key=errs.get)
-        total = halves[0] + halves[1] if halves[1].rows else halves[0]
+        total = halves[0] + halves[1]
         new, new_b = np.empty_like(mat), np.empty_like(b0)
         for g in range(mat.shape[0]):
             new[g], new_b[g] = self.group(mat[g], b0[g], total, g, choice, refit_bias, order)
