@@ -420,3 +420,19 @@ def test_npz_members_of_different_lengths_are_still_refused(tmp_path):
     np.savez_compressed(path, a=np.zeros((8, 2), np.float32), b=np.zeros((9, 2), np.float32))
     with pytest.raises(InputError, match="different sample counts: 'a' 8, 'b' 9"):
         load_calibration(str(path), model, samples=2, holdout=1)
+
+
+@pytest.mark.parametrize("where", ["header", "inside the rows read", "after the rows read"])
+def test_corrupt_npz_is_a_clear_input_error(tmp_path, where):
+    """Only the first samples are kept, but the whole member is still checked (the zip CRC sits at its end):
+    corruption anywhere is exit-2 input, never silently wrong calibration data nor an unexpected crash."""
+    model = make_model(("x", TensorProto.FLOAT, ["N", 64]))
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, x=np.random.default_rng(0).normal(size=(400, 64)).astype(np.float32))
+    data = bytearray(path.read_bytes())
+    pos = {"header": 60, "inside the rows read": len(data) // 8, "after the rows read": len(data) * 3 // 4}[where]
+    for i in range(pos, pos + 32):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"cannot read .*c\.npz as \.npz"):
+        load_calibration(str(path), model, samples=4, holdout=4)
