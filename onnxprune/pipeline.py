@@ -108,6 +108,8 @@ def _validate(opts: CompressOptions) -> None:
         raise InputError("--round-to must be ≥ 1")
     if opts.calib_samples < 1:
         raise InputError("--calib-samples must be ≥ 1")
+    if opts.search_evals < 0:
+        raise InputError(f"--search-evals must be ≥ 0 (0: no search), got {opts.search_evals}")
     sparsity_option(opts.sparsity)
     if opts.exclude:
         try:

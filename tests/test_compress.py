@@ -75,6 +75,7 @@ def test_quality_gate_exit_4(tmp_path, capsys):
     (["--target", "fast"], "bad --target"),
     (["--calib", "nope.npz"], "nope.npz"),
     (["--exclude", "("], "bad --exclude"),
+    (["--search-evals", "-3"], "--search-evals must be ≥ 0"),
 ])
 def test_bad_arguments_exit_2(tmp_path, capsys, args, words):
     code, _, err = run_cli(capsys, "compress", MODEL, "-o", tmp_path, *args)
