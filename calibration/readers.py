@@ -3,6 +3,9 @@
 ``load_calibration(spec, model)`` reads one of
 
 * ``data.npz``: one key per model input, axis 0 = samples (other keys, e.g. ``labels``, are ignored);
+  an optional ``groups`` key (one integer or string per sample) names the source each sample came from
+  (e.g. the photo several crops were cut from): the refit's two validation halves never share a group,
+  and a warning says when the held-out slice shares groups with the calibration slice;
 * ``data.npy``: one array, single-input models only;
 * an image folder (``.jpg .jpeg .png .bmp .webp``, recursive, sorted by path), decoded with
   Pillow (optional: ``pip install 'onnxprune[images]'``) and preprocessed as ``imagenet``,
@@ -40,6 +43,7 @@ PREPROCESS = ("imagenet", "effnet", "raw")
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
 _CROP_FRACTION = 0.875
+GROUPS_KEY = "groups"  # optional .npz key: the source of each sample (see the module doc)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class CalibrationSet:
     source: str  # human description, e.g. "models/fmnist_calib.npz (npz, 512 samples)"
     warnings: list[str] = field(default_factory=list)
     fixed_batch: int | None = None  # the model's static axis 0, if any: batches() feed exactly that many
+    groups: np.ndarray | None = None  # per calibration sample: its source (npz "groups"), or None
 
     def n_calib(self) -> int:
         return _count(self.calib)
@@ -99,8 +104,9 @@ def load_calibration(
     kind, path, func = _parse_spec(spec)
     if kind != "images" and (preprocess is not None or input_size is not None):
         warnings.append("--preprocess/--input-size apply to image folders only; ignored")
+    groups = None
     if kind in ("npz", "npy"):
-        arrays, source = _read_array_file(path, kind, inputs, need)
+        arrays, source, groups = _read_array_file(path, kind, inputs, need)
     elif kind == "images":
         arrays, source = _read_images(path, inputs, need, preprocess, input_size, warnings)
     else:
@@ -121,11 +127,17 @@ def load_calibration(
                         f"the first {n_cal}, holding out the last {n_hold} for verification")
     calib = {k: v[:n_cal] for k, v in arrays.items()}
     held = {k: v[n_cal : n_cal + n_hold] for k, v in arrays.items()}
+    if groups is not None:
+        shared = np.isin(groups[n_cal : n_cal + n_hold], groups[:n_cal]).sum()
+        if shared:
+            warnings.append(f"{shared} of {n_hold} held-out samples share a group with the calibration samples: "
+                            "the held-out fidelity overstates how the pruned model generalizes")
+        groups = groups[:n_cal]
     for name, m in (("calibration", n_cal), ("held-out", n_hold)):
         if fixed_batch and m % fixed_batch:
             warnings.append(f"model has a fixed batch of {fixed_batch}: the last {m % fixed_batch} "
                             f"{name} samples do not fill a batch and are skipped")
-    return CalibrationSet(calib, held, source, warnings, fixed_batch)
+    return CalibrationSet(calib, held, source, warnings, fixed_batch, groups)
 
 
 def _parse_spec(spec: str) -> tuple[str, str, str]:
@@ -152,11 +164,12 @@ def _parse_spec(spec: str) -> tuple[str, str, str]:
                      "or file.py:function")
 
 
-def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str, np.ndarray], str]:
+def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str, np.ndarray], str, np.ndarray | None]:
     names = [vi.name for vi in inputs]
     if kind == "npy" and len(inputs) != 1:
         raise InputError(f"a .npy file holds one array but the model has {len(inputs)} inputs "
                          f"({', '.join(names)}): use a .npz with one key per input")
+    groups = None
     try:
         if kind == "npy":  # memory-mapped: only the samples used are read
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -165,11 +178,20 @@ def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str,
             with np.load(path, allow_pickle=False) as npz:
                 _missing(inputs, npz.files)
                 parts = {k: _npz_rows(npz, k, need) for k in names}
+                if GROUPS_KEY in npz.files and GROUPS_KEY not in names:
+                    groups = _npz_rows(npz, GROUPS_KEY, need)
     except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error) as e:
         # not a zip, truncated, corrupt (bad CRC, undecodable deflate stream, garbled .npy header), object arrays...
         raise InputError(f"cannot read {path} as .{kind}: {type(e).__name__}: {e}") from None
     n = _check_counts({k: c for k, (_, c) in parts.items()})
-    return {k: np.array(v[:need] if v.ndim else v) for k, (v, _) in parts.items()}, f"{path} ({kind}, {n} samples)"
+    if groups is not None:
+        values, count = groups
+        if values.ndim != 1 or count != n or values.dtype.kind not in "iuUS":
+            raise InputError(f"calibration '{GROUPS_KEY}' in {path} must hold one integer or string per sample "
+                             f"({n}), got {values.dtype} of shape {_fmt((count, *values.shape[1:]) if values.ndim else ())}")
+        groups = np.array(values[:need])
+    return ({k: np.array(v[:need] if v.ndim else v) for k, (v, _) in parts.items()}, f"{path} ({kind}, {n} samples)",
+            groups)
 
 
 def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:

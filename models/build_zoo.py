@@ -15,7 +15,8 @@ What lands there (see models/README.md for the one-time install):
     minilm_l6.onnx            input_ids/attention_mask/token_type_ids int64 [B,S]
                               -> last_hidden_state [B,S,384], sentence_embedding [B,384]
     imagenet_{calib,eval}.npz "input": photos, torchvision preprocessing (MobileNetV2); calib rows
-                              are view-major (every photo's center view first), eval photo-major
+                              are view-major (every photo's center view first), eval photo-major;
+                              calib files also hold "groups" int32 [N]: the photo of each row
     effnet_{calib,eval}.npz   "input": the same photo views, EfficientNet-Lite preprocessing
     minilm_{calib,eval}.npz   input_ids/attention_mask/token_type_ids int64 [N,64]: WordNet glosses
     photos/{calib,eval}/      the raw photos behind the image sets (for image-folder readers)
@@ -480,7 +481,11 @@ class Builder:
             t0 = time.time()
             x, rows = photos.build_array(ps, preprocess, view_major=side == "calib")
             path = self.out / f"{prefix}_{side}.npz"
-            np.savez_compressed(path, input=x)
+            extra = {}
+            if side == "calib":  # which photo each view came from: compress keeps its validation halves photo-disjoint
+                index = {p.id: i for i, p in enumerate(ps)}
+                extra["groups"] = np.array([index[pid] for pid, _ in rows], np.int32)
+            np.savez_compressed(path, input=x, **extra)
             arrays[side] = x
             order = ("view-major: row len(photos)*v + i is view v of photo i (photos by sha256 of id)"
                      if side == "calib" else "photo-major: row 12*i + v is view v of photo i")

@@ -326,7 +326,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
             refit = reconstruct(model, pruned, kept_out, changed, refit_feeds, ridge=opts.ridge,
-                                progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in)
+                                progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in,
+                                groups=calib.groups)
     elif hessians and plan:  # --no-reconstruct: still OBS's own compensation (no calibration pass needed)
         with timer("compensate"):
             refit = {n: "obs compensation" for n in compensator(plan, pruned)}
@@ -338,7 +339,9 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                 warnings.append("no --calib: --sparsity uses magnitude masks without compensation")
             bar = progress("sparsity", None) if progress else None
             pruned, sparse_report = sparsify(
-                pruned, refit_feeds if calib is not None else None, pattern=pattern, criterion=how, progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
+                pruned, refit_feeds if calib is not None else None, pattern=pattern, criterion=how,
+                groups=calib.groups if calib is not None else None,
+                progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
     fidelity = {}
     if calib is not None and calib.n_holdout():
         with timer("verify"):

@@ -17,13 +17,14 @@ inputs restricted to the kept channels (X_k: it only compensates the removed cha
     W' = (W_d G_dk + λ W_0)(G_kk + λ I)⁻¹,
 
 and the fit (correcting or local; see ``CANDIDATES``) is chosen per layer by two-fold validation
-across the two halves of the calibration batches, on the error that matters at inference,
-‖W_d X̃_d − W' X̃_p‖² on the held-out half.
+across two halves of the calibration rows, on the error that matters at inference,
+‖W_d X̃_d − W' X̃_p‖² on the held-out half. The halves must not share a source (``validation_halves``):
+with several crops of one photo on both sides, validation rewards the fit that memorized the photo.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -46,6 +47,39 @@ def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.
     a = g_pp + lam * np.eye(g_pp.shape[0])
     rhs = w_dense @ g_dp + lam * w0
     return np.linalg.solve(a, rhs.T).T
+
+
+def validation_halves(batch_rows: Sequence[int], groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per calibration batch, the validation half (0 or 1) of each of its rows.
+
+    Without ``groups`` every row is its own sample: the first half of the batches against the rest.
+    With ``groups`` (the source of each row, e.g. its photo) whole groups go, in order of first
+    appearance, to the half with fewer rows so far, so no source sits on both sides.
+    """
+    if groups is None:
+        return [np.full(n, int(2 * bi >= len(batch_rows))) for bi, n in enumerate(batch_rows)]
+    total = int(sum(batch_rows))
+    if len(groups) < total:
+        raise ValueError(f"{len(groups)} groups for {total} calibration rows")
+    _, first, inverse, counts = np.unique(np.asarray(groups)[:total], return_index=True, return_inverse=True,
+                                          return_counts=True)
+    side, size = np.zeros(len(first), int), [0, 0]
+    for u in np.argsort(first, kind="stable"):
+        side[u] = int(size[1] < size[0])
+        size[side[u]] += counts[u]
+    return np.split(side[inverse.reshape(-1)], np.cumsum(batch_rows)[:-1])
+
+
+def half_chunks(halves: np.ndarray, chunk: int) -> Iterator[tuple[slice | np.ndarray, int]]:
+    """(rows, half) over one batch in chunks of at most ``chunk`` rows (bounding the im2col copies)."""
+    for lo in range(0, len(halves), chunk):
+        part = halves[lo:lo + chunk]
+        for half in (0, 1):
+            rows = np.flatnonzero(part == half)
+            if len(rows) == len(part):
+                yield slice(lo, lo + chunk), half
+            elif len(rows):
+                yield lo + rows, half
 
 
 def _changed_inputs(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
@@ -165,11 +199,12 @@ def _gram(a: np.ndarray, b: np.ndarray, bias: bool) -> np.ndarray:
 def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mapping[str, np.ndarray],
                 changed_nodes: set[str], batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
                 ridge: float = 1e-3, chunk: int = 8, progress: Callable[[str, int, int], None] | None = None,
-                kept_in: Mapping[str, np.ndarray] | None = None) -> dict[str, str]:
+                kept_in: Mapping[str, np.ndarray] | None = None, groups: np.ndarray | None = None) -> dict[str, str]:
     """Refit (in place) every linear layer of ``pruned`` whose input differs from the dense model's.
 
     ``kept_out`` / ``kept_in`` map a layer to the dense output / input channels it kept (absent: all
-    kept); ``changed_nodes`` are the nodes pruning edited. Returns, in order, each refitted layer with the
+    kept); ``changed_nodes`` are the nodes pruning edited; ``groups`` the source of each calibration row
+    (``validation_halves``). Returns, in order, each refitted layer with the
     fit validation chose for it (e.g. ``"local, shrink 8"``).
     """
     d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
@@ -183,6 +218,7 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     stages = layer_stages(pruned, p_layers, todo)
     # Both models advance stage by stage from their last boundary: every node runs once per model.
     feeds = list(batches())
+    halves = validation_halves([len(next(iter(f.values()))) for f in feeds], groups)
     d_front, p_front = Frontier(feeds), Frontier(feeds)
     for si, stage in enumerate(stages):
         if progress:
@@ -200,11 +236,9 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
         taps = sorted({d_layers[n].input for n in stage})
         d_vals, p_vals = d_front.advance(dense, taps), p_front.advance(pruned, taps)
         for bi, (xd, xp) in enumerate(zip(d_vals, p_vals, strict=True)):
-            half = int(2 * bi >= len(d_vals))  # halves of the batch list: different inputs, honest validation
-            n = len(next(iter(xd.values())))
-            for lo in range(0, n, chunk):  # bound the im2col copies
+            for rows, half in half_chunks(halves[bi], chunk):
                 for name, fit in fits.items():
-                    fit.add(xd[d_layers[name].input][lo:lo + chunk], xp[p_layers[name].input][lo:lo + chunk], half)
+                    fit.add(xd[d_layers[name].input][rows], xp[p_layers[name].input][rows], half)
         for name, fit in fits.items():
             mode, shrink = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
             done[name] = f"{mode}, shrink {shrink:g}"

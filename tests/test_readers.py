@@ -436,3 +436,37 @@ def test_corrupt_npz_is_a_clear_input_error(tmp_path, where):
     path.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"cannot read .*c\.npz as \.npz"):
         load_calibration(str(path), model, samples=4, holdout=4)
+
+
+# --- groups: the source of each sample ---------------------------------------------------------------
+
+
+def test_npz_groups_follow_the_calibration_slice_and_warn_when_held_out_shares_them(tmp_path):
+    model = make_model(("x", TensorProto.FLOAT, ["N", 3]))
+    photos = np.array([0, 1, 2, 3, 0, 1, 2, 3, 4, 5])  # view-major: two views of photos 0-3, then 4, 5
+    path = save_npz(tmp_path / "g.npz", x=rand(10, 3), groups=photos)
+    cal = load_calibration(path, model, samples=4, holdout=6)
+    np.testing.assert_array_equal(cal.groups, [0, 1, 2, 3])
+    assert any("4 of 6 held-out samples share a group" in w for w in cal.warnings)
+    clean = load_calibration(save_npz(tmp_path / "h.npz", x=rand(6, 3), groups=np.array(list("aabbcc"))),
+                             model, samples=4, holdout=2)
+    assert clean.groups.tolist() == list("aabb") and clean.warnings == []
+
+
+def test_npz_without_groups_or_with_a_groups_input_has_no_groups(tmp_path):
+    plain = load_calibration(save_npz(tmp_path / "p.npz", x=rand(6, 3)), make_model(("x", FLOAT, ["N", 3])),
+                             samples=4, holdout=2)
+    assert plain.groups is None
+    model = make_model(("x", FLOAT, ["N", 3]), ("groups", FLOAT, ["N", 3]))  # a model input wins over the key
+    cal = load_calibration(save_npz(tmp_path / "q.npz", x=rand(6, 3), groups=rand(6, 3)), model, samples=4, holdout=2)
+    assert cal.groups is None and cal.calib["groups"].shape == (4, 3)
+
+
+@pytest.mark.parametrize("groups, got", [(np.zeros((6, 2), np.int64), r"int64 of shape \[6, 2\]"),
+                                         (np.arange(5), r"int64 of shape \[5\]"),
+                                         (np.linspace(0, 1, 6), r"float64 of shape \[6\]")])
+def test_bad_groups_are_a_one_line_input_error(tmp_path, groups, got):
+    path = save_npz(tmp_path / "b.npz", x=rand(6, 3), groups=groups)
+    with pytest.raises(InputError, match=r"calibration 'groups' in .*b\.npz must hold one integer or string per "
+                                         rf"sample \(6\), got {got}"):
+        load_calibration(path, make_model(("x", FLOAT, ["N", 3])), samples=4, holdout=2)

@@ -129,3 +129,42 @@ def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
         got = linear_layers(pruned)[name].matrix(p_inits[lay.weight])[0]
         want = np.linalg.lstsq(x[:, cols], x @ wd[out_rows].T, rcond=None)[0].T
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_validation_halves_keep_every_group_on_one_side():
+    from onnxprune.passes.reconstruct import half_chunks, validation_halves
+
+    assert [h.tolist() for h in validation_halves([2, 2, 1])] == [[0, 0], [0, 0], [1]]  # batches, first half first
+    photos = np.array(list(range(10)) * 2 + list(range(10, 14)))  # view-major: two views of 0-9, one of 10-13
+    halves = np.concatenate(validation_halves([8, 8, 8], photos))
+    for p in np.unique(photos):
+        assert len(set(halves[photos == p])) == 1, f"photo {p} on both sides"
+    assert abs(int(halves.sum()) - len(halves) // 2) <= 2  # balanced
+    with pytest.raises(ValueError, match="3 groups for 4"):
+        validation_halves([2, 2], photos[:3])
+    rows = [(r.tolist() if isinstance(r, np.ndarray) else r, h) for r, h in half_chunks(np.array([0, 1, 0, 0, 1, 1]), 4)]
+    assert rows == [([0, 2, 3], 0), ([1], 1), (slice(4, 8), 1)]  # a chunk wholly in one half stays a slice
+
+
+def test_refit_with_groups_equal_to_the_batch_halves_is_the_default_refit():
+    from onnx import numpy_helper
+    from onnxprune.passes.prune_channels import prune_channels
+    from onnxprune.passes.reconstruct import reconstruct
+
+    from onnxprune.tracer import trace_channels
+
+    model, batches = _model_and_batches("residual_add", 4)  # 4 batches of 2 rows
+    trace = trace_channels(model)
+    group = max(trace.prunable_groups(), key=lambda g: g.size)
+    plan = {group.id: np.arange(0, group.size, 2)}
+    layers = linear_layers(model)
+    k_in, k_out = trace.layer_kept(layers, plan)
+    changed = {m.node for m in trace.members if m.space in trace.kept_channels(plan)}
+    results = []
+    for groups in (None, np.array([7, 7, 7, 7, 3, 3, 3, 3])):
+        pruned = prune_channels(model, trace, plan, infer=False)
+        reconstruct(model, pruned, k_out, changed, lambda: iter(batches), ridge=1e-3, kept_in=k_in, groups=groups)
+        results.append({t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer})
+    for name, want in results[0].items():
+        np.testing.assert_array_equal(results[1][name], want)
+
