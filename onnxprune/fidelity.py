@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -19,19 +19,51 @@ def run_all(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
 
 
-def is_classifier(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 2 and shape[1] > 1
+# ops that only reshape or relabel a tensor on its way to a graph output
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+# what produces class scores: a linear head (a MatMul's bias Add included) or a (log-)softmax over it
+_SCORE_OPS = {"Gemm", "MatMul", "Conv", "Softmax", "LogSoftmax"}
 
 
-def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str]) -> dict:
-    """Per output: cosine (per sample, mean and min), max |Δ|; classifiers also top-1/top-5 agreement and KL."""
+def classifier_outputs(model: onnx.ModelProto) -> list[bool]:
+    """Per graph output: are these class scores (a linear head or softmax), not features such as a
+    mean-pooled sentence embedding? Only scores get top-k agreement and KL."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def source(name: str):
+        node = producer.get(name)
+        while node is not None and node.op_type in _PASS_THROUGH:
+            node = producer.get(node.input[0])
+        return node
+
+    def scores(name: str) -> bool:
+        node = source(name)
+        if node is None:
+            return False
+        if node.op_type == "Add":  # MatMul + bias
+            return any((s := source(i)) is not None and s.op_type == "MatMul" for i in node.input)
+        return node.op_type in _SCORE_OPS
+
+    return [scores(o.name) for o in model.graph.output]
+
+
+def is_classifier(shape: tuple[int, ...], scores: bool = True) -> bool:
+    """2-D [samples, classes > 1] class scores (``scores``: from ``classifier_outputs``)."""
+    return scores and len(shape) == 2 and shape[1] > 1
+
+
+def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
+            classifier: Sequence[bool] | None = None) -> dict:
+    """Per output: cosine (per sample, mean and min), max |Δ|; classifiers (``classifier`` per output, from
+    ``classifier_outputs``; by shape alone when None) also top-1/top-5 agreement and KL."""
     out = {}
-    for name, a, b in zip(names, dense, other, strict=True):
+    classifier = classifier if classifier is not None else [True] * len(names)
+    for name, a, b, scores in zip(names, dense, other, classifier, strict=True):
         a64, b64 = a.astype(np.float64).reshape(len(a), -1), b.astype(np.float64).reshape(len(b), -1)
         cos = np.sum(a64 * b64, 1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-30)
         m = {"samples": len(a), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
              "max_abs_diff": float(np.abs(a64 - b64).max())}
-        if is_classifier(a.shape):
+        if is_classifier(a.shape, scores):
             m["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             top5 = min(5, a.shape[1])
             ta, tb = np.argsort(-a, 1)[:, :top5], np.argsort(-b, 1)[:, :top5]

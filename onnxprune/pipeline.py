@@ -34,7 +34,7 @@ from .calibration.readers import CalibrationSet, load_calibration
 from .costs import model_cost, param_slots
 from .criteria import CRITERIA, rank_groups, woodfisher_hessian
 from .errors import InputError, QualityGateError
-from .fidelity import compare, headline, run_all
+from .fidelity import classifier_outputs, compare, headline, run_all
 from .latency_table import LATENCY_ROUND_TO, build_table, latency_feeds, meet_speedup
 from .layers import initializer_dict, linear_layers
 from .modelio import load_model, save_model, write_text_atomic
@@ -347,7 +347,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         with timer("verify"):
             names = [o.name for o in model.graph.output]
             dense_out = run_all(model, calib.batches("holdout", 64))
-            fidelity = compare(dense_out, run_all(pruned, calib.batches("holdout", 64)), names)
+            fidelity = compare(dense_out, run_all(pruned, calib.batches("holdout", 64)), names,
+                               classifier_outputs(model))
 
     # -- write ---------------------------------------------------------------------------------
     out = Path(outdir)

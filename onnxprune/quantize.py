@@ -51,7 +51,7 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from . import __version__
 from .calibration.readers import CalibrationSet, load_calibration
 from .errors import InputError, QualityGateError
-from .fidelity import compare, headline, run_all
+from .fidelity import classifier_outputs, compare, headline, run_all
 from .latency import measure_latency, ort_session
 from .modelio import load_model, save_model, write_text_atomic
 from .passes.normalize import normalize
@@ -473,19 +473,20 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
             int8 = build(forced)
         holdout = calib.n_holdout() > 0
         names = [o.name for o in model.graph.output]
+        scores = classifier_outputs(model)
         fidelity: dict = {}
         search: dict = {}
         if holdout:
             notify("verify")
             with timed(times, "verify"):
                 fp32_out = run_all(model, calib.batches("holdout", 64))
-                fidelity = compare(fp32_out, run_all(int8, calib.batches("holdout", 64)), names)
+                fidelity = compare(fp32_out, run_all(int8, calib.batches("holdout", 64)), names, scores)
             first_int8 = int8
             if max_drop is not None and 1.0 - headline(fidelity)[1] > max_drop:
                 notify("fallback")
                 with timed(times, "fallback"):
                     found, found_fid, search = fallback_search(build, builder.build, forced, layers, calib,
-                                                               fp32_out, names, max_drop)
+                                                               fp32_out, names, max_drop, scores)
                 if found is not None and headline(found_fid)[1] >= headline(fidelity)[1]:
                     int8, fidelity = found, found_fid
                 else:
@@ -498,8 +499,9 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
     if dense_reference is not None and holdout:
         with timed(times, "verify"):
             dense_out = run_all(dense_reference, calib.batches("holdout", 64))
-            report["fidelity"]["int8_vs_dense"] = compare(dense_out, run_all(int8, calib.batches("holdout", 64)), names)
-            report["fidelity"]["fp32_vs_dense"] = compare(dense_out, fp32_out, names)
+            report["fidelity"]["int8_vs_dense"] = compare(dense_out, run_all(int8, calib.batches("holdout", 64)), names,
+                                                          scores)
+            report["fidelity"]["fp32_vs_dense"] = compare(dense_out, fp32_out, names, scores)
     if latency_runs:
         notify("latency")
         with timed(times, "latency"):

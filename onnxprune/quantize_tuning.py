@@ -132,7 +132,8 @@ class BiasCorrector:
 
 
 def layer_sensitivity(build: Callable[[Sequence[str]], onnx.ModelProto], layers: Sequence[str],
-                      forced: Sequence[str], feeds: list[dict], reference: list[np.ndarray]) -> list[tuple[str, float]]:
+                      forced: Sequence[str], feeds: list[dict], reference: list[np.ndarray],
+                      classifier: Sequence[bool] | None = None) -> list[tuple[str, float]]:
     """(layer, output damage with that layer alone kept in float), most damaging-when-quantized first.
 
     Damage is ``sensitivity.output_damage`` against the FP32 outputs (KL for classifiers, relative
@@ -143,7 +144,7 @@ def layer_sensitivity(build: Callable[[Sequence[str]], onnx.ModelProto], layers:
         if layer in forced:
             continue
         model = build([*forced, layer])
-        rows.append((layer, output_damage(reference, run_all(model, feeds))))
+        rows.append((layer, output_damage(reference, run_all(model, feeds), classifier)))
     return sorted(rows, key=lambda r: r[1])
 
 
@@ -159,7 +160,8 @@ def _fallback_counts(n: int) -> list[int]:
 def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
                     rank_build: Callable[[Sequence[str]], onnx.ModelProto], forced: Sequence[str],
                     layers: Sequence[str], calib: CalibrationSet, fp32_out: list[np.ndarray], names: list[str],
-                    max_drop: float, sensitivity_samples: int = 64) -> tuple[onnx.ModelProto | None, dict, dict]:
+                    max_drop: float, classifier: Sequence[bool] | None = None,
+                    sensitivity_samples: int = 64) -> tuple[onnx.ModelProto | None, dict, dict]:
     """Keep the most sensitive layers in float until the headline drop is <= ``max_drop``.
 
     ``build(exclude)`` makes the final candidates (bias-corrected); ``rank_build`` the cheaper models
@@ -171,13 +173,13 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
     n_hold = calib.n_holdout()
     feeds = list(itertools.islice(calib.batches("holdout", 32), max(1, math.ceil(min(sensitivity_samples, n_hold) / 32))))
     n_feed = sum(len(next(iter(f.values()))) for f in feeds)
-    ranking = layer_sensitivity(rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out])
+    ranking = layer_sensitivity(rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out], classifier)
     order = [layer for layer, _ in ranking]
     tried: dict[int, tuple[float, onnx.ModelProto, dict]] = {}
 
     def passes(k: int) -> bool:
         model = build([*forced, *order[:k]])
-        fid = compare(fp32_out, run_all(model, calib.batches("holdout", 64)), names)
+        fid = compare(fp32_out, run_all(model, calib.batches("holdout", 64)), names, classifier)
         tried[k] = (headline(fid)[1], model, fid)
         return 1.0 - tried[k][0] <= max_drop
 

@@ -13,22 +13,24 @@ calibration batches; the allocator then uses these end-to-end curves:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from .channels import ChannelGroup, Trace
 from .criteria import GroupRanking
-from .fidelity import is_classifier, mean_kl, run_all
+from .fidelity import classifier_outputs, is_classifier, mean_kl, run_all
 from .passes.prune_channels import prune_channels
 
 
-def output_damage(dense: list[np.ndarray], other: list[np.ndarray]) -> float:
+def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: Sequence[bool] | None = None) -> float:
+    """Summed over outputs: KL for class scores (``classifier`` per output, see ``fidelity.compare``), else the
+    relative squared error."""
     total = 0.0
-    for a, b in zip(dense, other, strict=True):
+    for a, b, scores in zip(dense, other, classifier if classifier is not None else [True] * len(dense), strict=True):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        if is_classifier(a.shape):
+        if is_classifier(a.shape, scores):
             total += mean_kl(a64, b64)
         else:
             total += float(np.sum((a64 - b64) ** 2) / max(np.sum(a64 ** 2), 1e-30))
@@ -42,7 +44,7 @@ def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Mappin
     pruned = prune_channels(model, trace, plan, infer=False)
     if compensate is not None:
         compensate(plan, pruned)
-    return output_damage(dense, run_all(pruned, [feeds]))
+    return output_damage(dense, run_all(pruned, [feeds]), classifier_outputs(model))
 
 
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],

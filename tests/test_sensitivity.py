@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import pytest
 from onnxprune.passes.normalize import normalize
 
 from models import synthetic
@@ -43,7 +45,7 @@ def test_scaled_curve_of_a_harmless_group_is_zero_without_warnings(monkeypatch):
     import onnxprune.sensitivity as sensitivity
     from onnxprune.criteria import GroupRanking
 
-    monkeypatch.setattr(sensitivity, "output_damage", lambda dense, other: 0.0)
+    monkeypatch.setattr(sensitivity, "output_damage", lambda dense, other, classifier=None: 0.0)
 
     model, _ = normalize(synthetic.build("residual_add"))
     trace = trace_channels(model)
@@ -55,3 +57,51 @@ def test_scaled_curve_of_a_harmless_group_is_zero_without_warnings(monkeypatch):
         out = measured_rankings(model, trace, [g], ranking, feeds, mode="scaled",
                                 compensate=lambda plan, pruned: None)[g.id]
     assert np.all(out.error[:-1] == 0.0) and np.isinf(out.error[-1])
+
+
+def _head_model(*ops: str) -> onnx.ModelProto:
+    """x [N, 8] -> <ops> -> y: each op from a small table (weights as initializers)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes, cur = [], [], "x"
+    for i, op in enumerate(ops):
+        out = f"t{i}"
+        if op == "Gemm":
+            inits += [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), f"w{i}")]
+            nodes.append(helper.make_node("Gemm", [cur, f"w{i}"], [out]))
+        elif op == "MatMul+Add":
+            inits += [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), f"w{i}"),
+                      numpy_helper.from_array(np.ones(8, np.float32), f"b{i}")]
+            nodes += [helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [out])]
+        elif op == "Add":  # a residual: features, not scores
+            nodes.append(helper.make_node("Add", [cur, cur], [out]))
+        elif op == "Div":  # e.g. mean pooling's sum / count
+            inits.append(numpy_helper.from_array(np.full(8, 2.0, np.float32), f"c{i}"))
+            nodes.append(helper.make_node("Div", [cur, f"c{i}"], [out]))
+        else:
+            nodes.append(helper.make_node(op, [cur], [out]))
+        cur = out
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    graph = helper.make_graph(nodes, "h", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("ops, scores", [(("Gemm",), True), (("MatMul+Add",), True), (("Gemm", "Softmax"), True),
+                                         (("Gemm", "Flatten"), True), (("Gemm", "Relu"), False),
+                                         (("MatMul+Add", "Div"), False), (("Gemm", "Add"), False), ((), False)])
+def test_classifier_outputs_are_class_scores_not_features(ops, scores):
+    from onnxprune.fidelity import classifier_outputs
+
+    assert classifier_outputs(_head_model(*ops)) == [scores]
+
+
+def test_features_get_relative_error_and_no_top_k_even_when_2d():
+    from onnxprune.fidelity import compare
+
+    emb = np.random.default_rng(1).normal(size=(6, 8))
+    assert np.isclose(output_damage([emb], [emb * 0.9], [False]), 0.01)
+    fid = compare([emb], [emb * 0.9], ["sentence_embedding"], [False])["sentence_embedding"]
+    assert "top1_agreement" not in fid and "kl_dense_to_pruned" not in fid and np.isclose(fid["cosine_mean"], 1.0)
+    assert "kl_dense_to_pruned" in compare([emb], [emb * 0.9], ["logits"], [True])["logits"]
