@@ -1,0 +1,98 @@
+"""Generalization inside the calibration domain: calibrate on most calibration photos, score on the rest.
+
+    python -m benchmarks.unseen_photos [--models effnet mnv2] [--targets 1.5] [--photos 26 51 0]
+                                       [--configs obs+dp+reconstruct] [--folds 1]
+
+The zoo's calibration files hold 12 views of each of 138 photos and a ``groups`` key (the photo of each
+row). Every 4th photo (34–35; ``--folds``: which of the four offsets, photo id % 4) is held back; compress calibrates on the first 256 rows (view-major) of the
+others (``--photos N``: only the first N of them; 0 = all 103), exactly as a user would, through the CLI.
+The pruned model is then scored against the dense one on
+
+* **unseen photos**: all 12 views of the held-back photos (408–420 crops, same domain as calibration);
+* **seen photos, other views**: 256 views of the calibration photos that compress did not read.
+
+A model that generalizes scores alike on both; the gap between them is what the compressor memorized of
+its calibration photos. Configs are those of ``benchmarks.compress_zoo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from benchmarks.common import MODELS, machine, quality_text, run_batched
+from benchmarks.compress_zoo import CONFIGS
+
+CALIB_ROWS = 256
+HOLD_EVERY = 4  # photos with id % 4 == fold are held back
+
+
+def split_rows(groups: np.ndarray, photos: int, fold: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibration rows, seen-photo rows compress does not read, unseen-photo rows) of a view-major file."""
+    unseen = np.flatnonzero(groups % HOLD_EVERY == fold)
+    kept_photos = [g for g in dict.fromkeys(groups.tolist()) if g % HOLD_EVERY != fold]
+    if photos:
+        kept_photos = kept_photos[:photos]
+    seen = np.flatnonzero(np.isin(groups, kept_photos))
+    return seen[:CALIB_ROWS], seen[CALIB_ROWS:2 * CALIB_ROWS], unseen
+
+
+def score(key: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, x: np.ndarray) -> str:
+    ref = run_batched(dense, {"input": x}, 64)[0]
+    got = run_batched(pruned, {"input": x}, 64)[0]
+    return quality_text(key, got, ref, None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", nargs="+", default=["effnet", "mnv2"], choices=["effnet", "mnv2"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[1.5])
+    ap.add_argument("--photos", nargs="+", type=int, default=[0], help="calibration photos used (0: all 103)")
+    ap.add_argument("--configs", nargs="+", default=["obs+dp+reconstruct"], choices=list(CONFIGS))
+    ap.add_argument("--folds", nargs="+", type=int, default=[1], choices=range(HOLD_EVERY),
+                    help="held-back photos: id %% 4 == fold")
+    args = ap.parse_args()
+    print(f"Machine: {machine()}\n")
+    print("| model | target | config | fold | calibration photos | unseen photos | seen photos, other views |")
+    print("|---|---|---|---|---|---|---|")
+    for key in args.models:
+        model, calib, _ = MODELS[key]
+        if not model.exists():
+            print(f"| {key} | — | — | — | — | not built (python models/build_zoo.py) | |")
+            continue
+        with np.load(calib) as z:
+            if "groups" not in z.files:
+                sys.exit(f"{calib} has no 'groups' key: rebuild it (python models/build_zoo.py --only calib_sets)")
+            x, groups = z["input"], z["groups"]
+        dense = onnx.load(str(model))
+        for fold, photos in ((f, p) for f in args.folds for p in args.photos):
+            cal, seen, unseen = split_rows(groups, photos, fold)
+            n_photos = len(np.unique(groups[cal]))
+            with tempfile.TemporaryDirectory() as tmp:
+                data = Path(tmp) / "calib.npz"
+                np.savez(data, input=x[np.concatenate([cal, seen])], groups=groups[np.concatenate([cal, seen])])
+                for target in args.targets:
+                    for name in args.configs:
+                        cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(data),
+                               "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8",
+                               *CONFIGS[name]]
+                        proc = subprocess.run(cmd, capture_output=True, text=True)
+                        if proc.returncode:
+                            print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | failed: "
+                                  f"{proc.stderr.strip()[-200:]} | |")
+                            continue
+                        pruned = onnx.load(json.loads(proc.stdout)["output"])
+                        print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | "
+                              f"{score(key, dense, pruned, x[unseen])} ({len(unseen)} crops) | "
+                              f"{score(key, dense, pruned, x[seen])} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
