@@ -12,7 +12,8 @@ The pruned model is then scored against the dense one on
 * **seen photos, other views**: 256 views of the calibration photos that compress did not read.
 
 A model that generalizes scores alike on both; the gap between them is what the compressor memorized of
-its calibration photos. Configs are those of ``benchmarks.compress_zoo``.
+its calibration photos. Configs are those of ``benchmarks.compress_zoo`` plus the sparsity ones below
+(run them with ``--targets 1``: sparsity alone, no channel pruning).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ import onnx
 from benchmarks.common import MODELS, machine, quality_text, run_batched
 from benchmarks.compress_zoo import CONFIGS
 
+SPARSITY_CONFIGS = {
+    "sparsegpt 2:4": ["--sparsity", "2:4"],
+    "magnitude 2:4": ["--sparsity", "2:4", "--criterion", "magnitude"],
+    "sparsegpt 0.5": ["--sparsity", "0.5"],
+    "magnitude 0.5": ["--sparsity", "0.5", "--criterion", "magnitude"],
+}
+ALL_CONFIGS = {**CONFIGS, **SPARSITY_CONFIGS}
 CALIB_ROWS = 256
 HOLD_EVERY = 4  # photos with id % 4 == fold are held back
 
@@ -55,7 +63,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["effnet", "mnv2"], choices=["effnet", "mnv2"])
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5])
     ap.add_argument("--photos", nargs="+", type=int, default=[0], help="calibration photos used (0: all 103)")
-    ap.add_argument("--configs", nargs="+", default=["obs+dp+reconstruct"], choices=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", default=["obs+dp+reconstruct"], choices=list(ALL_CONFIGS))
     ap.add_argument("--folds", nargs="+", type=int, default=[1], choices=range(HOLD_EVERY),
                     help="held-back photos: id %% 4 == fold")
     args = ap.parse_args()
@@ -82,7 +90,7 @@ def main() -> None:
                     for name in args.configs:
                         cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(data),
                                "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8",
-                               *CONFIGS[name]]
+                               *ALL_CONFIGS[name]]
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         if proc.returncode:
                             print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | failed: "
