@@ -3,9 +3,10 @@
 ``load_calibration(spec, model)`` reads one of
 
 * ``data.npz``: one key per model input, axis 0 = samples (other keys, e.g. ``labels``, are ignored);
-  an optional ``groups`` key (one integer or string per sample) names the source each sample came from
-  (e.g. the photo several crops were cut from): the refit's two validation halves never share a group,
-  and a warning says when the held-out slice shares groups with the calibration slice;
+  an optional ``groups`` key (one integer or string per sample; a script's feed dicts may carry it too)
+  names the source each sample came from (e.g. the photo several crops were cut from): the refit's two
+  validation halves never share a group, and a warning says when the held-out slice shares groups with
+  the calibration slice;
 * ``data.npy``: one array, single-input models only;
 * an image folder (``.jpg .jpeg .png .bmp .webp``, recursive, sorted by path), decoded with
   Pillow (optional: ``pip install 'onnxprune[images]'``) and preprocessed as ``imagenet``,
@@ -111,6 +112,9 @@ def load_calibration(
         arrays, source = _read_images(path, inputs, need, preprocess, input_size, warnings)
     else:
         arrays, source = _read_script(spec, path, func, need)
+        if GROUPS_KEY in arrays and GROUPS_KEY not in {vi.name for vi in inputs}:
+            values = np.asarray(arrays.pop(GROUPS_KEY))
+            groups = _checked_groups(values, len(values) if values.ndim else 0, _same_counts(arrays), spec)
     arrays, fixed_batch = _validate(arrays, inputs, warnings)
     n = _count(arrays)
     if holdout == 0:
@@ -186,10 +190,7 @@ def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str,
     n = _check_counts({k: c for k, (_, c) in parts.items()})
     if groups is not None:
         values, count = groups
-        if values.ndim != 1 or count != n or values.dtype.kind not in "iuUS":
-            raise InputError(f"calibration '{GROUPS_KEY}' in {path} must hold one integer or string per sample "
-                             f"({n}), got {values.dtype} of shape {_fmt((count, *values.shape[1:]) if values.ndim else ())}")
-        groups = np.array(values[:need])
+        groups = _checked_groups(values, count, n, path)[:need]
     return ({k: np.array(v[:need] if v.ndim else v) for k, (v, _) in parts.items()}, f"{path} ({kind}, {n} samples)",
             groups)
 
@@ -218,6 +219,14 @@ def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
         while f.read(1 << 24):  # to the end of the member: zipfile verifies its CRC-32 there
             pass
         return np.frombuffer(data, dtype).reshape((count, *shape[1:])), shape[0]
+
+
+def _checked_groups(values: np.ndarray, count: int, n: int, where: str) -> np.ndarray:
+    """The ``groups`` values if they are one integer or string per sample (``count`` of them, ``n`` samples)."""
+    if values.ndim != 1 or count != n or values.dtype.kind not in "iuUS":
+        raise InputError(f"calibration '{GROUPS_KEY}' in {where} must hold one integer or string per sample "
+                         f"({n}), got {values.dtype} of shape {_fmt((count, *values.shape[1:]) if values.ndim else ())}")
+    return np.array(values)
 
 
 def _missing(inputs, keys) -> None:

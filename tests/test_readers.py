@@ -470,3 +470,22 @@ def test_bad_groups_are_a_one_line_input_error(tmp_path, groups, got):
     with pytest.raises(InputError, match=r"calibration 'groups' in .*b\.npz must hold one integer or string per "
                                          rf"sample \(6\), got {got}"):
         load_calibration(path, make_model(("x", FLOAT, ["N", 3])), samples=4, holdout=2)
+
+
+def test_script_feeds_may_carry_groups(tmp_path):
+    body = """
+    import numpy as np
+    def load():
+        for i in range(3):
+            yield {"x": np.full((4, 3), i, np.float32), "groups": np.array([i, i, i + 10, i + 10])}
+    """
+    model = make_model(("x", FLOAT, ["N", 3]))
+    cal = load_calibration(write_script(tmp_path, body) + ":load", model, samples=8, holdout=4)
+    assert cal.groups.tolist() == [0, 0, 10, 10, 1, 1, 11, 11] and "groups" not in cal.calib
+    bad = """
+    import numpy as np
+    def load():
+        yield {"x": np.zeros((4, 3), np.float32), "groups": np.zeros((4, 2))}
+    """
+    with pytest.raises(InputError, match=r"calibration 'groups' in .*:load must hold one integer or string per sample"):
+        load_calibration(write_script(tmp_path, bad, "bad.py") + ":load", model, samples=2, holdout=1)
