@@ -314,3 +314,19 @@ def test_fmnist_two_four_end_to_end(fmnist):
     dense = np.mean(run_ort(model, {"input": x_eval})[0].argmax(1) == labels)
     # second-order masks and compensation lose far less accuracy than magnitude masks
     assert dense - results["sparsegpt"] < 0.5 * (dense - results["magnitude"])
+
+
+def test_validated_correction_honours_groups():
+    """groups equal to the batch halves change nothing; interleaved groups split rows inside batches and
+    still give a valid 2:4 model."""
+    model = layouts_model()
+    base = initializer_dict(sparsify(model, calib(), pattern="2:4", correct="validated")[0])
+    same = initializer_dict(sparsify(model, calib(), pattern="2:4", correct="validated",
+                                     groups=np.repeat([5, 9], 32))[0])
+    for name, want in base.items():
+        np.testing.assert_array_equal(same[name], want)
+    mixed, report = sparsify(model, calib(), pattern="2:4", correct="validated", groups=np.arange(64) % 7)
+    onnx.checker.check_model(mixed, full_check=True)
+    after = initializer_dict(mixed)
+    for node, layout in ELIGIBLE.items():
+        assert groups_of_channels(after[WEIGHT[node]], layout, 4).min() >= 2, node
