@@ -52,10 +52,9 @@ def split_rows(groups: np.ndarray, photos: int, fold: int = 1) -> tuple[np.ndarr
     return seen[:CALIB_ROWS], seen[CALIB_ROWS:2 * CALIB_ROWS], unseen
 
 
-def score(key: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, x: np.ndarray) -> str:
-    ref = run_batched(dense, {"input": x}, 64)[0]
-    got = run_batched(pruned, {"input": x}, 64)[0]
-    return quality_text(key, got, ref, None)
+def score(key: str, pruned: onnx.ModelProto, x: np.ndarray, ref: np.ndarray) -> str:
+    """Quality of ``pruned`` on ``x`` against the dense logits ``ref`` (run once per split, not per config)."""
+    return quality_text(key, run_batched(pruned, {"input": x}, 64)[0], ref, None)
 
 
 def main() -> None:
@@ -83,6 +82,7 @@ def main() -> None:
         for fold, photos in ((f, p) for f in args.folds for p in args.photos):
             cal, seen, unseen = split_rows(groups, photos, fold)
             n_photos = len(np.unique(groups[cal]))
+            ref_unseen, ref_seen = (run_batched(dense, {"input": x[rows]}, 64)[0] for rows in (unseen, seen))
             with tempfile.TemporaryDirectory() as tmp:
                 data = Path(tmp) / "calib.npz"
                 np.savez(data, input=x[np.concatenate([cal, seen])], groups=groups[np.concatenate([cal, seen])])
@@ -98,8 +98,8 @@ def main() -> None:
                             continue
                         pruned = onnx.load(json.loads(proc.stdout)["output"])
                         print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | "
-                              f"{score(key, dense, pruned, x[unseen])} ({len(unseen)} crops) | "
-                              f"{score(key, dense, pruned, x[seen])} |", flush=True)
+                              f"{score(key, pruned, x[unseen], ref_unseen)} ({len(unseen)} crops) | "
+                              f"{score(key, pruned, x[seen], ref_seen)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -282,11 +282,11 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         search_feeds = None
         if calib is not None and opts.search_evals > 1 and opts.allocation == "dp" and choices:
             search_feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)))
-            search_dense = run_all(model, [search_feeds])
+            search_dense, search_scores = run_all(model, [search_feeds]), classifier_outputs(model)
 
             def plan_damage(widths) -> float:
                 return trial_damage(model, trace, plan_from_widths(choices, widths), search_feeds, search_dense,
-                                    compensator if hessians else None)
+                                    search_scores, compensator if hessians else None)
 
         budget = metric_base / opts.target
         plan = allocate_to(budget)

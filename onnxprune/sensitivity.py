@@ -38,13 +38,15 @@ def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: 
 
 
 def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Mapping[str, np.ndarray],
-                 dense: list[np.ndarray], compensate: Callable[[dict, onnx.ModelProto], object] | None = None) -> float:
-    """Output damage of ``model`` pruned by ``plan`` on ``feeds`` against the dense outputs ``dense``;
+                 dense: list[np.ndarray], classifier: Sequence[bool],
+                 compensate: Callable[[dict, onnx.ModelProto], object] | None = None) -> float:
+    """Output damage of ``model`` pruned by ``plan`` on ``feeds`` against the dense outputs ``dense``
+    (``classifier``: ``fidelity.classifier_outputs(model)``, once per caller, not per trial);
     ``compensate(plan, pruned)`` edits the trial model in place before it runs."""
     pruned = prune_channels(model, trace, plan, infer=False)
     if compensate is not None:
         compensate(plan, pruned)
-    return output_damage(dense, run_all(pruned, [feeds]), classifier_outputs(model))
+    return output_damage(dense, run_all(pruned, [feeds]), classifier)
 
 
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
@@ -57,7 +59,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
     ``compensate(plan, pruned)`` edits each trial model in place before it runs."""
     # the rescaled curve needs only its level: two points do; an interpolated curve needs three
     fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
-    dense = run_all(model, [feeds])
+    dense, scores = run_all(model, [feeds]), classifier_outputs(model)
     out: dict[int, GroupRanking] = {}
     for g in groups:
         r = rankings[g.id]
@@ -66,7 +68,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             removed = min(int(round(f * g.size)), g.size - 1)
             if removed <= 0 or removed / g.size in xs:
                 continue
-            ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, compensate))
+            ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, scores, compensate))
             xs.append(removed / g.size)
         xs.append(1.0)
         ys.append(max(ys[-1] * 2.0, ys[-1] + 1e-9) if len(ys) > 1 else 1.0)  # emptying the group: worst
