@@ -9,6 +9,7 @@ input, and switches to external data above ~1.8 GB (protobuf's hard limit is 2 G
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, helper
 
 from .errors import InputError
 
@@ -97,7 +98,28 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{p} is not a valid ONNX model: {first}") from None
+    limit = ort_max_ir_version()
+    if model.ir_version > limit >= helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True):
+        model.ir_version = limit  # onnx ≥ 1.23 writes IR 14 by default; onnxruntime refuses it even for old opsets
     return model
+
+
+@functools.cache
+def ort_max_ir_version() -> int:
+    """The newest ONNX IR version the installed onnxruntime loads (probed once with an Identity model)."""
+    import onnxruntime
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    for ir in range(onnx.IR_VERSION, 3, -1):
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir)
+        try:
+            onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:  # noqa: BLE001 - "Unsupported model IR version": try the next older one
+            continue
+    return onnx.IR_VERSION
 
 
 def _same_file(a: Path, b: Path) -> bool:

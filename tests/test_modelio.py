@@ -184,3 +184,25 @@ def test_console_script_exit_code(tmp_path):
     p.write_text("garbage")
     proc = subprocess.run([sys.executable, "-m", "onnxprune", "analyze", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_newest_ir_version_runs_in_every_command(tmp_path, capsys):
+    """onnx ≥ 1.23 writes IR 14, which onnxruntime 1.31 refuses even for opset 17: loading lowers the IR
+    version where the opsets allow it, so every command runs (the file itself stays as it was)."""
+    from tests.helpers import MODELS, digest, run_cli
+
+    model = onnx.load(str(MODELS / "fmnist_resnet.onnx"))
+    model.ir_version = onnx.IR_VERSION
+    path = tmp_path / "ir.onnx"
+    onnx.save(model, str(path))
+    before = digest(path)
+    calib = MODELS / "fmnist_calib.npz"
+    assert modelio.load_model(path).ir_version == min(onnx.IR_VERSION, modelio.ort_max_ir_version())
+    for args in (("analyze", path), ("compress", path, "--calib", calib, "--calib-samples", "32", "--target", "1.2x",
+                                     "--no-int8", "-o", tmp_path / "c"),
+                 ("quantize", path, "--calib", calib, "--calib-samples", "32", "-o", tmp_path / "q"),
+                 ("bench", path, "--batch", "1", "--rounds", "2", "--warmup", "1")):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 0, (args[0], err)
+    assert digest(path) == before
+    onnx.checker.check_model(str(tmp_path / "c" / "ir.pruned.onnx"), full_check=True)
