@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import helper
+from onnxprune.calibration.augment import image_input, mosaics
 
 from onnxprune.errors import InputError
 from onnxprune.shapes import FLOAT_TYPES, declared_shape, graph_inputs
@@ -55,26 +56,55 @@ class CalibrationSet:
     warnings: list[str] = field(default_factory=list)
     fixed_batch: int | None = None  # the model's static axis 0, if any: batches() feed exactly that many
     groups: np.ndarray | None = None  # per calibration sample: its source (npz "groups"), or None
+    mosaics: dict[str, np.ndarray] = field(default_factory=dict)  # synthetic: statistics and SparseGPT only
 
     def n_calib(self) -> int:
         return _count(self.calib)
+
+    def n_statistics(self) -> int:
+        return _count(self.calib) + _count(self.mosaics)
+
+    def groups_with_mosaics(self, n_real: int) -> np.ndarray | None:
+        """Group codes of the first ``n_real`` calibration samples followed by the mosaics (each its own
+        group: a mosaic mixes sources), or None without groups."""
+        if self.groups is None:
+            return None
+        codes = np.unique(self.groups[:n_real], return_inverse=True)[1].reshape(-1)
+        start = int(codes.max()) + 1 if len(codes) else 0
+        return np.concatenate([codes, start + np.arange(_count(self.mosaics))])
+
+    def add_mosaics(self, count: int, seed: int = 0) -> str | None:
+        """Add ``count`` mosaics of the calibration images (``calibration.augment``) for the statistics
+        pass and SparseGPT; returns a warning instead when the model's input is not a single batch of images."""
+        name = image_input(self.calib)
+        if name is None:
+            return "--calib-mosaics needs a single image input ([N, C, H, W] or [N, H, W, C], float): none added"
+        if self.n_calib() < 2:
+            return "--calib-mosaics needs at least 2 calibration images: none added"
+        if self.fixed_batch:
+            count -= count % self.fixed_batch
+        self.mosaics = {name: mosaics(self.calib[name], count, np.random.default_rng(seed))} if count else {}
+        return None
 
     def n_holdout(self) -> int:
         return _count(self.holdout)
 
     def batches(self, which: str = "calib", batch_size: int = 32) -> Iterator[dict[str, np.ndarray]]:
-        """Consecutive slices of ``calib`` or ``holdout``; with a static model batch B, exactly B
-        samples each (a final partial batch is dropped, see ``warnings``)."""
-        if which not in ("calib", "holdout"):
-            raise ValueError(f"which must be 'calib' or 'holdout', not {which!r}")
-        data = self.calib if which == "calib" else self.holdout
+        """Consecutive slices of ``calib``, ``holdout``, ``mosaics`` or ``statistics`` (``calib``, then the mosaics);
+        with a static model batch B, exactly B samples each (a final partial batch is dropped, see
+        ``warnings``)."""
+        if which not in ("calib", "holdout", "mosaics", "statistics"):
+            raise ValueError(f"which must be 'calib', 'holdout', 'mosaics' or 'statistics', not {which!r}")
+        parts = {"calib": [self.calib], "holdout": [self.holdout], "mosaics": [self.mosaics],
+                 "statistics": [self.calib, self.mosaics]}[which]
         step = self.fixed_batch or batch_size
         if step < 1:
             raise ValueError("batch_size must be >= 1")
-        n = _count(data)
-        stop = n - n % step if self.fixed_batch else n
-        for i in range(0, stop, step):
-            yield {k: v[i : i + step] for k, v in data.items()}
+        for data in parts:
+            n = _count(data)
+            stop = n - n % step if self.fixed_batch else n
+            for i in range(0, stop, step):
+                yield {k: v[i : i + step] for k, v in data.items()}
 
 
 def _count(arrays: Mapping[str, np.ndarray]) -> int:

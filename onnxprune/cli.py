@@ -54,6 +54,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--calib", metavar="PATH", help="Calibration data: .npz/.npy, an image folder, or file.py:function "
               "(runs that Python file: only use code you trust).")
 @click.option("--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out.")
+@click.option("--calib-mosaics", type=int, metavar="N", help="Also feed the layer statistics N synthetic 2x2 mosaics "
+              "of calibration-image crops (default: one per calibration image for image inputs of 64 px or more; 0: none).")
 @click.option("--preprocess", type=click.Choice(["imagenet", "effnet", "raw"]), help="Image-folder preprocessing.")
 @click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
 @click.option("--criterion", type=click.Choice(["obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation",
@@ -82,7 +84,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--seed", default=0, show_default=True)
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
-def compress(model, outdir, target, metric, calib, calib_samples, preprocess, input_size, criterion, allocation,
+def compress(model, outdir, target, metric, calib, calib_samples, calib_mosaics, preprocess, input_size, criterion,
+             allocation,
              search_evals, no_reconstruct, round_to, threads, latency_batches, max_drop, exclude, stats_dtype, sparsity, int8,
              quant_preset, calib_method, seed, input_shapes, as_json) -> None:
     """Prune MODEL to --target with calibration-aware scores and reconstruction."""
@@ -92,7 +95,7 @@ def compress(model, outdir, target, metric, calib, calib_samples, preprocess, in
     from .summary import print_summary, progress_factory
 
     opts = CompressOptions(target=parse_target(target), metric=metric, calib=calib, calib_samples=calib_samples,
-                           criterion=criterion, allocation=allocation, search_evals=search_evals,
+                           calib_mosaics=calib_mosaics, criterion=criterion, allocation=allocation, search_evals=search_evals,
                            reconstruct=not no_reconstruct,
                            round_to=round_to, max_drop=max_drop, exclude=exclude, seed=seed,
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,

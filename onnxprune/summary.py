@@ -38,6 +38,11 @@ def print_summary(console: Console, r: dict) -> None:
                   f"params {human(d['params'])} → {human(p['params'])} ({r['achieved']['params']:.2f}x)   "
                   f"target {r['target']:g}x {r['metric']}, {r['criterion']} + {r['allocation']}"
                   f"{' + reconstruction' if r['reconstruct'] else ' + OBS compensation' if r.get('refit_layers') else ''}")
+    cal = r.get("calibration")
+    if cal:
+        console.print(f"calibration: {cal['samples']} samples"
+                      + (f" + {cal['mosaics']} mosaics (statistics)" if cal.get("mosaics") else "")
+                      + f", {cal['holdout']} held out ({cal['source']})")
     lat = r.get("latency")
     if lat:
         console.print("measured ORT CPU speedup (side by side, median): " + ", ".join(
