@@ -2,12 +2,14 @@
 
     python -m benchmarks.sparsity_zoo [--models fmnist effnet mnv2] [--patterns 2:4 0.5]
                                       [--criteria sparsegpt magnitude] [--calib-rows 256] [--percdamp 0.01]
-                                      [--correct fixed] [--bias] [--shrink 0.25] [--ridge 1e-3]
+                                      [--correct fixed] [--bias] [--shrink 0.25] [--ridge 1e-3] [--mosaics N]
 
 Each model is loaded and normalized (BatchNorm folded) as `compress` does, then sparsified with
 calibration on the first 256 rows (--calib-rows) of its *_calib.npz. Fashion-MNIST ResNet: true accuracy on the 10k
 test images. ImageNet models: top-1 agreement, top-5 overlap and KL(dense ‖ sparse) against the dense
-model on the 456 held-out photo crops.
+model on the 456 held-out photo crops. SparseGPT also reads ``--mosaics`` 2x2 mosaics of the calibration
+images after them, as `compress` does (default: one per row for image inputs of 64 px or more, i.e. not
+Fashion-MNIST; 0: none).
 
 --correct runs SparseGPT once per listed error correction (``sparsify(correct=...)``: "off" prunes toward
 each layer's output on the sparsified model's inputs, "fixed" toward the dense model's, "validated"
@@ -21,6 +23,7 @@ import time
 from collections import Counter
 
 import numpy as np
+from onnxprune.calibration.augment import DEFAULT_MIN_SIDE, image_input, mosaics
 from onnxprune.passes.normalize import normalize
 from onnxprune.passes.sparsify import sparsify
 
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--bias", action="store_true", help="refit biases to the dense model's mean outputs")
     ap.add_argument("--shrink", type=float, default=0.25, help="pull of the corrected target toward W")
     ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--mosaics", type=int, help="SparseGPT mosaics (default: compress's)")
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
     print("| model | pattern | criterion | quality | zeros in eligible / all linear weights | eligible layers "
@@ -53,6 +57,9 @@ def main() -> None:
             continue
         dense, _ = normalize(load_model(path))
         calib = np.load(calib_npz)["input"][:args.calib_rows]
+        count = args.mosaics if args.mosaics is not None else \
+            len(calib) if image_input({"input": calib}, DEFAULT_MIN_SIDE) else 0
+        with_mosaics = np.concatenate([calib, mosaics(calib, count, np.random.default_rng(0))]) if count else calib
         evaluation = np.load(eval_npz)
         feeds = {"input": evaluation["input"]}
         labels = evaluation["labels"] if "labels" in evaluation else None
@@ -60,8 +67,11 @@ def main() -> None:
         if key == "fmnist":
             print(f"| {key} | dense | — | {quality_text(key, dense_logits, dense_logits, labels)} | | | |")
 
-        def batches(calib=calib):
-            return ({"input": calib[i:i + BATCH]} for i in range(0, len(calib), BATCH))
+        def batches(rows=with_mosaics):
+            return ({"input": rows[i:i + BATCH]} for i in range(0, len(rows), BATCH))
+
+        def real_batches(rows=calib):  # magnitude reads calibration only for its report's output errors
+            return batches(rows)
 
         for pattern in args.patterns:
             runs = [(c, corr) for c in args.criteria for corr in (args.correct if c == "sparsegpt" else ["off"])]
@@ -69,8 +79,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 extra = dict(correct=correct, bias=args.bias, shrink=args.shrink, ridge=args.ridge) \
                     if criterion == "sparsegpt" else {}
-                sparse, report = sparsify(dense, batches, pattern=pattern, criterion=criterion,
-                                           percdamp=args.percdamp, **extra)
+                sparse, report = sparsify(dense, batches if criterion == "sparsegpt" else real_batches,
+                                           pattern=pattern, criterion=criterion, percdamp=args.percdamp, **extra)
                 wall = time.perf_counter() - t0
                 q = quality_text(key, run_batched(sparse, feeds, 64)[0], dense_logits, labels)
                 total = report["eligible_layers"] + report["skipped_layers"]
