@@ -23,6 +23,7 @@ slice and a disjoint held-out slice for verification. Input files are only ever 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -85,6 +86,14 @@ class CalibrationSet:
             count -= count % self.fixed_batch
         self.mosaics = {name: mosaics(self.calib[name], count, np.random.default_rng(seed))} if count else {}
         return None
+
+    def with_float_dtype(self, dtype) -> CalibrationSet:
+        """A copy whose floating arrays are cast to ``dtype`` (e.g. to feed the float32 upcast of a
+        float16 model)."""
+        def cast(arrays):
+            return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in arrays.items()}
+        return dataclasses.replace(self, calib=cast(self.calib), holdout=cast(self.holdout), mosaics=cast(self.mosaics),
+                                   warnings=list(self.warnings))
 
     def n_holdout(self) -> int:
         return _count(self.holdout)

@@ -9,13 +9,21 @@ import onnx
 
 from .latency import ort_session
 
+_FLOAT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+                "tensor(double)": np.dtype(np.float64)}
+
 
 def run_all(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
             optimize: bool = True) -> list[np.ndarray]:
     """Every output of ``model`` over ``batches`` (inputs it does not take are ignored), concatenated."""
     sess = ort_session(model, optimize=optimize)
-    names = {i.name for i in sess.get_inputs()}
-    chunks = [sess.run(None, {k: v for k, v in b.items() if k in names}) for b in batches]
+    floats = {i.name: _FLOAT_TYPES.get(i.type) for i in sess.get_inputs()}
+
+    def feed(k: str, v: np.ndarray) -> np.ndarray:  # float16 <-> float32 inputs (e.g. an INT8 copy of an fp16 model)
+        want = floats[k]
+        return v.astype(want) if want is not None and v.dtype != want and v.dtype.kind == "f" else v
+
+    chunks = [sess.run(None, {k: feed(k, v) for k, v in b.items() if k in floats}) for b in batches]
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
 
 

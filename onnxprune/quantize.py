@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -159,6 +160,38 @@ def prepare_float_model(model: onnx.ModelProto, path: Path, warnings: list[str])
         onnx.save(prepared, str(path))
         pre = "onnx shape inference (quant_pre_process failed)"
     return prepared, {"normalization": norm_report.summary(), "shape_inference": pre}
+
+
+def upcast_float16(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A float32 copy of a model that holds float16 tensors, or None if it has none.
+
+    onnxruntime's quantizer builds its QDQ pairs around float32 tensors (float16 scales make an invalid
+    graph). Widening float16 to float32 is exact: initializers, tensor attributes (Constant,
+    ConstantOfShape), graph inputs / outputs / value_info and Cast-to-float16 become float32, so the INT8
+    copy takes and returns float32.
+    """
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    changed = 0
+    for i, t in enumerate(graph.initializer):
+        if t.data_type == f16:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+            changed += 1
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == f16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+                changed += 1
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == f16:
+                attr.i = f32
+                changed += 1
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        if vi.type.tensor_type.elem_type == f16:
+            vi.type.tensor_type.elem_type = f32
+            changed += 1
+    return out if changed else None
 
 
 def flatten_gemm_biases(model: onnx.ModelProto) -> int:
@@ -431,6 +464,11 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
     settings = PRESETS[preset]
     notify = progress or (lambda stage: None)
     warnings = list(calib.warnings)
+    upcast = upcast_float16(model)
+    if upcast is not None:
+        model, calib = upcast, calib.with_float_dtype(np.float32)
+        warnings.append("float16 model: its INT8 QDQ copy is built from an exact float32 upcast "
+                        "(float32 inputs and outputs)")
     log_records: list[str] = []
     times: dict[str, float] = {}
     with ort_quantizer_sandbox(log_records) as scratch:

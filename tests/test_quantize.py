@@ -348,3 +348,31 @@ def test_attention_graphs_quantize_weight_layers_only():
     dq_out = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
     assert any(n.op_type == "Add" and any(i in dq_out for i in n.input) for n in int8.graph.node)
     assert not any("attention graph" in w for w in report["warnings"])
+
+
+def test_float16_model_gets_an_int8_copy_from_its_exact_float32_upcast(tmp_path, capsys):
+    """onnxruntime's quantizer makes an invalid graph around float16 tensors (it crashed as an 'unexpected'
+    error); compress and quantize now quantize the float32 widening and say so."""
+    model = onnx.load(str(MODEL))
+    for i, t in enumerate(model.graph.initializer):
+        if t.data_type == onnx.TensorProto.FLOAT:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    path = tmp_path / "half.onnx"
+    onnx.save(model, str(path))
+    before = digest(path)
+    x = np.load(CALIB)["input"][256:384]
+    dense = run_ort(model, {"input": x.astype(np.float16)})[0].astype(np.float32)
+    for cmd, out in (("quantize", tmp_path / "q" / "half.int8.onnx"), ("compress", tmp_path / "c" / "half.pruned.int8.onnx")):
+        code, _, err = run_cli(capsys, cmd, path, "--calib", CALIB, "-o", out.parent, "--json", *(
+            ("--target", "1.2x") if cmd == "compress" else ()))
+        assert code == 0, err
+        int8 = onnx.load(str(out))
+        onnx.checker.check_model(int8, full_check=True)
+        assert int8.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        got = run_ort(int8, {"input": x})[0]
+        assert np.mean(got.argmax(1) == dense.argmax(1)) > 0.9, cmd
+    report = json.loads((tmp_path / "c" / "half.report.json").read_text())
+    assert any("float16 model" in w for w in report["int8"]["warnings"])
+    assert digest(path) == before
