@@ -127,6 +127,9 @@ def probe_model(model: onnx.ModelProto, trace: Trace, node: onnx.NodeProto, shap
     rng = np.random.default_rng(seed)
     inits = {t.name: t for t in model.graph.initializer}
     members = [m for m in trace.members if m.node == node.name]
+    # activations are of the weights' float type (a float16 model's probes must not feed float32)
+    act = next((inits[n].data_type for n in node.input if n in inits and inits[n].data_type in
+                (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)), onnx.TensorProto.FLOAT)
     proto = onnx.NodeProto()
     proto.CopyFrom(node)
     graph_inputs, initializers, feeds = [], [], {}
@@ -152,15 +155,15 @@ def probe_model(model: onnx.ModelProto, trace: Trace, node: onnx.NodeProto, shap
             view = trace.views.get(name)
             if view is not None:
                 shape = narrowed(shape, view.axis, view.space, view.outer, view.inner)
-            feeds[name] = rng.standard_normal(shape).astype(np.float32)
-            graph_inputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+            feeds[name] = rng.standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(act))
+            graph_inputs.append(helper.make_tensor_value_info(name, act, shape))
     for m in members:
         if m.kind == "group" and m.space in kept:
             for a in proto.attribute:
                 if a.name == "group":
                     a.i = kept[m.space]
     graph = helper.make_graph([proto], "probe", graph_inputs,
-                              [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in node.output if o],
+                              [helper.make_tensor_value_info(o, act, None) for o in node.output if o],
                               initializers)
     probe = helper.make_model(graph, opset_imports=list(model.opset_import))
     probe.ir_version = model.ir_version

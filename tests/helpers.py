@@ -42,3 +42,18 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 def digest(path: Path) -> str:
     """SHA-256 of a file: proves an input was left untouched."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def float16_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` computing in float16: float initializers and every float graph input/output/value_info."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, t in enumerate(out.graph.initializer):
+        if t.data_type == onnx.TensorProto.FLOAT:
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in (*out.graph.input, *out.graph.output, *out.graph.value_info):
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return out

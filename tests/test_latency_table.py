@@ -14,7 +14,7 @@ from onnxprune import latency_table as lt
 from onnxprune.errors import TargetUnreachableError
 from onnxprune.shapes import static_shapes
 from onnxprune.tracer import trace_channels
-from tests.helpers import MODELS, run_cli, run_ort
+from tests.helpers import MODELS, float16_copy, run_cli, run_ort
 
 
 def _traced(name: str):
@@ -45,6 +45,18 @@ def test_probe_models_run_at_the_narrowed_widths(name):
         assert list(out.shape) == want, node.name
         probed += 1
     assert probed >= 2
+
+
+def test_probes_of_a_float16_model_feed_float16():
+    """Probes fed float32 to float16 weights and all failed: --metric latency saw no speedup (exit 3)."""
+    model, _ = normalize(float16_copy(onnx.load(str(MODELS / "fmnist_resnet.onnx"))))
+    shapes = {"input": (1, 1, 28, 28)}
+    trace = trace_channels(model, shapes)
+    tensors = static_shapes(model, shapes)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and trace.mac_scaling.get(n.name))
+    probe, feeds = lt.probe_model(model, trace, conv, tensors, {})
+    assert all(v.dtype == np.float16 for v in feeds.values())
+    assert run_ort(probe, feeds)[0].dtype == np.float16
 
 
 def test_table_interpolates_between_probes_and_clamps():

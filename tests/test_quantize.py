@@ -17,7 +17,7 @@ from models import synthetic
 from onnxprune.cli import main
 from onnxprune.quantize import quantize_model
 from onnxprune.quantize_tuning import _fallback_counts, channel_means
-from tests.helpers import MODELS, digest, run_cli, run_ort
+from tests.helpers import MODELS, digest, float16_copy, run_cli, run_ort
 
 MODEL = MODELS / "fmnist_resnet.onnx"
 CALIB = MODELS / "fmnist_calib.npz"
@@ -353,12 +353,7 @@ def test_attention_graphs_quantize_weight_layers_only():
 def test_float16_model_gets_an_int8_copy_from_its_exact_float32_upcast(tmp_path, capsys):
     """onnxruntime's quantizer makes an invalid graph around float16 tensors (it crashed as an 'unexpected'
     error); compress and quantize now quantize the float32 widening and say so."""
-    model = onnx.load(str(MODEL))
-    for i, t in enumerate(model.graph.initializer):
-        if t.data_type == onnx.TensorProto.FLOAT:
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-    for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    model = float16_copy(onnx.load(str(MODEL)))
     path = tmp_path / "half.onnx"
     onnx.save(model, str(path))
     before = digest(path)
