@@ -6,7 +6,7 @@ Runs `compress` (defaults: obs + dp + reconstruction), then for each group it sh
 group of the dense (normalized) model to the same kept channels, without reconstruction, and measures
 top-1 agreement and KL against the dense model on the held-out eval crops, next to the MACs the group's
 pruning saves; then the same after OBS compensation of the group's consumers from the dense Hessians of
-the first 256 calibration rows (``compensate_locally``, what the allocator's sensitivity measures). A
+the first 256 calibration rows and their 256 mosaics (``compensate_locally``, what the allocator's sensitivity measures). A
 markdown table per model goes to stdout.
 """
 
@@ -17,6 +17,7 @@ import tempfile
 
 import numpy as np
 import onnx
+from onnxprune.calibration.augment import mosaics
 from onnxprune.calibration.collect import collect_statistics
 from onnxprune.passes.normalize import normalize
 from onnxprune.passes.prune_channels import prune_channels
@@ -50,6 +51,7 @@ def table(key: str, target: float) -> str:
     ref = run_batched(dense, feeds)[0]
     layers = linear_layers(dense)
     rows = np.load(calib)["input"][:256]
+    rows = np.concatenate([rows, mosaics(rows, len(rows), np.random.default_rng(0))])  # as compress's statistics
     stats = collect_statistics(dense, ({"input": rows[i:i + 16]} for i in range(0, len(rows), 16)), layers, {})
     hessians = {n: h.hessian() for n, h in stats.hessians.items()}
     counts = {n: h.n for n, h in stats.hessians.items()}

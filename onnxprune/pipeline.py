@@ -180,6 +180,10 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             skipped[g.id] = f"excluded by --exclude (node '{hit}')"
             continue
         eligible.append(g)
+    if opts.target == 1.0 and opts.metric != "latency":  # e.g. --sparsity alone: no channel statistics needed
+        for g in eligible:
+            skipped[g.id] = "--target 1x: no channel pruning asked for"
+        eligible = []
 
     # -- statistics and scores -----------------------------------------------------------------
     layers = linear_layers(model)
