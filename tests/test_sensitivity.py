@@ -105,3 +105,29 @@ def test_features_get_relative_error_and_no_top_k_even_when_2d():
     fid = compare([emb], [emb * 0.9], ["sentence_embedding"], [False])["sentence_embedding"]
     assert "top1_agreement" not in fid and "kl_dense_to_pruned" not in fid and np.isclose(fid["cosine_mean"], 1.0)
     assert "kl_dense_to_pruned" in compare([emb], [emb * 0.9], ["logits"], [True])["logits"]
+
+
+def test_half_statistics_fit_one_half_of_the_sources_and_measure_on_the_other():
+    """The sensitivity's compensation is fitted on half A of the calibration sources and its damage
+    measured on half B, so it is priced on inputs it did not fit (``pipeline._half_statistics``)."""
+    from onnxprune.calibration.collect import collect_statistics
+    from onnxprune.calibration.readers import CalibrationSet
+    from onnxprune.layers import linear_layers
+    from onnxprune.pipeline import CompressOptions, _half_statistics
+
+    model, _ = normalize(synthetic.build("conv_chain"))
+    name = model.graph.input[0].name
+    x = synthetic.random_inputs(model, batch=24, seed=3)[name]
+    groups = np.repeat(np.arange(6), 4)  # six sources, four samples each
+    calib = CalibrationSet({name: x}, {}, "test", groups=groups)
+    layers = linear_layers(model)
+    hessians, rows, half_b = _half_statistics(model, calib, layers, CompressOptions())
+    b_rows = [i for i in range(24) if any(np.array_equal(x[i], r) for r in half_b[name])]
+    a_rows = sorted(set(range(24)) - set(b_rows))
+    assert b_rows and a_rows and not set(groups[a_rows]) & set(groups[b_rows])
+    direct = collect_statistics(model, [{name: x[a_rows]}], layers, {}, dtype=np.float32)
+    for n, h in direct.hessians.items():
+        np.testing.assert_allclose(hessians[n], h.hessian(), rtol=1e-5, atol=1e-6)
+        assert rows[n] == h.n
+    one_source = CalibrationSet({name: x}, {}, "test", groups=np.zeros(24, int))
+    assert _half_statistics(model, one_source, layers, CompressOptions()) is None
