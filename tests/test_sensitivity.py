@@ -112,6 +112,7 @@ def test_half_statistics_fit_one_half_of_the_sources_and_measure_on_the_other():
     measured on half B, so it is priced on inputs it did not fit (``pipeline._half_statistics``)."""
     from onnxprune.calibration.collect import collect_statistics
     from onnxprune.calibration.readers import CalibrationSet
+
     from onnxprune.layers import linear_layers
     from onnxprune.pipeline import CompressOptions, _half_statistics
 
