@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from .allocate import (
     plan_from_widths,
     search_allocation,
 )
-from .calibration.augment import DEFAULT_MIN_SIDE, image_input, mosaics
+from .calibration.augment import DEFAULT_MIN_SIDE, image_input
 from .calibration.collect import collect_statistics
 from .calibration.readers import CalibrationSet, load_calibration
 from .costs import model_cost, param_slots
@@ -139,7 +139,7 @@ class Timer:
 
 def _half_statistics(model: onnx.ModelProto, calib: CalibrationSet, layers: dict, opts: CompressOptions):
     """(Hessians, row counts) of one validation half of the calibration sources (with its own mosaics when
-    the set has mosaics) and the other half's samples, or None when a half would be empty.
+    the set has mosaics) and one batch of the other half's samples, or None when a half would be empty.
 
     The sensitivity trials measure each group's damage after OBS compensation. Measured on the photos the
     compensation was fitted to, it looks repaired even where it does not generalize (a few channels of a
@@ -151,24 +151,16 @@ def _half_statistics(model: onnx.ModelProto, calib: CalibrationSet, layers: dict
         np.arange(calib.n_calib()) % 2
     if side.min() == side.max():
         return None
-    half_a = {k: v[side == 0] for k, v in calib.calib.items()}
-    half_b = {k: v[side == 1] for k, v in calib.calib.items()}
-    if calib.mosaics:
-        name = next(iter(calib.mosaics))
-        extra = mosaics(half_a[name], len(half_a[name]), np.random.default_rng(opts.seed))
-        half_a = {name: np.concatenate([half_a[name], extra])}
-    n, step = _count_rows(half_a), calib.fixed_batch or 16
-    if calib.fixed_batch and min(n, _count_rows(half_b)) < step:
+    half = replace(calib, calib={k: v[side == 0] for k, v in calib.calib.items()},
+                   holdout={k: v[side == 1] for k, v in calib.calib.items()}, groups=None, mosaics={})
+    if calib.fixed_batch and min(half.n_calib(), half.n_holdout()) < calib.fixed_batch:
         return None
-    batches = ({k: v[i:i + step] for k, v in half_a.items()} for i in range(0, n - n % step if calib.fixed_batch else n, step))
+    if calib.mosaics:
+        half.add_mosaics(half.n_calib(), opts.seed)
     # float32 sums: these Hessians only price the trials (float32 keeps the OBS order, BENCHMARKS.md)
-    stats = collect_statistics(model, batches, layers, {}, dtype=np.float32)
+    stats = collect_statistics(model, half.batches("statistics", 16), layers, {}, dtype=np.float32)
     return ({n: h.hessian() for n, h in stats.hessians.items()}, {n: h.n for n, h in stats.hessians.items()},
-            half_b)
-
-
-def _count_rows(arrays: dict) -> int:
-    return len(next(iter(arrays.values())))
+            next(half.batches("holdout", opts.sensitivity_samples)))
 
 
 def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: CompressOptions,
@@ -276,7 +268,6 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             split = _half_statistics(model, calib, {n: layers[n] for n in hessians}, opts) if honest else None
             if split is not None:  # compensate from one half of the sources, measure on the other
                 h_half, n_half, feeds = split
-                feeds = {k: v[:calib.fixed_batch or opts.sensitivity_samples] for k, v in feeds.items()}
 
                 def comp(try_plan, pruned_try):
                     k_in, k_out = trace.layer_kept(layers, try_plan)
