@@ -131,7 +131,16 @@ class HessianSum:
         self.n += rows.shape[1]
 
     def hessian(self) -> np.ndarray:
-        return (2.0 / max(self.n, 1)) * self.xx.astype(np.float64)
+        return np.multiply(self.xx, 2.0 / max(self.n, 1), dtype=np.float64)
+
+    def merge(self, other: HessianSum) -> None:
+        """Add ``other``'s stream to this one in place (Σ x xᵀ and row counts add)."""
+        if other.xx is not None:
+            if self.xx is None:
+                self.xx = other.xx.copy()
+            else:
+                self.xx += other.xx
+            self.n += other.n
 
 
 @dataclass
@@ -145,13 +154,14 @@ class RowSample:
     layer: LinearLayer
     limit: int = 2048
     seed: int = 0
+    part: int = 0  # which of several streams (their keys must be independent)
     rows: np.ndarray | None = None  # [groups, kept, features]
     keys: np.ndarray | None = None
     n: int = 0  # rows seen
 
     def add(self, x: np.ndarray) -> None:
         rows = self.layer.features(x.astype(np.float64, copy=False))
-        rng = np.random.default_rng([self.seed, self.n])
+        rng = np.random.default_rng([self.seed, self.n, self.part] if self.part else [self.seed, self.n])
         keys = rng.random(rows.shape[1])
         self.n += rows.shape[1]
         if self.rows is not None:
@@ -160,6 +170,24 @@ class RowSample:
             pick = np.argpartition(keys, self.limit)[: self.limit]
             rows, keys = rows[:, pick], keys[pick]
         self.rows, self.keys = rows, keys
+
+    def hessian(self) -> np.ndarray:
+        """H = (2/k)·XᵀX of the k kept rows (an unbiased estimate of the whole stream's)."""
+        return (2.0 / max(self.rows.shape[1], 1)) * np.matmul(np.swapaxes(self.rows, 1, 2), self.rows)
+
+    def merge(self, other: RowSample) -> None:
+        """Make this a uniform sample of both streams, in place: the ``limit`` smallest keys of the two."""
+        if other.rows is None:
+            return
+        if self.rows is None:
+            self.rows, self.keys = other.rows, other.keys
+        else:
+            self.rows = np.concatenate([self.rows, other.rows], axis=1)
+            self.keys = np.concatenate([self.keys, other.keys])
+        if len(self.keys) > self.limit:
+            pick = np.argpartition(self.keys, self.limit)[: self.limit]
+            self.rows, self.keys = self.rows[:, pick], self.keys[pick]
+        self.n += other.n
 
 
 @dataclass
@@ -178,6 +206,13 @@ class ChannelStats:
         self.nonpos = z if self.nonpos is None else self.nonpos + z
         self.count += moved.shape[0]
 
+    def merge(self, other: ChannelStats) -> None:
+        """Add ``other``'s stream to this one in place."""
+        if other.abs_sum is not None:
+            self.abs_sum = other.abs_sum if self.abs_sum is None else self.abs_sum + other.abs_sum
+            self.nonpos = other.nonpos if self.nonpos is None else self.nonpos + other.nonpos
+            self.count += other.count
+
     @property
     def mean_abs(self) -> np.ndarray:
         return self.abs_sum / max(self.count, 1)
@@ -193,6 +228,13 @@ class Statistics:
     channels: dict[str, ChannelStats] = field(default_factory=dict)  # tensor → channel statistics
     samples: dict[str, RowSample] = field(default_factory=dict)  # layer name → sampled input rows
 
+    def merge(self, other: Statistics) -> None:
+        """Add ``other``'s stream in place (every accumulator is a sum or a keyed sample)."""
+        for mine, theirs in ((self.hessians, other.hessians), (self.channels, other.channels),
+                             (self.samples, other.samples)):
+            for k, acc in mine.items():
+                acc.merge(theirs[k])
+
 
 def collect_statistics(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
                        layers: Mapping[str, LinearLayer], channel_axes: Mapping[str, int],
@@ -200,25 +242,45 @@ def collect_statistics(model: onnx.ModelProto, batches: Iterable[Mapping[str, np
                        sample_rows: int = 0, seed: int = 0) -> Statistics:
     """One pass: input Hessian sums of ``layers`` (or, with ``sample_rows``, a row sample of each
     layer's input instead) and channel statistics of ``channel_axes`` tensors."""
-    stats = Statistics()
-    by_input: dict[str, list] = {}
-    for name, layer in layers.items():
-        if sample_rows:
-            acc = stats.samples[name] = RowSample(layer, sample_rows, seed)
-        else:
-            acc = stats.hessians[name] = HessianSum(layer, dtype)
-        by_input.setdefault(layer.input, []).append(acc)
-    for tensor, axis in channel_axes.items():
-        stats.channels[tensor] = ChannelStats(axis)
+    return collect_split_statistics(model, [batches], layers, channel_axes, dtype, progress, sample_rows, seed)[0]
+
+
+def collect_split_statistics(model: onnx.ModelProto, parts: list[Iterable[Mapping[str, np.ndarray]]],
+                             layers: Mapping[str, LinearLayer], channel_axes: Mapping[str, int],
+                             dtype: type = np.float64, progress: Callable[[int], None] | None = None,
+                             sample_rows: int = 0, seed: int = 0) -> list[Statistics]:
+    """:func:`collect_statistics` of several streams of batches in one pass (one session): one
+    ``Statistics`` per part, so a caller gets the statistics of disjoint halves and of the whole
+    (``a.merge(b)``) for the price of one pass."""
+    every = []
+    by_input: dict[str, list[list]] = {}  # tapped tensor → per part, its accumulators
+    for part in range(len(parts)):
+        stats = Statistics()
+        for name, layer in layers.items():
+            if sample_rows:
+                acc = stats.samples[name] = RowSample(layer, sample_rows, seed, part)
+            else:
+                acc = stats.hessians[name] = HessianSum(layer, dtype)
+            by_input.setdefault(layer.input, [[] for _ in parts])[part].append(acc)
+        for tensor, axis in channel_axes.items():
+            stats.channels[tensor] = ChannelStats(axis)
+        every.append(stats)
     taps = sorted(set(by_input) | set(channel_axes))
+    current = [0]  # the part the batch being run belongs to (set by ``tagged`` before it yields)
+
+    def tagged():
+        for i, batches in enumerate(parts):
+            current[0] = i
+            yield from batches
 
     def sink(outs: dict[str, np.ndarray]) -> None:
+        part = current[0]
         for tensor, arr in outs.items():
-            for h in by_input.get(tensor, []):
+            for h in by_input.get(tensor, [[]] * len(parts))[part]:
                 h.add(arr)
-            if tensor in stats.channels:
-                stats.channels[tensor].add(arr)
+            if tensor in every[part].channels:
+                every[part].channels[tensor].add(arr)
 
     if taps:
-        stream(model, batches, taps, sink, progress)
-    return stats
+        stream(model, tagged(), taps, sink, progress)
+    return every

@@ -30,7 +30,7 @@ from .allocate import (
     search_allocation,
 )
 from .calibration.augment import DEFAULT_MIN_SIDE, image_input
-from .calibration.collect import collect_statistics
+from .calibration.collect import collect_split_statistics
 from .calibration.readers import CalibrationSet, load_calibration
 from .costs import model_cost, param_slots
 from .criteria import CRITERIA, rank_groups, woodfisher_hessian
@@ -135,32 +135,45 @@ class Timer:
             yield
         finally:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 3)
+            _release_freed_memory()
 
 
-def _half_statistics(model: onnx.ModelProto, calib: CalibrationSet, layers: dict, opts: CompressOptions):
-    """(Hessians, row counts) of one validation half of the calibration sources (with its own mosaics when
-    the set has mosaics) and one batch of the other half's samples, or None when a half would be empty.
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS between stages (glibc keeps it, so a stage's temporaries
+    would stay in the process's resident set through the later stages). No-op off glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _sensitivity_halves(calib: CalibrationSet, mosaics: int, seed: int) -> list[CalibrationSet] | None:
+    """Two group-disjoint halves of the calibration sources (each: ``calib`` its samples, ``holdout`` the
+    other half's), each with its share of ``mosaics`` built from its own images; None when a half would be
+    empty or smaller than the model's static batch.
 
     The sensitivity trials measure each group's damage after OBS compensation. Measured on the photos the
     compensation was fitted to, it looks repaired even where it does not generalize (a few channels of a
     late layer: 95% → 85% agreement on new photos), and the allocator spends the budget on the wrong
     groups. Fitting on half A and measuring on half B prices what the compensation does on new inputs
-    (measured: MobileNetV2 1.5x 34.0% → 49.8% on unseen photos, BENCHMARKS.md issue 4, session 6).
+    (measured: MobileNetV2 1.5x 34.0% → 49.8% on unseen photos, BENCHMARKS.md issue 4, session 6). The
+    statistics pass reads the halves as two streams (``collect_split_statistics``), so half A's Hessians
+    cost no second pass and the whole set's are their sum.
     """
     side = validation_halves([calib.n_calib()], calib.groups)[0] if calib.groups is not None else \
         np.arange(calib.n_calib()) % 2
     if side.min() == side.max():
         return None
-    half = replace(calib, calib={k: v[side == 0] for k, v in calib.calib.items()},
-                   holdout={k: v[side == 1] for k, v in calib.calib.items()}, groups=None, mosaics={})
-    if calib.fixed_batch and min(half.n_calib(), half.n_holdout()) < calib.fixed_batch:
+    halves = [replace(calib, calib={k: v[side == s] for k, v in calib.calib.items()},
+                      holdout={k: v[side != s] for k, v in calib.calib.items()}, groups=None, mosaics={})
+              for s in (0, 1)]
+    if calib.fixed_batch and min(h.n_calib() for h in halves) < calib.fixed_batch:
         return None
-    if calib.mosaics:
-        half.add_mosaics(half.n_calib(), opts.seed)
-    # float32 sums: these Hessians only price the trials (float32 keeps the OBS order, BENCHMARKS.md)
-    stats = collect_statistics(model, half.batches("statistics", 16), layers, {}, dtype=np.float32)
-    return ({n: h.hessian() for n, h in stats.hessians.items()}, {n: h.n for n, h in stats.hessians.items()},
-            next(half.batches("holdout", opts.sensitivity_samples)))
+    first = round(mosaics * halves[0].n_calib() / calib.n_calib())
+    for half, count in zip(halves, (first, mosaics - first), strict=True):
+        if count:
+            half.add_mosaics(count, seed)
+    return halves
 
 
 def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: CompressOptions,
@@ -215,8 +228,10 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     layers = linear_layers(model)
     inits = initializer_dict(model)
     node_inputs = {n.name: list(n.input) for n in model.graph.node}
-    hessians = channel_stats = rows = None
+    hessians = channel_stats = rows = half_hessians = half_rows = None
     inverses: dict[str, np.ndarray] = {}
+    measured = bool(calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible)
+    halves = None
     if calib is not None and criterion in DATA_CRITERIA:
         if opts.calib_mosaics is None:  # default: one per calibration image, for photo-sized image inputs
             if image_input(calib.calib, DEFAULT_MIN_SIDE):
@@ -235,14 +250,25 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                             and any(name == layers[c].input for c in wanted):
                         axes[name] = view.axis
                 wanted = set()
+            # photo-like calibration (shared sources or mosaics); Fashion-MNIST's 256 distinct items: 2x 90.74 → 90.14%
+            if measured and wanted and (calib.groups is not None or calib.mosaics):
+                halves = _sensitivity_halves(calib, calib.n_statistics() - calib.n_calib(), opts.seed)
+            if halves is not None and calib.mosaics:  # the whole set's mosaics: each half's, from its own images
+                calib.mosaics = {k: np.concatenate([h.mosaics[k] for h in halves if h.mosaics]) for k in calib.mosaics}
             dtype = np.float32 if opts.stats_dtype == "float32" else np.float64
-            stats = collect_statistics(model, calib.batches("statistics", 16), {n: layers[n] for n in wanted}, axes,
-                                       dtype=dtype,
-                                       progress=progress("calibration", calib.n_statistics()) if progress else None,
-                                       sample_rows=opts.woodfisher_rows if criterion == "woodfisher" else 0,
-                                       seed=opts.seed)
+            parts = [h.batches("statistics", 16) for h in halves] if halves else [calib.batches("statistics", 16)]
+            every = collect_split_statistics(
+                model, parts, {n: layers[n] for n in wanted}, axes, dtype=dtype,
+                progress=progress("calibration", calib.n_statistics()) if progress else None,
+                sample_rows=opts.woodfisher_rows if criterion == "woodfisher" else 0, seed=opts.seed)
+            if halves:  # half A's Hessians price the sensitivity trials (below); the whole set's: A + B
+                half_hessians = {n: a.hessian() for n, a in (every[0].hessians | every[0].samples).items()}
+                half_rows = {n: a.n for n, a in (every[0].hessians | every[0].samples).items()}
+                every[0].merge(every.pop())
+            stats = every.pop()
             hessians = {n: h.hessian() for n, h in stats.hessians.items()}
             rows = {n: h.n for n, h in stats.hessians.items()}
+            stats.hessians.clear()  # the sums: no longer needed (~0.3 GB on EfficientNet-Lite0)
             for n, sample in stats.samples.items():
                 hessians[n], inverses[n] = woodfisher_hessian(sample.rows, opts.damp, sample.n)
                 rows[n] = sample.n
@@ -259,22 +285,20 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         k_in, k_out = trace.layer_kept(layers, try_plan)
         return compensate_locally(model, pruned_try, hessians, rows, k_in, k_out)
 
-    if calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible:
+    if measured:
         with timer("sensitivity"):
             feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)))
             comp = compensator if hessians else None
-            # photo-like calibration (shared sources or mosaics); Fashion-MNIST's 256 distinct items: 2x 90.74 → 90.14%
-            honest = hessians and (calib.groups is not None or bool(calib.mosaics))
-            split = _half_statistics(model, calib, {n: layers[n] for n in hessians}, opts) if honest else None
-            if split is not None:  # compensate from one half of the sources, measure on the other
-                h_half, n_half, feeds = split
+            if halves is not None:  # compensate from one half of the sources, measure on the other
+                feeds = next(halves[0].batches("holdout", opts.sensitivity_samples))
 
                 def comp(try_plan, pruned_try):
                     k_in, k_out = trace.layer_kept(layers, try_plan)
-                    return compensate_locally(model, pruned_try, h_half, n_half, k_in, k_out)
+                    return compensate_locally(model, pruned_try, half_hessians, half_rows, k_in, k_out)
             rankings = measured_rankings(model, trace, eligible, rankings, feeds, mode=opts.sensitivity,
                                          progress=progress("sensitivity", len(eligible)) if progress else None,
                                          compensate=comp)
+            half_hessians = None  # only the trials read them (~0.3 GB on EfficientNet-Lite0)
 
     # -- allocation ----------------------------------------------------------------------------
     pattern = sparsity_option(opts.sparsity)
@@ -371,6 +395,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         return itertools.islice(calib.batches("calib", 32), n)
 
     if calib is not None and opts.reconstruct and plan:
+        hessians = inverses = None  # the refit reads activations: free the dense Hessians for it
         with timer("reconstruct"):
             kept = trace.kept_channels(plan)
             kept_in, kept_out = trace.layer_kept(layers, plan)
@@ -403,8 +428,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     if calib is not None and calib.n_holdout():
         with timer("verify"):
             names = [o.name for o in model.graph.output]
-            dense_out = run_all(model, calib.batches("holdout", 64))
-            fidelity = compare(dense_out, run_all(pruned, calib.batches("holdout", 64)), names,
+            dense_out = run_all(model, calib.batches("holdout", 16))
+            fidelity = compare(dense_out, run_all(pruned, calib.batches("holdout", 16)), names,
                                classifier_outputs(model))
 
     # -- write ---------------------------------------------------------------------------------

@@ -43,6 +43,19 @@ def test_row_sample_is_bounded_uniform_and_deterministic():
     assert 600 < idx.mean() < 1400  # drawn from the whole stream, not its start or end
 
 
+def test_row_samples_of_two_streams_merge_to_a_sample_of_both():
+    layer = LinearLayer("g", "Gemm", "x", "y", "w", None, groups=1, trans_b=True)
+    a, b = RowSample(layer, limit=100, seed=3, part=0), RowSample(layer, limit=100, seed=3, part=1)
+    for i in range(20):
+        (a if i < 10 else b).add(np.arange(i * 100, (i + 1) * 100, dtype=np.float64)[:, None] * np.ones((1, 4)))
+    a.merge(b)
+    both = a
+    assert both.rows.shape == (1, 100, 4) and both.n == 2000
+    idx = both.rows[0, :, 0]
+    assert len(np.unique(idx)) == 100 and 25 < (idx >= 1000).sum() < 75  # from both streams
+    np.testing.assert_allclose(both.hessian()[0], 2 / 100 * both.rows[0].T @ both.rows[0])
+
+
 def test_compress_with_woodfisher_criterion(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1.5x", "--calib",
                            MODELS / "fmnist_calib.npz", "--calib-samples", "64", "--criterion", "woodfisher",

@@ -107,28 +107,48 @@ def test_features_get_relative_error_and_no_top_k_even_when_2d():
     assert "kl_dense_to_pruned" in compare([emb], [emb * 0.9], ["logits"], [True])["logits"]
 
 
-def test_half_statistics_fit_one_half_of_the_sources_and_measure_on_the_other():
+def test_sensitivity_halves_split_the_sources_and_build_each_halfs_mosaics_from_its_own_images():
     """The sensitivity's compensation is fitted on half A of the calibration sources and its damage
-    measured on half B, so it is priced on inputs it did not fit (``pipeline._half_statistics``)."""
-    from onnxprune.calibration.collect import collect_statistics
+    measured on half B (``pipeline._sensitivity_halves``): no source on both sides, each half's holdout
+    is the other half, and a half's mosaics only hold crops of its own images."""
     from onnxprune.calibration.readers import CalibrationSet
 
+    from onnxprune.pipeline import _sensitivity_halves
+
+    groups = np.repeat(np.arange(6), 4)  # six sources, four samples each
+    x = np.broadcast_to(np.arange(24, dtype=np.float32)[:, None, None, None], (24, 3, 16, 16)).copy()  # value = row
+    calib = CalibrationSet({"x": x}, {}, "test", groups=groups)
+    a, b = _sensitivity_halves(calib, mosaics=24, seed=0)
+    rows_a, rows_b = a.calib["x"][:, 0, 0, 0].astype(int), b.calib["x"][:, 0, 0, 0].astype(int)
+    assert sorted([*rows_a, *rows_b]) == list(range(24)) and not set(groups[rows_a]) & set(groups[rows_b])
+    np.testing.assert_array_equal(a.holdout["x"], b.calib["x"])
+    assert a.n_statistics() - a.n_calib() + b.n_statistics() - b.n_calib() == 24
+    for half, own in ((a, rows_a), (b, rows_b)):
+        tiles = {half.mosaics["x"][m, 0, y, z] for m in range(len(half.mosaics["x"])) for y in (0, 8) for z in (0, 8)}
+        assert tiles <= set(own.astype(np.float32))
+    one_source = CalibrationSet({"x": x}, {}, "test", groups=np.zeros(24, int))
+    assert _sensitivity_halves(one_source, 24, 0) is None
+
+
+def test_split_statistics_are_each_streams_and_merge_to_the_whole():
+    """One pass over two streams gives each stream's Hessians (as if collected alone) and, merged, the
+    Hessians of all rows: the sensitivity's half costs no second pass."""
+    from onnxprune.calibration.collect import collect_split_statistics, collect_statistics
+
     from onnxprune.layers import linear_layers
-    from onnxprune.pipeline import CompressOptions, _half_statistics
 
     model, _ = normalize(synthetic.build("conv_chain"))
     name = model.graph.input[0].name
-    x = synthetic.random_inputs(model, batch=24, seed=3)[name]
-    groups = np.repeat(np.arange(6), 4)  # six sources, four samples each
-    calib = CalibrationSet({name: x}, {}, "test", groups=groups)
+    x = synthetic.random_inputs(model, batch=20, seed=3)[name]
     layers = linear_layers(model)
-    hessians, rows, half_b = _half_statistics(model, calib, layers, CompressOptions())
-    b_rows = [i for i in range(24) if any(np.array_equal(x[i], r) for r in half_b[name])]
-    a_rows = sorted(set(range(24)) - set(b_rows))
-    assert b_rows and a_rows and not set(groups[a_rows]) & set(groups[b_rows])
-    direct = collect_statistics(model, [{name: x[a_rows]}], layers, {}, dtype=np.float32)
-    for n, h in direct.hessians.items():
-        np.testing.assert_allclose(hessians[n], h.hessian(), rtol=1e-5, atol=1e-6)
-        assert rows[n] == h.n
-    one_source = CalibrationSet({name: x}, {}, "test", groups=np.zeros(24, int))
-    assert _half_statistics(model, one_source, layers, CompressOptions()) is None
+    a, b = collect_split_statistics(model, [[{name: x[:8]}, {name: x[8:12]}], [{name: x[12:]}]], layers, {name: 1})
+    for step, rows in (("a", x[:12]), ("b", x[12:]), ("a + b", x)):
+        if step == "a + b":
+            a.merge(b)
+        part = b if step == "b" else a
+        direct = collect_statistics(model, [{name: rows}], layers, {name: 1})
+        for n, h in direct.hessians.items():
+            np.testing.assert_allclose(part.hessians[n].hessian(), h.hessian(), rtol=1e-10, atol=1e-12)
+            assert part.hessians[n].n == h.n
+        np.testing.assert_allclose(part.channels[name].mean_abs, direct.channels[name].mean_abs, rtol=1e-6)
+        np.testing.assert_array_equal(part.channels[name].apoz, direct.channels[name].apoz)
