@@ -3,6 +3,7 @@
     python -m benchmarks.sparsity_zoo [--models fmnist effnet mnv2] [--patterns 2:4 0.5]
                                       [--criteria sparsegpt magnitude] [--calib-rows 256] [--percdamp 0.01]
                                       [--correct fixed] [--bias] [--shrink 0.25] [--ridge 1e-3] [--mosaics N]
+                                      [--no-support-refit]
 
 Each model is loaded and normalized (BatchNorm folded) as `compress` does, then sparsified with
 calibration on the first 256 rows (--calib-rows) of its *_calib.npz. Fashion-MNIST ResNet: true accuracy on the 10k
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--shrink", type=float, default=0.25, help="pull of the corrected target toward W")
     ap.add_argument("--ridge", type=float, default=1e-3)
     ap.add_argument("--mosaics", type=int, help="SparseGPT mosaics (default: compress's)")
+    ap.add_argument("--no-support-refit", action="store_true",
+                    help="keep SparseGPT's lazy-update weights (no least-squares re-solve of each row's kept weights)")
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
     print("| model | pattern | criterion | quality | zeros in eligible / all linear weights | eligible layers "
@@ -77,7 +80,8 @@ def main() -> None:
             runs = [(c, corr) for c in args.criteria for corr in (args.correct if c == "sparsegpt" else ["off"])]
             for criterion, correct in runs:
                 t0 = time.perf_counter()
-                extra = dict(correct=correct, bias=args.bias, shrink=args.shrink, ridge=args.ridge) \
+                extra = dict(correct=correct, bias=args.bias, shrink=args.shrink, ridge=args.ridge,
+                             support_refit=not args.no_support_refit) \
                     if criterion == "sparsegpt" else {}
                 sparse, report = sparsify(dense, batches if criterion == "sparsegpt" else real_batches,
                                            pattern=pattern, criterion=criterion, percdamp=args.percdamp, **extra)
@@ -89,6 +93,8 @@ def main() -> None:
                     label += f", correct {correct}" + (", bias" if args.bias else "")
                     if correct != "off" and args.shrink != 0.25:
                         label += f", shrink {args.shrink:g}"
+                    if args.no_support_refit:
+                        label += ", no support refit"
                     if correct == "validated":
                         chosen = Counter(e.get("correction") for e in report["layers"] if e["eligible"])
                         label += f" ({chosen['corrected']} corrected / {chosen['plain']} plain)"

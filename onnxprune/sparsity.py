@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from onnxprune.errors import InputError
 from onnxprune.layers import LinearLayer
@@ -313,6 +314,30 @@ def corrected_target(w: np.ndarray, cross: np.ndarray, h: np.ndarray, lam: float
     h = np.asarray(h, np.float64)
     a = h + lam * np.eye(len(h)) if lam else h
     return w + np.linalg.solve(a, (w @ (np.asarray(cross, np.float64) - h)).T).T
+
+
+def masked_refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, keep: np.ndarray, lam: float) -> np.ndarray:
+    """Each row's least-squares optimum on its kept weights S (``keep`` [rows, features], True = kept):
+
+        Ŵ_S = (W·C_{:,S} + λ·W_S)(H_SS + λI)⁻¹ = argmin ‖W X_d − Ŵ X_s‖² + λ‖Ŵ − W‖²,  Ŵ = 0 off S,
+
+    C = Σ x_d x_sᵀ (``cross``; pass H_s for the layer's own output), H_s = Σ x_s x_sᵀ (``h``), λ > 0.
+    SparseGPT's lazy updates only move the columns right of each pruned one; this re-solves every kept
+    weight of a row for the mask it chose (one Cholesky solve per row).
+    """
+    if not lam > 0:
+        raise ValueError(f"masked_refit needs λ > 0, got {lam}")
+    w = np.asarray(w, np.float64)
+    rhs = w @ np.asarray(cross, np.float64) + lam * w
+    out = np.zeros_like(w)
+    for i in range(len(w)):
+        s = np.flatnonzero(keep[i])
+        if len(s):
+            a = h.take(s, 0).take(s, 1)  # row-then-column takes: far faster than 2-D fancy indexing
+            a.flat[:: len(s) + 1] += lam
+            out[i, s] = scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False),
+                                               rhs[i, s], check_finite=False)
+    return out
 
 
 def output_mismatch(w: np.ndarray, w_new: np.ndarray, cross: np.ndarray, h_s: np.ndarray,

@@ -18,6 +18,7 @@ from onnxprune.sparsity import (
     corrected_sparsegpt,
     corrected_target,
     magnitude_nm,
+    masked_refit,
     obs_reference_prune,
     output_mismatch,
     parse_pattern,
@@ -103,6 +104,30 @@ def test_corrected_sparsegpt_pattern_and_gain(kwargs):
     plain = sparsegpt_prune(w, h_s, blocksize=16, **kwargs)[0]
     # toward the dense outputs it is closer than plain SparseGPT (which reproduces W on the drifted inputs)
     assert output_mismatch(w, fixed, cross, h_s, x_d @ x_d.T) < 0.7 * output_mismatch(w, plain, cross, h_s, x_d @ x_d.T)
+
+
+def test_masked_refit_is_each_rows_ridge_least_squares_on_its_support():
+    """Ŵ_S = argmin ‖W X_d − Ŵ X_s‖² + λ‖Ŵ − W‖² with Ŵ = 0 off S, checked row by row against lstsq on
+    the stacked system [X_s,Sᵀ; √λ I]; N:M masks (batched) and uneven unstructured masks alike."""
+    rng = np.random.default_rng(6)
+    x_d, x_s = drifted_inputs()
+    w = rng.standard_normal((8, 32))
+    cross, h_s = x_d @ x_s.T, x_s @ x_s.T
+    lam = 0.05 * np.mean(np.diag(h_s))
+    for keep in (~sparsegpt_prune(w, h_s, blocksize=16)[1], rng.random((8, 32)) < 0.4):
+        got = masked_refit(w, cross, h_s, keep, lam)
+        for i in range(8):
+            s_i = np.flatnonzero(keep[i])
+            a = np.vstack([x_s[s_i].T, np.sqrt(lam) * np.eye(len(s_i))])
+            b = np.concatenate([w[i] @ x_d, np.sqrt(lam) * w[i, s_i]])
+            np.testing.assert_allclose(got[i, s_i], np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-7, atol=1e-9)
+            assert np.all(got[i][~keep[i]] == 0)
+    # on its own mask it fits at least as well as SparseGPT's lazy updates
+    plain, pruned = sparsegpt_prune(w, h_s, blocksize=16)
+    refit = masked_refit(w, h_s, h_s, ~pruned, 1e-9)
+    with pytest.raises(ValueError, match="λ > 0"):
+        masked_refit(w, h_s, h_s, ~pruned, 0.0)
+    assert output_mismatch(w, refit, h_s, h_s) <= output_mismatch(w, plain, h_s, h_s) + 1e-9
 
 
 def test_corrected_sparsegpt_without_drift_is_plain():
