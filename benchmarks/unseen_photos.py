@@ -1,7 +1,7 @@
 """Generalization inside the calibration domain: calibrate on most calibration photos, score on the rest.
 
     python -m benchmarks.unseen_photos [--models effnet mnv2] [--targets 1.5] [--photos 26 51 0]
-                                       [--configs obs+dp+reconstruct] [--folds 1]
+                                       [--configs obs+dp+reconstruct] [--folds 1] [--extra "--search-evals 32"]
 
 The zoo's calibration files hold 12 views of each of 138 photos and a ``groups`` key (the photo of each
 row). Every 4th photo (34–35; ``--folds``: which of the four offsets, photo id % 4) is held back; compress calibrates on the first 256 rows (view-major) of the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5])
     ap.add_argument("--photos", nargs="+", type=int, default=[0], help="calibration photos used (0: all 103)")
     ap.add_argument("--configs", nargs="+", default=["obs+dp+reconstruct"], choices=list(ALL_CONFIGS))
+    ap.add_argument("--extra", default="", help="more compress options for every config, e.g. '--search-evals 32'")
     ap.add_argument("--folds", nargs="+", type=int, default=[1], choices=range(HOLD_EVERY),
                     help="held-back photos: id %% 4 == fold")
     args = ap.parse_args()
@@ -87,10 +89,11 @@ def main() -> None:
                 data = Path(tmp) / "calib.npz"
                 np.savez(data, input=x[np.concatenate([cal, seen])], groups=groups[np.concatenate([cal, seen])])
                 for target in args.targets:
-                    for name in args.configs:
+                    for config in args.configs:
+                        name = f"{config} {args.extra}".strip()
                         cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(data),
                                "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8",
-                               *ALL_CONFIGS[name]]
+                               *ALL_CONFIGS[config], *shlex.split(args.extra)]
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         if proc.returncode:
                             print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | failed: "

@@ -62,7 +62,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
                                                 "apoz", "random"]), default="obs", show_default=True)
 @click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
 @click.option("--search-evals", default=0, show_default=True, metavar="N", help="dp: after the DP, search its "
-              "per-group weights by the whole plan's measured damage on calibration data (N evaluations; 0: off).")
+              "per-group weights by the whole plan's measured damage on calibration data (N evaluations; 0: off; "
+              "with photo-like calibration each plan is compensated from one half of the sources, measured on the other).")
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares refit of the pruned layers on "
               "calibration data (obs/woodfisher still apply OBS's own compensation from the dense Hessians).")
 @click.option("--round-to", type=int, help="Keep every group's width a multiple of N (default 1; 16 with --metric "

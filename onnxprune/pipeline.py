@@ -285,20 +285,22 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         k_in, k_out = trace.layer_kept(layers, try_plan)
         return compensate_locally(model, pruned_try, hessians, rows, k_in, k_out)
 
+    # Trials (sensitivity, --search-evals) compensate and measure on disjoint halves when there are any.
+    trial_feeds = trial_comp = None
+    if calib is not None:
+        trial_feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)), None)
+        trial_comp = compensator if hessians else None
+        if halves is not None:  # compensate from one half of the sources, measure on the other
+            trial_feeds = next(halves[0].batches("holdout", opts.sensitivity_samples))
+
+            def trial_comp(try_plan, pruned_try):
+                k_in, k_out = trace.layer_kept(layers, try_plan)
+                return compensate_locally(model, pruned_try, half_hessians, half_rows, k_in, k_out)
     if measured:
         with timer("sensitivity"):
-            feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)))
-            comp = compensator if hessians else None
-            if halves is not None:  # compensate from one half of the sources, measure on the other
-                feeds = next(halves[0].batches("holdout", opts.sensitivity_samples))
-
-                def comp(try_plan, pruned_try):
-                    k_in, k_out = trace.layer_kept(layers, try_plan)
-                    return compensate_locally(model, pruned_try, half_hessians, half_rows, k_in, k_out)
-            rankings = measured_rankings(model, trace, eligible, rankings, feeds, mode=opts.sensitivity,
+            rankings = measured_rankings(model, trace, eligible, rankings, trial_feeds, mode=opts.sensitivity,
                                          progress=progress("sensitivity", len(eligible)) if progress else None,
-                                         compensate=comp)
-            half_hessians = None  # only the trials read them (~0.3 GB on EfficientNet-Lite0)
+                                         compensate=trial_comp)
 
     # -- allocation ----------------------------------------------------------------------------
     pattern = sparsity_option(opts.sparsity)
@@ -357,12 +359,12 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         searches: list[dict] = []
         search_feeds = None
         if calib is not None and opts.search_evals > 1 and opts.allocation == "dp" and choices:
-            search_feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)))
+            search_feeds = trial_feeds
             search_dense, search_scores = run_all(model, [search_feeds]), classifier_outputs(model)
 
             def plan_damage(widths) -> float:
                 return trial_damage(model, trace, plan_from_widths(choices, widths), search_feeds, search_dense,
-                                    search_scores, compensator if hessians else None)
+                                    search_scores, trial_comp)
 
         budget = metric_base / opts.target
         plan = allocate_to(budget)
@@ -394,6 +396,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         n = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32))
         return itertools.islice(calib.batches("calib", 32), n)
 
+    half_hessians = None  # only the trials read them (~0.3 GB on EfficientNet-Lite0)
     if calib is not None and opts.reconstruct and plan:
         hessians = inverses = None  # the refit reads activations: free the dense Hessians for it
         with timer("reconstruct"):
