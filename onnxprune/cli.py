@@ -70,8 +70,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
               "latency: other widths fall off onnxruntime's 16-channel blocked CPU convolutions).")
 @click.option("--threads", default=0, show_default=True, help="--metric latency: onnxruntime threads of every "
               "measurement (0: one per core).")
-@click.option("--latency-batches", default="1,32", show_default=True, metavar="B1,B2..", help="--metric latency: "
-              "the table is measured at the first batch size, the speedup checked at each.")
+@click.option("--latency-batches", metavar="B1,B2..", help="--metric latency: the table is measured at the first "
+              "batch size, the speedup checked at each (default 1,32; a model with a fixed batch: that batch).")
 @click.option("--max-drop", type=float, help="Fail (exit 4) if top-1 agreement (or output cosine) drops by more.")
 @click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
 @click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
@@ -102,7 +102,7 @@ def compress(model, outdir, target, metric, calib, calib_samples, calib_mosaics,
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
                            preprocess=preprocess, input_size=input_size, sparsity=sparsity, int8=int8,
                            quant_preset=quant_preset, calib_method=calib_method, threads=threads,
-                           latency_batches=tuple(parse_batches(latency_batches, "--latency-batches")))
+                           latency_batches=tuple(parse_batches(latency_batches, "--latency-batches")) if latency_batches else ())
     console = Console(stderr=as_json)
     with progress_factory(console, enabled=not as_json) as progress:
         report = run(model, outdir, opts, progress=progress)

@@ -45,7 +45,7 @@ from .passes.reconstruct import compensate_locally, reconstruct, validation_halv
 from .passes.sparsify import sparsify
 from .quantize import quantize_model
 from .sensitivity import measured_rankings, trial_damage
-from .shapes import Shape
+from .shapes import Shape, declared_shape, graph_inputs
 from .sparsity import sparsity_option
 from .tracer import trace_channels
 
@@ -85,7 +85,7 @@ class CompressOptions:
     quant_preset: str = "ort"
     calib_method: str = "minmax"
     threads: int = 0  # --metric latency: onnxruntime intra-op threads of every measurement (0: one per core)
-    latency_batches: tuple[int, ...] = (1, 32)  # table measured at the first; speedup checked at each
+    latency_batches: tuple[int, ...] = ()  # table measured at the first, speedup checked at each; () = (1, 32) or the fixed batch
 
 
 def parse_target(text: str) -> float:
@@ -196,7 +196,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             warnings.append("no --calib: data-free criteria only, no reconstruction, no fidelity check")
         shapes = dict(opts.input_shapes)
         if calib is not None and not shapes:
-            shapes = {k: (1, *v.shape[1:]) for k, v in calib.calib.items()}
+            # one sample per cost probe, or the batch a static-batch model fixes
+            shapes = {k: (calib.fixed_batch or 1, *v.shape[1:]) for k, v in calib.calib.items()}
         trace = trace_channels(model, shapes or None)
         base = model_cost(model, shapes or None)
     node_macs = {n.name: n.macs or 0 for n in base.nodes}
@@ -310,9 +311,11 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     if pattern is not None and pattern.semi_structured:  # N:M groups must tile the pruned channel counts
         round_to = math.lcm(round_to, pattern.m)
     table = None
+    fixed = next((d[0] for d in map(declared_shape, graph_inputs(model)) if d and isinstance(d[0], int) and d[0] > 0), None)
+    latency_batches = opts.latency_batches or ((fixed,) if fixed else (1, 32))
     if opts.metric == "latency":
         with timer("latency_table"):
-            lat_feeds = latency_feeds(model, shapes, opts.latency_batches[0])
+            lat_feeds = latency_feeds(model, shapes, latency_batches[0])
             table = build_table(model, trace, {g.id for g in eligible}, lat_feeds, threads=opts.threads,
                                 round_to=round_to, progress=progress("latency table", None) if progress else None)
     with timer("allocate"):
@@ -379,7 +382,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         with timer("latency_check"):
             plan, pruned, speed = meet_speedup(
                 model, plan, pruned, allocate_to, lambda p: prune_channels(model, trace, p), budget,
-                opts.target, opts.latency_batches, opts.threads, shapes)
+                opts.target, latency_batches, opts.threads, shapes)
             speed["table"] = table.summary()
     with timer("prune"):
         after = model_cost(pruned, shapes or None)
