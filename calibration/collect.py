@@ -143,6 +143,11 @@ class HessianSum:
             self.n += other.n
 
 
+def row_hessian(x: np.ndarray) -> np.ndarray:
+    """H = (2/n)·XᵀX of rows x [groups, n, features] (per conv group)."""
+    return (2.0 / max(x.shape[1], 1)) * np.matmul(np.swapaxes(x, 1, 2), x)
+
+
 @dataclass
 class RowSample:
     """A uniform random sample (without replacement) of at most ``limit`` feature rows of a layer's input.
@@ -172,8 +177,8 @@ class RowSample:
         self.rows, self.keys = rows, keys
 
     def hessian(self) -> np.ndarray:
-        """H = (2/k)·XᵀX of the k kept rows (an unbiased estimate of the whole stream's)."""
-        return (2.0 / max(self.rows.shape[1], 1)) * np.matmul(np.swapaxes(self.rows, 1, 2), self.rows)
+        """H of the kept rows (``row_hessian``): an unbiased estimate of the whole stream's."""
+        return row_hessian(self.rows)
 
     def merge(self, other: RowSample) -> None:
         """Make this a uniform sample of both streams, in place: the ``limit`` smallest keys of the two."""

@@ -39,7 +39,7 @@ from onnx import helper
 from onnxprune.calibration.augment import image_input, mosaics
 
 from onnxprune.errors import InputError
-from onnxprune.shapes import FLOAT_TYPES, declared_shape, graph_inputs
+from onnxprune.shapes import FLOAT_TYPES, declared_shape, graph_inputs, static_batch
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 PREPROCESS = ("imagenet", "effnet", "raw")
@@ -298,7 +298,6 @@ def _validate(arrays, inputs, warnings: list[str]) -> tuple[dict[str, np.ndarray
     """Names, rank, static dims (not axis 0), dtype; returns the cast arrays and the static batch."""
     _missing(inputs, list(arrays))
     out: dict[str, np.ndarray] = {}
-    fixed_batch = None
     for vi in inputs:
         name, arr = vi.name, np.asarray(arrays[vi.name])
         dims = declared_shape(vi)
@@ -311,15 +310,13 @@ def _validate(arrays, inputs, warnings: list[str]) -> tuple[dict[str, np.ndarray
             if bad:
                 raise InputError(
                     f"calibration input '{name}': expected shape {_fmt(dims)}, got {_fmt(arr.shape)}")
-            if isinstance(dims[0], int) and dims[0] > 0 and fixed_batch is None:
-                fixed_batch = dims[0]
         out[name] = arr = _cast(name, arr, vi.type.tensor_type.elem_type)
         if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
             warnings.append(f"calibration input '{name}' contains NaN or infinite values")
     n = _same_counts(out)
     if n == 0:
         raise InputError("calibration data is empty (0 samples)")
-    return out, fixed_batch
+    return out, static_batch(inputs)
 
 
 def _cast(name: str, arr: np.ndarray, elem_type: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration.collect import row_hessian
 from .channels import ChannelGroup, Trace, expand_indices
 from .layers import LinearLayer
 
@@ -122,8 +123,8 @@ def woodfisher_inverse(x: np.ndarray, lam: np.ndarray | float, block: int = 64) 
 def woodfisher_hessian(x: np.ndarray, damp: float, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(H, H⁻¹) of a row sample x [groups, n, d]: H = (2/n)·XᵀX and the Woodbury inverse of H + λI,
     λ dampened as for ``obs`` (see :func:`_obs_consumer`)."""
-    n, d = x.shape[1], x.shape[2]
-    h = (2.0 / max(n, 1)) * np.matmul(np.swapaxes(x, 1, 2), x)
+    d = x.shape[2]
+    h = row_hessian(x)
     shrink = d / rows if rows else 0.0
     lam = (damp + shrink) * np.maximum(np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1), 1e-12) + 1e-12
     return h, woodfisher_inverse(x, lam)

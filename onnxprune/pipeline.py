@@ -45,7 +45,7 @@ from .passes.reconstruct import compensate_locally, reconstruct, validation_halv
 from .passes.sparsify import sparsify
 from .quantize import quantize_model
 from .sensitivity import measured_rankings, trial_damage
-from .shapes import Shape, declared_shape, graph_inputs
+from .shapes import Shape, graph_inputs, static_batch
 from .sparsity import sparsity_option
 from .tracer import trace_channels
 
@@ -290,15 +290,15 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
 
     # Trials (sensitivity, --search-evals) compensate and measure on disjoint halves when there are any.
     trial_feeds = trial_comp = None
-    if calib is not None:
+    if half_hessians is not None:  # compensate from one half of the sources, measure on the other
+        trial_feeds = half_feeds
+
+        def trial_comp(try_plan, pruned_try):
+            k_in, k_out = trace.layer_kept(layers, try_plan)
+            return compensate_locally(model, pruned_try, half_hessians, half_rows, k_in, k_out)
+    elif calib is not None:
         trial_feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)), None)
         trial_comp = compensator if hessians else None
-        if half_hessians is not None:  # compensate from one half of the sources, measure on the other
-            trial_feeds = half_feeds
-
-            def trial_comp(try_plan, pruned_try):
-                k_in, k_out = trace.layer_kept(layers, try_plan)
-                return compensate_locally(model, pruned_try, half_hessians, half_rows, k_in, k_out)
     if measured:
         with timer("sensitivity"):
             rankings = measured_rankings(model, trace, eligible, rankings, trial_feeds, mode=opts.sensitivity,
@@ -311,7 +311,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     if pattern is not None and pattern.semi_structured:  # N:M groups must tile the pruned channel counts
         round_to = math.lcm(round_to, pattern.m)
     table = None
-    fixed = next((d[0] for d in map(declared_shape, graph_inputs(model)) if d and isinstance(d[0], int) and d[0] > 0), None)
+    fixed = static_batch(graph_inputs(model))
     latency_batches = opts.latency_batches or ((fixed,) if fixed else (1, 32))
     if opts.metric == "latency":
         with timer("latency_table"):

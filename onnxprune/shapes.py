@@ -67,6 +67,11 @@ def declared_shape(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     return out
 
 
+def static_batch(inputs: Iterable[onnx.ValueInfoProto]) -> int | None:
+    """The first static leading (batch) dim among ``inputs``; None when every batch dim is dynamic."""
+    return next((d[0] for d in map(declared_shape, inputs) if d and isinstance(d[0], int) and d[0] > 0), None)
+
+
 def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Shape] | None = None) -> dict[str, Shape]:
     """Concrete shape for every graph input: ``given`` wins, a dynamic leading (batch) dim becomes 1.
 
