@@ -117,18 +117,22 @@ def stream(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]], 
 
 @dataclass
 class HessianSum:
-    """Σ x xᵀ over feature rows, per conv group (float64 by default): H = (2/n)·Σ x xᵀ on demand."""
+    """Σ x xᵀ over feature rows, per conv group (float64 by default): H = (2/n)·Σ x xᵀ on demand.
+
+    ``samples``: the rows as dampening counts them (``LinearLayer.rows_per_sample``); ``n`` otherwise."""
 
     layer: LinearLayer
     dtype: type = np.float64
     xx: np.ndarray | None = None
     n: int = 0
+    samples: int = 0
 
     def add(self, x: np.ndarray) -> None:
         rows = self.layer.features(x.astype(self.dtype, copy=False))  # [groups, rows, features]
         part = np.einsum("grf,grh->gfh", rows, rows, optimize=True) if rows.shape[0] > 1 else (rows[0].T @ rows[0])[None]
         self.xx = part if self.xx is None else self.xx + part
         self.n += rows.shape[1]
+        self.samples += rows.shape[1] // self.layer.rows_per_sample(x)
 
     def hessian(self) -> np.ndarray:
         return np.multiply(self.xx, 2.0 / max(self.n, 1), dtype=np.float64)
@@ -141,6 +145,7 @@ class HessianSum:
             else:
                 self.xx += other.xx
             self.n += other.n
+            self.samples += other.samples
 
 
 def row_hessian(x: np.ndarray) -> np.ndarray:
@@ -163,12 +168,14 @@ class RowSample:
     rows: np.ndarray | None = None  # [groups, kept, features]
     keys: np.ndarray | None = None
     n: int = 0  # rows seen
+    samples: int = 0  # rows seen as dampening counts them (``LinearLayer.rows_per_sample``)
 
     def add(self, x: np.ndarray) -> None:
         rows = self.layer.features(x.astype(np.float64, copy=False))
         rng = np.random.default_rng([self.seed, self.n, self.part] if self.part else [self.seed, self.n])
         keys = rng.random(rows.shape[1])
         self.n += rows.shape[1]
+        self.samples += rows.shape[1] // self.layer.rows_per_sample(x)
         if self.rows is not None:
             rows, keys = np.concatenate([self.rows, rows], axis=1), np.concatenate([self.keys, keys])
         if len(keys) > self.limit:
@@ -193,6 +200,7 @@ class RowSample:
             pick = np.argpartition(self.keys, self.limit)[: self.limit]
             self.rows, self.keys = self.rows[:, pick], self.keys[pick]
         self.n += other.n
+        self.samples += other.samples
 
 
 @dataclass
@@ -266,7 +274,7 @@ def collect_split_statistics(model: onnx.ModelProto, parts: list[Iterable[Mappin
                 acc = stats.samples[name] = RowSample(layer, sample_rows, seed, part)
             else:
                 acc = stats.hessians[name] = HessianSum(layer, dtype)
-            by_input.setdefault(layer.input, [[] for _ in parts])[part].append(acc)
+            by_input.setdefault(layer.tap, [[] for _ in parts])[part].append(acc)
         for tensor, axis in channel_axes.items():
             stats.channels[tensor] = ChannelStats(axis)
         every.append(stats)

@@ -31,6 +31,26 @@ class LinearLayer:
     in_per_group: int = 0  # conv input channels per group (W's axis 1)
     trans_b: bool = False  # Gemm transB / MatMul: how the stored weight maps to W [out, features]
     weight_is_a: bool = False  # MatMul with the constant on the left: Y = W·X (features on axis -2)
+    # The map that global average pooling reduced to this layer's input (``pooled_input``), or None.
+    pooled_from: str | None = None
+
+    @property
+    def tap(self) -> str:
+        """The tensor whose rows give this layer's statistics: its input, or the map pooled into it.
+
+        After GlobalAveragePool, W·mean_s(x_s) = mean_s(W·x_s): the layer is a 1x1 conv on the pooled map
+        followed by the pooling. Its statistics then come from every position of the map (Σ_s x_s x_sᵀ)
+        instead of one pooled row per sample — a fit must keep the outputs at every position, not only
+        their mean. On EfficientNet-Lite0 / MobileNetV2 2:4 the classifier fit this way lifted agreement
+        on unseen photos in 7 of 8 folds (BENCHMARKS.md, issue 7, session 8).
+        """
+        return self.pooled_from or self.input
+
+    def rows_per_sample(self, x: np.ndarray) -> int:
+        """Feature rows of ``x`` (this layer's ``tap``) that stand for one of its own input rows: a pooled map's
+        positions. Dampening and ridges that grow with features per row count samples, not positions:
+        the positions of one image are not independent rows (MobileNetV2 2:4, fold 0: 42.4 → 45.7%)."""
+        return int(np.prod(x.shape[2:])) if self.pooled_from is not None and x.ndim > 2 else 1
 
     @property
     def depthwise(self) -> bool:
@@ -58,7 +78,9 @@ class LinearLayer:
     def features(self, x: np.ndarray) -> np.ndarray:
         """Input activation → [groups, rows, features] (conv: im2col patches, c-major then kernel offsets)."""
         if self.op != "Conv":
-            if self.weight_is_a:  # Y = W·X: features on axis -2
+            if self.pooled_from is not None and x.ndim > 2:  # the pooled map [N, C, *spatial]: one row per position
+                x = np.moveaxis(x, 1, -1)
+            elif self.weight_is_a:  # Y = W·X: features on axis -2
                 x = np.swapaxes(x, -1, -2)
             return x.reshape(1, -1, x.shape[-1])
         nd = len(self.kernel)
@@ -108,7 +130,28 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
             a, b = node.input
             if b in inits and a not in inits and len(inits[b].dims) == 2:
                 out[node.name] = LinearLayer(node.name, "MatMul", a, node.output[0], b, None, 1)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for layer in out.values():
+        if layer.op != "Conv" or (all(k == 1 for k in layer.kernel) and all(s == 1 for s in layer.strides)
+                                  and not any(layer.pads)):
+            layer.pooled_from = None if layer.weight_is_a else pooled_input(layer.input, producers)
     return out
+
+
+# Ops that hand a globally pooled [N, C, 1, ...] tensor on without mixing channels or samples.
+POOL_PASS_THROUGH = {"Flatten": lambda attrs: attrs.get("axis", 1) == 1,
+                     "Reshape": lambda attrs: True,
+                     "Squeeze": lambda attrs: True}
+
+
+def pooled_input(tensor: str, producers: dict[str, onnx.NodeProto]) -> str | None:
+    """The map that GlobalAveragePool reduced to ``tensor`` (through ``POOL_PASS_THROUGH`` ops), or None."""
+    node = producers.get(tensor)
+    while node is not None and node.op_type in POOL_PASS_THROUGH:
+        if not POOL_PASS_THROUGH[node.op_type]({a.name: helper.get_attribute_value(a) for a in node.attribute}):
+            return None
+        node = producers.get(node.input[0])
+    return node.input[0] if node is not None and node.op_type == "GlobalAveragePool" else None
 
 
 def initializer_dict(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -264,17 +264,17 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                 sample_rows=opts.woodfisher_rows if criterion == "woodfisher" else 0, seed=opts.seed)
             if halves:  # half A's Hessians price the sensitivity trials (below); the whole set's: A + B
                 half_hessians = {n: a.hessian() for n, a in (every[0].hessians | every[0].samples).items()}
-                half_rows = {n: a.n for n, a in (every[0].hessians | every[0].samples).items()}
+                half_rows = {n: a.samples for n, a in (every[0].hessians | every[0].samples).items()}
                 every[0].merge(every.pop())
                 half_feeds = {k: v.copy() for k, v in next(halves[0].batches("holdout", opts.sensitivity_samples)).items()}
                 halves = None  # their arrays and mosaics (~0.3 GB on EfficientNet-Lite0) are no longer needed
             stats = every.pop()
             hessians = {n: h.hessian() for n, h in stats.hessians.items()}
-            rows = {n: h.n for n, h in stats.hessians.items()}
+            rows = {n: h.samples for n, h in stats.hessians.items()}
             stats.hessians.clear()  # the sums: no longer needed (~0.3 GB on EfficientNet-Lite0)
             for n, sample in stats.samples.items():
-                hessians[n], inverses[n] = woodfisher_hessian(sample.rows, opts.damp, sample.n)
-                rows[n] = sample.n
+                hessians[n], inverses[n] = woodfisher_hessian(sample.rows, opts.damp, sample.samples)
+                rows[n] = sample.samples
             channel_stats = stats.channels
     with timer("score"):
         rankings, rank_warnings = rank_groups(criterion, trace, eligible, inits, node_inputs, layers=layers,

@@ -112,14 +112,17 @@ CANDIDATES = (("correcting", 1.0), ("local", 1.0))
 
 
 class GramSums:
-    """Gram accumulators of one calibration half: pp = X̃_p X̃_pᵀ, dp = X̃_d X̃_pᵀ, kk, dk likewise for X_k."""
+    """Gram accumulators of one calibration half: pp = X̃_p X̃_pᵀ, dp = X̃_d X̃_pᵀ, kk, dk likewise for X_k.
+
+    ``rows`` feature rows summed; ``samples`` the rows as ridges count them (``LinearLayer.rows_per_sample``)."""
 
     def __init__(self):
         self.pp = self.dp = self.kk = self.dk = None
-        self.rows = 0
+        self.rows = self.samples = 0
 
-    def add(self, fd: np.ndarray, fp: np.ndarray, fk: np.ndarray | None, bias: bool) -> None:
+    def add(self, fd: np.ndarray, fp: np.ndarray, fk: np.ndarray | None, bias: bool, per_sample: int = 1) -> None:
         self.rows += fp.shape[1]
+        self.samples += fp.shape[1] // per_sample
         parts = {"pp": _gram(fp, fp, bias), "dp": _gram(fd, fp, bias)}
         if fk is not None:
             parts.update(kk=_gram(fk, fk, bias), dk=_gram(fd, fk, bias))
@@ -129,7 +132,7 @@ class GramSums:
 
     def __add__(self, other: GramSums) -> GramSums:
         out = GramSums()
-        out.rows = self.rows + other.rows
+        out.rows, out.samples = self.rows + other.rows, self.samples + other.samples
         for key in ("pp", "dp", "kk", "dk"):
             a, b = getattr(self, key), getattr(other, key)
             setattr(out, key, b if a is None else a if b is None else a + b)  # one batch: the second half is empty
@@ -154,11 +157,12 @@ class _Fit:
         fp = self.pruned.features(x_pruned)
         fk = None
         if self.local:
-            axis = 1 if self.dense.op == "Conv" else (-2 if self.dense.weight_is_a else -1)
+            axis = 1 if self.dense.op == "Conv" or x_dense.ndim > 2 and self.dense.pooled_from else \
+                (-2 if self.dense.weight_is_a else -1)
             xk = x_dense if self.kept_in is None else np.take(x_dense, self.kept_in, axis=axis)
             self.local = xk.shape == x_pruned.shape
             fk = self.pruned.features(xk) if self.local else None
-        self.halves[half].add(fd, fp, fk, self.bias)
+        self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned))
 
     def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float]:
         """The candidate with the least two-fold held-out error ‖W_d X̃_d − W' X̃_p‖² (summed over blocks)."""
@@ -181,7 +185,7 @@ class _Fit:
     @staticmethod
     def solve(sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float, cand: tuple[str, float]):
         g_x, g_t = (sums.kk, sums.dk) if cand[0] == "local" else (sums.pp, sums.dp)
-        return solve_refit(wd, g_t[b], g_x[b], w0, ridge, sums.rows, cand[1])
+        return solve_refit(wd, g_t[b], g_x[b], w0, ridge, sums.samples, cand[1])
 
 
 def _gram(a: np.ndarray, b: np.ndarray, bias: bool) -> np.ndarray:
@@ -235,12 +239,12 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
             else:
                 blocks = np.arange(dl.groups)
             fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=kept_in.get(name))
-        taps = sorted({d_layers[n].input for n in stage})
+        taps = sorted({d_layers[n].tap for n in stage})
         d_vals, p_vals = d_front.advance(dense, taps), p_front.advance(pruned, taps)
         for bi, (xd, xp) in enumerate(zip(d_vals, p_vals, strict=True)):
             for rows, half in half_chunks(halves[bi], chunk):
                 for name, fit in fits.items():
-                    fit.add(xd[d_layers[name].input][rows], xp[p_layers[name].input][rows], half)
+                    fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half)
         for name, fit in fits.items():
             mode, shrink = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
             done[name] = f"{mode}, shrink {shrink:g}"

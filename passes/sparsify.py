@@ -114,9 +114,9 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
             if progress:
                 progress("stage", index, len(stages))
             sums = {name: HessianSum(layers[name]) for name in stage}
-            for values in front.advance(out, sorted({layers[name].input for name in stage})):
+            for values in front.advance(out, sorted({layers[name].tap for name in stage})):
                 for name, acc in sums.items():
-                    x = values[layers[name].input]
+                    x = values[layers[name].tap]
                     for lo in range(0, len(x), chunk):
                         acc.add(x[lo:lo + chunk])
             for name, acc in sums.items():
@@ -131,15 +131,15 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
         if progress:
             progress("stage", index, len(stages))
         halves = {name: (GramSums(), GramSums()) for name in stage}
-        taps = sorted({layers[name].input for name in stage})
+        taps = sorted({layers[name].tap for name in stage})
         d_vals, s_vals = d_front.advance(model, taps), s_front.advance(out, taps)
         for bi, (xd, xs) in enumerate(zip(d_vals, s_vals, strict=True)):
             for name, sums in halves.items():
                 lay = layers[name]
-                a_d, a_s = xd[lay.input], xs[lay.input]
+                a_d, a_s = xd[lay.tap], xs[lay.tap]
                 for rows, half in half_chunks(row_halves[bi], chunk):
                     sums[half].add(lay.features(a_d[rows].astype(np.float64)),
-                                   lay.features(a_s[rows].astype(np.float64)), None, True)
+                                   lay.features(a_s[rows].astype(np.float64)), None, True, lay.rows_per_sample(a_s))
         for name, sums in halves.items():
             layer = layers[name]
             mat = layer.matrix(weights[layer.weight]).astype(np.float64)
@@ -204,12 +204,12 @@ class _CorrectedFit:
 
     def group(self, w: np.ndarray, b: np.ndarray, sums: GramSums, g: int, cand: str, refit_bias: bool,
               order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pp, dp, n = sums.pp[g], sums.dp[g], sums.rows
+        pp, dp, n, samples = sums.pp[g], sums.dp[g], sums.rows, max(sums.samples, 1)
         h, cross = pp[:-1, :-1], dp[:-1, :-1]
         sum_s, sum_d = pp[:-1, -1], dp[:-1, -1]
         target = w
         if cand == "corrected":
-            lam = (self.ridge + self.shrink * h.shape[0] / n) * max(float(np.mean(np.diag(h))), 1e-12)
+            lam = (self.ridge + self.shrink * h.shape[0] / samples) * max(float(np.mean(np.diag(h))), 1e-12)
             target = corrected_target(w, cross, h, lam)
         pat = self.pat
         w_hat = np.empty_like(w)
@@ -219,7 +219,7 @@ class _CorrectedFit:
                                                             percdamp=self.percdamp)
         if self.support_refit:  # λ as for the target, with the kept count as the feature count
             keep = ~pruned
-            lam_s = (self.ridge + self.shrink * float(keep.sum(1).mean()) / n) * max(float(np.mean(np.diag(h))), 1e-12)
+            lam_s = (self.ridge + self.shrink * float(keep.sum(1).mean()) / samples) * max(float(np.mean(np.diag(h))), 1e-12)
             w_hat = masked_refit(w, cross if cand == "corrected" else h, h, keep, lam_s)
         b_hat = bias_correction(w, b, w_hat, sum_d / n, sum_s / n) if refit_bias else b
         return w_hat, b_hat

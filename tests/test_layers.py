@@ -39,3 +39,51 @@ def test_matrix_view_reproduces_outputs(name):
             ref = out.reshape(1, -1, out.shape[-1])
             bias = inits[lay.bias].reshape(1, 1, -1) if lay.bias else 0.0
         np.testing.assert_allclose(y + bias, ref, atol=1e-5, err_msg=lay.node)
+
+
+def _tapped_values(model: onnx.ModelProto, taps: set[str]) -> dict[str, np.ndarray]:
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    have = {o.name for o in tapped.graph.output}
+    tapped.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in sorted(taps - have))
+    return dict(zip([o.name for o in tapped.graph.output], run_ort(tapped, synthetic.random_inputs(model, 3)),
+                    strict=True))
+
+
+@pytest.mark.parametrize("name", ["depthwise_se", "residual_add", "paddle_convnet"])
+def test_pooled_layers_read_every_position_of_the_pooled_map(name):
+    """A layer after GlobalAveragePool taps the map before the pooling: one feature row per position, and the
+    mean over a sample's positions of W·row + b is the layer's output (W·mean(x) = mean(W·x))."""
+    model, _ = normalize(synthetic.build(name))
+    pooled = {n: lay for n, lay in linear_layers(model).items() if lay.pooled_from}
+    assert pooled and all(lay.tap == lay.pooled_from != lay.input for lay in pooled.values())
+    inits = initializer_dict(model)
+    values = _tapped_values(model, {t for lay in pooled.values() for t in (lay.tap, lay.output)})
+    for lay in pooled.values():
+        x = values[lay.tap].astype(np.float64)
+        positions = int(np.prod(x.shape[2:]))
+        rows = lay.features(x)
+        assert rows.shape[1] == len(x) * positions
+        w = lay.matrix(inits[lay.weight]).astype(np.float64)
+        y = (rows @ np.swapaxes(w, 1, 2))[0].reshape(len(x), positions, -1).mean(1)
+        bias = inits[lay.bias].reshape(1, -1) if lay.bias else 0.0
+        np.testing.assert_allclose(y + bias, values[lay.output].reshape(len(x), -1), atol=1e-5, err_msg=lay.node)
+
+
+def test_only_channel_preserving_paths_from_global_pooling_count_as_pooled():
+    h, tp = onnx.helper, onnx.TensorProto
+    nodes = [h.make_node("GlobalAveragePool", ["x"], ["p"]),
+             h.make_node("Flatten", ["p"], ["f1"], axis=1), h.make_node("Gemm", ["f1", "w", "b"], ["y1"], transB=1),
+             h.make_node("Flatten", ["p"], ["f0"], axis=0), h.make_node("Gemm", ["f0", "w4", "b"], ["y0"], transB=1),
+             h.make_node("Conv", ["p", "k3"], ["c3"], pads=[1, 1, 1, 1]),
+             h.make_node("Conv", ["p", "k1"], ["c1"]),
+             h.make_node("Gemm", ["z", "w", "b"], ["y2"], transB=1)]
+    for i, node in enumerate(nodes):
+        node.name = f"n{i}"
+    inits = [onnx.numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in
+             (("w", (2, 4)), ("w4", (2, 4)), ("b", (2,)), ("k3", (2, 4, 3, 3)), ("k1", (2, 4, 1, 1)))]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", tp.FLOAT, [1, 4, 5, 5]),
+                                      h.make_tensor_value_info("z", tp.FLOAT, [1, 4])],
+                         [h.make_tensor_value_info(o, tp.FLOAT, None) for o in ("y1", "y0", "c3", "c1", "y2")], inits)
+    layers = {lay.output: lay for lay in linear_layers(h.make_model(graph)).values()}
+    assert {o: lay.pooled_from for o, lay in layers.items()} == {"y1": "x", "y0": None, "c3": None, "c1": "x", "y2": None}

@@ -12,6 +12,7 @@ from onnxprune.criteria import rank_groups
 from onnxprune.layers import initializer_dict
 from onnxprune.sensitivity import measured_rankings, output_damage
 from onnxprune.tracer import trace_channels
+from tests.helpers import run_ort
 
 
 def test_output_damage():
@@ -152,3 +153,27 @@ def test_split_statistics_are_each_streams_and_merge_to_the_whole():
             assert part.hessians[n].n == h.n
         np.testing.assert_allclose(part.channels[name].mean_abs, direct.channels[name].mean_abs, rtol=1e-6)
         np.testing.assert_array_equal(part.channels[name].apoz, direct.channels[name].apoz)
+
+
+def test_pooled_classifier_hessian_is_the_gram_of_every_position():
+    """After GlobalAveragePool the classifier's H is (2/(n·P))·Σ x_s x_sᵀ over the P positions of the pooled
+    map (a 1x1 conv on it), not the rank-≤n Gram of the n pooled rows."""
+    from onnxprune.calibration.collect import collect_statistics
+
+    from onnxprune.layers import linear_layers
+
+    model, _ = normalize(synthetic.build("residual_add"))
+    name = model.graph.input[0].name
+    x = synthetic.random_inputs(model, batch=6, seed=1)[name]
+    layers = {n: lay for n, lay in linear_layers(model).items() if lay.pooled_from}
+    (fc,) = layers
+    stats = collect_statistics(model, [{name: x}], layers, {})
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    tapped.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in (layers[fc].tap, layers[fc].input))
+    pre, pooled = run_ort(tapped, {name: x})[-2:]
+    pos = np.moveaxis(pre, 1, -1).reshape(-1, pre.shape[1]).astype(np.float64)
+    np.testing.assert_allclose(stats.hessians[fc].hessian()[0], 2.0 / len(pos) * pos.T @ pos, rtol=1e-6)
+    assert (stats.hessians[fc].n, stats.hessians[fc].samples) == (len(pos), len(x))  # dampening counts images
+    flat = pooled.reshape(len(x), -1).astype(np.float64)
+    assert not np.allclose(stats.hessians[fc].hessian()[0], 2.0 / len(flat) * flat.T @ flat, rtol=1e-2)
