@@ -36,7 +36,7 @@ class LinearLayer:
 
     @property
     def tap(self) -> str:
-        """The tensor whose rows give this layer's statistics: its input, or the map pooled into it.
+        """The tensor whose rows give this layer's statistics: its input, or the map pooled into it (``GLOBAL_POOLS``).
 
         After GlobalAveragePool, W·mean_s(x_s) = mean_s(W·x_s): the layer is a 1x1 conv on the pooled map
         followed by the pooling. Its statistics then come from every position of the map (Σ_s x_s x_sᵀ)
@@ -130,28 +130,67 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
             a, b = node.input
             if b in inits and a not in inits and len(inits[b].dims) == 2:
                 out[node.name] = LinearLayer(node.name, "MatMul", a, node.output[0], b, None, 1)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    graph = _GraphFacts(model)
     for layer in out.values():
         if layer.op != "Conv" or (all(k == 1 for k in layer.kernel) and all(s == 1 for s in layer.strides)
                                   and not any(layer.pads)):
-            layer.pooled_from = None if layer.weight_is_a else pooled_input(layer.input, producers)
+            layer.pooled_from = None if layer.weight_is_a else pooled_input(layer.input, graph)
     return out
 
 
+class _GraphFacts:
+    """What the pooling rules read: producers, constant tensors and ranks known from shape inference."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.producers = {o: n for n in g.node for o in n.output}
+        self.constants = {t.name: t for t in g.initializer}
+        self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*g.input, *g.value_info, *g.output)
+                      if v.type.tensor_type.HasField("shape")}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        if name in self.constants:
+            return numpy_helper.to_array(self.constants[name])
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _mean_over_all_spatial_axes(node: onnx.NodeProto, graph: _GraphFacts) -> bool:
+    """ReduceMean over exactly the axes 2 … rank−1 of an [N, C, *spatial] map (e.g. torch's ``x.mean((2, 3))``)."""
+    rank = graph.ranks.get(node.input[0])
+    axes = _attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:  # opset 18: axes is an input
+        axes = graph.constant(node.input[1])
+    if rank is None or rank < 3 or axes is None:
+        return False
+    return sorted(int(a) % rank for a in np.ravel(axes)) == list(range(2, rank))
+
+
+# Global average pooling ops: does this node average its input [N, C, *spatial] over every spatial axis?
+GLOBAL_POOLS = {"GlobalAveragePool": lambda node, graph: True,
+                "ReduceMean": _mean_over_all_spatial_axes}
 # Ops that hand a globally pooled [N, C, 1, ...] tensor on without mixing channels or samples.
 POOL_PASS_THROUGH = {"Flatten": lambda attrs: attrs.get("axis", 1) == 1,
                      "Reshape": lambda attrs: True,
                      "Squeeze": lambda attrs: True}
 
 
-def pooled_input(tensor: str, producers: dict[str, onnx.NodeProto]) -> str | None:
-    """The map that GlobalAveragePool reduced to ``tensor`` (through ``POOL_PASS_THROUGH`` ops), or None."""
-    node = producers.get(tensor)
+def pooled_input(tensor: str, graph: _GraphFacts) -> str | None:
+    """The map that a ``GLOBAL_POOLS`` op reduced to ``tensor`` (through ``POOL_PASS_THROUGH`` ops), or None."""
+    node = graph.producers.get(tensor)
     while node is not None and node.op_type in POOL_PASS_THROUGH:
-        if not POOL_PASS_THROUGH[node.op_type]({a.name: helper.get_attribute_value(a) for a in node.attribute}):
+        if not POOL_PASS_THROUGH[node.op_type](_attrs(node)):
             return None
-        node = producers.get(node.input[0])
-    return node.input[0] if node is not None and node.op_type == "GlobalAveragePool" else None
+        node = graph.producers.get(node.input[0])
+    if node is not None and node.op_type in GLOBAL_POOLS and GLOBAL_POOLS[node.op_type](node, graph):
+        return node.input[0]
+    return None
 
 
 def initializer_dict(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -252,3 +252,24 @@ def test_static_batch_model_compresses_and_measures_at_its_batch(tmp_path, capsy
         assert report["latency"]["table"]["batch"] == 4 and list(report["latency"]["measured"]) == ["batch 4"]
     else:
         assert "fixed batch" not in err
+
+
+def test_reduce_mean_pooling_compresses_like_global_average_pool(tmp_path, capsys):
+    """The same network exported with ``x.mean((2, 3))`` (ReduceMean) instead of GlobalAveragePool: its classifier
+    reads every position of the pooled map too, so compress makes the very same model from it."""
+    model = onnx.load(str(MODEL))
+    node = next(n for n in model.graph.node if n.op_type == "GlobalAveragePool")
+    node.op_type = "ReduceMean"
+    node.attribute.extend([onnx.helper.make_attribute("axes", [2, 3]), onnx.helper.make_attribute("keepdims", 1)])
+    assert model.opset_import[0].version < 18  # axes as an attribute
+    variant = tmp_path / "mean_pool.onnx"
+    onnx.save(model, str(variant))
+    outputs = {}
+    for name, path in (("gap", MODEL), ("mean", variant)):
+        code, out, _ = run_cli(capsys, "compress", path, "--calib", CALIB, "--calib-samples", "128", "--target", "2x",
+                               "--no-int8", "-o", tmp_path / name, "--json")
+        assert code == 0
+        pruned = onnx.load(json.loads(out)["output"])
+        x = np.load(CALIB)["input"][-64:]
+        outputs[name] = run_ort(pruned, {pruned.graph.input[0].name: x})[0]
+    np.testing.assert_allclose(outputs["mean"], outputs["gap"], rtol=1e-4, atol=1e-4)

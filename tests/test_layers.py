@@ -9,6 +9,7 @@ from onnxprune.passes.normalize import normalize
 
 from models import synthetic
 from onnxprune.layers import initializer_dict, linear_layers
+from onnxprune.shapes import infer_shapes
 from tests.helpers import run_ort
 
 GRAPHS = ["conv_chain", "grouped_conv", "depthwise_se", "flatten_gemm", "reshape_matmul", "residual_add",
@@ -87,3 +88,50 @@ def test_only_channel_preserving_paths_from_global_pooling_count_as_pooled():
                          [h.make_tensor_value_info(o, tp.FLOAT, None) for o in ("y1", "y0", "c3", "c1", "y2")], inits)
     layers = {lay.output: lay for lay in linear_layers(h.make_model(graph)).values()}
     assert {o: lay.pooled_from for o, lay in layers.items()} == {"y1": "x", "y0": None, "c3": None, "c1": "x", "y2": None}
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_reduce_mean_over_every_spatial_axis_counts_as_global_pooling(opset):
+    """torch's ``x.mean((2, 3))`` exports as ReduceMean (axes an attribute before opset 18, an input from 18 on):
+    over all spatial axes it pools like GlobalAveragePool; over some of them it does not."""
+    h, tp = onnx.helper, onnx.TensorProto
+    rng = np.random.default_rng(0)
+    nodes, inits = [h.make_node("Relu", ["x"], ["r"], name="relu")], []
+    outputs = []
+    for i, (axes, keep) in enumerate((([2, 3], 0), ([-1, -2], 1), ([2], 0), ([1, 2, 3], 1))):
+        ins = ["r"]
+        if opset >= 18:
+            inits.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"axes{i}"))
+            ins.append(f"axes{i}")
+            nodes.append(h.make_node("ReduceMean", ins, [f"m{i}"], name=f"mean{i}", keepdims=keep))
+        else:
+            nodes.append(h.make_node("ReduceMean", ins, [f"m{i}"], name=f"mean{i}", axes=axes, keepdims=keep))
+        feat = f"m{i}"
+        if keep:
+            nodes.append(h.make_node("Flatten", [feat], [f"f{i}"], name=f"flat{i}"))
+            feat = f"f{i}"
+        k = 5 if i == 2 else 1 if i == 3 else 4  # mean over H only leaves [N, C, W]: MatMul on W
+        op = "MatMul" if i >= 2 else "Gemm"
+        inits.append(onnx.numpy_helper.from_array(rng.standard_normal((k, 3)).astype(np.float32), f"w{i}"))
+        nodes.append(h.make_node(op, [feat, f"w{i}"], [f"y{i}"], name=f"fc{i}"))
+        outputs.append(h.make_tensor_value_info(f"y{i}", tp.FLOAT, None))
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", tp.FLOAT, [2, 4, 6, 5])], outputs, inits)
+    model = infer_shapes(h.make_model(graph, opset_imports=[h.make_opsetid("", opset)], ir_version=9))
+    layers = {lay.node: lay for lay in linear_layers(model).values()}
+    assert {n: lay.pooled_from for n, lay in layers.items()} == {"fc0": "r", "fc1": "r", "fc2": None, "fc3": None}
+    x = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
+    values = dict(zip(["y0", "y1", "r"], run_ort(_with_outputs(model, ["r"]), {"x": x})[:2] + [np.maximum(x, 0)],
+                      strict=True))
+    for name in ("fc0", "fc1"):
+        lay = layers[name]
+        rows = lay.features(values[lay.tap].astype(np.float64))
+        w = lay.matrix(onnx.numpy_helper.to_array(next(t for t in inits if t.name == lay.weight))).astype(np.float64)
+        y = (rows @ np.swapaxes(w, 1, 2))[0].reshape(2, 30, -1).mean(1)
+        np.testing.assert_allclose(y, values[lay.output], atol=1e-5)
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in names)
+    return out
