@@ -38,7 +38,7 @@ class LinearLayer:
     def tap(self) -> str:
         """The tensor whose rows give this layer's statistics: its input, or the map pooled into it (``GLOBAL_POOLS``).
 
-        After GlobalAveragePool, W·mean_s(x_s) = mean_s(W·x_s): the layer is a 1x1 conv on the pooled map
+        After global average pooling, W·mean_s(x_s) = mean_s(W·x_s): the layer is a 1x1 conv on the pooled map
         followed by the pooling. Its statistics then come from every position of the map (Σ_s x_s x_sᵀ)
         instead of one pooled row per sample — a fit must keep the outputs at every position, not only
         their mean. On EfficientNet-Lite0 / MobileNetV2 2:4 the classifier fit this way lifted agreement
