@@ -108,7 +108,7 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
     inits = {t.name: t for t in model.graph.initializer}
     out: dict[str, LinearLayer] = {}
     for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attrs(node)
         if node.op_type == "Conv" and node.input[1] in inits:
             w = inits[node.input[1]]
             nd = len(w.dims) - 2
@@ -130,7 +130,7 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
             a, b = node.input
             if b in inits and a not in inits and len(inits[b].dims) == 2:
                 out[node.name] = LinearLayer(node.name, "MatMul", a, node.output[0], b, None, 1)
-    graph = _GraphFacts(model)
+    graph = _GraphFacts(model, inits)
     for layer in out.values():
         if layer.op != "Conv" or (all(k == 1 for k in layer.kernel) and all(s == 1 for s in layer.strides)
                                   and not any(layer.pads)):
@@ -141,10 +141,10 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
 class _GraphFacts:
     """What the pooling rules read: producers, constant tensors and ranks known from shape inference."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, inits: dict[str, onnx.TensorProto]):
         g = model.graph
         self.producers = {o: n for n in g.node for o in n.output}
-        self.constants = {t.name: t for t in g.initializer}
+        self.constants = inits
         self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*g.input, *g.value_info, *g.output)
                       if v.type.tensor_type.HasField("shape")}
 

@@ -34,6 +34,13 @@ from onnxprune.calibration.collect import Frontier
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
 
 
+def ridge_lambda(g: np.ndarray, ridge: float, shrink: float, features: float, rows: int | None) -> float:
+    """λ = (ridge + shrink·features/rows)·mean(diag G): the fewer calibration rows per feature, the harder a
+    least-squares fit on the Gram matrix G is pulled toward its prior (no row term without ``rows``)."""
+    per_row = shrink * features / rows if rows else 0.0
+    return (ridge + per_row) * max(float(np.mean(np.diag(g))), 1e-12)
+
+
 def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.ndarray, ridge: float,
                 rows: int | None = None, shrink: float = 1.0) -> np.ndarray:
     """(W_d G_dp + λ W_0)(G_pp + λ I)⁻¹ for one block (rows = outputs).
@@ -42,8 +49,7 @@ def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.
     the refit is pulled toward W_0 — a classifier fed 256 pooled vectors of 1280 features would otherwise
     memorize its calibration set instead of generalizing.
     """
-    per_row = shrink * g_pp.shape[0] / rows if rows else 0.0
-    lam = (ridge + per_row) * max(float(np.mean(np.diag(g_pp))), 1e-12)
+    lam = ridge_lambda(g_pp, ridge, shrink, g_pp.shape[0], rows)
     a = g_pp + lam * np.eye(g_pp.shape[0])
     rhs = w_dense @ g_dp + lam * w0
     return np.linalg.solve(a, rhs.T).T

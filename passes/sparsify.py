@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier, HessianSum
-from onnxprune.passes.reconstruct import GramSums, half_chunks, layer_stages, validation_halves
+from onnxprune.passes.reconstruct import GramSums, half_chunks, layer_stages, ridge_lambda, validation_halves
 
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
 from onnxprune.sparsity import (
@@ -209,7 +209,7 @@ class _CorrectedFit:
         sum_s, sum_d = pp[:-1, -1], dp[:-1, -1]
         target = w
         if cand == "corrected":
-            lam = (self.ridge + self.shrink * h.shape[0] / samples) * max(float(np.mean(np.diag(h))), 1e-12)
+            lam = ridge_lambda(h, self.ridge, self.shrink, h.shape[0], samples)
             target = corrected_target(w, cross, h, lam)
         pat = self.pat
         w_hat = np.empty_like(w)
@@ -219,7 +219,7 @@ class _CorrectedFit:
                                                             percdamp=self.percdamp)
         if self.support_refit:  # λ as for the target, with the kept count as the feature count
             keep = ~pruned
-            lam_s = (self.ridge + self.shrink * float(keep.sum(1).mean()) / samples) * max(float(np.mean(np.diag(h))), 1e-12)
+            lam_s = ridge_lambda(h, self.ridge, self.shrink, float(keep.sum(1).mean()), samples)
             w_hat = masked_refit(w, cross if cand == "corrected" else h, h, keep, lam_s)
         b_hat = bias_correction(w, b, w_hat, sum_d / n, sum_s / n) if refit_bias else b
         return w_hat, b_hat
