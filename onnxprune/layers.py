@@ -75,6 +75,12 @@ class LinearLayer:
         return m[0] if self.weight_is_a else m[0].T
 
     # -- activations as feature rows -----------------------------------------------------------
+    def output_rows(self, y: np.ndarray) -> np.ndarray:
+        """An output-shaped tensor → [rows, out], rows aligned with ``features`` (ungrouped, unpooled layers)."""
+        if self.op == "Conv":
+            return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+        return y.reshape(-1, y.shape[-1])
+
     def features(self, x: np.ndarray) -> np.ndarray:
         """Input activation → [groups, rows, features] (conv: im2col patches, c-major then kernel offsets)."""
         if self.op != "Conv":
@@ -191,6 +197,35 @@ def pooled_input(tensor: str, graph: _GraphFacts) -> str | None:
     if node is not None and node.op_type in GLOBAL_POOLS and GLOBAL_POOLS[node.op_type](node, graph):
         return node.input[0]
     return None
+
+
+def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) -> dict[str, str]:
+    """Layer → the other operand of the Add that its output alone feeds (a residual connection).
+
+    The block output is then W·x + s, so a fit that keeps the block output (not only W·x) absorbs the
+    drift of s as well: the skip path carries every earlier block's leftover error past the layers that
+    could correct it. Only ungrouped, unpooled layers (``output_rows``) and partners that are not constant
+    (a bias Add). The Add must be the output's only reader (not a graph output either), so the partner cannot
+    be computed from it.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in set(node.input):
+            consumers.setdefault(i, []).append(node)
+    constants = {t.name for t in model.graph.initializer} | \
+        {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    out: dict[str, str] = {}
+    for name, layer in layers.items():
+        if layer.groups != 1 or layer.pooled_from or layer.weight_is_a or layer.output in graph_outputs:
+            continue
+        users = consumers.get(layer.output, [])
+        if len(users) != 1 or users[0].op_type != "Add" or len(set(users[0].input)) != 2:
+            continue
+        other = next(i for i in users[0].input if i != layer.output)
+        if other not in constants:
+            out[name] = other
+    return out
 
 
 def initializer_dict(model: onnx.ModelProto) -> dict[str, np.ndarray]:

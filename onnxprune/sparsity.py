@@ -302,26 +302,34 @@ def check_pattern(w: np.ndarray, reduction: int, n: int, m: int) -> dict:
 # prune is SparseGPT (same H_s) on the target W*, the unconstrained least-squares refit of the layer.
 
 
-def corrected_target(w: np.ndarray, cross: np.ndarray, h: np.ndarray, lam: float = 0.0) -> np.ndarray:
+def corrected_target(w: np.ndarray, cross: np.ndarray, h: np.ndarray, lam: float = 0.0,
+                     skip_cross: np.ndarray | None = None) -> np.ndarray:
     """The target W* that SparseGPT must approach on X_s so that Ŵ·X_s reproduces W·X_d (W [rows, features]).
 
-    W* = W + (W·C − W·H_s)(H_s + λI)⁻¹  with C = Σ x_d x_sᵀ (``cross``) and H_s = Σ x_s x_sᵀ (``h``).
+    W* = W + (W·C − W·H_s + E)(H_s + λI)⁻¹  with C = Σ x_d x_sᵀ (``cross``) and H_s = Σ x_s x_sᵀ (``h``).
     λ = 0 is the exact refit W·C·H_s⁻¹; λ > 0 shrinks it toward W (ridge: argmin ‖W X_d − W' X_s‖² +
     λ‖W' − W‖², the form ``passes.reconstruct.solve_refit`` takes with W_0 = W). With X_s = X_d (C = H_s)
-    W* = W exactly, for every λ.
+    W* = W exactly, for every λ. ``skip_cross`` E = Σ δ x_sᵀ, δ = s_d − s_s the drift of the residual
+    partner s the output is added to (``layers.residual_partners``): the fit then keeps W·x + s, the block
+    output, argmin ‖W X_d + Δ − W' X_s‖² + λ‖W' − W‖² (E = 0 without one).
     """
     w = np.asarray(w, np.float64)
     h = np.asarray(h, np.float64)
     a = h + lam * np.eye(len(h)) if lam else h
-    return w + np.linalg.solve(a, (w @ (np.asarray(cross, np.float64) - h)).T).T
+    rhs = w @ (np.asarray(cross, np.float64) - h)
+    if skip_cross is not None:
+        rhs = rhs + skip_cross
+    return w + np.linalg.solve(a, rhs.T).T
 
 
-def masked_refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, keep: np.ndarray, lam: float) -> np.ndarray:
+def masked_refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, keep: np.ndarray, lam: float,
+                 skip_cross: np.ndarray | None = None) -> np.ndarray:
     """Each row's least-squares optimum on its kept weights S (``keep`` [rows, features], True = kept):
 
-        Ŵ_S = (W·C_{:,S} + λ·W_S)(H_SS + λI)⁻¹ = argmin ‖W X_d − Ŵ X_s‖² + λ‖Ŵ − W‖²,  Ŵ = 0 off S,
+        Ŵ_S = (W·C_{:,S} + E_{:,S} + λ·W_S)(H_SS + λI)⁻¹ = argmin ‖W X_d + Δ − Ŵ X_s‖² + λ‖Ŵ − W‖²,  Ŵ = 0 off S,
 
-    C = Σ x_d x_sᵀ (``cross``; pass H_s for the layer's own output), H_s = Σ x_s x_sᵀ (``h``), λ > 0.
+    C = Σ x_d x_sᵀ (``cross``; pass H_s for the layer's own output), H_s = Σ x_s x_sᵀ (``h``), λ > 0,
+    E = Σ δ x_sᵀ the residual partner's drift (``skip_cross``, see ``corrected_target``; Δ = 0 without).
     SparseGPT's lazy updates only move the columns right of each pruned one; this re-solves every kept
     weight of a row for the mask it chose (one Cholesky solve per row).
     """
@@ -329,6 +337,8 @@ def masked_refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, keep: np.ndarr
         raise ValueError(f"masked_refit needs λ > 0, got {lam}")
     w = np.asarray(w, np.float64)
     rhs = w @ np.asarray(cross, np.float64) + lam * w
+    if skip_cross is not None:
+        rhs = rhs + skip_cross
     out = np.zeros_like(w)
     for i in range(len(w)):
         s = np.flatnonzero(keep[i])
@@ -341,21 +351,25 @@ def masked_refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, keep: np.ndarr
 
 
 def output_mismatch(w: np.ndarray, w_new: np.ndarray, cross: np.ndarray, h_s: np.ndarray,
-                    h_d: np.ndarray | None = None) -> float:
-    """‖W·X_d − Ŵ·X_s‖² from sums: tr(Ŵ H_s Ŵᵀ) − 2 tr(W C Ŵᵀ) [+ tr(W H_d Wᵀ) when ``h_d`` is given].
+                    h_d: np.ndarray | None = None, skip_cross: np.ndarray | None = None) -> float:
+    """‖W·X_d + Δ − Ŵ·X_s‖² from sums: tr(Ŵ H_s Ŵᵀ) − 2 tr((W C + E) Ŵᵀ) [+ tr(W H_d Wᵀ) when ``h_d`` is given].
 
-    Without ``h_d`` it is the mismatch up to a constant that does not depend on Ŵ (enough to compare fits).
+    Without ``h_d`` it is the mismatch up to a constant that does not depend on Ŵ (enough to compare fits);
+    E = ``skip_cross`` as in ``corrected_target`` (the constant then also leaves out Δ's own terms).
     """
     w = np.asarray(w, np.float64)
     w_new = np.asarray(w_new, np.float64)
-    err = float(np.sum((w_new @ h_s) * w_new) - 2.0 * np.sum((w @ cross) * w_new))
+    target = w @ cross if skip_cross is None else w @ cross + skip_cross
+    err = float(np.sum((w_new @ h_s) * w_new) - 2.0 * np.sum(target * w_new))
     return err + float(np.sum((w @ h_d) * w)) if h_d is not None else err
 
 
 def bias_correction(w: np.ndarray, b: np.ndarray, w_new: np.ndarray, mean_d: np.ndarray,
-                    mean_s: np.ndarray) -> np.ndarray:
-    """b' = b + W·E[x_d] − Ŵ·E[x_s]: the pruned layer's mean output equals the dense layer's on calibration data."""
-    return np.asarray(b, np.float64) + np.asarray(w, np.float64) @ mean_d - np.asarray(w_new, np.float64) @ mean_s
+                    mean_s: np.ndarray, mean_skip: np.ndarray | float = 0.0) -> np.ndarray:
+    """b' = b + W·E[x_d] − Ŵ·E[x_s] + E[δ]: the pruned layer's mean output (plus its residual partner's, whose
+    drift is δ) equals the dense layer's on calibration data."""
+    return (np.asarray(b, np.float64) + np.asarray(w, np.float64) @ mean_d - np.asarray(w_new, np.float64) @ mean_s
+            + mean_skip)
 
 
 def corrected_sparsegpt(w: np.ndarray, cross: np.ndarray, h_s: np.ndarray, *, lam: float = 0.0,

@@ -8,7 +8,9 @@ inputs X_p to reproduce the *dense* layer's outputs Y_d = W_d X_d + b_d:
 
 with X̃ = [X; 1] (bias), G_dp = X̃_d X̃_pᵀ and G_pp = X̃_p X̃_pᵀ accumulated in float64 over calibration
 batches, and W_0 the pruned layer's current weights (so a weak signal leaves them as they are).
-λ = ridge · mean(diag G_pp). With λ → 0 one layer is exactly numpy's least squares.
+λ = ridge · mean(diag G_pp). With λ → 0 one layer is exactly numpy's least squares. A layer whose output
+only feeds a residual Add (y = W x + s) keeps the block output instead: the target is W_d X̃_d + Δ with
+Δ = s_d − s_p the drift of the Add's other operand, which would otherwise flow on down the skip path.
 
 Error correction generalizes only as far as the calibration data is diverse: with few distinct inputs it
 learns input-specific corrections. So each layer also has a *local* candidate, fit on the dense model's
@@ -31,7 +33,7 @@ import onnx
 from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier
 
-from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
+from onnxprune.layers import LinearLayer, initializer_dict, linear_layers, residual_partners
 
 
 def ridge_lambda(g: np.ndarray, ridge: float, shrink: float, features: float, rows: int | None) -> float:
@@ -42,16 +44,20 @@ def ridge_lambda(g: np.ndarray, ridge: float, shrink: float, features: float, ro
 
 
 def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.ndarray, ridge: float,
-                rows: int | None = None, shrink: float = 1.0) -> np.ndarray:
-    """(W_d G_dp + λ W_0)(G_pp + λ I)⁻¹ for one block (rows = outputs).
+                rows: int | None = None, shrink: float = 1.0, skip_cross: np.ndarray | None = None) -> np.ndarray:
+    """(W_d G_dp + E + λ W_0)(G_pp + λ I)⁻¹ for one block (rows = outputs).
 
     λ = (ridge + shrink·features/rows)·mean(diag G_pp): the fewer calibration rows per feature, the harder
     the refit is pulled toward W_0 — a classifier fed 256 pooled vectors of 1280 features would otherwise
-    memorize its calibration set instead of generalizing.
+    memorize its calibration set instead of generalizing. E = Δ X̃_pᵀ (``skip_cross``, 0 without): the drift
+    Δ of the residual partner the layer's output is added to (``layers.residual_partners``), so the fit keeps
+    the block output W_d X̃_d + Δ − W' X̃_p.
     """
     lam = ridge_lambda(g_pp, ridge, shrink, g_pp.shape[0], rows)
     a = g_pp + lam * np.eye(g_pp.shape[0])
     rhs = w_dense @ g_dp + lam * w0
+    if skip_cross is not None:
+        rhs = rhs + skip_cross
     return np.linalg.solve(a, rhs.T).T
 
 
@@ -111,6 +117,29 @@ def layer_stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo
     return [stages[k] for k in sorted(stages)]
 
 
+def settled_partners(model: onnx.ModelProto, partners: Mapping[str, str], stages: list[list[str]]) -> dict[str, str]:
+    """The residual partners (``layers.residual_partners``) computed from layers of earlier stages only.
+
+    Tapping a partner runs every node up to it: one downstream of a layer still to be fit (of the same or a
+    later stage, e.g. the conv on the other side of a projection shortcut) would run with stale weights.
+    """
+    stage_of = {name: i for i, stage in enumerate(stages) for name in stage}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for name, tensor in partners.items():
+        seen: set[str] = set()
+        stack = [tensor]
+        while stack:
+            node = producers.get(stack.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            stack.extend(node.input)
+        if all(stage_of.get(n, -1) < stage_of[name] for n in seen):
+            out[name] = tensor
+    return out
+
+
 # (fit, shrink multiplier) pairs tried per layer; "local" fits on dense inputs of the kept channels.
 # Stronger shrinkage (8x) won the layer-wise validation often on EfficientNet-Lite0 but lost end to end
 # (38.6% vs 41.9% agreement, KL 1.17 vs 0.82 at 1.5x), so only the fit itself is chosen.
@@ -118,20 +147,26 @@ CANDIDATES = (("correcting", 1.0), ("local", 1.0))
 
 
 class GramSums:
-    """Gram accumulators of one calibration half: pp = X̃_p X̃_pᵀ, dp = X̃_d X̃_pᵀ, kk, dk likewise for X_k.
+    """Gram accumulators of one calibration half: pp = X̃_p X̃_pᵀ, dp = X̃_d X̃_pᵀ, kk, dk likewise for X_k;
+    ep = Δ X̃_pᵀ for a layer with a residual partner (Δ: the partner's drift, dense − pruned, rows = outputs).
 
     ``rows`` feature rows summed; ``samples`` the rows as ridges count them (``LinearLayer.rows_per_sample``)."""
 
+    KEYS = ("pp", "dp", "kk", "dk", "ep")
+
     def __init__(self):
-        self.pp = self.dp = self.kk = self.dk = None
+        self.pp = self.dp = self.kk = self.dk = self.ep = None
         self.rows = self.samples = 0
 
-    def add(self, fd: np.ndarray, fp: np.ndarray, fk: np.ndarray | None, bias: bool, per_sample: int = 1) -> None:
+    def add(self, fd: np.ndarray, fp: np.ndarray, fk: np.ndarray | None, bias: bool, per_sample: int = 1,
+            drift: np.ndarray | None = None) -> None:
         self.rows += fp.shape[1]
         self.samples += fp.shape[1] // per_sample
         parts = {"pp": _gram(fp, fp, bias), "dp": _gram(fd, fp, bias)}
         if fk is not None:
             parts.update(kk=_gram(fk, fk, bias), dk=_gram(fd, fk, bias))
+        if drift is not None:  # [rows, outputs] of an ungrouped layer
+            parts["ep"] = _gram(drift[None], fp, bias)[:, :drift.shape[1]]
         for key, val in parts.items():
             old = getattr(self, key)
             setattr(self, key, val if old is None else old + val)
@@ -139,7 +174,7 @@ class GramSums:
     def __add__(self, other: GramSums) -> GramSums:
         out = GramSums()
         out.rows, out.samples = self.rows + other.rows, self.samples + other.samples
-        for key in ("pp", "dp", "kk", "dk"):
+        for key in self.KEYS:
             a, b = getattr(self, key), getattr(other, key)
             setattr(out, key, b if a is None else a if b is None else a + b)  # one batch: the second half is empty
         return out
@@ -155,8 +190,9 @@ class _Fit:
         self.halves = (GramSums(), GramSums())
         self.local = True  # the local candidate exists (dense inputs map onto the pruned layer's inputs)
 
-    def add(self, x_dense: np.ndarray, x_pruned: np.ndarray, half: int) -> None:
-        """Fold one batch into its half: float32 products through BLAS, summed into float64."""
+    def add(self, x_dense: np.ndarray, x_pruned: np.ndarray, half: int, drift: np.ndarray | None = None) -> bool:
+        """Fold one batch into its half: float32 products through BLAS, summed into float64. ``drift``: rows of
+        the residual partner's drift; False when they do not line up with the layer's rows (not used then)."""
         if x_dense.dtype == np.float16:  # a float16 model: numpy's float16 matmul has no BLAS (100x slower)
             x_dense, x_pruned = x_dense.astype(np.float32), x_pruned.astype(np.float32)
         fd = self.dense.features(x_dense)[self.blocks]
@@ -168,7 +204,9 @@ class _Fit:
             xk = x_dense if self.kept_in is None else np.take(x_dense, self.kept_in, axis=axis)
             self.local = xk.shape == x_pruned.shape
             fk = self.pruned.features(xk) if self.local else None
-        self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned))
+        fits = drift is not None and drift.shape[0] == fp.shape[1]
+        self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned), drift if fits else None)
+        return fits
 
     def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float]:
         """The candidate with the least two-fold held-out error ‖W_d X̃_d − W' X̃_p‖² (summed over blocks)."""
@@ -183,15 +221,18 @@ class _Fit:
                 for b in range(len(wd)):
                     w = self.solve(self.halves[fit], b, wd[b], w0[b], ridge, cand)
                     v = self.halves[val]
-                    err += float(np.sum((w @ v.pp[b]) * w) - 2.0 * np.sum((wd[b] @ v.dp[b]) * w))
+                    target = wd[b] @ v.dp[b] + (v.ep[b] if v.ep is not None else 0.0)
+                    err += float(np.sum((w @ v.pp[b]) * w) - 2.0 * np.sum(target * w))
             if err < best_err:
                 best, best_err = cand, err
         return best
 
     @staticmethod
     def solve(sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float, cand: tuple[str, float]):
-        g_x, g_t = (sums.kk, sums.dk) if cand[0] == "local" else (sums.pp, sums.dp)
-        return solve_refit(wd, g_t[b], g_x[b], w0, ridge, sums.samples, cand[1])
+        if cand[0] == "local":  # fit on dense inputs: the partner's drift (seen on pruned ones) does not apply
+            return solve_refit(wd, sums.dk[b], sums.kk[b], w0, ridge, sums.samples, cand[1])
+        skip = sums.ep[b] if sums.ep is not None else None
+        return solve_refit(wd, sums.dp[b], sums.pp[b], w0, ridge, sums.samples, cand[1], skip)
 
 
 def _gram(a: np.ndarray, b: np.ndarray, bias: bool) -> np.ndarray:
@@ -217,7 +258,8 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     ``kept_out`` / ``kept_in`` map a layer to the dense output / input channels it kept (absent: all
     kept); ``changed_nodes`` are the nodes pruning edited; ``groups`` the source of each calibration row
     (``validation_halves``). Returns, in order, each refitted layer with the
-    fit validation chose for it (e.g. ``"local, shrink 8"``).
+    fit validation chose for it (e.g. ``"local, shrink 8"``; ``", residual block output"`` is added where the
+    correcting fit kept a residual block's output, see ``solve_refit``).
     """
     d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
     changed = _changed_inputs(pruned, changed_nodes)
@@ -228,6 +270,7 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     kept_in = kept_in or {}
     done: dict[str, str] = {}
     stages = layer_stages(pruned, p_layers, todo)
+    partners = settled_partners(pruned, residual_partners(pruned, {n: p_layers[n] for n in todo}), stages)
     # Both models advance stage by stage from their last boundary: every node runs once per model.
     feeds = list(batches())
     halves = validation_halves([len(next(iter(f.values()))) for f in feeds], groups)
@@ -245,16 +288,32 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
             else:
                 blocks = np.arange(dl.groups)
             fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=kept_in.get(name))
-        taps = sorted({d_layers[n].tap for n in stage})
+        taps = sorted({d_layers[n].tap for n in stage} | {partners[n] for n in stage if n in partners})
         d_vals, p_vals = d_front.advance(dense, taps), p_front.advance(pruned, taps)
         for bi, (xd, xp) in enumerate(zip(d_vals, p_vals, strict=True)):
             for rows, half in half_chunks(halves[bi], chunk):
                 for name, fit in fits.items():
-                    fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half)
+                    skip = partners.get(name)
+                    drift = _partner_drift(d_layers[name], xd[skip][rows], xp[skip][rows], kept_out.get(name)) \
+                        if skip else None
+                    if not fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half, drift) and skip:
+                        del partners[name]  # the Add broadcasts: no block output to keep
         for name, fit in fits.items():
             mode, shrink = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
-            done[name] = f"{mode}, shrink {shrink:g}"
+            block = ", residual block output" if mode == "correcting" and name in partners else ""
+            done[name] = f"{mode}, shrink {shrink:g}{block}"
     return done
+
+
+def _partner_drift(dense: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray,
+                   kept: np.ndarray | None) -> np.ndarray | None:
+    """Rows [rows, kept outputs] of the residual partner's drift s_d − s_p, or None if channels do not line up.
+    In the activations' precision (float16 as float32), as ``_Fit.add`` takes its products."""
+    d = dense.output_rows(s_dense.astype(np.promote_types(s_dense.dtype, np.float32)))
+    p = dense.output_rows(s_pruned.astype(d.dtype))
+    if kept is not None and d.shape[1] != p.shape[1]:
+        d = d[:, np.asarray(kept)]
+    return d - p if d.shape == p.shape else None
 
 
 def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:

@@ -8,7 +8,7 @@ import pytest
 from onnxprune.passes.normalize import normalize
 
 from models import synthetic
-from onnxprune.layers import initializer_dict, linear_layers
+from onnxprune.layers import initializer_dict, linear_layers, residual_partners
 from onnxprune.shapes import infer_shapes
 from tests.helpers import run_ort
 
@@ -40,6 +40,8 @@ def test_matrix_view_reproduces_outputs(name):
             ref = out.reshape(1, -1, out.shape[-1])
             bias = inits[lay.bias].reshape(1, 1, -1) if lay.bias else 0.0
         np.testing.assert_allclose(y + bias, ref, atol=1e-5, err_msg=lay.node)
+        if lay.groups == 1 and not lay.weight_is_a:  # output_rows lines output tensors up with the feature rows
+            np.testing.assert_allclose((y + bias)[0], lay.output_rows(out), atol=1e-5, err_msg=lay.node)
 
 
 def _tapped_values(model: onnx.ModelProto, taps: set[str]) -> dict[str, np.ndarray]:
@@ -135,3 +137,28 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     out.CopyFrom(model)
     out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in names)
     return out
+
+
+def test_residual_partners_are_the_other_operand_of_the_add_a_layer_alone_feeds():
+    h, tp = onnx.helper, onnx.TensorProto
+    nodes = [h.make_node("Conv", ["x", "k"], ["c1"]), h.make_node("Add", ["c1", "x"], ["a1"]),  # residual: x
+             h.make_node("Conv", ["a1", "k"], ["c2"]), h.make_node("Add", ["c2", "b4"], ["a2"]),  # bias Add
+             h.make_node("Constant", [], ["cb"], value=onnx.numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32))),
+             h.make_node("Conv", ["a2", "k"], ["c3"]), h.make_node("Add", ["cb", "c3"], ["a3"]),  # Constant node
+             h.make_node("Conv", ["a3", "k"], ["c4"]), h.make_node("Relu", ["c4"], ["r4"]),
+             h.make_node("Add", ["c4", "r4"], ["a4"]),  # c4 read twice: its partner is computed from it
+             h.make_node("Conv", ["a4", "dw"], ["c5"], group=4), h.make_node("Add", ["c5", "a4"], ["a5"]),  # grouped
+             h.make_node("Flatten", ["a5"], ["f"]), h.make_node("Gemm", ["f", "w", "z"], ["g"], transB=1),
+             h.make_node("Add", ["g", "y"], ["out"]),  # Gemm + another input: residual
+             h.make_node("Conv", ["a5", "k"], ["c6"]), h.make_node("Add", ["c6", "a5"], ["a6"])]  # c6: graph output
+    for i, node in enumerate(nodes):
+        node.name = f"n{i}"
+    inits = [onnx.numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in
+             (("k", (4, 4, 1, 1)), ("b4", (1, 4, 1, 1)), ("dw", (4, 1, 1, 1)), ("w", (3, 4)), ("z", (3,)))]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", tp.FLOAT, [2, 4, 1, 1]),
+                                      h.make_tensor_value_info("y", tp.FLOAT, [2, 3])],
+                         [h.make_tensor_value_info(o, tp.FLOAT, None) for o in ("out", "a6", "c6")], inits)
+    model = h.make_model(graph)
+    layers = linear_layers(model)
+    by_output = {lay.output: lay.node for lay in layers.values()}
+    assert residual_partners(model, layers) == {by_output["c1"]: "x", by_output["g"]: "y"}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxprune.passes.reconstruct as reconstruct_module
 import pytest
 from onnxprune.calibration.collect import Frontier, tapped_session
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.reconstruct import _Fit, layer_stages
+from onnxprune.passes.reconstruct import _Fit, layer_stages, reconstruct, settled_partners
 
 from models import synthetic
-from onnxprune.layers import LinearLayer, linear_layers
+from onnxprune.layers import LinearLayer, linear_layers, residual_partners
 
 
 def _model_and_batches(name: str, n_batches: int = 3):
@@ -168,3 +170,48 @@ def test_refit_with_groups_equal_to_the_batch_halves_is_the_default_refit():
     for name, want in results[0].items():
         np.testing.assert_array_equal(results[1][name], want)
 
+
+
+def test_only_partners_of_settled_layers_are_tapped():
+    """A projection shortcut: b2.proj's partner is b2.conv2's output (fit one stage later: tapping it would
+    run b2.conv2 with stale weights), b2.conv2's partner is b2.proj's output (fit one stage earlier)."""
+    model, _ = normalize(synthetic.build("residual_add"))
+    layers = linear_layers(model)
+    partners = residual_partners(model, layers)
+    assert set(partners) == {"b1.conv2", "b2.proj", "b2.conv2"}
+    assert settled_partners(model, partners, layer_stages(model, layers, set(layers))) == \
+        {"b1.conv2": partners["b1.conv2"], "b2.conv2": partners["b2.conv2"]}
+
+
+def test_refit_keeps_the_block_output_of_a_residual_layer(monkeypatch):
+    """x → conv_a → Relu (r) → conv_b → Add(conv_b, r), conv_a's outputs damaged: the refit of conv_b keeps
+    conv_b(r) + r, taking up r's drift too, closer to the dense block output than a fit of conv_b(r) alone."""
+    rng = np.random.default_rng(0)
+    c = 16
+    w_a, w_b = (rng.standard_normal((c, c, 1, 1)).astype(np.float32) / 4 for _ in range(2))
+    h = onnx.helper
+
+    def model(wa):
+        nodes = [h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"), h.make_node("Relu", ["a"], ["r"], name="relu"),
+                 h.make_node("Conv", ["r", "b.w"], ["b"], name="conv_b"), h.make_node("Add", ["b", "r"], ["y"], name="add")]
+        inits = [onnx.numpy_helper.from_array(wa, "a.w"), onnx.numpy_helper.from_array(w_b, "b.w")]
+        vi = lambda n: h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", c, 3, 3])  # noqa: E731
+        return h.make_model(h.make_graph(nodes, "res", [vi("x")], [vi("y")], inits),
+                            opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+    dense = model(w_a)
+    damaged = w_a.copy()
+    damaged[: c // 2] *= rng.uniform(0.3, 1.7, (c // 2, c, 1, 1)).astype(np.float32)
+    x = (rng.standard_normal((96, c, 3, 3)) + rng.standard_normal((1, c, 1, 1))).astype(np.float32)
+    batches = [{"x": x[i:i + 16]} for i in range(0, len(x), 16)]
+    want = tapped_session(dense, ["y"])[0].run(["y"], {"x": x})[0]
+    errors = {}
+    for label in ("block", "layer"):
+        if label == "layer":
+            monkeypatch.setattr(reconstruct_module, "residual_partners", lambda *args: {})
+        pruned = model(damaged)
+        done = reconstruct(dense, pruned, {}, {"conv_a"}, lambda: iter(batches), ridge=1e-3)
+        assert list(done) == ["conv_b"] and done["conv_b"].endswith("block output") == (label == "block")
+        got = tapped_session(pruned, ["y"])[0].run(["y"], {"x": x})[0]
+        errors[label] = float(np.sum((got - want) ** 2))
+    assert errors["block"] < 0.8 * errors["layer"]

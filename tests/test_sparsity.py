@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxprune.passes.sparsify as sparsify_module
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxprune.passes.normalize import normalize
@@ -355,3 +356,63 @@ def test_validated_correction_honours_groups():
     after = initializer_dict(mixed)
     for node, layout in ELIGIBLE.items():
         assert groups_of_channels(after[WEIGHT[node]], layout, 4).min() >= 2, node
+
+
+def test_residual_drift_enters_target_refit_and_mismatch():
+    """With the drift Δ of a residual partner (block output W·x + s), ``skip_cross`` E = Δ X_sᵀ makes
+    corrected_target, masked_refit and output_mismatch solve / measure ‖W X_d + Δ − Ŵ X_s‖² (+ λ‖Ŵ − W‖²)."""
+    rng = np.random.default_rng(7)
+    x_d, x_s = drifted_inputs()
+    w = rng.standard_normal((8, 32))
+    delta = 0.2 * rng.standard_normal((8, 32)) @ x_s + rng.standard_normal((8, x_s.shape[1]))
+    cross, h_s, skip = x_d @ x_s.T, x_s @ x_s.T, delta @ x_s.T
+    lam = 0.05 * np.mean(np.diag(h_s))
+    goal = w @ x_d + delta
+    stacked = np.vstack([x_s.T, np.sqrt(lam) * np.eye(32)])
+    want = np.linalg.lstsq(stacked, np.vstack([goal.T, np.sqrt(lam) * w.T]), rcond=None)[0].T
+    np.testing.assert_allclose(corrected_target(w, cross, h_s, lam, skip), want, rtol=1e-7, atol=1e-9)
+    keep = rng.random((8, 32)) < 0.5
+    got = masked_refit(w, cross, h_s, keep, lam, skip)
+    for i in range(8):
+        s_i = np.flatnonzero(keep[i])
+        a = np.vstack([x_s[s_i].T, np.sqrt(lam) * np.eye(len(s_i))])
+        b = np.concatenate([goal[i], np.sqrt(lam) * w[i, s_i]])
+        np.testing.assert_allclose(got[i, s_i], np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-7, atol=1e-9)
+    gaps = [np.sum((goal - w_hat @ x_s) ** 2) - output_mismatch(w, w_hat, cross, h_s, skip_cross=skip)
+            for w_hat in (w, got, w + rng.standard_normal(w.shape))]
+    assert np.ptp(gaps) < 1e-8 * np.sum(goal ** 2)
+
+
+def residual_model(channels=32, seed=0) -> onnx.ModelProto:
+    """x → conv_a 1x1 → Relu (r) → conv_b 1x1 → Add(conv_b, r): conv_b's residual partner r drifts once
+    conv_a is sparsified."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((channels, channels, 1, 1)) / np.sqrt(channels))
+                                     .astype(np.float32), n) for n in ("a.w", "b.w")]
+    nodes = [helper.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "b.w"], ["b"], name="conv_b"),
+             helper.make_node("Add", ["b", "r"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                ["N", channels, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 4, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_sparsify_fits_the_block_output_of_a_residual_layer(monkeypatch):
+    """conv_b's fit keeps conv_b(r) + r, so it also takes up the drift that conv_a's 2:4 left in r: the
+    block output on the calibration data is closer to the dense one than when conv_b only keeps conv_b(r)."""
+    model = residual_model()
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((128, 32, 1, 1)) * rng.standard_normal((128, 32, 4, 4))
+         + rng.standard_normal((1, 32, 1, 1))).astype(np.float32)
+    batches = lambda: ({"x": x[i:i + 32]} for i in range(0, len(x), 32))  # noqa: E731
+    dense = run_ort(model, {"x": x})[0]
+    sparse, report = sparsify(model, batches, pattern="2:4")
+    onnx.checker.check_model(sparse, full_check=True)
+    assert {e["node"]: e["residual_partner"] for e in report["layers"]} == {"conv_a": None, "conv_b": "r"}
+    monkeypatch.setattr(sparsify_module, "residual_partners", lambda *args: {})
+    layer_only = sparsify(model, batches, pattern="2:4")[0]
+    err = {name: np.sum((run_ort(m, {"x": x})[0] - dense) ** 2) for name, m in (("block", sparse),
+                                                                                 ("layer", layer_only))}
+    assert err["block"] < 0.9 * err["layer"]
