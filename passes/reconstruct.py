@@ -184,15 +184,16 @@ class _Fit:
     """Accumulators for one layer (per block), kept separately for the two calibration halves."""
 
     def __init__(self, dense: LinearLayer, pruned: LinearLayer, dense_blocks: np.ndarray, bias: bool,
-                 kept_in: np.ndarray | None):
+                 kept_in: np.ndarray | None, kept_out: np.ndarray | None = None, outputs: int = 0):
         self.dense, self.pruned, self.blocks, self.bias = dense, pruned, dense_blocks, bias
-        self.kept_in = kept_in
+        self.kept_in, self.kept_out, self.outputs = kept_in, kept_out, outputs
         self.halves = (GramSums(), GramSums())
         self.local = True  # the local candidate exists (dense inputs map onto the pruned layer's inputs)
 
-    def add(self, x_dense: np.ndarray, x_pruned: np.ndarray, half: int, drift: np.ndarray | None = None) -> bool:
-        """Fold one batch into its half: float32 products through BLAS, summed into float64. ``drift``: rows of
-        the residual partner's drift; False when they do not line up with the layer's rows (not used then)."""
+    def add(self, x_dense: np.ndarray, x_pruned: np.ndarray, half: int,
+            partner: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+        """Fold one batch into its half: float32 products through BLAS, summed into float64. ``partner``: the
+        residual partner (dense, pruned) of the batch; returns whether its drift was taken (``partner_drift``)."""
         if x_dense.dtype == np.float16:  # a float16 model: numpy's float16 matmul has no BLAS (100x slower)
             x_dense, x_pruned = x_dense.astype(np.float32), x_pruned.astype(np.float32)
         fd = self.dense.features(x_dense)[self.blocks]
@@ -204,9 +205,9 @@ class _Fit:
             xk = x_dense if self.kept_in is None else np.take(x_dense, self.kept_in, axis=axis)
             self.local = xk.shape == x_pruned.shape
             fk = self.pruned.features(xk) if self.local else None
-        fits = drift is not None and drift.shape[0] == fp.shape[1]
-        self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned), drift if fits else None)
-        return fits
+        drift = partner_drift(self.dense, *partner, (fp.shape[1], self.outputs), self.kept_out) if partner else None
+        self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned), drift)
+        return drift is not None
 
     def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float]:
         """The candidate with the least two-fold held-out error ‖W_d X̃_d − W' X̃_p‖² (summed over blocks)."""
@@ -287,16 +288,16 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
                 blocks = out_kept
             else:
                 blocks = np.arange(dl.groups)
-            fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=kept_in.get(name))
+            fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=kept_in.get(name),
+                              kept_out=kept_out.get(name), outputs=_out_channels(pl, p_inits))
         taps = sorted({d_layers[n].tap for n in stage} | {partners[n] for n in stage if n in partners})
         d_vals, p_vals = d_front.advance(dense, taps), p_front.advance(pruned, taps)
         for bi, (xd, xp) in enumerate(zip(d_vals, p_vals, strict=True)):
             for rows, half in half_chunks(halves[bi], chunk):
                 for name, fit in fits.items():
                     skip = partners.get(name)
-                    drift = _partner_drift(d_layers[name], xd[skip][rows], xp[skip][rows], kept_out.get(name)) \
-                        if skip else None
-                    if not fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half, drift) and skip:
+                    partner = (xd[skip][rows], xp[skip][rows]) if skip else None
+                    if not fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half, partner) and skip:
                         del partners[name]  # the Add broadcasts: no block output to keep
         for name, fit in fits.items():
             mode, shrink = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
@@ -305,15 +306,16 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     return done
 
 
-def _partner_drift(dense: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray,
-                   kept: np.ndarray | None) -> np.ndarray | None:
-    """Rows [rows, kept outputs] of the residual partner's drift s_d − s_p, or None if channels do not line up.
-    In the activations' precision (float16 as float32), as ``_Fit.add`` takes its products."""
-    d = dense.output_rows(s_dense.astype(np.promote_types(s_dense.dtype, np.float32)))
-    p = dense.output_rows(s_pruned.astype(d.dtype))
+def partner_drift(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray, shape: tuple[int, int],
+                  kept: np.ndarray | None = None) -> np.ndarray | None:
+    """Rows of the residual partner's drift s_d − s_p (the dense partner's channels ``kept`` when the pruned
+    one has fewer) if they are the layer's output rows, ``shape`` = (feature rows, outputs); None when the
+    Add broadcasts. In the activations' precision (float16 as float32), as the Gram products are taken."""
+    d = layer.output_rows(s_dense.astype(np.promote_types(s_dense.dtype, np.float32)))
+    p = layer.output_rows(s_pruned.astype(d.dtype))
     if kept is not None and d.shape[1] != p.shape[1]:
         d = d[:, np.asarray(kept)]
-    return d - p if d.shape == p.shape else None
+    return d - p if d.shape == p.shape == tuple(shape) else None
 
 
 def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:

@@ -25,6 +25,7 @@ from onnxprune.passes.reconstruct import (
     GramSums,
     half_chunks,
     layer_stages,
+    partner_drift,
     ridge_lambda,
     settled_partners,
     validation_halves,
@@ -152,12 +153,11 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
                 skip = partners.get(name)
                 for rows, half in half_chunks(row_halves[bi], chunk):
                     f_s = lay.features(a_s[rows].astype(np.float64))
-                    drift = None
-                    if skip:
-                        drift = lay.output_rows(xd[skip][rows].astype(np.float64) - xs[skip][rows])
-                        if drift.shape != (f_s.shape[1], lay.matrix(weights[lay.weight]).shape[1]):  # broadcasting Add
-                            del partners[name]
-                            skip = drift = None
+                    drift = partner_drift(lay, xd[skip][rows], xs[skip][rows],
+                                          (f_s.shape[1], lay.matrix(weights[lay.weight]).shape[1])) if skip else None
+                    if skip and drift is None:  # the Add broadcasts: no block output to keep
+                        del partners[name]
+                        skip = None
                     sums[half].add(lay.features(a_d[rows].astype(np.float64)), f_s, None, True,
                                    lay.rows_per_sample(a_s), drift)
         for name, sums in halves.items():

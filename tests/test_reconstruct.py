@@ -8,7 +8,7 @@ import onnxprune.passes.reconstruct as reconstruct_module
 import pytest
 from onnxprune.calibration.collect import Frontier, tapped_session
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.reconstruct import _Fit, layer_stages, reconstruct, settled_partners
+from onnxprune.passes.reconstruct import _Fit, layer_stages, partner_drift, reconstruct, settled_partners
 
 from models import synthetic
 from onnxprune.layers import LinearLayer, linear_layers, residual_partners
@@ -215,3 +215,15 @@ def test_refit_keeps_the_block_output_of_a_residual_layer(monkeypatch):
         got = tapped_session(pruned, ["y"])[0].run(["y"], {"x": x})[0]
         errors[label] = float(np.sum((got - want) ** 2))
     assert errors["block"] < 0.8 * errors["layer"]
+
+
+def test_partner_drift_lines_up_with_the_layers_output_rows():
+    conv = LinearLayer("c", "Conv", "x", "y", "w", None, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), in_per_group=3)
+    rng = np.random.default_rng(0)
+    s_dense, s_pruned = rng.standard_normal((2, 4, 3, 3)), rng.standard_normal((2, 2, 3, 3))
+    kept = np.array([1, 3])
+    got = partner_drift(conv, s_dense, s_pruned, (18, 2), kept)
+    np.testing.assert_allclose(got, conv.output_rows(s_dense[:, kept] - s_pruned), rtol=1e-6)
+    assert partner_drift(conv, s_dense, s_dense, (18, 4)) is not None
+    assert partner_drift(conv, s_dense, s_dense, (18, 2)) is None  # not the layer's outputs
+    assert partner_drift(conv, s_dense[:, :, :1, :1], s_dense[:, :, :1, :1], (18, 4)) is None  # broadcast Add
