@@ -204,9 +204,9 @@ def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) ->
 
     The block output is then W·x + s, so a fit that keeps the block output (not only W·x) absorbs the
     drift of s as well: the skip path carries every earlier block's leftover error past the layers that
-    could correct it. Only ungrouped, unpooled layers (``output_rows``) and partners that are not constant
-    (a bias Add). The Add must be the output's only reader (not a graph output either), so the partner cannot
-    be computed from it.
+    could correct it. Only ungrouped, unpooled layers (``output_rows``) and partners that are not constant;
+    a bias Add (constant operand) in between is passed (W·x + b + s: transformer exports). Each Add must be
+    its input's only reader (not a graph output either), so the partner cannot be computed from the layer.
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -219,12 +219,16 @@ def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) ->
     for name, layer in layers.items():
         if layer.groups != 1 or layer.pooled_from or layer.weight_is_a or layer.output in graph_outputs:
             continue
-        users = consumers.get(layer.output, [])
-        if len(users) != 1 or users[0].op_type != "Add" or len(set(users[0].input)) != 2:
-            continue
-        other = next(i for i in users[0].input if i != layer.output)
-        if other not in constants:
-            out[name] = other
+        tensor, users = layer.output, consumers.get(layer.output, [])
+        while len(users) == 1 and users[0].op_type == "Add" and len(set(users[0].input)) == 2:
+            other = next(i for i in users[0].input if i != tensor)
+            if other not in constants:
+                out[name] = other
+                break
+            # a bias Add first (transformer exports: MatMul → Add(bias) → Add(residual)): W·x + b + s
+            tensor, users = users[0].output[0], consumers.get(users[0].output[0], [])
+            if tensor in graph_outputs:
+                break
     return out
 
 

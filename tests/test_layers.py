@@ -162,3 +162,21 @@ def test_residual_partners_are_the_other_operand_of_the_add_a_layer_alone_feeds(
     layers = linear_layers(model)
     by_output = {lay.output: lay.node for lay in layers.values()}
     assert residual_partners(model, layers) == {by_output["c1"]: "x", by_output["g"]: "y"}
+
+
+def test_residual_partner_found_past_a_bias_add():
+    """Transformer exports add the bias separately: MatMul → Add(bias) → Add(residual) is W·x + b + s."""
+    h, tp = onnx.helper, onnx.TensorProto
+    nodes = [h.make_node("MatMul", ["x", "w"], ["m1"]), h.make_node("Add", ["b", "m1"], ["t1"]),
+             h.make_node("Add", ["t1", "x"], ["r1"]),  # residual after the bias: partner x
+             h.make_node("MatMul", ["r1", "w"], ["m2"]), h.make_node("Add", ["m2", "b"], ["t2"]),
+             h.make_node("Relu", ["t2"], ["out"]),  # no residual after the bias
+             h.make_node("MatMul", ["r1", "w"], ["m3"]), h.make_node("Add", ["m3", "b"], ["t3"]),
+             h.make_node("Add", ["t3", "r1"], ["r3"])]  # t3 is also a graph output: its own value matters
+    for i, node in enumerate(nodes):
+        node.name = f"n{i}"
+    inits = [onnx.numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in (("w", (4, 4)), ("b", (4,)))]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", tp.FLOAT, [2, 3, 4])],
+                         [h.make_tensor_value_info(o, tp.FLOAT, None) for o in ("out", "r3", "t3")], inits)
+    model = h.make_model(graph)
+    assert residual_partners(model, linear_layers(model)) == {"n0": "x"}
