@@ -33,7 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import scipy.linalg
+from onnx import numpy_helper
 
 from onnxprune.errors import InputError
 from onnxprune.layers import LinearLayer
@@ -255,6 +257,53 @@ def reduction_axis(layer: LinearLayer) -> int:
     if layer.op == "Gemm":
         return 1 if layer.trans_b else 0  # [N, K] or [K, N]
     return 1 if layer.weight_is_a else 0  # MatMul A [M, K] or B [K, N]
+
+
+@dataclass
+class StoredWeight:
+    """A Conv/Gemm/MatMul node's constant weight as stored, with the axis N:M groups run along."""
+
+    node: str  # the node's name, or the name TensorRT's ONNX parser gives an unnamed node
+    op: str
+    weight: str  # the initializer holding it (behind any QuantizeLinear/DequantizeLinear)
+    array: np.ndarray
+    axis: int
+
+
+def stored_weights(model: onnx.ModelProto) -> list[StoredWeight]:
+    """Every Conv, Gemm (no transA) and MatMul with a constant weight, in graph order. The weight may arrive
+    through QuantizeLinear/DequantizeLinear (an INT8 QDQ model): symmetric quantization keeps zeros zero, so
+    the stored integers hold the float weights' N:M pattern."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def behind_qdq(name: str) -> str | None:
+        while name not in inits:
+            node = producers.get(name)
+            if node is None or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                return None
+            name = node.input[0]
+        return name
+
+    out = []
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        candidates = []  # (weight input, axis of the reduction dimension in the stored weight)
+        if node.op_type == "Conv":
+            candidates = [(node.input[1], 1)]  # [K, C/g, R, S]
+        elif node.op_type == "Gemm" and not attrs.get("transA", 0):
+            candidates = [(node.input[1], 1 if attrs.get("transB", 0) else 0)]  # [N, K] or [K, N]
+        elif node.op_type == "MatMul":
+            candidates = [(node.input[1], -2), (node.input[0], -1)]  # B [.., K, N], else A [.., M, K]
+        for tensor, axis in candidates:
+            name = behind_qdq(tensor)
+            if name is not None:
+                w = numpy_helper.to_array(inits[name])
+                if w.ndim >= 2:
+                    out.append(StoredWeight(node.name or f"node_of_{node.output[0]}", node.op_type, name, w,
+                                            axis % w.ndim))
+                break
+    return out
 
 
 def ineligible_reason(layer: LinearLayer, shape: tuple[int, ...], pattern: Pattern) -> str | None:

@@ -40,7 +40,7 @@ from .bench import (
 )
 from .modelio import load_model
 from .shapes import Shape
-from .sparsity import check_pattern
+from .sparsity import check_pattern, stored_weights
 
 NOT_INSTALLED = "tensorrt is not installed (pip install 'onnxprune[tensorrt]')"
 NO_CUDA_BINDINGS = "the TensorRT backend needs cuda-python or torch to drive the GPU (pip install cuda-python)"
@@ -206,38 +206,10 @@ def precision_flags(precision: str, sparse: bool) -> list[str]:
     return flags + (["SPARSE_WEIGHTS"] if sparse else [])
 
 
-def _constant_weight(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """The stored weight behind a tensor: an initializer, possibly behind QuantizeLinear/DequantizeLinear
-    (QAT-ready QDQ keeps float weights behind a Q→DQ pair; zero stays zero with zero point 0)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    while name not in inits:
-        node = producers.get(name)
-        if node is None or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            return None
-        name = node.input[0]
-    return numpy_helper.to_array(inits[name])
-
-
 def nodes_with_nm_weights(model: onnx.ModelProto, n: int = 2, m: int = 4) -> list[str]:
-    """Conv/Gemm/MatMul nodes whose constant weight holds ≥ n zeros in every m along the reduction
-    dimension (input channels at each kernel tap; Gemm/MatMul K): the layers that may use sparse math."""
-    found = []
-    for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Conv":
-            w, axis = _constant_weight(model, node.input[1]), 1
-        elif node.op_type == "Gemm" and not attrs.get("transA", 0):
-            w, axis = _constant_weight(model, node.input[1]), 1 if attrs.get("transB", 0) else 0
-        elif node.op_type == "MatMul":
-            w, axis = _constant_weight(model, node.input[1]), -2  # B [.., K, N]
-            if w is None:
-                w, axis = _constant_weight(model, node.input[0]), -1  # A [.., M, K]
-        else:
-            continue
-        if w is not None and w.ndim >= 2 and check_pattern(w, axis % w.ndim, n, m)["compliant"]:
-            found.append(node.name or f"node_of_{node.output[0]}")  # the name TensorRT's ONNX parser gives it
-    return found
+    """Conv/Gemm/MatMul nodes whose constant weight (``stored_weights``, also behind Q/DQ) holds ≥ n zeros in
+    every m along the reduction dimension: the layers that may use sparse math (TensorRT's node names)."""
+    return [sw.node for sw in stored_weights(model) if check_pattern(sw.array, sw.axis, n, m)["compliant"]]
 
 
 # ---- building ---------------------------------------------------------------------------------------

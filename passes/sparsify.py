@@ -47,6 +47,7 @@ from onnxprune.sparsity import (
     reduction_axis,
     relative_output_error,
     sparsegpt_prune,
+    stored_weights,
 )
 
 CRITERIA = ("sparsegpt", "magnitude")
@@ -320,14 +321,11 @@ def _set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> No
 
 
 def pattern_report(model: onnx.ModelProto, n: int = 2, m: int = 4) -> dict:
-    """Per Conv/Gemm/MatMul weight: does it hold ≥ n zeros per m along the reduction dimension (TensorRT
-    layout), and its sparsity; plus the overall sparsity of those weights (like `polygraphy inspect sparsity`)."""
-    weights = initializer_dict(model)
-    rows = []
-    for layer in linear_layers(model).values():
-        w = weights[layer.weight]
-        rows.append({"node": layer.node, "op": layer.op, "weight": layer.weight, "shape": list(w.shape),
-                     **check_pattern(w, reduction_axis(layer), n, m)})
+    """Per Conv/Gemm/MatMul weight (``stored_weights``: also behind Q/DQ): does it hold ≥ n zeros per m along
+    the reduction dimension (TensorRT layout), and its sparsity; plus the overall sparsity of those weights
+    (like `polygraphy inspect sparsity`)."""
+    rows = [{"node": sw.node, "op": sw.op, "weight": sw.weight, "shape": list(sw.array.shape),
+             **check_pattern(sw.array, sw.axis, n, m)} for sw in stored_weights(model)]
     total = sum(int(np.prod(r["shape"])) for r in rows)
     zeros = sum(r["sparsity"] * int(np.prod(r["shape"])) for r in rows)
     return {"pattern": f"{n}:{m}", "layers": rows, "compliant_layers": sum(r["compliant"] for r in rows),

@@ -85,6 +85,19 @@ def test_int8_output_of_the_chain_keeps_the_2_4_zeros(sparse_run):
     assert np.isfinite(run_ort(int8, {int8.graph.input[0].name: x})[0]).all()
 
 
+def test_analyze_sparsity_reads_the_int8_weights_behind_dequantize(sparse_run, capsys):
+    """The INT8 QDQ model is what goes to TensorRT: analyze must see its weights through DequantizeLinear
+    (and the QAT-style Q→DQ pairs on float weights) and find the same 2:4 layers as in the float model."""
+    report = json.loads((sparse_run / "fmnist_resnet.report.json").read_text())
+    code, out, _ = run_cli(capsys, "analyze", report["int8"]["output"], "--sparsity", "2:4", "--json")
+    assert code == 0
+    rows = json.loads(out)["sparsity"]["layers"]
+    eligible = [r["node"] for r in report["sparsity"]["layers"] if r["eligible"]]
+    compliant = [r["node"] for r in rows if r["compliant"]]
+    assert eligible and sorted(compliant) == sorted(eligible)
+    assert len(rows) == len(report["sparsity"]["layers"])  # every weight layer seen, dense ones too
+
+
 def test_sparsity_alone_keeps_every_channel(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1x", "--calib",
                            MODELS / "fmnist_calib.npz", "--calib-samples", "64", "--sparsity", "0.5", "--no-int8",
