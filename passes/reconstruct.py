@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier
 
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers, residual_partners
+from onnxprune.sparsity import output_mismatch
 
 
 def ridge_lambda(g: np.ndarray, ridge: float, shrink: float, features: float, rows: int | None) -> float:
@@ -210,7 +211,8 @@ class _Fit:
         return drift is not None
 
     def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float]:
-        """The candidate with the least two-fold held-out error ‖W_d X̃_d − W' X̃_p‖² (summed over blocks)."""
+        """The candidate with the least two-fold held-out error ‖W_d X̃_d + Δ − W' X̃_p‖² (``output_mismatch``,
+        Δ the residual partner's drift where there is one; summed over blocks)."""
         if not all(h.rows for h in self.halves):
             return CANDIDATES[0]
         best, best_err = CANDIDATES[0], np.inf
@@ -222,8 +224,8 @@ class _Fit:
                 for b in range(len(wd)):
                     w = self.solve(self.halves[fit], b, wd[b], w0[b], ridge, cand)
                     v = self.halves[val]
-                    target = wd[b] @ v.dp[b] + (v.ep[b] if v.ep is not None else 0.0)
-                    err += float(np.sum((w @ v.pp[b]) * w) - 2.0 * np.sum(target * w))
+                    err += output_mismatch(wd[b], w, v.dp[b], v.pp[b],
+                                           skip_cross=v.ep[b] if v.ep is not None else None)
             if err < best_err:
                 best, best_err = cand, err
         return best
