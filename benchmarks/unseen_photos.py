@@ -7,7 +7,7 @@ The zoo's calibration files hold 12 views of each of 391 photos and a ``groups``
 row): the 138 photos of sessions 3–9 first, then the 253 gcompris photos appended in session 10 (their
 indices, so the folds of the first 138, did not move). Every 4th photo (``--folds``: which of the four
 offsets, photo index % 4) is held back; compress calibrates on the first 256 rows (view-major) of the
-others (``--photos N``: only the first N of them; 0 = all 293), exactly as a user would, through the CLI.
+others (``--photos N``: only the first N of them; 0 = all 293; ``--calib-rows``: other than 256), exactly as a user would, through the CLI.
 The pruned model is then scored against the dense one on
 
 * **unseen photos**: all 12 views of the held-back photos, split into the held-back photos of the first
@@ -48,14 +48,15 @@ HOLD_EVERY = 4  # photos with id % 4 == fold are held back
 EARLIER_PHOTOS = 138  # the calibration photos before the gcompris ones were appended (session 10)
 
 
-def split_rows(groups: np.ndarray, photos: int, fold: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_rows(groups: np.ndarray, photos: int, fold: int = 1,
+               calib_rows: int = CALIB_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibration rows, seen-photo rows compress does not read, unseen-photo rows) of a view-major file."""
     unseen = np.flatnonzero(groups % HOLD_EVERY == fold)
     kept_photos = [g for g in dict.fromkeys(groups.tolist()) if g % HOLD_EVERY != fold]
     if photos:
         kept_photos = kept_photos[:photos]
     seen = np.flatnonzero(np.isin(groups, kept_photos))
-    return seen[:CALIB_ROWS], seen[CALIB_ROWS:2 * CALIB_ROWS], unseen
+    return seen[:calib_rows], seen[calib_rows:calib_rows + CALIB_ROWS], unseen
 
 
 def score(key: str, pruned: onnx.ModelProto, x: np.ndarray, ref: np.ndarray) -> str:
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("--photos", nargs="+", type=int, default=[0], help="calibration photos used (0: all 103)")
     ap.add_argument("--configs", nargs="+", default=["obs+dp+reconstruct"], choices=list(ALL_CONFIGS))
     ap.add_argument("--extra", default="", help="more compress options for every config, e.g. '--search-evals 32'")
+    ap.add_argument("--calib-rows", type=int, default=CALIB_ROWS,
+                    help="calibration rows given to compress (--calib-samples); the next 256 are the seen views")
     ap.add_argument("--folds", nargs="+", type=int, default=[1], choices=range(HOLD_EVERY),
                     help="held-back photos: id %% 4 == fold")
     args = ap.parse_args()
@@ -88,7 +91,7 @@ def main() -> None:
             x, groups = z["input"], z["groups"]
         dense = onnx.load(str(model))
         for fold, photos in ((f, p) for f in args.folds for p in args.photos):
-            cal, seen, unseen = split_rows(groups, photos, fold)
+            cal, seen, unseen = split_rows(groups, photos, fold, args.calib_rows)
             n_photos = len(np.unique(groups[cal]))
             parts = [unseen[groups[unseen] < EARLIER_PHOTOS], unseen[groups[unseen] >= EARLIER_PHOTOS], seen]
             refs = [run_batched(dense, {"input": x[rows]}, 64)[0] if len(rows) else None for rows in parts]
@@ -99,7 +102,7 @@ def main() -> None:
                     for config in args.configs:
                         name = f"{config} {args.extra}".strip()
                         cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(data),
-                               "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8",
+                               "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8", "--calib-samples", str(len(cal)),
                                *ALL_CONFIGS[config], *shlex.split(args.extra)]
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         if proc.returncode:
