@@ -48,8 +48,9 @@ the four 224 corner crops of the same 256-resized image (``tl``, ``tr``, ``bl``,
 Row order (:func:`build_array`): evaluation sets are *photo-major* (row ``12*i + v`` is view ``v``
 of photo ``i``, photos sorted by id). Calibration sets are *view-major* (:func:`calib_order`):
 the ``center`` view of every calibration photo first, then the ``tl`` view of every photo, and so
-on, photos in the order of the SHA-256 of their id. A reader that takes the first N rows (the CLI's
-``--calib-samples``) thus sees as many distinct photos as N allows, from every source.
+on, photos in the order of the SHA-256 of their id (the earlier photos, then the gcompris ones, each
+list in that order). A reader that takes the first N rows (the CLI's ``--calib-samples``) thus sees as
+many distinct photos as N allows: every earlier photo once N >= 138, then gcompris photos.
 """
 
 from __future__ import annotations
