@@ -6,7 +6,7 @@
 The zoo's calibration files hold 12 views of each of 391 photos and a ``groups`` key (the photo of each
 row): the 138 photos of sessions 3–9 first, then the 253 gcompris photos appended in session 10 (their
 indices, so the folds of the first 138, did not move). Every 4th photo (``--folds``: which of the four
-offsets, photo index % 4) is held back; compress calibrates on the first 256 rows (view-major) of the
+offsets, photo index % 4; a near-duplicate group — stereo or flow pair — goes with its first photo) is held back; compress calibrates on the first 256 rows (view-major) of the
 others (``--photos N``: only the first N of them; 0 = all 293; ``--calib-rows``: other than 256), exactly as a user would, through the CLI.
 The pruned model is then scored against the dense one on
 
@@ -48,11 +48,28 @@ HOLD_EVERY = 4  # photos with id % 4 == fold are held back
 EARLIER_PHOTOS = 138  # the calibration photos before the gcompris ones were appended (session 10)
 
 
-def split_rows(groups: np.ndarray, photos: int, fold: int = 1,
-               calib_rows: int = CALIB_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibration rows, seen-photo rows compress does not read, unseen-photo rows) of a view-major file."""
-    unseen = np.flatnonzero(groups % HOLD_EVERY == fold)
-    kept_photos = [g for g in dict.fromkeys(groups.tolist()) if g % HOLD_EVERY != fold]
+def group_anchors(calib: Path, n_photos: int) -> np.ndarray:
+    """For each photo index of a zoo calibration file, the index of the first photo of its near-duplicate
+    group (stereo pairs, flow pairs, ...: ``group`` in the zoo's manifest), so that a fold holds back
+    whole groups: a held-back photo's twin must not calibrate."""
+    manifest = calib.parent / "manifest.json"
+    if not manifest.exists():
+        sys.exit(f"{manifest} not found: rebuild the zoo (python models/build_zoo.py)")
+    m = json.loads(manifest.read_text())
+    ids = [v.split(":")[0] for v in m["datasets"][calib.stem]["views"][:n_photos]]
+    group = {Path(e["file"]).stem: e["group"] for e in m["photos"]["calib"]}
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(group[pid], i) for i, pid in enumerate(ids)])
+
+
+def split_rows(groups: np.ndarray, photos: int, fold: int = 1, calib_rows: int = CALIB_ROWS,
+               anchors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibration rows, seen-photo rows compress does not read, unseen-photo rows) of a view-major file.
+    A photo is held back when its group's first photo (``anchors``; default: itself) has index % 4 == fold."""
+    anchors = np.arange(groups.max() + 1) if anchors is None else anchors
+    held = anchors % HOLD_EVERY == fold
+    unseen = np.flatnonzero(held[groups])
+    kept_photos = [g for g in dict.fromkeys(groups.tolist()) if not held[g]]
     if photos:
         kept_photos = kept_photos[:photos]
     seen = np.flatnonzero(np.isin(groups, kept_photos))
@@ -68,13 +85,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="+", default=["effnet", "mnv2"], choices=["effnet", "mnv2"])
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5])
-    ap.add_argument("--photos", nargs="+", type=int, default=[0], help="calibration photos used (0: all 103)")
+    ap.add_argument("--photos", nargs="+", type=int, default=[0], help="calibration photos used (0: all 293)")
     ap.add_argument("--configs", nargs="+", default=["obs+dp+reconstruct"], choices=list(ALL_CONFIGS))
     ap.add_argument("--extra", default="", help="more compress options for every config, e.g. '--search-evals 32'")
     ap.add_argument("--calib-rows", type=int, default=CALIB_ROWS,
                     help="calibration rows given to compress (--calib-samples); the next 256 are the seen views")
     ap.add_argument("--folds", nargs="+", type=int, default=[1], choices=range(HOLD_EVERY),
-                    help="held-back photos: id %% 4 == fold")
+                    help="held-back photos: (index of the first photo of their group) %% 4 == fold")
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
     print("| model | target | config | fold | calibration photos | unseen photos, first 138 | "
@@ -90,8 +107,9 @@ def main() -> None:
                 sys.exit(f"{calib} has no 'groups' key: rebuild it (python models/build_zoo.py --only calib_sets)")
             x, groups = z["input"], z["groups"]
         dense = onnx.load(str(model))
+        anchors = group_anchors(calib, int(groups.max()) + 1)
         for fold, photos in ((f, p) for f in args.folds for p in args.photos):
-            cal, seen, unseen = split_rows(groups, photos, fold, args.calib_rows)
+            cal, seen, unseen = split_rows(groups, photos, fold, args.calib_rows, anchors)
             n_photos = len(np.unique(groups[cal]))
             parts = [unseen[groups[unseen] < EARLIER_PHOTOS], unseen[groups[unseen] >= EARLIER_PHOTOS], seen]
             refs = [run_batched(dense, {"input": x[rows]}, 64)[0] if len(rows) else None for rows in parts]
@@ -102,7 +120,8 @@ def main() -> None:
                     for config in args.configs:
                         name = f"{config} {args.extra}".strip()
                         cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(data),
-                               "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8", "--calib-samples", str(len(cal)),
+                               "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8",
+                               "--calib-samples", str(len(cal)),
                                *ALL_CONFIGS[config], *shlex.split(args.extra)]
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         if proc.returncode:
