@@ -11,8 +11,9 @@ others (``--photos N``: only the first N of them; 0 = all 293; ``--calib-rows``:
 The pruned model is then scored against the dense one on
 
 * **unseen photos**: all 12 views of the held-back photos, split into the held-back photos of the first
-  138 (34–35 photos, 408–420 crops: the unseen set of sessions 5–9, comparable with their numbers) and the
-  held-back gcompris photos (63–64 photos);
+  138 (34–35 photos, 408–420 crops: the unseen sets of sessions 5–9, except that a near-duplicate twin now
+  goes with its group — sessions 5–9 could calibrate on the twin of a held-back photo) and the held-back
+  gcompris photos (62–64 photos);
 * **seen photos, other views**: 256 views of the calibration photos that compress did not read.
 
 A model that generalizes scores alike on both; the gap between them is what the compressor memorized of
