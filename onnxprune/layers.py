@@ -114,7 +114,7 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
     inits = {t.name: t for t in model.graph.initializer}
     out: dict[str, LinearLayer] = {}
     for node in model.graph.node:
-        attrs = _attrs(node)
+        attrs = node_attrs(node)
         if node.op_type == "Conv" and node.input[1] in inits:
             w = inits[node.input[1]]
             nd = len(w.dims) - 2
@@ -163,14 +163,15 @@ class _GraphFacts:
         return None
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
+def node_attrs(node: onnx.NodeProto) -> dict:
+    """A node's attributes as {name: Python value}."""
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _mean_over_all_spatial_axes(node: onnx.NodeProto, graph: _GraphFacts) -> bool:
     """ReduceMean over exactly the axes 2 … rank−1 of an [N, C, *spatial] map (e.g. torch's ``x.mean((2, 3))``)."""
     rank = graph.ranks.get(node.input[0])
-    axes = _attrs(node).get("axes")
+    axes = node_attrs(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:  # opset 18: axes is an input
         axes = graph.constant(node.input[1])
     if rank is None or rank < 3 or axes is None:
@@ -191,7 +192,7 @@ def pooled_input(tensor: str, graph: _GraphFacts) -> str | None:
     """The map that a ``GLOBAL_POOLS`` op reduced to ``tensor`` (through ``POOL_PASS_THROUGH`` ops), or None."""
     node = graph.producers.get(tensor)
     while node is not None and node.op_type in POOL_PASS_THROUGH:
-        if not POOL_PASS_THROUGH[node.op_type](_attrs(node)):
+        if not POOL_PASS_THROUGH[node.op_type](node_attrs(node)):
             return None
         node = graph.producers.get(node.input[0])
     if node is not None and node.op_type in GLOBAL_POOLS and GLOBAL_POOLS[node.op_type](node, graph):

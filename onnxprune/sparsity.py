@@ -38,7 +38,7 @@ import scipy.linalg
 from onnx import numpy_helper
 
 from onnxprune.errors import InputError
-from onnxprune.layers import LinearLayer
+from onnxprune.layers import LinearLayer, node_attrs
 
 MIN_WEIGHTS = 1024  # smaller layers are skipped: negligible memory and compute, sparse kernels do not pay off
 
@@ -287,7 +287,7 @@ def stored_weights(model: onnx.ModelProto) -> list[StoredWeight]:
 
     out = []
     for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attrs(node)
         candidates = []  # (weight input, axis of the reduction dimension in the stored weight)
         if node.op_type == "Conv":
             candidates = [(node.input[1], 1)]  # [K, C/g, R, S]

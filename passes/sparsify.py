@@ -152,10 +152,10 @@ def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str,
                 lay = layers[name]
                 a_d, a_s = xd[lay.tap], xs[lay.tap]
                 skip = partners.get(name)
+                outputs = lay.matrix(weights[lay.weight]).shape[1] if skip else 0
                 for rows, half in half_chunks(row_halves[bi], chunk):
                     f_s = lay.features(a_s[rows].astype(np.float64))
-                    drift = partner_drift(lay, xd[skip][rows], xs[skip][rows],
-                                          (f_s.shape[1], lay.matrix(weights[lay.weight]).shape[1])) if skip else None
+                    drift = partner_drift(lay, xd[skip][rows], xs[skip][rows], (f_s.shape[1], outputs)) if skip else None
                     if skip and drift is None:  # the Add broadcasts: no block output to keep
                         del partners[name]
                         skip = None
