@@ -87,35 +87,48 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
                 weights: Mapping[int, float] | None = None) -> dict[int, int]:
     """Min Σ c_g·error_g subject to Σ linearized saving ≥ ``saving`` (knapsack over discretized savings).
 
-    best[t] is the least error reaching saving bucket t (bucket ``buckets`` means "at least the target").
+    best[t] is the least error reaching saving bucket t (bucket ``buckets`` means "at least the target";
+    gains round to the nearest bucket, so "at least" holds to half a bucket per group).
     ``weights``: the per-group multipliers c_g (default 1) that ``search_allocation`` tunes.
     """
     top = buckets
     unit = max(saving, 1e-9) / top
     best = np.full(top + 1, np.inf)
     best[0] = 0.0
+    # linearized saving of each bucket's plan: equal errors go to the plan that saves more (among lossless
+    # plans that all "meet" a linearized target, only the one removing every free channel meets the exact one)
+    saved = np.zeros(top + 1)
     trail = []
     for c in choices:
         ks = c.widths()
         errs = np.array([c.error(int(k)) for k in ks]) * (weights.get(c.group, 1.0) if weights else 1.0)
-        gains = np.minimum(np.floor((c.size - ks) * c.saving_per_channel / unit + 1e-9).astype(int), top)
+        lin = (c.size - ks) * c.saving_per_channel
+        # nearest bucket, not floor: flooring every group's gain loses up to a bucket per group, so a plan that
+        # meets the saving exactly (a lossless one) looked short of it; the caller checks the exact cost anyway
+        gains = np.minimum(np.floor(lin / unit + 0.5).astype(int), top)
         new = np.full(top + 1, np.inf)
+        new_saved = np.zeros(top + 1)
         choice = np.zeros(top + 1, int)
         source = np.zeros(top + 1, int)
-        for i, (e, g) in enumerate(zip(errs, gains, strict=True)):
+        for i, (e, g, s_lin) in enumerate(zip(errs, gains, lin, strict=True)):
             if not np.isfinite(e):
                 continue
             if g < top:  # bucket t < top comes from exactly t − g
-                cand = best[: top - g] + e
+                cand, cand_saved = best[: top - g] + e, saved[: top - g] + s_lin
                 t = np.arange(g, top)
-                better = cand < new[t]
-                new[t[better]], choice[t[better]], source[t[better]] = cand[better], i, t[better] - g
+                better = (cand < new[t]) | ((cand == new[t]) & (cand_saved > new_saved[t]))
+                new[t[better]], new_saved[t[better]] = cand[better], cand_saved[better]
+                choice[t[better]], source[t[better]] = i, t[better] - g
             lo = max(0, top - g)  # the saturated bucket collects every source from top − g up
-            j = int(np.argmin(best[lo:])) + lo
-            if best[j] + e < new[top]:
-                new[top], choice[top], source[top] = best[j] + e, i, j
+            low = best[lo:].min()
+            if not np.isfinite(low):
+                continue
+            ties = np.flatnonzero(best[lo:] == low) + lo
+            j = int(ties[np.argmax(saved[ties])])
+            if low + e < new[top] or (low + e == new[top] and saved[j] + s_lin > new_saved[top]):
+                new[top], new_saved[top], choice[top], source[top] = low + e, saved[j] + s_lin, i, j
         trail.append((c, ks, choice, source))
-        best = new
+        best, saved = new, new_saved
     if not np.isfinite(best[top]):
         return {c.group: int(c.widths(max_options=10**9)[-1]) for c in choices}  # as far as allowed
     widths, t = {}, top

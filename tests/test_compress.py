@@ -132,6 +132,26 @@ def test_dp_matches_brute_force(spec, fraction, seed):
     assert got_err <= best + 1e-9
 
 
+def _free_then_costly(group: int, size: int, free: int, per: float) -> GroupChoice:
+    """A group whose first ``free`` channels cost nothing to remove, each further one 1."""
+    err = np.concatenate([np.zeros(free + 1), np.arange(1, size - free), [np.inf]])
+    return GroupChoice(group, size, 1, 1, per, GroupRanking(group, np.arange(size), err.astype(float)))
+
+
+def test_dp_meets_a_saving_exactly_met_by_fractional_bucket_gains():
+    # three free channels of 1/3 each meet a saving of 1 exactly; floored bucket gains (666 of 2000 each)
+    # fell short, and the DP paid for a costly channel instead
+    choices = [_free_then_costly(g, 2, 1, 1 / 3) for g in range(3)] + [_free_then_costly(3, 4, 0, 10.0)]
+    assert allocate_dp(choices, 1.0) == {0: 1, 1: 1, 2: 1, 3: 4}
+
+
+def test_dp_takes_every_free_channel_among_equally_good_plans():
+    # two free channels of group 0 already meet the saving; taking all free ones is as good and saves more
+    # (the linearized saving is an estimate: only the plan with every free channel may meet the exact one)
+    choices = [_free_then_costly(0, 6, 3, 10.0), _free_then_costly(1, 6, 3, 1.0)]
+    assert allocate_dp(choices, 20.0) == {0: 3, 1: 3}
+
+
 def _convex_choices(sizes):
     """Groups with error (removed/size)²: the DP spreads a cut evenly over alike groups."""
     return [GroupChoice(g, size, 1, 1, 1.0, GroupRanking(g, np.arange(size),
