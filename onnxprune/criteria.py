@@ -10,9 +10,11 @@ Surgeon over every consumer of the group (DESIGN.md):
 
 with the surviving weights compensated, w ← w − w_F ((H⁻¹)_FF)⁻¹ (H⁻¹)_F:, and H⁻¹ downdated the same
 way, so each step prices the next channel given the ones already gone. ΔE is divided by each
-consumer's output energy tr(W H Wᵀ), making groups comparable. ``woodfisher`` is the same search with
-H⁻¹ built WoodFisher-style from a sample of input rows by the Woodbury recursion (no d×d inversion of
-an accumulated Hessian; see :func:`woodfisher_inverse`).
+consumer's output energy tr(W H Wᵀ), making groups comparable. Channels the consumers can do without
+exactly on the calibration data (dead, or combinations of others) come first, at no cost
+(``free_channels``). ``woodfisher`` is the same search with H⁻¹ built WoodFisher-style from a sample of
+input rows by the Woodbury recursion (no d×d inversion of an accumulated Hessian; see
+:func:`woodfisher_inverse`).
 """
 
 from __future__ import annotations
@@ -94,12 +96,23 @@ def fpgm_scores(rows_by_layer) -> np.ndarray:
 
 # -- structured OBS ------------------------------------------------------------------------------
 
+# Exactly redundant channels (dead on the calibration data, or linear combinations of others: a scaled
+# duplicate through a positively homogeneous activation) cost nothing to remove when the consumers are
+# compensated exactly; the dampened OBS prices them at ~λ·‖w‖² and can rank a live channel first. They go
+# first, found with an almost undampened H⁻¹, where H has enough rows per feature to tell (with fewer rows
+# nearly every channel is a combination of the others on the calibration data).
+FREE_DAMP = 1e-9  # λ = FREE_DAMP·mean diag H: numerical only
+FREE_COST = 1e-8  # removal cost (over consumer energy) below which a channel counts as exactly redundant
+FREE_ROWS = 4  # calibration rows per feature a consumer's H needs for the exact test
+
+
 @dataclass
 class _Consumer:
     w: np.ndarray  # [blocks, out, features] (float64, compensated as channels go)
     hinv: np.ndarray  # [blocks, features, features]
     feats: list[np.ndarray]  # per group channel: feature indices inside every block
     energy: float
+    h: np.ndarray | None = None  # H, kept for the exact test where it has FREE_ROWS rows per feature
 
 
 def woodfisher_inverse(x: np.ndarray, lam: np.ndarray | float, block: int = 64) -> np.ndarray:
@@ -153,7 +166,8 @@ def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace
     lam = (damp + shrink) * np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
     if hinv is None:
         hinv = np.linalg.inv(h + (lam + 1e-12) * eye)
-    return _Consumer(w, hinv, [np.array(sorted(set(f))) for f in feats], energy)
+    exact = h if rows and rows >= FREE_ROWS * h.shape[-1] else None
+    return _Consumer(w, hinv, [np.array(sorted(set(f))) for f in feats], energy, exact)
 
 
 def _block_cost(c: _Consumer, f: np.ndarray) -> float:
@@ -182,15 +196,59 @@ def _single_costs(c: _Consumer, cand: np.ndarray) -> np.ndarray:
     return np.array([_block_cost(c, c.feats[j]) if c.feats[j].size else 0.0 for j in cand])
 
 
+def _exact_fit(c: _Consumer, gone: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(alive features A, H_AA⁻¹ at ``FREE_DAMP``, W_A = W H_{:,A} H_AA⁻¹): the consumer refit exactly on the
+    features left. Solved afresh from H each time: downdating an almost singular H⁻¹ loses the small costs."""
+    keep = np.setdiff1d(np.arange(c.h.shape[-1]), gone)
+    h_aa = c.h[:, keep[:, None], keep[None, :]]
+    lam = FREE_DAMP * np.mean(np.diagonal(c.h, axis1=1, axis2=2), axis=1)[:, None, None] + 1e-300
+    inv = np.linalg.inv(h_aa + lam * np.eye(len(keep)))
+    return keep, inv, np.matmul(np.matmul(c.w, c.h[:, :, keep]), inv)
+
+
+def free_channels(consumers: list[_Consumer], alive: np.ndarray) -> list[int]:
+    """Exactly redundant channels: removed one at a time, cheapest first, while the removal (with the
+    consumers refit exactly on what is left, ``_exact_fit``) costs less than ``FREE_COST``; none unless every
+    consumer has H with ``FREE_ROWS`` rows per feature.
+
+    One at a time, because two exact duplicates of each other are each free only while the other stays.
+    Takes them out of ``consumers`` (and ``alive``) too, leaving the exactly refit weights there.
+    """
+    if not consumers or any(c.h is None for c in consumers):
+        return []
+    out: list[int] = []
+    gone = [np.array([], int) for _ in consumers]
+    fits = [_exact_fit(c, g) for c, g in zip(consumers, gone, strict=True)]
+    while alive.sum() > 1:
+        cand = np.flatnonzero(alive)
+        costs = np.zeros(len(cand))
+        for c, (keep, inv, w_a) in zip(consumers, fits, strict=True):
+            view = _Consumer(w_a, inv, [np.searchsorted(keep, c.feats[j]) for j in cand], c.energy)
+            costs += _single_costs(view, np.arange(len(cand))) / c.energy
+        if costs.min() > FREE_COST:
+            break
+        j = int(cand[np.argmin(costs)])
+        alive[j] = False
+        out.append(j)
+        gone = [np.union1d(g, c.feats[j]) for c, g in zip(consumers, gone, strict=True)]
+        fits = [_exact_fit(c, g) for c, g in zip(consumers, gone, strict=True)]
+    for c, g, (keep, _, w_a) in zip(consumers, gone, fits, strict=True):
+        if g.size:
+            _remove(c, g)
+            c.w[:, :, keep] = w_a
+    return out
+
+
 def obs_ranking(group: ChannelGroup, consumers: list[_Consumer], chunks: int = 64) -> GroupRanking:
     """Greedy structured OBS: repeatedly drop the cheapest channels (a chunk at a time), compensating.
 
     A chunk is removed jointly (its features form one block F), so its price includes the interactions
-    between its channels; chunks are ~1/64 of the group, which keeps big groups fast.
+    between its channels; chunks are ~1/64 of the group, which keeps big groups fast. Exactly redundant
+    channels (``free_channels``) come first, at no cost.
     """
     alive = np.ones(group.size, bool)
-    order: list[int] = []
-    error = [0.0]
+    order: list[int] = free_channels(consumers, alive)
+    error = [0.0] * (len(order) + 1)
     step = max(1, group.size // chunks)
     while alive.sum() > 1:
         cand = np.flatnonzero(alive)

@@ -68,3 +68,34 @@ def test_compress_with_woodfisher_criterion(tmp_path, capsys):
     x = np.load(MODELS / "fmnist_calib.npz")["input"][:4]
     assert np.isfinite(run_ort(model, {model.graph.input[0].name: x})[0]).all()
     assert report["pruned"]["macs"] <= report["dense"]["macs"] / 1.5
+
+
+def _gemm_consumer(x: np.ndarray, out: int = 4, damp: float = 0.01, seed: int = 0):
+    """A Gemm consumer of the group whose channels are the columns of x, as ``rank_groups`` builds it."""
+    from onnxprune.criteria import _Consumer
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(1, out, x.shape[1]))
+    h = (2.0 / len(x)) * (x.T @ x)[None]
+    hinv = np.linalg.inv(h + damp * np.mean(np.diag(h[0])) * np.eye(x.shape[1]))
+    energy = float(np.einsum("bof,bfh,boh->", w, h, w))
+    return _Consumer(w, hinv, [np.array([j]) for j in range(x.shape[1])], energy, h)
+
+
+def test_obs_removes_exactly_redundant_channels_first():
+    from onnxprune.channels import ChannelGroup
+    from onnxprune.criteria import obs_ranking
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 8))
+    x[:, 6] = 0.0  # dead
+    x[:, 3] = 2.5 * x[:, 0]  # a scaled duplicate
+    x[:, 5] *= 0.02  # alive but faint: dampened OBS prices it below the duplicate
+    group = ChannelGroup(id=0, size=8, segments=[], members=[], reasons=[])
+    ranked = obs_ranking(group, [_gemm_consumer(x)])
+    assert set(ranked.order[:2]) in ({6, 3}, {6, 0}) and ranked.error[2] == 0.0 < ranked.error[3]
+    # without enough rows per feature to tell, nothing counts as free: the dampened order stands
+    c = _gemm_consumer(x)
+    c.h = None
+    plain = obs_ranking(group, [c])
+    assert plain.order[1] == 5 and plain.error[1] > 0
