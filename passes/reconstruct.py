@@ -141,10 +141,12 @@ def settled_partners(model: onnx.ModelProto, partners: Mapping[str, str], stages
     return out
 
 
-# (fit, shrink multiplier) pairs tried per layer; "local" fits on dense inputs of the kept channels.
-# Stronger shrinkage (8x) won the layer-wise validation often on EfficientNet-Lite0 but lost end to end
-# (38.6% vs 41.9% agreement, KL 1.17 vs 0.82 at 1.5x), so only the fit itself is chosen.
-CANDIDATES = (("correcting", 1.0), ("local", 1.0))
+# (fit, shrink multiplier, ridge multiplier) tried per layer; "local" fits on dense inputs of the kept
+# channels. Stronger shrinkage (8x) won the layer-wise validation often on EfficientNet-Lite0 but lost end
+# to end (38.6% vs 41.9% agreement, KL 1.17 vs 0.82 at 1.5x), so none is offered. The unregularized fits
+# (shrink 0, ridge ~0) are there for layers the calibration data determine exactly: a removed channel that
+# was a combination of kept ones is folded back without the ridge's pull toward the sliced weights.
+CANDIDATES = (("correcting", 1.0, 1.0), ("local", 1.0, 1.0), ("correcting", 0.0, 1e-6), ("local", 0.0, 1e-6))
 
 
 class GramSums:
@@ -210,7 +212,7 @@ class _Fit:
         self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned), drift)
         return drift is not None
 
-    def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float]:
+    def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float, float]:
         """The candidate with the least two-fold held-out error ‖W_d X̃_d + Δ − W' X̃_p‖² (``output_mismatch``,
         Δ the residual partner's drift where there is one; summed over blocks)."""
         if not all(h.rows for h in self.halves):
@@ -231,11 +233,12 @@ class _Fit:
         return best
 
     @staticmethod
-    def solve(sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float, cand: tuple[str, float]):
-        if cand[0] == "local":  # fit on dense inputs: the partner's drift (seen on pruned ones) does not apply
-            return solve_refit(wd, sums.dk[b], sums.kk[b], w0, ridge, sums.samples, cand[1])
+    def solve(sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float, cand: tuple[str, float, float]):
+        mode, shrink, ridge = cand[0], cand[1], ridge * cand[2]
+        if mode == "local":  # fit on dense inputs: the partner's drift (seen on pruned ones) does not apply
+            return solve_refit(wd, sums.dk[b], sums.kk[b], w0, ridge, sums.samples, shrink)
         skip = sums.ep[b] if sums.ep is not None else None
-        return solve_refit(wd, sums.dp[b], sums.pp[b], w0, ridge, sums.samples, cand[1], skip)
+        return solve_refit(wd, sums.dp[b], sums.pp[b], w0, ridge, sums.samples, shrink, skip)
 
 
 def _gram(a: np.ndarray, b: np.ndarray, bias: bool) -> np.ndarray:
@@ -302,7 +305,7 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
                     if not fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half, partner) and skip:
                         del partners[name]  # the Add broadcasts: no block output to keep
         for name, fit in fits.items():
-            mode, shrink = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
+            mode, shrink, _ = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
             block = ", residual block output" if mode == "correcting" and name in partners else ""
             done[name] = f"{mode}, shrink {shrink:g}{block}"
     return done
@@ -326,7 +329,7 @@ def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:
 
 
 def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray | None,
-           ridge: float) -> tuple[str, float]:
+           ridge: float) -> tuple[str, float, float]:
     dl, pl = fit.dense, fit.pruned
     wd_all = dl.matrix(d_inits[dl.weight]).astype(np.float64)  # [blocks, out/b, f]
     n_out = wd_all.shape[0] * wd_all.shape[1]

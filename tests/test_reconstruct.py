@@ -79,7 +79,7 @@ def _gemm_fit(kept, rng, drift, rows=400, feats=8):
 def test_refit_keeps_error_correction_for_a_drift_seen_in_both_halves():
     rng = np.random.default_rng(1)
     fit, wd, w0 = _gemm_fit([0, 1, 2, 4, 6], rng, lambda x, half: 2.0 * x + 0.5)
-    assert fit.choose(wd, w0, ridge=1e-6) == ("correcting", 1.0)
+    assert fit.choose(wd, w0, ridge=1e-6)[0] == "correcting"
 
 
 def test_refit_falls_back_to_local_when_the_drift_does_not_generalize():
@@ -87,7 +87,30 @@ def test_refit_falls_back_to_local_when_the_drift_does_not_generalize():
     # each half drifts in its own direction: correcting for one half's drift hurts on the other
     mix = [np.eye(5) + 0.8 * rng.normal(size=(5, 5)) for _ in range(2)]
     fit, wd, w0 = _gemm_fit([0, 1, 2, 4, 6], rng, lambda x, half: x @ mix[half])
-    assert fit.choose(wd, w0, ridge=1e-6) == ("local", 1.0)
+    assert fit.choose(wd, w0, ridge=1e-6)[0] == "local"
+
+
+def test_refit_folds_an_exactly_redundant_input_back_without_the_ridge_pull():
+    # input 7 is 1.5 × input 2 and is pruned: W' = W_K with column 2 += 1.5 · column 7 reproduces the dense
+    # output exactly, and validation must pick the unregularized fit over the ridge's pull toward W_K
+    rng = np.random.default_rng(3)
+    dense = LinearLayer("g", "Gemm", "x", "y", "w", "b", groups=1, trans_b=True)
+    kept = np.arange(7)
+    fit = _Fit(dense, dense, np.arange(1), bias=True, kept_in=kept)
+    wd = [np.hstack([rng.normal(size=(3, 8)), rng.normal(size=(3, 1))])]
+    for half in (0, 1):
+        for _ in range(4):
+            xd = rng.normal(size=(50, 8))
+            xd[:, 7] = 1.5 * xd[:, 2]
+            xd = xd.astype(np.float32)
+            fit.add(xd, xd[:, kept], half)
+    w0 = [np.hstack([wd[0][:, kept], wd[0][:, -1:]])]
+    cand = fit.choose(wd, w0, ridge=1e-3)
+    got = fit.solve(fit.halves[0] + fit.halves[1], 0, wd[0], w0[0], 1e-3, cand)
+    want = np.hstack([wd[0][:, kept], wd[0][:, -1:]])
+    want[:, 2] += 1.5 * wd[0][:, 7]
+    assert cand[1] == 0.0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
