@@ -60,7 +60,10 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
 @click.option("--criterion", type=click.Choice(["obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation",
                                                 "apoz", "random"]), default="obs", show_default=True)
-@click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True)
+@click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True,
+              help="dp: least summed measured damage for the target (SPDY-style); global: one ranking of every "
+              "channel by its error alone, blind to what it saves (a baseline, like global magnitude pruning); "
+              "uniform: every group loses the same fraction.")
 @click.option("--search-evals", default=0, show_default=True, metavar="N", help="dp: after the DP, search its "
               "per-group weights by the whole plan's measured damage on calibration data (N evaluations; 0: off; "
               "with photo-like calibration each plan is compensated from one half of the sources, measured on the other).")
