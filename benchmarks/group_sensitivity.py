@@ -44,31 +44,29 @@ def _quality(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     return 100 * m["top1_agreement"], m["kl_dense_to_pruned"]
 
 
-def _fold_data(calib: Path, fold: int, tmp: str) -> tuple[Path, np.ndarray, np.ndarray]:
-    """(calibration file of the fold as ``unseen_photos`` writes it, its 256 calibration rows, the fold's
-    held-back gcompris rows)."""
+def _fold_data(calib: Path, fold: int, tmp: str) -> tuple[Path, np.ndarray]:
+    """(calibration file of the fold as ``unseen_photos`` writes it, the fold's held-back gcompris rows)."""
     with np.load(calib) as z:
         x, groups = z["input"], z["groups"]
     cal, seen, unseen = split_rows(groups, 0, fold, CALIB_ROWS, group_anchors(calib, int(groups.max()) + 1))
     path = Path(tmp) / "calib.npz"
     both = np.concatenate([cal, seen])
     np.savez(path, input=x[both], groups=groups[both])
-    return path, x[cal], x[unseen[groups[unseen] >= EARLIER_PHOTOS]]
+    return path, x[unseen[groups[unseen] >= EARLIER_PHOTOS]]
 
 
 def table(key: str, target: float, fold: int | None = None) -> str:
     model_path, calib, eval_npz = MODELS[key]
     with tempfile.TemporaryDirectory() as out:
-        own = None
         if fold is None:
             feeds = {"input": np.load(eval_npz)["input"]}
         else:
-            calib, own, held = _fold_data(calib, fold, out)
+            calib, held = _fold_data(calib, fold, out)
             feeds = {"input": held}
         report = compress(str(model_path), out, CompressOptions(target=target, calib=str(calib), int8=False,
                                                                 calib_samples=CALIB_ROWS))
         pruned = onnx.load(report["output"])
-        rows = own if own is not None else np.load(calib)["input"][:CALIB_ROWS]
+        own = np.load(calib)["input"][:CALIB_ROWS]  # the rows compress calibrated on
     dense, _ = normalize(load_model(model_path))
     shape = {"input": (1, *feeds["input"].shape[1:])}
     trace = trace_channels(dense, shape)
@@ -76,7 +74,7 @@ def table(key: str, target: float, fold: int | None = None) -> str:
     node_macs = {n.name: n.macs or 0 for n in base.nodes}
     ref = run_batched(dense, feeds)[0]
     layers = linear_layers(dense)
-    rows = np.concatenate([rows, mosaics(rows, len(rows), np.random.default_rng(0))])  # as compress's statistics
+    rows = np.concatenate([own, mosaics(own, len(own), np.random.default_rng(0))])  # as compress's statistics
     stats = collect_statistics(dense, ({"input": rows[i:i + 16]} for i in range(0, len(rows), 16)), layers, {})
     hessians = {n: h.hessian() for n, h in stats.hessians.items()}
     counts = {n: h.n for n, h in stats.hessians.items()}
@@ -89,7 +87,7 @@ def table(key: str, target: float, fold: int | None = None) -> str:
     agr, kl = _quality(ref, run_batched(pruned, feeds)[0])
     where = "eval crops" if fold is None else f"fold {fold}'s held-back gcompris photos ({len(feeds['input'])} crops)"
     head = f"### {key} at {target}x MACs, {where}: all groups with reconstruction: top-1 agr. {agr:.1f}%, KL {kl:.3f}"
-    if own is not None:
+    if fold is not None:
         a, k = _quality(run_batched(dense, {"input": own})[0], run_batched(pruned, {"input": own})[0])
         head += f" (on its own 256 calibration rows: {a:.1f}%, KL {k:.3f})"
     lines = [head, "",

@@ -264,7 +264,7 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     ``kept_out`` / ``kept_in`` map a layer to the dense output / input channels it kept (absent: all
     kept); ``changed_nodes`` are the nodes pruning edited; ``groups`` the source of each calibration row
     (``validation_halves``). Returns, in order, each refitted layer with the
-    fit validation chose for it (e.g. ``"local, shrink 8"``; ``", residual block output"`` is added where the
+    fit validation chose for it (e.g. ``"local, shrink 0"``; ``", residual block output"`` is added where the
     correcting fit kept a residual block's output, see ``solve_refit``).
     """
     d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
