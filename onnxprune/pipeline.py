@@ -433,12 +433,13 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                 pruned, feeds, pattern=pattern, criterion=how, groups=groups,
                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None)
     fidelity = {}
+    dense_out = pruned_out = None  # holdout outputs: the INT8 report compares against them too
     if calib is not None and calib.n_holdout():
         with timer("verify"):
             names = [o.name for o in model.graph.output]
             dense_out = run_all(model, calib.batches("holdout", 16))
-            fidelity = compare(dense_out, run_all(pruned, calib.batches("holdout", 16)), names,
-                               classifier_outputs(model))
+            pruned_out = run_all(pruned, calib.batches("holdout", 16))
+            fidelity = compare(dense_out, pruned_out, names, classifier_outputs(model))
 
     # -- write ---------------------------------------------------------------------------------
     out = Path(outdir)
@@ -451,7 +452,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     elif opts.int8:
         with timer("int8"):
             int8, int8_report = quantize_model(pruned, calib, preset=opts.quant_preset, calib_method=opts.calib_method,
-                                               dense_reference=model, latency_runs=20,
+                                               dense_reference=model, latency_runs=20, dense_outputs=dense_out,
+                                               model_outputs=pruned_out,
                                                progress=(lambda stage: progress(f"int8: {stage}", None)) if progress else None)
             int8_report = {"output": str(save_model(int8, out / f"{stem}.pruned.int8.onnx", protect=(path,))),
                            **int8_report}

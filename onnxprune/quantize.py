@@ -442,14 +442,17 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
                    calib_method: str = "minmax", per_channel: bool = True, max_drop: float | None = None,
                    dense_reference: onnx.ModelProto | None = None, bias_correction: bool = True,
                    exclude: Iterable[str] = (), latency_runs: int = 50,
-                   progress=None) -> tuple[onnx.ModelProto, dict]:
+                   progress=None, dense_outputs: list[np.ndarray] | None = None,
+                   model_outputs: list[np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
     """INT8 QDQ version of ``model`` and a JSON-able report section.
 
     ``calib`` calibrates (its ``calib`` slice) and verifies (its ``holdout`` slice). With ``max_drop``
     set, the most sensitive weight layers are kept in float until the held-out headline metric (top-1
     agreement with the FP32 model, or output cosine) drops by at most ``max_drop``; the report's
     ``quality_gate`` says whether that was reached (this function does not raise for it). ``exclude``:
-    node names always kept in float. ``progress(stage)`` is called as stages start.
+    node names always kept in float. ``progress(stage)`` is called as stages start. ``dense_outputs`` /
+    ``model_outputs``: the outputs of ``dense_reference`` / ``model`` on the holdout slice where the caller has
+    them already (``compress`` has, from its own fidelity check): they are not computed again.
     """
     from .quantize_tuning import BiasCorrector, fallback_search
 
@@ -517,8 +520,10 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
         if holdout:
             notify("verify")
             with timed(times, "verify"):
-                fp32_out = run_all(model, calib.batches("holdout", 64))
-                fidelity = compare(fp32_out, run_all(int8, calib.batches("holdout", 64)), names, scores)
+                fp32_out = model_outputs if model_outputs is not None and upcast is None else \
+                    run_all(model, calib.batches("holdout", 64))
+                int8_out = run_all(int8, calib.batches("holdout", 64))
+                fidelity = compare(fp32_out, int8_out, names, scores)
             first_int8 = int8
             if max_drop is not None and 1.0 - headline(fidelity)[1] > max_drop:
                 notify("fallback")
@@ -534,11 +539,13 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
     check_runnable(int8)
     report = _report(model, int8, calib, settings, calib_method, per_channel, prep_report, layers,
                      quantized_weight_layers(int8), fidelity, search, corrector, max_drop)
-    if dense_reference is not None and holdout:
+    if (dense_reference is not None or dense_outputs is not None) and holdout:
         with timed(times, "verify"):
-            dense_out = run_all(dense_reference, calib.batches("holdout", 64))
-            report["fidelity"]["int8_vs_dense"] = compare(dense_out, run_all(int8, calib.batches("holdout", 64)), names,
-                                                          scores)
+            dense_out = dense_outputs if dense_outputs is not None else \
+                run_all(dense_reference, calib.batches("holdout", 64))
+            if int8 is not first_int8:  # the fallback's model
+                int8_out = run_all(int8, calib.batches("holdout", 64))
+            report["fidelity"]["int8_vs_dense"] = compare(dense_out, int8_out, names, scores)
             report["fidelity"]["fp32_vs_dense"] = compare(dense_out, fp32_out, names, scores)
     if latency_runs:
         notify("latency")
