@@ -233,5 +233,45 @@ def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) ->
     return out
 
 
+def _clip_bounds(node: onnx.NodeProto, graph: _GraphFacts) -> tuple[float, float] | None:
+    """Clip's [min, max]: attributes before opset 11, optional constant inputs after (absent: unbounded)."""
+    attrs = node_attrs(node)
+    bounds = [attrs.get("min", -np.inf), attrs.get("max", np.inf)]
+    for i, name in enumerate(node.input[1:3]):
+        if name:
+            value = graph.constant(name)
+            if value is None or value.size != 1:
+                return None
+            bounds[i] = float(value.reshape(()))
+    return float(bounds[0]), float(bounds[1])
+
+
+# Activations that clamp their input to [lo, hi] and pass it unchanged in between: the layer feeding one
+# needs its outputs right only inside the range (below lo any value ≤ lo gives the same activation).
+RECTIFIERS = {"Relu": lambda node, graph: (0.0, np.inf),
+              "Clip": _clip_bounds}
+
+
+def rectified_outputs(model: onnx.ModelProto, layers: dict[str, LinearLayer]) -> dict[str, tuple[float, float]]:
+    """Layer → (lo, hi) of the ``RECTIFIERS`` op that alone reads its output (ungrouped, unpooled layers only:
+    their ``output_rows`` align with the fit's feature rows). Graph outputs are left out: they are read as is."""
+    graph = _GraphFacts(model, {t.name: t for t in model.graph.initializer})
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in set(node.input):
+            consumers.setdefault(i, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    out = {}
+    for name, layer in layers.items():
+        users = consumers.get(layer.output, [])
+        if layer.groups != 1 or layer.pooled_from or layer.weight_is_a or layer.output in graph_outputs \
+                or len(users) != 1 or users[0].op_type not in RECTIFIERS or users[0].input[0] != layer.output:
+            continue
+        bounds = RECTIFIERS[users[0].op_type](users[0], graph)
+        if bounds is not None and bounds[0] < bounds[1]:
+            out[name] = bounds
+    return out
+
+
 def initializer_dict(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

@@ -22,6 +22,10 @@ and the fit (correcting or local; see ``CANDIDATES``) is chosen per layer by two
 across two halves of the calibration rows, on the error that matters at inference,
 ‖W_d X̃_d − W' X̃_p‖² on the held-out half. The halves must not share a source (``validation_halves``):
 with several crops of one photo on both sides, validation rewards the fit that memorized the photo.
+
+A layer whose output only a clamp reads (ReLU, ReLU6) needs its outputs right only where the clamp passes
+them: ``rectified_refit`` then refines the chosen fit toward the outputs the clamp maps like the dense ones
+(alternating projections; the Gram matrix stays the one accumulated above, one pass per step).
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ import onnx
 from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier
 
-from onnxprune.layers import LinearLayer, initializer_dict, linear_layers, residual_partners
+from onnxprune.layers import (
+    LinearLayer,
+    initializer_dict,
+    linear_layers,
+    rectified_outputs,
+    residual_partners,
+)
 from onnxprune.sparsity import output_mismatch
 
 
@@ -146,6 +156,12 @@ def settled_partners(model: onnx.ModelProto, partners: Mapping[str, str], stages
 # to end (38.6% vs 41.9% agreement, KL 1.17 vs 0.82 at 1.5x), so none is offered. The unregularized fits
 # (shrink 0, ridge ~0) are there for layers the calibration data determine exactly: a removed channel that
 # was a combination of kept ones is folded back without the ridge's pull toward the sliced weights.
+# Alternating-projection steps of ``rectified_refit`` for layers read by a clamp (ReLU, ReLU6). Four steps
+# instead of two moved EfficientNet-Lite0 1.5x / MobileNetV2 2x (fold 0) by 0.1–0.4 points, KL −1 to −2 %.
+RECTIFY_STEPS = 2
+# Rows a step's correction reads at most (every k-th of a layer's rows): EfficientNet-Lite0's 112 × 112 expand
+# conv has 3.2 M of them, and alone took 4.3 s of the 8.6 s the refinement cost at 2x with every row.
+RECTIFY_ROWS = 1 << 19
 CANDIDATES = (("correcting", 1.0, 1.0), ("local", 1.0, 1.0), ("correcting", 0.0, 1e-6), ("local", 0.0, 1e-6))
 
 
@@ -197,20 +213,28 @@ class _Fit:
             partner: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
         """Fold one batch into its half: float32 products through BLAS, summed into float64. ``partner``: the
         residual partner (dense, pruned) of the batch; returns whether its drift was taken (``partner_drift``)."""
+        fd, fp, fk = self.rows(x_dense, x_pruned)
+        drift = partner_drift(self.dense, *partner, (fp.shape[1], self.outputs), self.kept_out) if partner else None
+        self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned), drift)
+        return drift is not None
+
+    def rows(self, x_dense: np.ndarray, x_pruned: np.ndarray,
+             only: str | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Feature rows [blocks, rows, features] of one batch: dense (the layer's blocks kept), pruned, and the
+        dense inputs of the kept channels (the local candidate's; None where it does not exist). ``only``:
+        "correcting" or "local" leaves out the other fit's rows (None)."""
         if x_dense.dtype == np.float16:  # a float16 model: numpy's float16 matmul has no BLAS (100x slower)
             x_dense, x_pruned = x_dense.astype(np.float32), x_pruned.astype(np.float32)
         fd = self.dense.features(x_dense)[self.blocks]
-        fp = self.pruned.features(x_pruned)
+        fp = self.pruned.features(x_pruned) if only != "local" else None
         fk = None
-        if self.local:
+        if self.local and only != "correcting":
             axis = 1 if self.dense.op == "Conv" or x_dense.ndim > 2 and self.dense.pooled_from else \
                 (-2 if self.dense.weight_is_a else -1)
             xk = x_dense if self.kept_in is None else np.take(x_dense, self.kept_in, axis=axis)
             self.local = xk.shape == x_pruned.shape
             fk = self.pruned.features(xk) if self.local else None
-        drift = partner_drift(self.dense, *partner, (fp.shape[1], self.outputs), self.kept_out) if partner else None
-        self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned), drift)
-        return drift is not None
+        return fd, fp, fk
 
     def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float, float]:
         """The candidate with the least two-fold held-out error ‖W_d X̃_d + Δ − W' X̃_p‖² (``output_mismatch``,
@@ -277,6 +301,7 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     done: dict[str, str] = {}
     stages = layer_stages(pruned, p_layers, todo)
     partners = settled_partners(pruned, residual_partners(pruned, {n: p_layers[n] for n in todo}), stages)
+    clamps = rectified_outputs(pruned, {n: p_layers[n] for n in todo}) if RECTIFY_STEPS else {}
     # Both models advance stage by stage from their last boundary: every node runs once per model.
     feeds = list(batches())
     halves = validation_halves([len(next(iter(f.values()))) for f in feeds], groups)
@@ -305,10 +330,84 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
                     if not fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half, partner) and skip:
                         del partners[name]  # the Add broadcasts: no block output to keep
         for name, fit in fits.items():
-            mode, shrink, _ = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge)
+            rectify = None
+            if name in clamps and len(fit.blocks) == 1:
+                rectify = (clamps[name], lambda mode, fit=fit, name=name, dv=d_vals, pv=p_vals: _stage_rows(
+                    fit, d_layers[name].tap, p_layers[name].tap, dv, pv, chunk, mode))
+            mode, shrink, _ = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge, rectify)
             block = ", residual block output" if mode == "correcting" and name in partners else ""
             done[name] = f"{mode}, shrink {shrink:g}{block}"
     return done
+
+
+def _stage_rows(fit: _Fit, d_tap: str, p_tap: str, d_vals: list[dict], p_vals: list[dict], chunk: int,
+                mode: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(dense feature rows, the fit's input rows: pruned, or the kept channels' dense ones for ``local``) of
+    one ungrouped layer over a stage's batches, in chunks of ``chunk`` samples."""
+    for xd, xp in zip(d_vals, p_vals, strict=True):
+        for lo in range(0, len(xd[d_tap]), chunk):
+            fd, fp, fk = fit.rows(xd[d_tap][lo:lo + chunk], xp[p_tap][lo:lo + chunk], only=mode)
+            yield fd[0], (fk if mode == "local" else fp)[0]
+
+
+def rectified_target(y_dense: np.ndarray, y_fit: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The nearest output to ``y_fit`` that a clamp to [lo, hi] maps where the dense output goes: y_d inside the
+    range; below it any value ≤ lo does (min(ŷ, lo)), above it any value ≥ hi (max(ŷ, hi))."""
+    # clip(y_d) + [y_d < lo]·(min(ŷ, lo) − lo) + [y_d > hi]·(max(ŷ, hi) − hi): arithmetic only, twice as fast
+    # as np.where over the millions of outputs of a high-resolution layer
+    t = np.clip(y_dense, lo, hi)
+    if lo > -np.inf:
+        d = np.minimum(y_fit, lo)
+        d -= lo
+        d *= y_dense < lo
+        t += d
+    if hi < np.inf:
+        d = np.maximum(y_fit, hi)
+        d -= hi
+        d *= y_dense > hi
+        t += d
+    return t
+
+
+def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.ndarray, lam: float,
+                    bounds: tuple[float, float], rows: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+                    bias: bool, steps: int | None = None, stride: int = 1) -> np.ndarray:
+    """Refine a layer's fit W (rows = outputs, bias last when ``bias``) for the clamp y ↦ min(max(y, lo), hi)
+    that reads its output: minimize dist(W X̃, S)² + λ‖W − W_0‖², S the outputs the clamp maps onto the dense
+    ones (``rectified_target``), by alternating projections from the least-squares fit:
+
+        T ← P_S(W X̃),   W ← (T X̃ᵀ + λ W_0)(G + λ I)⁻¹,   G = X̃ X̃ᵀ (the fit's own Gram matrix, unchanged),
+
+    with T X̃ᵀ = W G + (T − W X̃) X̃ᵀ: only the correction term reads the rows, every ``stride``-th of them
+    (scaled to all), so a high-resolution layer's millions of rows cost what a few hundred thousand do.
+    Each step lowers that distance; the least-squares fit spends part of its weights reproducing how far below
+    zero a ReLU's dead inputs lie, which nothing downstream reads. ``rows()`` yields (dense feature rows, the
+    fit's input rows) in chunks; one pass over them per step (``steps``: default ``RECTIFY_STEPS``).
+    """
+    lo, hi = bounds
+    a = g + lam * np.eye(g.shape[0])
+    wd32 = np.asarray(w_dense, np.float32)
+    for _ in range(RECTIFY_STEPS if steps is None else steps):
+        w32 = np.asarray(w, np.float32)
+        correction = np.zeros_like(w, dtype=np.float64)
+        seen = used = 0
+        for fd, f in rows():
+            seen += len(f)
+            fd, f = fd[::stride], f[::stride]
+            used += len(f)
+            y_dense = fd @ wd32[:, :fd.shape[1]].T
+            y_fit = f @ w32[:, :f.shape[1]].T
+            if bias:
+                y_dense += wd32[:, -1]
+                y_fit += w32[:, -1]
+            r = rectified_target(y_dense, y_fit, lo, hi)
+            r -= y_fit
+            correction[:, :f.shape[1]] += (r.T @ f).astype(np.float64)
+            if bias:
+                correction[:, -1] += r.sum(0, dtype=np.float64)
+        cross = w @ g + correction * (seen / max(used, 1))
+        w = np.linalg.solve(a, (cross + lam * w0).T).T
+    return w
 
 
 def partner_drift(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray, shape: tuple[int, int],
@@ -329,7 +428,10 @@ def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:
 
 
 def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray | None,
-           ridge: float) -> tuple[str, float, float]:
+           ridge: float, rectify: tuple[tuple[float, float], Callable] | None = None) -> tuple[str, float, float]:
+    """Choose the layer's fit by validation, solve it on all rows and write it into ``model``. ``rectify``:
+    (the bounds of the clamp that reads the layer's output, mode → the layer's feature rows) to refine the fit
+    for that clamp (``rectified_refit``)."""
     dl, pl = fit.dense, fit.pruned
     wd_all = dl.matrix(d_inits[dl.weight]).astype(np.float64)  # [blocks, out/b, f]
     n_out = wd_all.shape[0] * wd_all.shape[1]
@@ -359,6 +461,12 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
     new_b = np.empty(w0_all.shape[:2])
     for b in range(len(wds)):
         w = fit.solve(total, b, wds[b], w0s[b], ridge, cand)
+        if rectify is not None:
+            g = (total.kk if cand[0] == "local" else total.pp)[b]
+            lam = ridge_lambda(g, ridge * cand[2], cand[1], g.shape[0], total.samples)
+            stride = max(1, -(-total.rows // RECTIFY_ROWS))
+            w = rectified_refit(w, wds[b], w0s[b], g, lam, rectify[0], lambda: rectify[1](cand[0]), fit.bias,
+                                stride=stride)
         new_w[b] = w[:, :-1] if fit.bias else w
         new_b[b] = w[:, -1] if fit.bias else b0[b]
     inits = {t.name: t for t in model.graph.initializer}

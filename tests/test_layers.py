@@ -8,7 +8,7 @@ import pytest
 from onnxprune.passes.normalize import normalize
 
 from models import synthetic
-from onnxprune.layers import initializer_dict, linear_layers, residual_partners
+from onnxprune.layers import initializer_dict, linear_layers, rectified_outputs, residual_partners
 from onnxprune.shapes import infer_shapes
 from tests.helpers import run_ort
 
@@ -180,3 +180,38 @@ def test_residual_partner_found_past_a_bias_add():
                          [h.make_tensor_value_info(o, tp.FLOAT, None) for o in ("out", "r3", "t3")], inits)
     model = h.make_model(graph)
     assert residual_partners(model, linear_layers(model)) == {"n0": "x"}
+
+
+def test_rectified_outputs_are_the_bounds_of_the_clamp_that_alone_reads_a_layer():
+    h, tp = onnx.helper, onnx.TensorProto
+    lo, hi = (onnx.numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((0.0, "lo"), (6.0, "hi")))
+    nodes = [h.make_node("Conv", ["x", "k"], ["c1"]), h.make_node("Relu", ["c1"], ["r1"]),  # ReLU: [0, inf)
+             h.make_node("Conv", ["r1", "k"], ["c2"]), h.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),  # ReLU6
+             h.make_node("Conv", ["r2", "k"], ["c3"]), h.make_node("Clip", ["c3", "", "hi"], ["r3"]),  # no min
+             h.make_node("Conv", ["r3", "k"], ["c4"]), h.make_node("Relu", ["c4"], ["r4"]),
+             h.make_node("Add", ["c4", "r4"], ["a4"]),  # c4 is read twice: its own value matters
+             h.make_node("Conv", ["a4", "dw"], ["c5"], group=4), h.make_node("Relu", ["c5"], ["r5"]),  # grouped
+             h.make_node("Conv", ["r5", "k"], ["c6"]), h.make_node("Clip", ["c6", "x0"], ["r6"]),  # min not constant
+             h.make_node("Conv", ["r6", "k"], ["c7"]), h.make_node("Sigmoid", ["c7"], ["out"])]  # not a clamp
+    for i, node in enumerate(nodes):
+        node.name = f"n{i}"
+    inits = [onnx.numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in (("k", (4, 4, 1, 1)), ("dw", (4, 1, 1, 1)))]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", tp.FLOAT, [2, 4, 1, 1]),
+                                      h.make_tensor_value_info("x0", tp.FLOAT, [])],
+                         [h.make_tensor_value_info("out", tp.FLOAT, None)], [*inits, lo, hi])
+    model = h.make_model(graph)
+    layers = linear_layers(model)
+    by_output = {lay.output: lay.node for lay in layers.values()}
+    assert rectified_outputs(model, layers) == {by_output["c1"]: (0.0, np.inf), by_output["c2"]: (0.0, 6.0),
+                                                by_output["c3"]: (-np.inf, 6.0)}
+
+
+def test_rectified_outputs_read_clip_attributes_of_opset_6():
+    h, tp = onnx.helper, onnx.TensorProto
+    nodes = [h.make_node("Conv", ["x", "k"], ["c1"], name="conv"),
+             h.make_node("Clip", ["c1"], ["out"], name="clip", min=0.0, max=6.0)]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", tp.FLOAT, [2, 4, 1, 1])],
+                         [h.make_tensor_value_info("out", tp.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "k")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 10)])
+    assert rectified_outputs(model, linear_layers(model)) == {"conv": (0.0, 6.0)}

@@ -8,7 +8,15 @@ import onnxprune.passes.reconstruct as reconstruct_module
 import pytest
 from onnxprune.calibration.collect import Frontier, tapped_session
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.reconstruct import _Fit, layer_stages, partner_drift, reconstruct, settled_partners
+from onnxprune.passes.reconstruct import (
+    _Fit,
+    layer_stages,
+    partner_drift,
+    reconstruct,
+    rectified_refit,
+    rectified_target,
+    settled_partners,
+)
 
 from models import synthetic
 from onnxprune.layers import LinearLayer, linear_layers, residual_partners
@@ -250,3 +258,105 @@ def test_partner_drift_lines_up_with_the_layers_output_rows():
     assert partner_drift(conv, s_dense, s_dense, (18, 4)) is not None
     assert partner_drift(conv, s_dense, s_dense, (18, 2)) is None  # not the layer's outputs
     assert partner_drift(conv, s_dense[:, :, :1, :1], s_dense[:, :, :1, :1], (18, 4)) is None  # broadcast Add
+
+
+def test_rectified_target_keeps_the_dense_output_where_the_clamp_passes_it():
+    y_dense = np.array([[-2.0, 0.5, 7.0, -1.0, 9.0]])
+    y_fit = np.array([[1.0, 0.2, 5.0, -3.0, 8.0]])
+    # below 0: the fit's value if it is dead too, else 0; above 6: the fit's value if it saturates, else 6
+    np.testing.assert_array_equal(rectified_target(y_dense, y_fit, 0.0, 6.0), [[0.0, 0.5, 6.0, -3.0, 8.0]])
+
+
+def _rectified_problem(rng, rows=4000, feats=6):
+    """Pruned inputs (a noisy, partial view of the dense ones) for a layer whose output a ReLU reads."""
+    xd = rng.normal(size=(rows, feats)).astype(np.float32)
+    xp = (xd[:, :4] + 0.3 * rng.normal(size=(rows, 4))).astype(np.float32)
+    wd = np.hstack([rng.normal(size=(3, feats)), -0.5 * np.ones((3, 1))])
+    x1 = np.hstack([xp, np.ones((rows, 1), np.float32)]).astype(np.float64)
+    return xd, xp, wd, x1.T @ x1
+
+
+def _errors(w, wd, xd, xp):
+    """(squared distance of the fit's outputs to those the ReLU maps onto the dense ones, error after the ReLU)."""
+    ones = np.ones((len(xd), 1))
+    y_dense, y_fit = np.hstack([xd, ones]) @ wd.T, np.hstack([xp, ones]) @ w.T
+    distance = float(np.sum((rectified_target(y_dense, y_fit, 0.0, np.inf) - y_fit) ** 2))
+    return distance, float(np.sum((np.maximum(y_dense, 0) - np.maximum(y_fit, 0)) ** 2))
+
+
+def test_rectified_refit_lowers_the_error_after_the_relu_step_by_step():
+    rng = np.random.default_rng(4)
+    xd, xp, wd, g = _rectified_problem(rng)
+    x1 = np.hstack([xp, np.ones((len(xp), 1))])
+    least_squares = np.linalg.lstsq(x1, np.hstack([xd, np.ones((len(xd), 1))]) @ wd.T, rcond=None)[0].T
+
+    def rows():
+        for lo in range(0, len(xd), 1000):
+            yield xd[lo:lo + 1000], xp[lo:lo + 1000]
+
+    w0 = np.zeros_like(least_squares)
+    errors = [_errors(least_squares, wd, xd, xp)]
+    for steps in (1, 2, 4, 8):
+        w = rectified_refit(least_squares, wd, w0, g, 0.0, (0.0, np.inf), rows, bias=True, steps=steps)
+        errors.append(_errors(w, wd, xd, xp))
+    distances = [d for d, _ in errors]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(distances, distances[1:], strict=False))  # every step helps
+    assert errors[-1][1] < 0.9 * errors[0][1]  # and what the ReLU passes on is closer to the dense model's
+
+
+def test_rectified_refit_without_clamping_is_the_least_squares_fit():
+    rng = np.random.default_rng(5)
+    xd, xp, wd, g = _rectified_problem(rng)
+    x1 = np.hstack([xp, np.ones((len(xp), 1))])
+    want = np.linalg.lstsq(x1, np.hstack([xd, np.ones((len(xd), 1))]) @ wd.T, rcond=None)[0].T
+    start = want + 0.1 * rng.normal(size=want.shape)  # any start: nothing clamps, so one step is least squares
+    got = rectified_refit(start, wd, np.zeros_like(want), g, 0.0, (-np.inf, np.inf),
+                          lambda: iter([(xd, xp)]), bias=True, steps=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+
+def test_refit_of_a_layer_a_relu_reads_is_closer_after_the_relu(monkeypatch):
+    """x → conv_a → conv_b → Relu, conv_a's outputs damaged: the refit of conv_b, refined for the Relu, gives
+    outputs after the Relu closer to the dense ones than the plain least-squares refit (RECTIFY_STEPS = 0)."""
+    rng = np.random.default_rng(1)
+    c = 12
+    w_a, w_b = (rng.standard_normal((c, c, 1, 1)).astype(np.float32) / 3 for _ in range(2))
+    b_b = rng.normal(-0.5, 0.3, c).astype(np.float32)  # most outputs below zero: a mostly dead ReLU
+    h = onnx.helper
+
+    def model(wa):
+        nodes = [h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
+                 h.make_node("Conv", ["a", "b.w", "b.b"], ["b"], name="conv_b"), h.make_node("Relu", ["b"], ["y"])]
+        inits = [onnx.numpy_helper.from_array(wa, "a.w"), onnx.numpy_helper.from_array(w_b, "b.w"),
+                 onnx.numpy_helper.from_array(b_b, "b.b")]
+        vi = lambda n: h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", c, 3, 3])  # noqa: E731
+        return h.make_model(h.make_graph(nodes, "relu", [vi("x")], [vi("y")], inits),
+                            opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+    dense = model(w_a)
+    damaged = w_a.copy()
+    damaged[: c // 3] = 0  # a third of conv_b's inputs lost: no refit is exact
+    x = rng.standard_normal((96, c, 3, 3)).astype(np.float32)
+    batches = [{"x": x[i:i + 16]} for i in range(0, len(x), 16)]
+    want = tapped_session(dense, ["y"])[0].run(["y"], {"x": x})[0]
+    errors = {}
+    for steps in (0, 2):
+        monkeypatch.setattr(reconstruct_module, "RECTIFY_STEPS", steps)
+        pruned = model(damaged)
+        assert list(reconstruct(dense, pruned, {}, {"conv_a"}, lambda: iter(batches), ridge=1e-3)) == ["conv_b"]
+        got = tapped_session(pruned, ["y"])[0].run(["y"], {"x": x})[0]
+        errors[steps] = float(np.sum((got - want) ** 2))
+    assert errors[2] < 0.98 * errors[0]  # measured: 3 % closer (580 vs 598)
+
+
+def test_rectified_refit_reading_every_kth_row_stays_close_to_reading_all():
+    rng = np.random.default_rng(4)
+    xd, xp, wd, g = _rectified_problem(rng, rows=20000)
+    x1 = np.hstack([xp, np.ones((len(xp), 1))])
+    least_squares = np.linalg.lstsq(x1, np.hstack([xd, np.ones((len(xd), 1))]) @ wd.T, rcond=None)[0].T
+    w0 = np.zeros_like(least_squares)
+    every, strided = (rectified_refit(least_squares, wd, w0, g, 0.0, (0.0, np.inf), lambda: iter([(xd, xp)]),
+                                      bias=True, steps=2, stride=k) for k in (1, 4))
+    errors = [_errors(w, wd, xd, xp)[1] for w in (least_squares, every, strided)]
+    assert errors[2] < errors[0] and abs(errors[2] - errors[1]) < 0.02 * errors[1]
