@@ -181,11 +181,12 @@ class GramSums:
             drift: np.ndarray | None = None) -> None:
         self.rows += fp.shape[1]
         self.samples += fp.shape[1] // per_sample
-        parts = {"pp": _gram(fp, fp, bias), "dp": _gram(fd, fp, bias)}
+        sd, sp, sk = ((f.sum(1, dtype=np.float64) if bias and f is not None else None) for f in (fd, fp, fk))
+        parts = {"pp": _gram(fp, fp, bias, sp, sp), "dp": _gram(fd, fp, bias, sd, sp)}
         if fk is not None:
-            parts.update(kk=_gram(fk, fk, bias), dk=_gram(fd, fk, bias))
+            parts.update(kk=_gram(fk, fk, bias, sk, sk), dk=_gram(fd, fk, bias, sd, sk))
         if drift is not None:  # [rows, outputs] of an ungrouped layer
-            parts["ep"] = _gram(drift[None], fp, bias)[:, :drift.shape[1]]
+            parts["ep"] = _gram(drift[None], fp, bias, sum_b=sp)[:, :drift.shape[1]]
         for key, val in parts.items():
             old = getattr(self, key)
             setattr(self, key, val if old is None else old + val)
@@ -265,16 +266,18 @@ class _Fit:
         return solve_refit(wd, sums.dp[b], sums.pp[b], w0, ridge, sums.samples, shrink, skip)
 
 
-def _gram(a: np.ndarray, b: np.ndarray, bias: bool) -> np.ndarray:
-    """[a 1]ᵀ[b 1] per block without materializing the ones column: [[aᵀb, Σa], [Σb, n]]."""
+def _gram(a: np.ndarray, b: np.ndarray, bias: bool, sum_a: np.ndarray | None = None,
+          sum_b: np.ndarray | None = None) -> np.ndarray:
+    """[a 1]ᵀ[b 1] per block without materializing the ones column: [[aᵀb, Σa], [Σb, n]] (``sum_a`` / ``sum_b``:
+    Σa / Σb over the rows in float64, where the caller has them: one array enters several Gram matrices)."""
     core = np.matmul(np.swapaxes(a, 1, 2), b).astype(np.float64)
     if not bias:
         return core
     blocks, rows = a.shape[0], a.shape[1]
     out = np.empty((blocks, a.shape[2] + 1, b.shape[2] + 1))
     out[:, :-1, :-1] = core
-    out[:, :-1, -1] = a.sum(1, dtype=np.float64)
-    out[:, -1, :-1] = b.sum(1, dtype=np.float64)
+    out[:, :-1, -1] = a.sum(1, dtype=np.float64) if sum_a is None else sum_a
+    out[:, -1, :-1] = b.sum(1, dtype=np.float64) if sum_b is None else sum_b
     out[:, -1, -1] = rows
     return out
 
