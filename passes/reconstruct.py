@@ -151,17 +151,18 @@ def settled_partners(model: onnx.ModelProto, partners: Mapping[str, str], stages
     return out
 
 
-# (fit, shrink multiplier, ridge multiplier) tried per layer; "local" fits on dense inputs of the kept
-# channels. Stronger shrinkage (8x) won the layer-wise validation often on EfficientNet-Lite0 but lost end
-# to end (38.6% vs 41.9% agreement, KL 1.17 vs 0.82 at 1.5x), so none is offered. The unregularized fits
-# (shrink 0, ridge ~0) are there for layers the calibration data determine exactly: a removed channel that
-# was a combination of kept ones is folded back without the ridge's pull toward the sliced weights.
 # Alternating-projection steps of ``rectified_refit`` for layers read by a clamp (ReLU, ReLU6). Four steps
 # instead of two moved EfficientNet-Lite0 1.5x / MobileNetV2 2x (fold 0) by 0.1–0.4 points, KL −1 to −2 %.
 RECTIFY_STEPS = 2
 # Rows a step's correction reads at most (every k-th of a layer's rows): EfficientNet-Lite0's 112 × 112 expand
 # conv has 3.2 M of them, and alone took 4.3 s of the 8.6 s the refinement cost at 2x with every row.
 RECTIFY_ROWS = 1 << 19
+
+# (fit, shrink multiplier, ridge multiplier) tried per layer; "local" fits on dense inputs of the kept
+# channels. Stronger shrinkage (8x) won the layer-wise validation often on EfficientNet-Lite0 but lost end
+# to end (38.6% vs 41.9% agreement, KL 1.17 vs 0.82 at 1.5x), so none is offered. The unregularized fits
+# (shrink 0, ridge ~0) are there for layers the calibration data determine exactly: a removed channel that
+# was a combination of kept ones is folded back without the ridge's pull toward the sliced weights.
 CANDIDATES = (("correcting", 1.0, 1.0), ("local", 1.0, 1.0), ("correcting", 0.0, 1e-6), ("local", 0.0, 1e-6))
 
 
@@ -383,7 +384,7 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
 
     with T X̃ᵀ = W G + (T − W X̃) X̃ᵀ: only the correction term reads the rows, every ``stride``-th of them
     (scaled to all), so a high-resolution layer's millions of rows cost what a few hundred thousand do.
-    Each step lowers that distance; the least-squares fit spends part of its weights reproducing how far below
+    Each step lowers that distance (exactly so with every row); the least-squares fit spends part of its weights reproducing how far below
     zero a ReLU's dead inputs lie, which nothing downstream reads. ``rows()`` yields (dense feature rows, the
     fit's input rows) in chunks; one pass over them per step (``steps``: default ``RECTIFY_STEPS``).
     """
