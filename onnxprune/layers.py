@@ -252,9 +252,12 @@ RECTIFIERS = {"Relu": lambda node, graph: (0.0, np.inf),
               "Clip": _clip_bounds}
 
 
-def rectified_outputs(model: onnx.ModelProto, layers: dict[str, LinearLayer]) -> dict[str, tuple[float, float]]:
-    """Layer → (lo, hi) of the ``RECTIFIERS`` op that alone reads its output (ungrouped, unpooled layers only:
-    their ``output_rows`` align with the fit's feature rows). Graph outputs are left out: they are read as is."""
+def rectified_outputs(model: onnx.ModelProto,
+                      layers: dict[str, LinearLayer]) -> dict[str, tuple[float, float, str | None]]:
+    """Layer → (lo, hi, partner) of the ``RECTIFIERS`` op that alone reads its output — directly (partner None)
+    or through the residual Add its output alone feeds (partner: the Add's other operand; ResNet's
+    conv → Add → ReLU), in which case the clamp reads the block output W·x + s. Ungrouped, unpooled layers only
+    (their ``output_rows`` align with the fit's feature rows); graph outputs are read as is and left out."""
     graph = _GraphFacts(model, {t.name: t for t in model.graph.initializer})
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -263,13 +266,21 @@ def rectified_outputs(model: onnx.ModelProto, layers: dict[str, LinearLayer]) ->
     graph_outputs = {o.name for o in model.graph.output}
     out = {}
     for name, layer in layers.items():
-        users = consumers.get(layer.output, [])
-        if layer.groups != 1 or layer.pooled_from or layer.weight_is_a or layer.output in graph_outputs \
-                or len(users) != 1 or users[0].op_type not in RECTIFIERS or users[0].input[0] != layer.output:
+        if layer.groups != 1 or layer.pooled_from or layer.weight_is_a:
+            continue
+        tensor, partner = layer.output, None
+        users = consumers.get(tensor, [])
+        if len(users) == 1 and users[0].op_type == "Add" and len(set(users[0].input)) == 2 \
+                and tensor not in graph_outputs:
+            partner = next(i for i in users[0].input if i != tensor)
+            tensor = users[0].output[0]
+            users = consumers.get(tensor, [])
+        if tensor in graph_outputs or len(users) != 1 or users[0].op_type not in RECTIFIERS \
+                or users[0].input[0] != tensor:
             continue
         bounds = RECTIFIERS[users[0].op_type](users[0], graph)
         if bounds is not None and bounds[0] < bounds[1]:
-            out[name] = bounds
+            out[name] = (*bounds, partner)
     return out
 
 

@@ -335,9 +335,11 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
                         del partners[name]  # the Add broadcasts: no block output to keep
         for name, fit in fits.items():
             rectify = None
-            if name in clamps and len(fit.blocks) == 1:
-                rectify = (clamps[name], lambda mode, fit=fit, name=name, dv=d_vals, pv=p_vals: _stage_rows(
-                    fit, d_layers[name].tap, p_layers[name].tap, dv, pv, chunk, mode))
+            lo, hi, partner = clamps.get(name, (0.0, 0.0, None))
+            # through a residual Add only where the fit keeps the block output (a settled, non-broadcast partner)
+            if name in clamps and len(fit.blocks) == 1 and partner == partners.get(name):
+                rectify = ((lo, hi), lambda mode, fit=fit, name=name, dv=d_vals, pv=p_vals, s=partner: _stage_rows(
+                    fit, d_layers[name].tap, p_layers[name].tap, dv, pv, chunk, mode, s))
             mode, shrink, _ = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge, rectify)
             block = ", residual block output" if mode == "correcting" and name in partners else ""
             done[name] = f"{mode}, shrink {shrink:g}{block}"
@@ -345,13 +347,22 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
 
 
 def _stage_rows(fit: _Fit, d_tap: str, p_tap: str, d_vals: list[dict], p_vals: list[dict], chunk: int,
-                mode: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(dense feature rows, the fit's input rows: pruned, or the kept channels' dense ones for ``local``) of
-    one ungrouped layer over a stage's batches, in chunks of ``chunk`` samples."""
+                mode: str, partner: str | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+    """(dense feature rows, the fit's input rows: pruned, or the kept channels' dense ones for ``local``, and
+    the residual partner's output rows each side adds before the clamp, or None) of one ungrouped layer over a
+    stage's batches, in chunks of ``chunk`` samples. The local fit takes the dense inputs for the pruned ones,
+    so its side adds the dense partner as well."""
     for xd, xp in zip(d_vals, p_vals, strict=True):
         for lo in range(0, len(xd[d_tap]), chunk):
             fd, fp, fk = fit.rows(xd[d_tap][lo:lo + chunk], xp[p_tap][lo:lo + chunk], only=mode)
-            yield fd[0], (fk if mode == "local" else fp)[0]
+            s_dense = s_fit = None
+            if partner is not None:
+                s_dense = fit.dense.output_rows(xd[partner][lo:lo + chunk]).astype(np.float32, copy=False)
+                if fit.kept_out is not None and s_dense.shape[1] != fit.outputs:
+                    s_dense = s_dense[:, np.asarray(fit.kept_out)]
+                s_fit = s_dense if mode == "local" else \
+                    fit.pruned.output_rows(xp[partner][lo:lo + chunk]).astype(np.float32, copy=False)
+            yield fd[0], (fk if mode == "local" else fp)[0], s_dense, s_fit
 
 
 def rectified_target(y_dense: np.ndarray, y_fit: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -374,7 +385,7 @@ def rectified_target(y_dense: np.ndarray, y_fit: np.ndarray, lo: float, hi: floa
 
 
 def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.ndarray, lam: float,
-                    bounds: tuple[float, float], rows: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+                    bounds: tuple[float, float], rows: Callable[[], Iterable[tuple[np.ndarray, ...]]],
                     bias: bool, steps: int | None = None, stride: int = 1) -> np.ndarray:
     """Refine a layer's fit W (rows = outputs, bias last when ``bias``) for the clamp y ↦ min(max(y, lo), hi)
     that reads its output: minimize dist(W X̃, S)² + λ‖W − W_0‖², S the outputs the clamp maps onto the dense
@@ -386,7 +397,8 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
     (scaled to all), so a high-resolution layer's millions of rows cost what a few hundred thousand do.
     Each step lowers that distance (exactly so with every row); the least-squares fit spends part of its weights reproducing how far below
     zero a ReLU's dead inputs lie, which nothing downstream reads. ``rows()`` yields (dense feature rows, the
-    fit's input rows) in chunks; one pass over them per step (``steps``: default ``RECTIFY_STEPS``).
+    fit's input rows[, what each side adds before the clamp: a residual partner's rows, or None]) in chunks;
+    one pass over them per step (``steps``: default ``RECTIFY_STEPS``).
     """
     lo, hi = bounds
     a = g + lam * np.eye(g.shape[0])
@@ -395,7 +407,7 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
         w32 = np.asarray(w, np.float32)
         correction = np.zeros_like(w, dtype=np.float64)
         seen = used = 0
-        for fd, f in rows():
+        for fd, f, *added in rows():
             seen += len(f)
             fd, f = fd[::stride], f[::stride]
             used += len(f)
@@ -404,6 +416,9 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
             if bias:
                 y_dense += wd32[:, -1]
                 y_fit += w32[:, -1]
+            if added and added[0] is not None:  # the clamp reads the block output W·x + s
+                y_dense += added[0][::stride]
+                y_fit += added[1][::stride]
             r = rectified_target(y_dense, y_fit, lo, hi)
             r -= y_fit
             correction[:, :f.shape[1]] += (r.T @ f).astype(np.float64)

@@ -202,8 +202,9 @@ def test_rectified_outputs_are_the_bounds_of_the_clamp_that_alone_reads_a_layer(
     model = h.make_model(graph)
     layers = linear_layers(model)
     by_output = {lay.output: lay.node for lay in layers.values()}
-    assert rectified_outputs(model, layers) == {by_output["c1"]: (0.0, np.inf), by_output["c2"]: (0.0, 6.0),
-                                                by_output["c3"]: (-np.inf, 6.0)}
+    assert rectified_outputs(model, layers) == {by_output["c1"]: (0.0, np.inf, None),
+                                                by_output["c2"]: (0.0, 6.0, None),
+                                                by_output["c3"]: (-np.inf, 6.0, None)}
 
 
 def test_rectified_outputs_read_clip_attributes_of_opset_6():
@@ -214,4 +215,21 @@ def test_rectified_outputs_read_clip_attributes_of_opset_6():
                          [h.make_tensor_value_info("out", tp.FLOAT, None)],
                          [onnx.numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "k")])
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 10)])
-    assert rectified_outputs(model, linear_layers(model)) == {"conv": (0.0, 6.0)}
+    assert rectified_outputs(model, linear_layers(model)) == {"conv": (0.0, 6.0, None)}
+
+
+def test_rectified_outputs_see_through_the_residual_add_a_layer_alone_feeds():
+    """ResNet's conv → Add(skip) → ReLU: the clamp reads the block output; the partner is the skip."""
+    h, tp = onnx.helper, onnx.TensorProto
+    nodes = [h.make_node("Conv", ["x", "k"], ["c1"]), h.make_node("Add", ["x", "c1"], ["a1"]),
+             h.make_node("Relu", ["a1"], ["r1"]),  # residual, then ReLU
+             h.make_node("Conv", ["r1", "k"], ["c2"]), h.make_node("Add", ["c2", "r1"], ["a2"]),
+             h.make_node("Relu", ["a2"], ["r2"]), h.make_node("Conv", ["a2", "k"], ["c3"]),  # a2 read twice
+             h.make_node("Add", ["c3", "c3"], ["a3"]), h.make_node("Relu", ["a3"], ["out"])]  # not a residual
+    for i, node in enumerate(nodes):
+        node.name = f"n{i}"
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", tp.FLOAT, [2, 4, 1, 1])],
+                         [h.make_tensor_value_info(o, tp.FLOAT, None) for o in ("out", "r2")],
+                         [onnx.numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "k")])
+    model = h.make_model(graph)
+    assert rectified_outputs(model, linear_layers(model)) == {"n0": (0.0, np.inf, "x")}
