@@ -200,6 +200,15 @@ def pooled_input(tensor: str, graph: _GraphFacts) -> str | None:
     return None
 
 
+def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor → the nodes that read it (each once, however many of its inputs it is)."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in set(node.input):
+            out.setdefault(i, []).append(node)
+    return out
+
+
 def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) -> dict[str, str]:
     """Layer → the other operand of the Add that its output alone feeds (a residual connection).
 
@@ -209,10 +218,7 @@ def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) ->
     a bias Add (constant operand) in between is passed (W·x + b + s: transformer exports). Each Add must be
     its input's only reader (not a graph output either), so the partner cannot be computed from the layer.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for i in set(node.input):
-            consumers.setdefault(i, []).append(node)
+    consumers = readers(model)
     constants = {t.name for t in model.graph.initializer} | \
         {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     graph_outputs = {o.name for o in model.graph.output}
@@ -259,10 +265,7 @@ def rectified_outputs(model: onnx.ModelProto,
     conv → Add → ReLU), in which case the clamp reads the block output W·x + s. Ungrouped, unpooled layers only
     (their ``output_rows`` align with the fit's feature rows); graph outputs are read as is and left out."""
     graph = _GraphFacts(model, {t.name: t for t in model.graph.initializer})
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for i in set(node.input):
-            consumers.setdefault(i, []).append(node)
+    consumers = readers(model)
     graph_outputs = {o.name for o in model.graph.output}
     out = {}
     for name, layer in layers.items():

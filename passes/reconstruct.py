@@ -334,11 +334,10 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
                     if not fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half, partner) and skip:
                         del partners[name]  # the Add broadcasts: no block output to keep
         for name, fit in fits.items():
-            rectify = None
-            lo, hi, partner = clamps.get(name, (0.0, 0.0, None))
+            rectify, clamp = None, clamps.get(name)
             # through a residual Add only where the fit keeps the block output (a settled, non-broadcast partner)
-            if name in clamps and len(fit.blocks) == 1 and partner == partners.get(name):
-                rectify = ((lo, hi), lambda mode, fit=fit, name=name, dv=d_vals, pv=p_vals, s=partner: _stage_rows(
+            if clamp is not None and len(fit.blocks) == 1 and clamp[2] == partners.get(name):
+                rectify = (clamp[:2], lambda mode, fit=fit, name=name, dv=d_vals, pv=p_vals, s=clamp[2]: _stage_rows(
                     fit, d_layers[name].tap, p_layers[name].tap, dv, pv, chunk, mode, s))
             mode, shrink, _ = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge, rectify)
             block = ", residual block output" if mode == "correcting" and name in partners else ""
@@ -357,11 +356,10 @@ def _stage_rows(fit: _Fit, d_tap: str, p_tap: str, d_vals: list[dict], p_vals: l
             fd, fp, fk = fit.rows(xd[d_tap][lo:lo + chunk], xp[p_tap][lo:lo + chunk], only=mode)
             s_dense = s_fit = None
             if partner is not None:
-                s_dense = fit.dense.output_rows(xd[partner][lo:lo + chunk]).astype(np.float32, copy=False)
-                if fit.kept_out is not None and s_dense.shape[1] != fit.outputs:
-                    s_dense = s_dense[:, np.asarray(fit.kept_out)]
-                s_fit = s_dense if mode == "local" else \
-                    fit.pruned.output_rows(xp[partner][lo:lo + chunk]).astype(np.float32, copy=False)
+                s_dense, s_fit = partner_rows(fit.dense, xd[partner][lo:lo + chunk], xp[partner][lo:lo + chunk],
+                                              fit.kept_out)
+                if mode == "local":
+                    s_fit = s_dense
             yield fd[0], (fk if mode == "local" else fp)[0], s_dense, s_fit
 
 
@@ -395,8 +393,8 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
 
     with T X̃ᵀ = W G + (T − W X̃) X̃ᵀ: only the correction term reads the rows, every ``stride``-th of them
     (scaled to all), so a high-resolution layer's millions of rows cost what a few hundred thousand do.
-    Each step lowers that distance (exactly so with every row); the least-squares fit spends part of its weights reproducing how far below
-    zero a ReLU's dead inputs lie, which nothing downstream reads. ``rows()`` yields (dense feature rows, the
+    Each step lowers that distance (exactly so with every row); the least-squares fit spends part of its
+    weights reproducing how far below zero a ReLU's dead inputs lie, which nothing downstream reads. ``rows()`` yields (dense feature rows, the
     fit's input rows[, what each side adds before the clamp: a residual partner's rows, or None]) in chunks;
     one pass over them per step (``steps``: default ``RECTIFY_STEPS``).
     """
@@ -434,11 +432,19 @@ def partner_drift(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray,
     """Rows of the residual partner's drift s_d − s_p (the dense partner's channels ``kept`` when the pruned
     one has fewer) if they are the layer's output rows, ``shape`` = (feature rows, outputs); None when the
     Add broadcasts. In the activations' precision (float16 as float32), as the Gram products are taken."""
+    d, p = partner_rows(layer, s_dense, s_pruned, kept)
+    return d - p if d.shape == p.shape == tuple(shape) else None
+
+
+def partner_rows(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray,
+                 kept: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The residual partner's dense and pruned values as the layer's output rows (the dense partner's channels
+    ``kept`` when the pruned one has fewer), in the activations' precision (float16 as float32)."""
     d = layer.output_rows(s_dense.astype(np.promote_types(s_dense.dtype, np.float32)))
     p = layer.output_rows(s_pruned.astype(d.dtype))
     if kept is not None and d.shape[1] != p.shape[1]:
         d = d[:, np.asarray(kept)]
-    return d - p if d.shape == p.shape == tuple(shape) else None
+    return d, p
 
 
 def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:
