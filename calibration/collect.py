@@ -128,11 +128,10 @@ class HessianSum:
     samples: int = 0
 
     def add(self, x: np.ndarray) -> None:
-        rows = self.layer.features(x.astype(self.dtype, copy=False))  # [groups, rows, features]
-        part = np.einsum("grf,grh->gfh", rows, rows, optimize=True) if rows.shape[0] > 1 else (rows[0].T @ rows[0])[None]
+        part, rows = self.layer.feature_gram(x, self.dtype)
         self.xx = part if self.xx is None else self.xx + part
-        self.n += rows.shape[1]
-        self.samples += rows.shape[1] // self.layer.rows_per_sample(x)
+        self.n += rows
+        self.samples += rows // self.layer.rows_per_sample(x)
 
     def hessian(self) -> np.ndarray:
         return np.multiply(self.xx, 2.0 / max(self.n, 1), dtype=np.float64)

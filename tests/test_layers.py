@@ -44,6 +44,27 @@ def test_matrix_view_reproduces_outputs(name):
             np.testing.assert_allclose((y + bias)[0], lay.output_rows(out), atol=1e-5, err_msg=lay.node)
 
 
+@pytest.mark.parametrize("name", GRAPHS)
+def test_feature_gram_is_the_gram_matrix_of_the_feature_rows(name):
+    """Every layer's Σ f fᵀ (``feature_gram``: on the NCHW layout for pointwise convs on large maps, transposed
+    rows otherwise) equals that of ``features``, row count included, on the taps the statistics pass reads."""
+    model, _ = normalize(synthetic.build(name))
+    layers = linear_layers(model)
+    values = _tapped_values(model, {lay.tap for lay in layers.values()})
+    paths = set()
+    for lay in layers.values():
+        x = values[lay.tap]
+        rows = lay.features(x.astype(np.float64))
+        gram, n = lay.feature_gram(x)
+        assert gram.dtype == np.float64 and n == rows.shape[1], lay.node
+        np.testing.assert_allclose(gram, np.matmul(np.swapaxes(rows, 1, 2), rows), rtol=1e-10, atol=1e-10,
+                                   err_msg=lay.node)
+        paths.add(lay.op == "Conv" and lay.groups == 1 and x.ndim > 2 and x[0, 0].size >= 2 * x.shape[1]
+                  and all(k == 1 for k in lay.kernel) and all(s == 1 for s in lay.strides))
+    if name == "depthwise_se":
+        assert paths == {True, False}  # both ways of taking it are exercised
+
+
 def _tapped_values(model: onnx.ModelProto, taps: set[str]) -> dict[str, np.ndarray]:
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
