@@ -50,6 +50,36 @@ def cut_model(model: onnx.ModelProto, taps: list[str]) -> onnx.ModelProto:
     return _sub_model(model, nodes, [i for i in model.graph.input if i.name in used], taps)
 
 
+def downstream_cut(model: onnx.ModelProto, seeds: set[str]) -> tuple[list[int], list[str]] | None:
+    """The nodes named ``seeds`` and every node downstream of them (indices, in order), and the tensors they
+    read from the rest of the graph (sorted): what a copy of ``model`` whose ``seeds`` were edited computes
+    differently, and where it starts to. None when a node carries a subgraph (it may read outer-scope
+    tensors that the walk does not see) or an output does not depend on ``seeds``."""
+    inits = {t.name for t in model.graph.initializer}
+    changed: set[str] = set()
+    nodes, reads = [], set()
+    for i, node in enumerate(model.graph.node):
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return None
+        if node.name in seeds or any(t in changed for t in node.input):
+            nodes.append(i)
+            changed.update(o for o in node.output if o)
+            reads.update(t for t in node.input if t and t not in changed and t not in inits)
+    if not all(o.name in changed for o in model.graph.output):
+        return None
+    return nodes, sorted(reads)
+
+
+def suffix_model(model: onnx.ModelProto, cut: tuple[list[int], list[str]],
+                 values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """``model``'s nodes of ``cut`` (``downstream_cut``) as a model that takes the tensors it reads as inputs
+    (types from ``values``) and computes ``model``'s outputs."""
+    nodes, reads = cut
+    inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(values[t].dtype), values[t].shape)
+              for t in reads]
+    return _sub_model(model, [model.graph.node[i] for i in nodes], inputs, [o.name for o in model.graph.output])
+
+
 def tapped_session(model: onnx.ModelProto, taps: list[str], threads: int = 0):
     """An ORT session computing exactly ``taps`` (the graph is cut after them, so later nodes never run)."""
     sess = ort_session(cut_model(model, taps), threads)

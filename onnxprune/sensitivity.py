@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from .calibration.collect import downstream_cut, suffix_model, tapped_session
 from .channels import ChannelGroup, Trace
 from .criteria import GroupRanking
 from .fidelity import classifier_outputs, is_classifier, mean_kl, run_all
@@ -39,14 +40,41 @@ def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: 
 
 def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Mapping[str, np.ndarray],
                  dense: list[np.ndarray], classifier: Sequence[bool],
-                 compensate: Callable[[dict, onnx.ModelProto], object] | None = None) -> float:
+                 compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
+                 start: tuple[tuple[list[int], list[str]], Mapping[str, np.ndarray]] | None = None) -> float:
     """Output damage of ``model`` pruned by ``plan`` on ``feeds`` against the dense outputs ``dense``
     (``classifier``: ``fidelity.classifier_outputs(model)``, once per caller, not per trial);
-    ``compensate(plan, pruned)`` edits the trial model in place before it runs."""
+    ``compensate(plan, pruned)`` edits the trial model in place before it runs. ``start``: (the cut below
+    which the trial model is the dense one, ``collect.downstream_cut``; the dense values it reads): only the
+    nodes downstream of the plan's edits run."""
     pruned = prune_channels(model, trace, plan, infer=False)
     if compensate is not None:
         compensate(plan, pruned)
-    return output_damage(dense, run_all(pruned, [feeds]), classifier)
+    if start is None:
+        return output_damage(dense, run_all(pruned, [feeds]), classifier)
+    cut, values = start
+    return output_damage(dense, run_all(suffix_model(pruned, cut, values), [{t: values[t] for t in cut[1]}]),
+                         classifier)
+
+
+def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup],
+                 feeds: Mapping[str, np.ndarray]) -> dict[int, tuple]:
+    """Per group, where a trial model pruning it alone starts to differ from the dense one, for ``trial_damage``'s
+    ``start``: the nodes of every space holding the group's channels (pruning and compensation edit only
+    those) and all below them, and the dense values on ``feeds`` that they read. One dense pass for all
+    groups; a trial then runs only its suffix (the upstream part of every trial is the dense model)."""
+    cuts = {}
+    for g in groups:
+        nodes = {m.node for m in trace.members if any(s.group == g.id for s in trace.segments[m.space])}
+        cut = downstream_cut(model, nodes)
+        if cut is not None:
+            cuts[g.id] = cut
+    values = dict(feeds)
+    taps = sorted({t for _, reads in cuts.values() for t in reads} - set(values))
+    if taps:
+        sess, needed = tapped_session(model, taps)
+        values.update(zip(taps, sess.run(taps, {k: v for k, v in feeds.items() if k in needed}), strict=True))
+    return {gid: (cut, values) for gid, cut in cuts.items()}
 
 
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
@@ -60,6 +88,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
     # the rescaled curve needs only its level: two points do; an interpolated curve needs three
     fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
     dense, scores = run_all(model, [feeds]), classifier_outputs(model)
+    starts = group_starts(model, trace, groups, feeds)
     out: dict[int, GroupRanking] = {}
     for g in groups:
         r = rankings[g.id]
@@ -68,7 +97,8 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             removed = min(int(round(f * g.size)), g.size - 1)
             if removed <= 0 or removed / g.size in xs:
                 continue
-            ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, scores, compensate))
+            ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, scores, compensate,
+                                   starts.get(g.id)))
             xs.append(removed / g.size)
         xs.append(1.0)
         ys.append(max(ys[-1] * 2.0, ys[-1] + 1e-9) if len(ys) > 1 else 1.0)  # emptying the group: worst

@@ -9,8 +9,9 @@ from onnxprune.passes.normalize import normalize
 
 from models import synthetic
 from onnxprune.criteria import rank_groups
+from onnxprune.fidelity import classifier_outputs, run_all
 from onnxprune.layers import initializer_dict
-from onnxprune.sensitivity import measured_rankings, output_damage
+from onnxprune.sensitivity import group_starts, measured_rankings, output_damage, trial_damage
 from onnxprune.tracer import trace_channels
 from tests.helpers import run_ort
 
@@ -37,6 +38,55 @@ def test_measured_curves_monotone_and_order_kept():
             assert curve[0] == 0 and np.isinf(curve[-1]) and np.all(np.diff(curve[:-1]) >= 0)
             np.testing.assert_array_equal(measured[g.id].order, rankings[g.id].order)
         assert any(measured[g.id].error[g.size // 2] > 0 for g in groups)
+
+
+@pytest.mark.parametrize("name", ["residual_add", "dense_concat", "depthwise_se", "split_slice", "transformer_block",
+                                  "resize_fpn"])
+def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name):
+    """A trial run from where the group's edits start (``group_starts``: the dense values the suffix reads)
+    gives the damage of running the whole pruned model, compensated or not, for every group; groups whose
+    suffix starts at the graph input read the feeds themselves."""
+    model, _ = normalize(synthetic.build(name))
+    trace = trace_channels(model)
+    groups = trace.prunable_groups()
+    rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
+                              {n.name: list(n.input) for n in model.graph.node})
+    feeds = synthetic.random_inputs(model, batch=4)
+    dense, scores = run_all(model, [feeds]), classifier_outputs(model)
+    starts = group_starts(model, trace, groups, feeds)
+    assert set(starts) == {g.id for g in groups}
+    assert any(len(cut[0]) < len(model.graph.node) for cut, _ in starts.values())  # some trials skip nodes
+
+    def halve(plan, pruned):  # a stand-in compensation: edits the weights of the group's consumers
+        (gid,) = plan
+        consumers = {m.node for m in trace.members if m.role == "consumer"
+                     and any(s.group == gid for s in trace.segments[m.space])}
+        weights = {n.input[1] for n in pruned.graph.node if n.name in consumers and len(n.input) > 1}
+        for t in pruned.graph.initializer:
+            if t.name in weights and t.data_type == onnx.TensorProto.FLOAT:
+                t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * 0.5, t.name))
+
+    damages = []
+    for g in groups:
+        plan = {g.id: np.sort(rankings[g.id].order[g.size // 2:])}
+        for comp in (None, halve):
+            whole = trial_damage(model, trace, plan, feeds, dense, scores, comp)
+            suffix = trial_damage(model, trace, plan, feeds, dense, scores, comp, starts.get(g.id))
+            assert np.isclose(suffix, whole, rtol=1e-4, atol=1e-9), (g.id, whole, suffix)
+            damages.append(whole)
+    assert max(damages) > 0
+
+
+def test_no_suffix_start_where_an_output_does_not_depend_on_the_edits():
+    """Edits to one head of a two-head model leave the other output to nodes the suffix would not hold."""
+    from onnxprune.calibration.collect import downstream_cut
+
+    model, _ = normalize(synthetic.build("resize_fpn"))
+    assert len(model.graph.output) == 2
+    head = next(n for n in model.graph.node if model.graph.output[0].name in n.output)
+    assert downstream_cut(model, {head.name}) is None
+    nodes, reads = downstream_cut(model, {model.graph.node[0].name})
+    assert len(nodes) == len(model.graph.node) and reads == [model.graph.input[0].name]
 
 
 def test_scaled_curve_of_a_harmless_group_is_zero_without_warnings(monkeypatch):
