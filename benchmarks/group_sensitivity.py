@@ -39,12 +39,12 @@ from onnxprune.pipeline import CompressOptions, compress
 from onnxprune.tracer import trace_channels
 
 
-def _quality(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+def quality(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     m = compare([ref], [got], ["logits"])["logits"]
     return 100 * m["top1_agreement"], m["kl_dense_to_pruned"]
 
 
-def _fold_data(calib: Path, fold: int, tmp: str) -> tuple[Path, np.ndarray]:
+def fold_data(calib: Path, fold: int, tmp: str) -> tuple[Path, np.ndarray]:
     """(calibration file of the fold as ``unseen_photos`` writes it, the fold's held-back gcompris rows)."""
     with np.load(calib) as z:
         x, groups = z["input"], z["groups"]
@@ -61,7 +61,7 @@ def table(key: str, target: float, fold: int | None = None) -> str:
         if fold is None:
             feeds = {"input": np.load(eval_npz)["input"]}
         else:
-            calib, held = _fold_data(calib, fold, out)
+            calib, held = fold_data(calib, fold, out)
             feeds = {"input": held}
         report = compress(str(model_path), out, CompressOptions(target=target, calib=str(calib), int8=False,
                                                                 calib_samples=CALIB_ROWS))
@@ -82,13 +82,13 @@ def table(key: str, target: float, fold: int | None = None) -> str:
     def compensated(plan):
         pruned_alone = prune_channels(dense, trace, plan)
         compensate_locally(dense, pruned_alone, hessians, counts, *trace.layer_kept(layers, plan))
-        return _quality(ref, run_batched(pruned_alone, feeds)[0])
+        return quality(ref, run_batched(pruned_alone, feeds)[0])
 
-    agr, kl = _quality(ref, run_batched(pruned, feeds)[0])
+    agr, kl = quality(ref, run_batched(pruned, feeds)[0])
     where = "eval crops" if fold is None else f"fold {fold}'s held-back gcompris photos ({len(feeds['input'])} crops)"
     head = f"### {key} at {target}x MACs, {where}: all groups with reconstruction: top-1 agr. {agr:.1f}%, KL {kl:.3f}"
     if fold is not None:
-        a, k = _quality(run_batched(dense, {"input": own})[0], run_batched(pruned, {"input": own})[0])
+        a, k = quality(run_batched(dense, {"input": own})[0], run_batched(pruned, {"input": own})[0])
         head += f" (on its own 256 calibration rows: {a:.1f}%, KL {k:.3f})"
     lines = [head, "",
              "| group | first member | kept / channels | MACs saved | alone, sliced: agr. / KL "
@@ -102,11 +102,11 @@ def table(key: str, target: float, fold: int | None = None) -> str:
         plan_all[row["id"]] = kept
         plan = {row["id"]: kept}
         saved = 100 * (1 - trace.predict_macs(node_macs, plan) / base.macs)
-        a, k = _quality(ref, run_batched(prune_channels(dense, trace, plan), feeds)[0])
+        a, k = quality(ref, run_batched(prune_channels(dense, trace, plan), feeds)[0])
         ca, ck = compensated(plan)
         lines.append(f"| {row['id']} | {row['members'][0]['node']} | {row['kept']} / {row['channels']} | "
                      f"{saved:.1f}% | {a:.1f}% / {k:.3f} | {ca:.1f}% / {ck:.3f} |")
-    a, k = _quality(ref, run_batched(prune_channels(dense, trace, plan_all), feeds)[0])
+    a, k = quality(ref, run_batched(prune_channels(dense, trace, plan_all), feeds)[0])
     ca, ck = compensated(plan_all)
     lines.append(f"| all | | | {100 * (1 - 1 / report['achieved']['macs']):.1f}% | {a:.1f}% / {k:.3f} | "
                  f"{ca:.1f}% / {ck:.3f} |")
