@@ -41,12 +41,14 @@ def test_measured_curves_monotone_and_order_kept():
 
 
 @pytest.mark.parametrize("name", ["residual_add", "dense_concat", "depthwise_se", "split_slice", "transformer_block",
-                                  "resize_fpn"])
+                                  "resize_fpn", "paddle_convnet", "static_batch"])
 def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name):
     """A trial run from where the group's edits start (``group_starts``: the dense values the suffix reads)
     gives the damage of running the whole pruned model, compensated or not, for every group; groups whose
     suffix starts at the graph input read the feeds themselves."""
-    model, _ = normalize(synthetic.build(name))
+    built = synthetic.with_static_batch(synthetic.build("residual_add"), 4) if name == "static_batch" else \
+        synthetic.paddle_style_model() if name == "paddle_convnet" else synthetic.build(name)
+    model, _ = normalize(built)
     trace = trace_channels(model)
     groups = trace.prunable_groups()
     rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
