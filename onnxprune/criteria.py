@@ -156,7 +156,7 @@ def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace
                 feats[j].extend(range(local * k, local * k + k))
             else:
                 feats[j].extend(expand_indices([p], size, member.outer, member.inner).tolist())
-    energy = float(np.sum(np.matmul(w, h) * w))  # Σ w H wᵀ by BLAS: a 3-operand einsum loops (1 s on a classifier)
+    energy = float(np.sum(np.matmul(w, h) * w))  # Σ w H wᵀ by BLAS (a 3-operand einsum loops: 1 s on a head)
     if energy <= 0:
         return None
     eye = np.eye(h.shape[-1])

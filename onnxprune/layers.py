@@ -111,10 +111,11 @@ class LinearLayer:
     def feature_gram(self, x: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, int]:
         """(Σ_rows f fᵀ of ``features(x)`` per group [groups, features, features], products in ``dtype``; rows).
 
-        A pointwise conv on a map with more positions than channels takes Σ_n X_n X_nᵀ on the NCHW layout
-        ([C, positions] per sample, no transposed copy); otherwise the rows are transposed in the activations'
-        own precision and widened after. Both halve the cost of the float64 Hessian pass on EfficientNet-Lite0's
-        high-resolution layers, where moving the float64 copy was most of it."""
+        A pointwise conv on a map with at least twice as many positions as channels takes Σ_n X_n X_nᵀ on the
+        NCHW layout ([C, positions] per sample, no transposed copy; on fewer positions the batched products
+        cost more than the copy); otherwise the rows are transposed in the activations' own precision and
+        widened after. Both halve the cost of the float64 Hessian pass on EfficientNet-Lite0's high-resolution
+        layers, where moving the float64 copy was most of it."""
         if self.op == "Conv" and self.groups == 1 and x.ndim > 2 and all(k == 1 for k in self.kernel) \
                 and all(s == 1 for s in self.strides) and not any(self.pads) and x[0, 0].size >= 2 * x.shape[1]:
             maps = x.astype(dtype).reshape(x.shape[0], x.shape[1], -1)
