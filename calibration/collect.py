@@ -50,23 +50,31 @@ def cut_model(model: onnx.ModelProto, taps: list[str]) -> onnx.ModelProto:
     return _sub_model(model, nodes, [i for i in model.graph.input if i.name in used], taps)
 
 
-def downstream_cut(model: onnx.ModelProto, seeds: set[str]) -> tuple[list[int], list[str]] | None:
-    """The nodes named ``seeds`` and every node downstream of them (indices, in order), and the tensors they
-    read from the rest of the graph (sorted): what a copy of ``model`` whose ``seeds`` were edited computes
-    differently, and where it starts to. None when a node carries a subgraph (it may read outer-scope
-    tensors that the walk does not see) or an output does not depend on ``seeds``."""
-    inits = {t.name for t in model.graph.initializer}
+def downstream(model: onnx.ModelProto, seeds: set[str]) -> tuple[list[int], set[str]]:
+    """The nodes named ``seeds`` and every node downstream of them (indices, in order) and the tensors they
+    output: what a copy of ``model`` whose ``seeds`` were edited computes differently."""
     changed: set[str] = set()
-    nodes, reads = [], set()
+    nodes = []
     for i, node in enumerate(model.graph.node):
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            return None
         if node.name in seeds or any(t in changed for t in node.input):
             nodes.append(i)
             changed.update(o for o in node.output if o)
-            reads.update(t for t in node.input if t and t not in changed and t not in inits)
+    return nodes, changed
+
+
+def downstream_cut(model: onnx.ModelProto, seeds: set[str]) -> tuple[list[int], list[str]] | None:
+    """The nodes ``downstream`` of ``seeds`` and the tensors they read from the rest of the graph (sorted):
+    where a copy of ``model`` whose ``seeds`` were edited starts to compute differently. None when a node
+    carries a subgraph (it may read outer-scope tensors that the walk does not see) or an output does not
+    depend on ``seeds``."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in model.graph.node for a in node.attribute):
+        return None
+    nodes, changed = downstream(model, seeds)
     if not all(o.name in changed for o in model.graph.output):
         return None
+    inits = {t.name for t in model.graph.initializer}
+    reads = {t for i in nodes for t in model.graph.node[i].input if t and t not in changed and t not in inits}
     return nodes, sorted(reads)
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from onnxprune.calibration.collect import Frontier
+from onnxprune.calibration.collect import Frontier, downstream
 
 from onnxprune.layers import (
     LinearLayer,
@@ -103,15 +103,6 @@ def half_chunks(halves: np.ndarray, chunk: int) -> Iterator[tuple[slice | np.nda
                 yield slice(lo, lo + chunk), half
             elif len(rows):
                 yield lo + rows, half
-
-
-def _changed_inputs(model: onnx.ModelProto, seeds: set[str]) -> set[str]:
-    """Tensors whose values differ between dense and pruned model: downstream of any pruned node."""
-    changed: set[str] = set()
-    for node in model.graph.node:
-        if node.name in seeds or any(i in changed for i in node.input):
-            changed.update(o for o in node.output if o)
-    return changed
 
 
 def layer_stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo: set[str]) -> list[list[str]]:
@@ -296,7 +287,7 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     correcting fit kept a residual block's output, see ``solve_refit``).
     """
     d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
-    changed = _changed_inputs(pruned, changed_nodes)
+    _, changed = downstream(pruned, changed_nodes)  # tensors whose values differ between the two models
     # Depthwise convs pass channels through: the pointwise layer after them absorbs their drift, and
     # their per-channel im2col statistics would cost more than the rest of the refit together.
     todo = {n for n, lay in p_layers.items() if lay.input in changed and n in d_layers and not d_layers[n].depthwise}
