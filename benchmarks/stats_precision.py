@@ -32,8 +32,7 @@ MODELS = {
 
 def orders(model, trace, groups, calib, dtype):
     layers = linear_layers(model)
-    wanted = {m.node for g in groups for m in trace.members if m.role == "consumer" and m.node in layers
-              and any(s.group == g.id for s in trace.segments[m.space])}
+    wanted = {m.node for g in groups for m in trace.members_of(g.id) if m.role == "consumer" and m.node in layers}
     stats = collect_statistics(model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, {}, dtype=dtype)
     rankings, _ = rank_groups("obs", trace, groups, initializer_dict(model),
                               {n.name: list(n.input) for n in model.graph.node}, layers=layers,

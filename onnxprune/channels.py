@@ -182,6 +182,10 @@ class Trace:
                 return self.groups[seg.group]
         raise IndexError(f"channel {channel} outside space {space}")
 
+    def members_of(self, group: int) -> list[Member]:
+        """The members whose space holds channels of ``group`` (what pruning the group edits)."""
+        return [m for m in self.members if any(s.group == group for s in self.segments[m.space])]
+
     def space_of(self, tensor: str) -> int | None:
         view = self.views.get(tensor)
         return None if view is None else view.space

@@ -288,9 +288,8 @@ def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits:
         scores = None
         if criterion in ("obs", "woodfisher"):
             consumers = []
-            for m in trace.members:
-                if m.role == "consumer" and m.kind == "param" and any(s.group == g.id for s in trace.segments[m.space]) \
-                        and m.node in (layers or {}) and m.node in (hessians or {}):
+            for m in trace.members_of(g.id):
+                if m.role == "consumer" and m.kind == "param" and m.node in (layers or {}) and m.node in (hessians or {}):
                     c = _obs_consumer(layers[m.node], inits[layers[m.node].weight], hessians[m.node], trace, g, m,
                                       damp, (rows or {}).get(m.node), (inverses or {}).get(m.node))
                     if c is not None:

@@ -242,8 +242,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             if warning:
                 warnings.append(warning)
         with timer("calibrate"):
-            wanted = {m.node for g in eligible for m in trace.members
-                      if m.role == "consumer" and m.node in layers and any(s.group == g.id for s in trace.segments[m.space])}
+            wanted = {m.node for g in eligible for m in trace.members_of(g.id) if m.role == "consumer" and m.node in layers}
             axes = {}
             if criterion in ("activation", "apoz"):
                 for name, view in trace.views.items():

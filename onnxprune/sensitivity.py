@@ -65,7 +65,7 @@ def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelG
     groups; a trial then runs only its suffix (the upstream part of every trial is the dense model)."""
     cuts = {}
     for g in groups:
-        nodes = {m.node for m in trace.members if any(s.group == g.id for s in trace.segments[m.space])}
+        nodes = {m.node for m in trace.members_of(g.id)}
         cut = downstream_cut(model, nodes)
         if cut is not None:
             cuts[g.id] = cut

@@ -61,8 +61,7 @@ def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name)
 
     def halve(plan, pruned):  # a stand-in compensation: edits the weights of the group's consumers
         (gid,) = plan
-        consumers = {m.node for m in trace.members if m.role == "consumer"
-                     and any(s.group == gid for s in trace.segments[m.space])}
+        consumers = {m.node for m in trace.members_of(gid) if m.role == "consumer"}
         weights = {n.input[1] for n in pruned.graph.node if n.name in consumers and len(n.input) > 1}
         for t in pruned.graph.initializer:
             if t.name in weights and t.data_type == onnx.TensorProto.FLOAT:
