@@ -385,9 +385,10 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
     with T X̃ᵀ = W G + (T − W X̃) X̃ᵀ: only the correction term reads the rows, every ``stride``-th of them
     (scaled to all), so a high-resolution layer's millions of rows cost what a few hundred thousand do.
     Each step lowers that distance (exactly so with every row); the least-squares fit spends part of its
-    weights reproducing how far below zero a ReLU's dead inputs lie, which nothing downstream reads. ``rows()`` yields (dense feature rows, the
-    fit's input rows[, what each side adds before the clamp: a residual partner's rows, or None]) in chunks;
-    one pass over them per step (``steps``: default ``RECTIFY_STEPS``).
+    weights reproducing how far below zero a ReLU's dead inputs lie, which nothing downstream reads.
+    ``rows()`` yields (dense feature rows, the fit's input rows[, what each side adds before the clamp: a
+    residual partner's rows, or None]) in chunks; one pass over them per step (``steps``: default
+    ``RECTIFY_STEPS``).
     """
     lo, hi = bounds
     a = g + lam * np.eye(g.shape[0])
