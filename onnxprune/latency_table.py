@@ -367,7 +367,10 @@ def meet_speedup(dense: onnx.ModelProto, plan, pruned: onnx.ModelProto, allocate
             if worst <= target * 1.1:
                 break
         budget_ms = next_budget(history, target)
-        plan = allocate(budget_ms)
+        try:
+            plan = allocate(budget_ms)
+        except TargetUnreachableError:
+            break  # the table cannot go as low as the tightened budget: the last measurement is final
         if any(_same_plan(plan, p) for p in seen):
             break
         pruned = prune(plan)

@@ -154,6 +154,40 @@ def test_speedup_loop_gives_up_with_exit_3(monkeypatch):
                         0.5, 2.0, (1,), 0, None)
 
 
+class _FlooredClock(_FakeClock):
+    """A table that cannot allocate below ``floor`` ms: the allocator's own exit-3 error, as fit_to_target raises."""
+
+    def __init__(self, factor: float, floor: float):
+        super().__init__(factor)
+        self.floor = floor
+
+    def allocate(self, budget):
+        if budget < self.floor:
+            raise TargetUnreachableError(f"target unreachable: latency can go down to {self.floor:.3f} ms at most")
+        return super().allocate(budget)
+
+
+def test_speedup_loop_stopped_by_the_table_floor_reports_the_measured_shortfall(monkeypatch):
+    """The table optimistic (measured 0.8/budget) and its floor at 0.45 ms: tightening toward the 2x target
+    needs a budget below the floor. The error names the requested target and the measurement, not the
+    tightened budget the user never asked for."""
+    clock = _FlooredClock(0.8, floor=0.45)
+    monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
+    plan = clock.allocate(0.5)
+    with pytest.raises(TargetUnreachableError, match=r"latency target 2x not met: measured batch 1 1\.60x"):
+        lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(), 0.5, 2.0, (1,), 0,
+                        None)
+
+
+def test_speedup_loop_keeps_a_met_plan_when_the_floor_stops_it(monkeypatch):
+    clock = _FlooredClock(1.05, floor=0.45)  # 2.1x measured at 0.5 ms: met within 10%, no further step
+    monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
+    plan = clock.allocate(0.5)
+    _, pruned, report = lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(),
+                                        0.5, 2.0, (1,), 0, None)
+    assert len(pruned) == 500 and report["measured"]["batch 1"]["speedup"] >= 2.0
+
+
 def test_compress_metric_latency_reports_measured_speedups(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
     code, out, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1.3x", "--metric",
