@@ -343,12 +343,14 @@ def next_budget(history: list[tuple[float, float]], target: float) -> float:
 
 def meet_speedup(dense: onnx.ModelProto, plan, pruned: onnx.ModelProto, allocate: Callable[[float], dict],
                  prune: Callable[[dict], onnx.ModelProto], budget_ms: float, target: float,
-                 batches: tuple[int, ...], threads: int, input_shapes: Mapping[str, Shape] | None):
+                 batches: tuple[int, ...], threads: int, input_shapes: Mapping[str, Shape] | None,
+                 floor_ms: float = 0.0):
     """Measure the pruned model's real speedup and re-allocate until it meets ``target`` without much excess.
 
     The table predicts; only the side-by-side measurement decides. The worst speedup over the batches
     steers the next predicted budget (:func:`next_budget`) — tighter when short, looser when more than
-    10% over (overshooting costs accuracy). The loosest allocation that measured ≥ target wins.
+    10% over (overshooting costs accuracy), never below ``floor_ms`` (the table's prediction for the
+    leanest plan the allocator allows). The loosest allocation that measured ≥ target wins.
     Returns (plan, pruned model, report section); raises TargetUnreachableError when no attempt
     measures the target.
     """
@@ -366,11 +368,9 @@ def meet_speedup(dense: onnx.ModelProto, plan, pruned: onnx.ModelProto, allocate
                 best = (budget_ms, plan, pruned, speed)
             if worst <= target * 1.1:
                 break
-        budget_ms = next_budget(history, target)
-        try:
-            plan = allocate(budget_ms)
-        except TargetUnreachableError:
-            break  # the table cannot go as low as the tightened budget: the last measurement is final
+        # no tighter than the table's leanest plan: measured once, it is the last word when still short
+        budget_ms = max(next_budget(history, target), floor_ms)
+        plan = allocate(budget_ms)
         if any(_same_plan(plan, p) for p in seen):
             break
         pruned = prune(plan)

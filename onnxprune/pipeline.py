@@ -381,7 +381,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         with timer("latency_check"):
             plan, pruned, speed = meet_speedup(
                 model, plan, pruned, allocate_to, lambda p: prune_channels(model, trace, p), budget,
-                opts.target, latency_batches, opts.threads, shapes)
+                opts.target, latency_batches, opts.threads, shapes, floor_ms=floor)
             speed["table"] = table.summary()
     with timer("prune"):
         after = model_cost(pruned, shapes or None)

@@ -167,16 +167,26 @@ class _FlooredClock(_FakeClock):
         return super().allocate(budget)
 
 
-def test_speedup_loop_stopped_by_the_table_floor_reports_the_measured_shortfall(monkeypatch):
+def test_speedup_loop_measures_the_table_floor_then_reports_the_shortfall(monkeypatch):
     """The table optimistic (measured 0.8/budget) and its floor at 0.45 ms: tightening toward the 2x target
-    needs a budget below the floor. The error names the requested target and the measurement, not the
-    tightened budget the user never asked for."""
+    asks for less than the floor. The loop measures the floor's plan once (1.78x), then the error names
+    the requested target and that measurement, not a tightened budget the user never asked for."""
     clock = _FlooredClock(0.8, floor=0.45)
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
     plan = clock.allocate(0.5)
-    with pytest.raises(TargetUnreachableError, match=r"latency target 2x not met: measured batch 1 1\.60x"):
+    with pytest.raises(TargetUnreachableError, match=r"latency target 2x not met: measured batch 1 1\.78x"):
         lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(), 0.5, 2.0, (1,), 0,
-                        None)
+                        None, floor_ms=0.45)
+    assert clock.budgets == [0.5, 0.45, 0.45]
+
+
+def test_speedup_loop_meets_the_target_at_the_table_floor(monkeypatch):
+    clock = _FlooredClock(0.92, floor=0.45)  # 1.84x at 0.5 ms; the floor's plan measures 2.04x
+    monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
+    plan = clock.allocate(0.5)
+    _, pruned, report = lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(),
+                                        0.5, 2.0, (1,), 0, None, floor_ms=0.45)
+    assert len(pruned) == 450 and report["measured"]["batch 1"]["speedup"] >= 2.0
 
 
 def test_speedup_loop_keeps_a_met_plan_when_the_floor_stops_it(monkeypatch):
@@ -184,7 +194,7 @@ def test_speedup_loop_keeps_a_met_plan_when_the_floor_stops_it(monkeypatch):
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
     plan = clock.allocate(0.5)
     _, pruned, report = lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(),
-                                        0.5, 2.0, (1,), 0, None)
+                                        0.5, 2.0, (1,), 0, None, floor_ms=0.45)
     assert len(pruned) == 500 and report["measured"]["batch 1"]["speedup"] >= 2.0
 
 
