@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnxprune.calibration.collect import stream
 from onnxprune.passes.normalize import normalize
 
 from benchmarks.common import MODELS, run_batched
@@ -104,12 +105,16 @@ def probe(key: str, fold: int, mix: float | None = None, drops: int = 1) -> None
         x = z["input"][:CALIB_ROWS]
     ref = run_batched(dense, {"input": held})[0]
     blocks = residual_blocks(gs.import_onnx(dense))
-    tapped = onnx.ModelProto()
-    tapped.CopyFrom(dense)
     add_out = {n.name: n.output[0] for n in dense.graph.node}
     taps = sorted({skip for _, skip, _ in blocks} | {add_out[add] for add, _, _ in blocks})
-    tapped.graph.output.extend(onnx.ValueInfoProto(name=t) for t in taps)
-    acts = dict(zip(taps, run_batched(tapped, {"input": x}, 32)[1:], strict=True))
+    parts: dict[str, list[np.ndarray]] = {t: [] for t in taps}
+
+    def keep(outs: dict[str, np.ndarray]) -> None:
+        for t, v in outs.items():
+            parts[t].append(v)
+
+    stream(dense, ({"input": x[i:i + 32]} for i in range(0, len(x), 32)), taps, keep)
+    acts = {t: np.concatenate(v) for t, v in parts.items()}
     macs = {n.name: n.macs or 0 for n in model_cost(dense).nodes}
     total = sum(macs.values())
     rows = []
@@ -123,15 +128,15 @@ def probe(key: str, fold: int, mix: float | None = None, drops: int = 1) -> None
         print(f"| {key} | {add} | {100 * saved:.1f}% | {drop[0]:.1f}% / {drop[1]:.3f} | {fit[0]:.1f}% / {fit[1]:.3f} |",
               flush=True)
     print(f"\n| {key} | blocks removed | MACs vs dense | top-1 agr. | KL |\n|---|---|---|---|---|")
+    order = sorted(rows, key=lambda r: r[0])
     removed = {}
-    for _, add, way in sorted(rows, key=lambda r: r[0]):
+    for _, add, way in order:
         removed[add] = way
         pruned = without_blocks(dense, removed)
         agr, kl = quality(ref, run_batched(pruned, {"input": held})[0])
         print(f"| {key} | {len(removed)} | {total / model_cost(pruned).macs:.3f}x | {agr:.1f}% | {kl:.3f} |", flush=True)
     if mix:
-        order = sorted(rows, key=lambda r: r[0])[:drops]
-        dropped = without_blocks(dense, {add: (skip, None) for _, add, (skip, _) in order})
+        dropped = without_blocks(dense, {add: (skip, None) for _, add, (skip, _) in order[:drops]})
         onnx.save(dropped, f"{tmp.name}/dropped.onnx")
         factor = total / model_cost(dropped).macs
         report = compress(f"{tmp.name}/dropped.onnx", f"{tmp.name}/out",

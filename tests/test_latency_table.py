@@ -189,13 +189,13 @@ def test_speedup_loop_meets_the_target_at_the_table_floor(monkeypatch):
     assert len(pruned) == 450 and report["measured"]["batch 1"]["speedup"] >= 2.0
 
 
-def test_speedup_loop_keeps_a_met_plan_when_the_floor_stops_it(monkeypatch):
-    clock = _FlooredClock(1.05, floor=0.45)  # 2.1x measured at 0.5 ms: met within 10%, no further step
+def test_speedup_loop_keeps_a_plan_met_above_the_floor(monkeypatch):
+    clock = _FlooredClock(1.05, floor=0.45)  # 2.1x measured at 0.5 ms: met within 10%, no further allocation
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
     plan = clock.allocate(0.5)
     _, pruned, report = lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(),
                                         0.5, 2.0, (1,), 0, None, floor_ms=0.45)
-    assert len(pruned) == 500 and report["measured"]["batch 1"]["speedup"] >= 2.0
+    assert len(pruned) == 500 and report["measured"]["batch 1"]["speedup"] >= 2.0 and clock.budgets == [0.5]
 
 
 def test_compress_metric_latency_reports_measured_speedups(tmp_path, capsys, monkeypatch):
