@@ -242,6 +242,32 @@ def channel_shuffle(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     return b.finish(channel_shuffle)
 
 
+def shuffle_residual(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """Shuffled channels meeting plain ones: a residual Add, an SE gate and a Split after a channel shuffle.
+
+    Pattern: stem (8) -> gconv 1x1 groups=2 -> shuffle (g=2: channel 2j + k is gconv channel 4k + j) ->
+    depthwise 3x3+BN+Relu -> SE (GAP, 1x1 8->4, Relu, 1x1 4->8, Sigmoid, Mul) -> res conv 3x3+BN, Add with
+    the shuffled stream, Relu -> Split [4, 4] of the shuffled order -> head 1x1 4->6 (output head [N,6,8,8])
+    and GAP -> Flatten -> Gemm 4->5 (output fc [N,5]).
+    Channel groups: {stem} (4: gconv's two groups prune alike); {gconv, the shuffle, dw, se/fc2 and res outputs
+    (plain channels re-expressed as the shuffled ones), read by se/fc1, res and, through the first Split half,
+    head} (2 channels of a gconv slice, each 2 shuffled positions wide); the same through the second half,
+    read by fc (2); {se/fc1} (4).
+    """
+    b = Builder(seed, opset)
+    x = b.input("x", ["N", 3, 8, 8])
+    g = b.cba(b.cba(x, 3, 8, name="stem"), 8, 8, k=1, group=2, name="gconv")
+    g = b.op("Reshape", [g, b.const("shuffle.shape5", [0, 2, 4, 8, 8], np.int64)], "shuffle/reshape")
+    g = b.op("Transpose", [g], "shuffle/transpose", perm=[0, 2, 1, 3, 4])
+    g = b.op("Reshape", [g, b.const("shuffle.shape4", [0, -1, 8, 8], np.int64)], "shuffle/merge")
+    d = b.se(b.cba(g, 8, 8, group=8, name="dw"), 8, 4)
+    r = b.op("Relu", [b.op("Add", [b.cba(d, 8, 8, act=None, name="res"), d], "res/add")], "res/relu")
+    first, second = b.split(r, [4, 4], axis=1, name="split")
+    b.output(b.conv(first, 4, 6, k=1, name="head"), ["N", 6, 8, 8])
+    b.output(b.gap_fc(second, 4, 5), ["N", 5])
+    return b.finish(shuffle_residual)
+
+
 def lstm(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """LSTM over a sequence (batch-first input transposed to ONNX's [S,N,F]) with two heads.
 
@@ -404,6 +430,7 @@ GRAPHS: dict[str, Callable[..., onnx.ModelProto]] = {
     "transpose_nhwc": transpose_nhwc,
     "resize_fpn": resize_fpn,
     "channel_shuffle": channel_shuffle,
+    "shuffle_residual": shuffle_residual,
     "lstm": lstm,
     "transformer_block": transformer_block,
     "conv_chain": conv_chain,

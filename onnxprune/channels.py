@@ -59,6 +59,7 @@ class Space:
     tensor: str
     size: int
     reasons: list[str] = field(default_factory=list)
+    alias_of: int | None = None  # re-expressed as interleaved channels of that space (``TraceContext.rebase``)
 
 
 @dataclass
@@ -120,7 +121,8 @@ def build_groups(spaces: list[Space], links: list[tuple[int, int, int, int, int]
     """Union-find over refined segments → groups (ids in order of first appearance)."""
     cuts = _refine(spaces, links)
     segments: dict[int, list[Segment]] = {
-        s.id: [Segment(s.id, lo, hi - lo) for lo, hi in zip(cuts[s.id][:-1], cuts[s.id][1:], strict=True)]
+        s.id: [] if s.alias_of is not None else
+        [Segment(s.id, lo, hi - lo) for lo, hi in zip(cuts[s.id][:-1], cuts[s.id][1:], strict=True)]
         for s in spaces
     }
     flat = [seg for s in spaces for seg in segments[s.id]]
@@ -207,10 +209,16 @@ class Trace:
         return out
 
     def layer_kept(self, layers, plan: dict[int, np.ndarray]) -> tuple[dict, dict]:
-        """Per linear layer ({name: LinearLayer}), the dense input / output channels ``plan`` keeps (traced only)."""
+        """Per linear layer ({name: LinearLayer}), the positions along its input / output channel axis that ``plan``
+        keeps (traced only; a Flatten's C·H·W blocks or an interleaved view expanded)."""
         kept = self.kept_channels(plan)
-        ins = {n: kept[self.space_of(lay.input)] for n, lay in layers.items() if self.space_of(lay.input) is not None}
-        outs = {n: kept[self.space_of(lay.output)] for n, lay in layers.items() if self.space_of(lay.output) is not None}
+
+        def positions(tensor):  # positions along the tensor's channel axis (C·H·W blocks after a Flatten)
+            view = self.views[tensor]
+            return expand_indices(kept[view.space], self.spaces[view.space].size, view.outer, view.inner)
+
+        ins = {n: positions(lay.input) for n, lay in layers.items() if lay.input in self.views}
+        outs = {n: positions(lay.output) for n, lay in layers.items() if lay.output in self.views}
         return ins, outs
 
     def predict_macs(self, node_macs: dict[str, int], plan: dict[int, np.ndarray]) -> float:
@@ -255,3 +263,11 @@ def expand_indices(kept: np.ndarray, size: int, outer: int = 1, inner: int = 1) 
     o = np.arange(outer)[:, None, None]
     r = np.arange(inner)[None, None, :]
     return ((o * size + np.asarray(kept)[None, :, None]) * inner + r).reshape(-1)
+
+
+def weight_positions(channels, size: int, outer: int = 1, inner: int = 1, groups: int = 1) -> np.ndarray:
+    """Positions along a member's weight axis that hold ``channels`` of its space (of ``size``): the tensor
+    positions (o·C + c)·inner + r, taken modulo one group's width for a grouped conv's input, whose weights
+    hold one group's channels (every group loses the same ones)."""
+    pos = expand_indices(channels, size, outer, inner)
+    return pos % (outer * size * inner // groups) if groups > 1 else pos

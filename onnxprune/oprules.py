@@ -57,8 +57,12 @@ def elementwise(ctx: TraceContext, node: Node) -> None:
         if ref is None:
             ref = here
         elif (here.axis, here.outer, here.inner) != (ref.axis, ref.outer, ref.inner):
-            ctx.block(ref.space, f"{node} combines channel axes that do not line up")
-            ctx.block(view.space, f"{node} combines channel axes that do not line up")
+            joint = ctx.rebase(ref, here) or ctx.rebase(here, ref)  # plain channels beside shuffled ones
+            if joint is None:
+                ctx.block(ref.space, f"{node} combines channel axes that do not line up")
+                ctx.block(view.space, f"{node} combines channel axes that do not line up")
+            else:
+                ref = joint
         else:
             ctx.unify(ref.space, view.space, node)
     full = (ctx.shape(out) or ())[ref.axis]
@@ -81,14 +85,14 @@ def per_channel_norm(ctx: TraceContext, node: Node) -> None:
     view = ctx.view(node.inputs[0])
     if view is None:
         return
-    if view.axis != 1 or not view.plain:
+    if view.axis != 1:
         ctx.block(view.space, f"{node} normalizes over axis 1, which does not hold the traced channels")
         return
     for i in range(1, len(node.inputs)):
         if ctx.const(node.inputs[i]) is None:
             ctx.block(view.space, f"{node} has non-constant parameters")
             return
-        ctx.member(node, "pass-through", view.space, input_index=i, axis=0)
+        ctx.member(node, "pass-through", view.space, input_index=i, axis=0, outer=view.outer, inner=view.inner)
     ctx.set_view(node.outputs[0], view)
 
 
@@ -187,21 +191,79 @@ def map_reshape(in_shape, view: View, out_shape) -> View | None:
     return None
 
 
+def split_axis(in_shape, view: View, out_shape) -> int | None:
+    """Output axis j when a plain channel axis of C = a·b channels becomes two consecutive output axes
+    [a, b] (j and j + 1) with everything before and after it kept: channel c is (c // b, c % b)."""
+    if not view.plain:
+        return None
+    a = view.axis
+    before, after = math.prod(in_shape[:a]), math.prod(in_shape[a + 1:])
+    for j in range(len(out_shape) - 1):
+        if out_shape[j] > 1 and out_shape[j + 1] > 1 and out_shape[j] * out_shape[j + 1] == in_shape[a] \
+                and math.prod(out_shape[:j]) == before and math.prod(out_shape[j + 2:]) == after:
+            return j
+    return None
+
+
+def _shape_entry(ctx: TraceContext, name: str, index: int) -> tuple[str, int | None]:
+    """Where entry ``index`` of a shape tensor comes from: ("const", value) for a constant (directly or as a
+    constant piece of a Concat), ("runtime", None) for a piece computed from the graph (Shape of a tensor:
+    it follows the pruned tensors), ("unknown", None) when it cannot be told."""
+    value = ctx.const(name)
+    if value is not None:
+        return "const", int(np.asarray(value).reshape(-1)[index])
+    producer = ctx.producer(name)
+    if producer is None or producer.op != "Concat":
+        return "unknown", None
+    offset = 0
+    for piece in producer.inputs:
+        shape = ctx.shape(piece)
+        length = int(math.prod(shape)) if shape is not None else None
+        if length is None:
+            return "unknown", None
+        if offset <= index < offset + length:
+            if ctx.const(piece) is not None:
+                return "const", int(np.asarray(ctx.const(piece)).reshape(-1)[index - offset])
+            return "runtime", None
+        offset += length
+    return "unknown", None
+
+
 def reshape(ctx: TraceContext, node: Node) -> None:
-    """Reshape/Flatten/Squeeze/Unsqueeze: exact index mapping from the static shapes, else block."""
+    """Reshape/Flatten/Squeeze/Unsqueeze: exact index mapping from the static shapes, else block.
+
+    A channel axis of C = a·b channels split into two axes [a, b] (a channel shuffle's [N, g, C/g, H, W],
+    a head split) maps too: the b channels of one slice are a new space, linked to each of the a slices
+    of the input (every slice loses the same channels), living on the b axis.
+    A Reshape whose target is computed at run time must not hold the channel count as a constant."""
     view = ctx.view(node.inputs[0])
     if view is None:
         return
-    out_shape = ctx.shape(node.outputs[0])
-    mapped = map_reshape(ctx.shape(node.inputs[0]), view, out_shape) if out_shape is not None else None
+    in_shape, out_shape = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    mapped = map_reshape(in_shape, view, out_shape) if out_shape is not None else None
+    if mapped is None and out_shape is not None and node.op == "Reshape":
+        j = split_axis(in_shape, view, out_shape)
+        if j is not None:
+            slices, size = out_shape[j], out_shape[j + 1]
+            sub = ctx.new_space(node.outputs[0], size)
+            for i in range(slices):
+                ctx.link(sub, 0, view.space, i * size, size)
+            mapped = View(sub, j + 1)
     if mapped is None:
         ctx.block(view.space, f"channel axis reshaped by {node}: cannot map indices (split across axes)")
         return
     if node.op == "Reshape":
-        target = ctx.const(node.inputs[1])
-        if target is not None and int(target[mapped.axis]) > 0:
-            ctx.member(node, "pass-through", view.space, kind="reshape", input_index=1, axis=mapped.axis,
+        kind, value = _shape_entry(ctx, node.inputs[1], mapped.axis)
+        if kind == "const" and value > 0:
+            if ctx.const(node.inputs[1]) is None:
+                ctx.block(mapped.space, f"{node} builds its target shape at run time with the channel count "
+                          f"{value} as a constant")
+                return
+            ctx.member(node, "pass-through", mapped.space, kind="reshape", input_index=1, axis=mapped.axis,
                        outer=mapped.outer, inner=mapped.inner)
+        elif kind == "unknown":
+            ctx.block(mapped.space, f"{node} has a target shape computed at run time that cannot be followed")
+            return
     ctx.set_view(node.outputs[0], mapped)
 
 
@@ -242,16 +304,15 @@ def split(ctx: TraceContext, node: Node) -> None:
         for o in node.outputs:
             ctx.set_view(o, view)
         return
-    if not view.plain:
+    sizes = [ctx.shape(o)[view.axis] for o in node.outputs]
+    bounds = np.cumsum([0, *sizes])
+    if view.outer != 1 or any(b % view.inner for b in bounds):
         ctx.block(view.space, f"{node} splits flattened channel blocks")
         return
-    offset = 0
-    for o in node.outputs:
-        size = ctx.shape(o)[view.axis]
-        space = ctx.new_space(o, size)
-        ctx.link(space, 0, view.space, offset, size)
-        ctx.set_view(o, View(space, view.axis))
-        offset += size
+    for o, lo, size in zip(node.outputs, bounds, sizes, strict=False):  # whole channels of `inner` positions
+        space = ctx.new_space(o, size // view.inner)
+        ctx.link(space, 0, view.space, lo // view.inner, size // view.inner)
+        ctx.set_view(o, View(space, view.axis, 1, view.inner))
     ctx.member(node, "pass-through", view.space, kind="split", axis=view.axis)
 
 
@@ -320,7 +381,7 @@ def conv(ctx: TraceContext, node: Node) -> None:
     if weight is None:
         _block_inputs(ctx, node, "has weights that are not constant")
         return
-    if view is not None and (view.axis != 1 or not view.plain):
+    if view is not None and view.axis != 1:
         ctx.block(view.space, f"{node} reads channels on axis 1, not where they are traced")
         view = None
     g = int(node.attr("group", 1))
@@ -330,13 +391,15 @@ def conv(ctx: TraceContext, node: Node) -> None:
     out_axis, in_axis = (1, 0) if transposed else (0, 1)
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
     if g > 1 and g == cin == cout:  # depthwise: channel c in → channel c out
-        space = view.space if view is not None else ctx.new_space(node.outputs[0], cout, f"{node}: depthwise input not traced")
-        ctx.member(node, "pass-through", space, input_index=1, axis=0)
+        if view is None:
+            view = View(ctx.new_space(node.outputs[0], cout, f"{node}: depthwise input not traced"), 1)
+        blocks = {"outer": view.outer, "inner": view.inner}
+        ctx.member(node, "pass-through", view.space, input_index=1, axis=0, **blocks)
         if has_bias:
-            ctx.member(node, "pass-through", space, input_index=2, axis=0)
-        ctx.member(node, "pass-through", space, kind="group")
-        ctx.scales(node, (1.0, (space,)))
-        ctx.set_view(node.outputs[0], View(space, 1))
+            ctx.member(node, "pass-through", view.space, input_index=2, axis=0, **blocks)
+        ctx.member(node, "pass-through", view.space, kind="group", **blocks)
+        ctx.scales(node, (1.0, (view.space,)))
+        ctx.set_view(node.outputs[0], view)
         return
     if g > 1 and cin == g and cout % g == 0 and not transposed:
         if view is not None:
@@ -345,10 +408,16 @@ def conv(ctx: TraceContext, node: Node) -> None:
         return
     terms = []
     if view is not None:
-        for k in range(1, g):
-            ctx.link(view.space, 0, view.space, k * (cin // g), cin // g)
-        ctx.member(node, "consumer", view.space, input_index=1, axis=in_axis, groups=1 if transposed else g)
-        terms.append(view.space)
+        size = ctx.spaces[view.space].size
+        if g > 1 and (view.outer != 1 or size % g):
+            ctx.block(view.space, f"{node} splits interleaved channels into {g} groups")
+        else:
+            # each group reads one slice of the space (an interleaved view: whole blocks of `inner`)
+            for k in range(1, g):
+                ctx.link(view.space, 0, view.space, k * (size // g), size // g)
+            ctx.member(node, "consumer", view.space, input_index=1, axis=in_axis, groups=1 if transposed else g,
+                       outer=view.outer, inner=view.inner)
+            terms.append(view.space)
     space = ctx.new_space(node.outputs[0], cout)
     for k in range(1, g):
         ctx.link(space, 0, space, k * (cout // g), cout // g)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -35,6 +36,7 @@ class TraceContext:
     def __init__(self, model: onnx.ModelProto, shapes: Mapping[str, Shape]):
         self.shapes = shapes
         self.consts = {t.name: t for t in model.graph.initializer}
+        self._producers = {o: n for n in model.graph.node for o in n.output if o}
         self._arrays: dict[str, np.ndarray] = {}
         self.views: dict[str, View] = {}
         self.spaces: list[Space] = []
@@ -48,6 +50,11 @@ class TraceContext:
 
     def shape(self, name: str) -> Shape | None:
         return self.shapes.get(name) if name else None
+
+    def producer(self, name: str) -> Node | None:
+        """The node writing tensor ``name`` (None for graph inputs and initializers)."""
+        proto = self._producers.get(name) if name else None
+        return None if proto is None else Node(proto)
 
     def const(self, name: str) -> np.ndarray | None:
         if not name or name not in self.consts:
@@ -86,6 +93,28 @@ class TraceContext:
             return False
         self.link(a, 0, b, 0, self.spaces[a].size)
         return True
+
+    def rebase(self, plain: View, other: View) -> View | None:
+        """Re-express a plain space as the interleaved channels of another one, where both lay out the same
+        tensor axis: ``other`` holds |B| channels each ``inner`` wide (a channel shuffle's output), the plain
+        space A has |A| = |B|·inner channels, and A's channel c·inner + r is position r of B's channel c. Every
+        member, view and MAC term of A moves to B with its inner extent multiplied by ``inner``; A is left
+        empty (an alias). Returns the joint view, or None when A is not plain, is linked to other spaces,
+        or the extents differ."""
+        a, b = plain.space, other.space
+        if a == b or not plain.plain or other.plain or plain.axis != other.axis or other.outer != 1 \
+                or self.spaces[a].size != self.spaces[b].size * other.inner \
+                or any(a in (link[0], link[2]) for link in self.links):
+            return None
+        g = other.inner
+        self.members = [replace(m, space=b, inner=m.inner * g) if m.space == a else m for m in self.members]
+        self.views = {t: View(b, v.axis, v.outer, v.inner * g) if v.space == a else v for t, v in self.views.items()}
+        self.mac_scaling = {n: [(share, tuple(b if s == a else s for s in sp)) for share, sp in terms]
+                            for n, terms in self.mac_scaling.items()}
+        for reason in self.spaces[a].reasons:
+            self.block(b, reason)
+        self.spaces[a].alias_of = b
+        return other
 
     def member(self, node: Node, role: str, space: int, **kw) -> None:
         self.members.append(Member(node.name, role, space, **kw))

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.channels import Member, Trace, expand_indices
+from onnxprune.channels import Member, Trace, weight_positions
 from onnxprune.shapes import infer_shapes
 
 Plan = Mapping[int, np.ndarray]
@@ -23,10 +23,7 @@ Plan = Mapping[int, np.ndarray]
 
 def _param_indices(m: Member, kept: np.ndarray, size: int) -> np.ndarray:
     """Positions along the member's axis that hold the kept channels."""
-    if m.groups > 1:  # grouped conv: the weight axis holds one group's channels (all groups prune alike)
-        per_group = size // m.groups
-        return kept[kept < per_group]
-    return expand_indices(kept, size, m.outer, m.inner)
+    return np.unique(weight_positions(kept, size, m.outer, m.inner, m.groups))
 
 
 class _Editor:
@@ -94,7 +91,7 @@ def prune_channels(model: onnx.ModelProto, trace: Trace, plan: Plan, infer: bool
             arr = edit.get(m.node, m.input_index)
             edit.set(m.node, m.input_index, np.take(arr, _param_indices(m, k, size), axis=m.axis))
         elif m.kind == "group":
-            _set_attr(node, "group", int(len(k)))
+            _set_attr(node, "group", int(m.outer * len(k) * m.inner))
         elif m.kind == "reshape":
             shape = edit.get(m.node, m.input_index)
             shape[m.axis] = m.outer * len(k) * m.inner
@@ -102,7 +99,8 @@ def prune_channels(model: onnx.ModelProto, trace: Trace, plan: Plan, infer: bool
             sizes = edit.get(m.node, m.input_index)
             sizes[m.axis] = len(k)
         elif m.kind == "split":
-            sizes = np.array([len(kept[trace.space_of(o)]) for o in node.output], np.int64)
+            views = [trace.views[o] for o in node.output]
+            sizes = np.array([v.outer * len(kept[v.space]) * v.inner for v in views], np.int64)
             if len(node.input) > 1 and node.input[1]:
                 edit.set(m.node, 1, sizes)
             elif any(a.name == "split" for a in node.attribute):

@@ -81,10 +81,53 @@ def test_flatten_gemm_consumer_reads_chw_blocks():
     assert conv.prunable and member.inner > 1 and member.outer == 1 and shape == conv.size
 
 
-def test_channel_shuffle_is_blocked_with_reason():
+def test_channel_shuffle_maps_as_a_permutation():
+    """Reshape [N,2,4,H,W] -> Transpose -> Reshape: output channel 2j + k is channel 4k + j of gconv1. Each of
+    gconv1's two slices loses the same channels, and gconv2 (2 groups, reading the shuffled order) couples
+    shuffled channels 0..3 with 4..7, i.e. slice channels j and j + 2."""
     model, trace = traced(synthetic.build("channel_shuffle"))
     g = group_of_node_output(model, trace, "gconv1")
-    assert not g.prunable and "shuffle/reshape" in " ".join(g.reasons)
+    assert g.prunable and g.size == 2
+    assert {"shuffle/reshape", "dw"} <= roles(g)["pass-through"] and "gconv2" in roles(g)["consumer"]
+    kept = trace.kept_channels({g.id: np.array([0])})
+    gconv1 = trace.space_of(next(n.output[0] for n in model.graph.node if n.name == "gconv1"))
+    assert kept[gconv1].tolist() == [0, 2, 4, 6]
+    shuffled = trace.views[next(n.output[0] for n in model.graph.node if n.name == "shuffle/merge")]
+    assert (shuffled.axis, shuffled.outer, shuffled.inner) == (1, 1, 2)  # channel j of a slice at 2j + k
+
+
+def test_plain_channels_beside_shuffled_ones_are_re_expressed():
+    """A conv output added to (and an SE gate multiplied with) the shuffled stream: its plain channels
+    2j + k are the shuffled positions of slice channel j, so its rows are pruned two at a time; a Split of
+    the shuffled order at a whole-channel boundary splits the group."""
+    model, trace = traced(synthetic.build("shuffle_residual"))
+    first, second = (group_of_node_output(model, trace, "gconv", c) for c in (0, 2))
+    assert first.prunable and second.prunable and first.size == second.size == 2
+    assert {"res", "se/fc2"} <= roles(first)["producer"] and "head" in roles(first)["consumer"]
+    assert "fc" in roles(second)["consumer"]
+    res = next(m for m in trace.members if m.node == "res" and m.role == "producer" and m.input_index == 1)
+    assert (res.outer, res.inner) == (1, 2)
+    kept = trace.kept_channels({first.id: np.array([1])})
+    res_space = trace.space_of(next(n.output[0] for n in model.graph.node if n.name == "res"))
+    assert trace.views[next(n.output[0] for n in model.graph.node if n.name == "res")].inner == 2
+    assert kept[res_space].tolist() == [1, 2, 3]  # slice channel 0 of the first half goes: positions 0 and 1
+
+
+def test_reshape_with_a_constant_channel_count_built_at_run_time_blocks():
+    """Reshape(x, Concat(Shape(x)[0], [2, 4, 8, 8])): after pruning the constant 4 would be wrong."""
+    b = Builder(0, 17)
+    x = b.input("x", ["N", 3, 8, 8])
+    h = b.conv(x, 3, 8, name="conv")
+    n = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [h], "shape"), b.const("zero", 0, np.int64)], "batch"),
+                           b.const("axes0", [0], np.int64)], "batch1")
+    target = b.op("Concat", [n, b.const("rest", [2, 4, 8, 8], np.int64)], "target", axis=0)
+    h = b.op("Reshape", [h, target], "split")
+    h = b.op("Reshape", [b.op("Transpose", [h], "t", perm=[0, 2, 1, 3, 4]), b.const("merge.shape", [0, -1, 8, 8], np.int64)],
+             "merge")
+    b.output(b.conv(h, 8, 4, name="head"), ["N", 4, 8, 8])
+    model, trace = traced(finish(b))
+    g = group_of_node_output(model, trace, "conv")
+    assert not g.prunable and "at run time with the channel count 4" in " ".join(g.reasons)
 
 
 def test_transformer_ffn_prunable_heads_and_residual_blocked():
@@ -92,7 +135,9 @@ def test_transformer_ffn_prunable_heads_and_residual_blocked():
     ffn = group_of_node_output(model, trace, "ffn1/matmul")
     assert ffn.prunable and ffn.size == 32 and "ffn2/matmul" in roles(ffn)["consumer"]
     q = group_of_node_output(model, trace, "q/matmul")
-    assert not q.prunable and "q/heads" in " ".join(q.reasons)
+    assert not q.prunable and "'scores'" in " ".join(q.reasons)
+    v = group_of_node_output(model, trace, "v/matmul")  # V's head dims: the same ones in every head
+    assert v.prunable and v.size == 8 and "attn_out/matmul" in roles(v)["consumer"]
     stream = group_of_node_output(model, trace, "attn_out/matmul")
     assert not stream.prunable and "normalizes over the channel axis" in " ".join(stream.reasons)
 
@@ -185,16 +230,16 @@ def test_analyze_reports_groups(tmp_path, capsys):
     from onnxprune.cli import main
 
     path = tmp_path / "m.onnx"
-    onnx.save_model(synthetic.build("channel_shuffle"), str(path))
+    onnx.save_model(synthetic.build("transformer_block"), str(path))
     with pytest.raises(SystemExit):
         main(["analyze", str(path), "--json"])
     a = json.loads(capsys.readouterr().out)
     groups = a["channel_groups"]
     assert any(g["prunable"] for g in groups)
     blocked = [g for g in groups if not g["prunable"]]
-    assert any("shuffle/reshape" in g["reason"] for g in blocked)
+    assert any("'scores'" in g["reason"] for g in blocked)
     assert all(g["macs"] >= 0 and g["members"] for g in groups)
     with pytest.raises(SystemExit):
         main(["analyze", str(path)])
     out = capsys.readouterr().out
-    assert "Channel groups" in out and "shuffle/reshape" in out
+    assert "Channel groups" in out and "scores" in out
