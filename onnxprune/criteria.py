@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibration.collect import row_hessian
-from .channels import ChannelGroup, Trace, expand_indices
+from .channels import ChannelGroup, Trace, weight_positions
 from .layers import LinearLayer
 
 CRITERIA = ("obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation", "apoz", "random")
@@ -58,10 +58,7 @@ def _member_channel_values(trace: Trace, group: ChannelGroup, inits: Mapping[str
             continue  # biases and per-channel constants say little about importance
         size = trace.spaces[m.space].size
         for pos in _channel_positions(trace, group, m.space):
-            if m.groups > 1:  # grouped conv: the weight axis holds one group's (local) channels
-                rows = w[pos % (size // m.groups)].reshape(group.size, -1)
-            else:
-                rows = np.stack([w[expand_indices([p], size, m.outer, m.inner)].reshape(-1) for p in pos])
+            rows = np.stack([w[weight_positions([p], size, m.outer, m.inner, m.groups)].reshape(-1) for p in pos])
             out.append((m.node, rows))
     return out
 
@@ -100,10 +97,25 @@ def fpgm_scores(rows_by_layer) -> np.ndarray:
 # duplicate through a positively homogeneous activation) cost nothing to remove when the consumers are
 # compensated exactly; the dampened OBS prices them at ~λ·‖w‖² and can rank a live channel first. They go
 # first, found with an almost undampened H⁻¹, where H has enough rows per feature to tell (with fewer rows
-# nearly every channel is a combination of the others on the calibration data).
+# nearly every channel is a combination of the others on the calibration data). A consumer with fewer rows
+# (a Flatten → Gemm reads one per sample) is tested on its input channels instead: channel j's map, over
+# every position the consumer reads, a combination of the others' — then it is one at every position, and
+# folding it into them is exact for any weights.
 FREE_DAMP = 1e-9  # λ = FREE_DAMP·mean diag H: numerical only
 FREE_COST = 1e-8  # removal cost (over consumer energy) below which a channel counts as exactly redundant
 FREE_ROWS = 4  # calibration rows per feature a consumer's H needs for the exact test
+
+
+@dataclass
+class _Exact:
+    """The exact-redundancy test of one consumer: a least-squares problem min ‖W X − W' X_A‖² on the Gram
+    matrix ``h`` of X, channel j owning rows ``feats[j]`` of X; ``w`` [blocks, out, rows]."""
+
+    h: np.ndarray
+    w: np.ndarray
+    feats: list[np.ndarray]
+    energy: float
+    features: bool  # True: X is the consumer's input features (W its weights); False: its input channels
 
 
 @dataclass
@@ -112,7 +124,28 @@ class _Consumer:
     hinv: np.ndarray  # [blocks, features, features]
     feats: list[np.ndarray]  # per group channel: feature indices inside every block
     energy: float
-    h: np.ndarray | None = None  # H, kept for the exact test where it has FREE_ROWS rows per feature
+    exact: _Exact | None = None  # the exact test, where the calibration data can tell (see FREE_ROWS)
+
+
+def _channel_test(h: np.ndarray, feats: list[np.ndarray], b: int | None) -> _Exact | None:
+    """The exact test on the consumer's input channels: features in blocks of ``b`` per channel (a conv's taps, a
+    Flatten's positions), G_cc' = Σ_t H[c·b + t, c'·b + t] over every position read; W = diag(G_cc)^-½, so a
+    channel's removal costs the share of its energy the others cannot reproduce. None where a group channel's
+    features are not whole blocks."""
+    if not b or h.shape[-1] % b:
+        return None
+    chans = []
+    for f in feats:
+        c = np.unique(f // b)
+        if len(f) != len(c) * b or not np.array_equal(np.sort(f), (c[:, None] * b + np.arange(b)).reshape(-1)):
+            return None
+        chans.append(c)
+    n = h.shape[-1] // b
+    g = h.reshape(h.shape[0], n, b, n, b).diagonal(axis1=2, axis2=4).sum(-1)  # [blocks, C, C]
+    diag = np.diagonal(g, axis1=1, axis2=2)
+    scale = np.where(diag > 0, 1.0 / np.sqrt(np.maximum(diag, 1e-300)), 0.0)
+    w = scale[:, :, None] * np.eye(n)[None]
+    return _Exact(g, w, chans, 1.0, features=False)
 
 
 def woodfisher_inverse(x: np.ndarray, lam: np.ndarray | float, block: int = 64) -> np.ndarray:
@@ -150,12 +183,13 @@ def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace
     feats: list[list[int]] = [[] for _ in range(group.size)]
     for pos in _channel_positions(trace, group, member.space):
         for j, p in enumerate(pos):
-            if layer.op == "Conv":
+            cols = weight_positions([p], size, member.outer, member.inner, member.groups)
+            if layer.op == "Conv":  # a channel's features: its kernel taps
                 k = int(np.prod(layer.kernel))
-                local = p % (size // layer.groups)
-                feats[j].extend(range(local * k, local * k + k))
-            else:
-                feats[j].extend(expand_indices([p], size, member.outer, member.inner).tolist())
+                cols = (cols[:, None] * k + np.arange(k)).reshape(-1)
+            feats[j].extend(cols.tolist())
+    taps = int(np.prod(layer.kernel)) if layer.op == "Conv" else 1
+    block = taps * member.inner if member.outer == 1 else None  # consecutive features of one input channel
     energy = float(np.sum(np.matmul(w, h) * w))  # Σ w H wᵀ by BLAS (a 3-operand einsum loops: 1 s on a head)
     if energy <= 0:
         return None
@@ -166,8 +200,12 @@ def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace
     lam = (damp + shrink) * np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)[:, None, None]
     if hinv is None:
         hinv = np.linalg.inv(h + (lam + 1e-12) * eye)
-    exact = h if rows and rows >= FREE_ROWS * h.shape[-1] else None
-    return _Consumer(w, hinv, [np.array(sorted(set(f))) for f in feats], energy, exact)
+    feats = [np.array(sorted(set(f))) for f in feats]
+    if rows and rows >= FREE_ROWS * h.shape[-1]:
+        exact = _Exact(h, w, feats, energy, features=True)
+    else:
+        exact = _channel_test(h, feats, block)
+    return _Consumer(w, hinv, feats, energy, exact)
 
 
 def _block_cost(c: _Consumer, f: np.ndarray) -> float:
@@ -196,46 +234,50 @@ def _single_costs(c: _Consumer, cand: np.ndarray) -> np.ndarray:
     return np.array([_block_cost(c, c.feats[j]) if c.feats[j].size else 0.0 for j in cand])
 
 
-def _exact_fit(c: _Consumer, gone: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(alive features A, H_AA⁻¹ at ``FREE_DAMP``, W_A = W H_{:,A} H_AA⁻¹): the consumer refit exactly on the
-    features left. Solved afresh from H each time: downdating an almost singular H⁻¹ loses the small costs."""
-    keep = np.setdiff1d(np.arange(c.h.shape[-1]), gone)
-    h_aa = c.h[:, keep[:, None], keep[None, :]]
-    lam = FREE_DAMP * np.mean(np.diagonal(c.h, axis1=1, axis2=2), axis=1)[:, None, None] + 1e-300
+def _exact_fit(e: _Exact, gone: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(alive rows A, H_AA⁻¹ at ``FREE_DAMP``, W_A = W H_{:,A} H_AA⁻¹): the test's least squares solved on the rows
+    left. Solved afresh from H each time: downdating an almost singular H⁻¹ loses the small costs."""
+    keep = np.setdiff1d(np.arange(e.h.shape[-1]), gone)
+    h_aa = e.h[:, keep[:, None], keep[None, :]]
+    lam = FREE_DAMP * np.mean(np.diagonal(e.h, axis1=1, axis2=2), axis=1)[:, None, None] + 1e-300
     inv = np.linalg.inv(h_aa + lam * np.eye(len(keep)))
-    return keep, inv, np.matmul(np.matmul(c.w, c.h[:, :, keep]), inv)
+    return keep, inv, np.matmul(np.matmul(e.w, e.h[:, :, keep]), inv)
 
 
 def free_channels(consumers: list[_Consumer], alive: np.ndarray) -> list[int]:
-    """Exactly redundant channels: removed one at a time, cheapest first, while the removal (with the
-    consumers refit exactly on what is left, ``_exact_fit``) costs less than ``FREE_COST``; none unless every
-    consumer has H with ``FREE_ROWS`` rows per feature.
+    """Exactly redundant channels: removed one at a time, cheapest first, while the removal (with each
+    consumer's exact test refit on what is left, ``_exact_fit``) costs less than ``FREE_COST``; none unless
+    every consumer has an exact test (``_Consumer.exact``).
 
     One at a time, because two exact duplicates of each other are each free only while the other stays.
-    Takes them out of ``consumers`` (and ``alive``) too, leaving the exactly refit weights there.
+    Takes them out of ``consumers`` (and ``alive``) too: a consumer tested on its features keeps the exactly
+    refit weights, one tested on its channels gets OBS's compensation.
     """
-    if not consumers or any(c.h is None for c in consumers):
+    if not consumers or any(c.exact is None for c in consumers):
         return []
+    tests = [c.exact for c in consumers]
     out: list[int] = []
     gone = [np.array([], int) for _ in consumers]
-    fits = [_exact_fit(c, g) for c, g in zip(consumers, gone, strict=True)]
+    fits = [_exact_fit(e, g) for e, g in zip(tests, gone, strict=True)]
     while alive.sum() > 1:
         cand = np.flatnonzero(alive)
         costs = np.zeros(len(cand))
-        for c, (keep, inv, w_a) in zip(consumers, fits, strict=True):
-            view = _Consumer(w_a, inv, [np.searchsorted(keep, c.feats[j]) for j in cand], c.energy)
-            costs += _single_costs(view, np.arange(len(cand))) / c.energy
+        for e, (keep, inv, w_a) in zip(tests, fits, strict=True):
+            view = _Consumer(w_a, inv, [np.searchsorted(keep, e.feats[j]) for j in cand], e.energy)
+            costs += _single_costs(view, np.arange(len(cand))) / e.energy
         if costs.min() > FREE_COST:
             break
         j = int(cand[np.argmin(costs)])
         alive[j] = False
         out.append(j)
-        gone = [np.union1d(g, c.feats[j]) for c, g in zip(consumers, gone, strict=True)]
-        fits = [_exact_fit(c, g) for c, g in zip(consumers, gone, strict=True)]
-    for c, g, (keep, _, w_a) in zip(consumers, gone, fits, strict=True):
+        gone = [np.union1d(g, e.feats[j]) for e, g in zip(tests, gone, strict=True)]
+        fits = [_exact_fit(e, g) for e, g in zip(tests, gone, strict=True)]
+    for c, e, g, (keep, _, w_a) in zip(consumers, tests, gone, fits, strict=True):
         if g.size:
-            _remove(c, g)
-            c.w[:, :, keep] = w_a
+            removed = np.concatenate([c.feats[j] for j in out])
+            _remove(c, removed)
+            if e.features:
+                c.w[:, :, keep] = w_a
     return out
 
 

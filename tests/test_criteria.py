@@ -72,14 +72,15 @@ def test_compress_with_woodfisher_criterion(tmp_path, capsys):
 
 def _gemm_consumer(x: np.ndarray, out: int = 4, damp: float = 0.01, seed: int = 0):
     """A Gemm consumer of the group whose channels are the columns of x, as ``rank_groups`` builds it."""
-    from onnxprune.criteria import _Consumer
+    from onnxprune.criteria import _Consumer, _Exact
 
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(1, out, x.shape[1]))
     h = (2.0 / len(x)) * (x.T @ x)[None]
     hinv = np.linalg.inv(h + damp * np.mean(np.diag(h[0])) * np.eye(x.shape[1]))
     energy = float(np.einsum("bof,bfh,boh->", w, h, w))
-    return _Consumer(w, hinv, [np.array([j]) for j in range(x.shape[1])], energy, h)
+    feats = [np.array([j]) for j in range(x.shape[1])]
+    return _Consumer(w, hinv, feats, energy, _Exact(h, w.copy(), feats, energy, features=True))
 
 
 def test_obs_removes_exactly_redundant_channels_first():
@@ -96,6 +97,35 @@ def test_obs_removes_exactly_redundant_channels_first():
     assert set(ranked.order[:2]) in ({6, 3}, {6, 0}) and ranked.error[2] == 0.0 < ranked.error[3]
     # without enough rows per feature to tell, nothing counts as free: the dampened order stands
     c = _gemm_consumer(x)
-    c.h = None
+    c.exact = None
     plain = obs_ranking(group, [c])
     assert plain.order[1] == 5 and plain.error[1] > 0
+
+
+def test_channels_a_flatten_gemm_cannot_tell_apart_are_tested_as_whole_maps():
+    """A Gemm reading 6 channels × 16 positions from 40 samples: 40 rows for 96 features, so every feature
+    is a combination of the others on the data; per channel (all 640 positions) a dead channel and a
+    scaled duplicate are still exactly redundant, and nothing else is."""
+    from onnxprune.channels import ChannelGroup
+    from onnxprune.criteria import _obs_consumer, free_channels
+    from onnxprune.layers import LinearLayer
+
+    rng = np.random.default_rng(1)
+    maps = rng.normal(size=(40, 6, 16))
+    maps[:, 4] = 0.0
+    maps[:, 2] = 0.7 * maps[:, 5]
+    x = maps.reshape(40, 96)
+    layer = LinearLayer("fc", "Gemm", "x", "y", "fc.weight", None, 1, trans_b=True)
+    h = (2.0 / len(x)) * (x.T @ x)[None]
+    group = ChannelGroup(id=0, size=6, segments=[], members=[], reasons=[])
+
+    class _Trace:  # the one space of 6 channels, each a block of 16 features
+        spaces = [type("S", (), {"size": 6})()]
+        segments = {0: [type("Seg", (), {"start": 0, "group": 0})()]}
+
+    member = type("M", (), {"space": 0, "outer": 1, "inner": 16, "groups": 1})()
+    c = _obs_consumer(layer, rng.normal(size=(5, 96)), h, _Trace(), group, member, 0.01, rows=40)
+    assert c.exact is not None and not c.exact.features
+    alive = np.ones(6, bool)
+    assert sorted(free_channels([c], alive)) in ([2, 4], [4, 5])
+    assert alive.sum() == 4
