@@ -88,16 +88,15 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
     """Min Σ c_g·error_g subject to Σ linearized saving ≥ ``saving`` (knapsack over discretized savings).
 
     best[t] is the least error reaching saving bucket t (bucket ``buckets`` means "at least the target";
-    gains round to the nearest bucket, so "at least" holds to half a bucket per group).
-    ``weights``: the per-group multipliers c_g (default 1) that ``search_allocation`` tunes.
+    gains round to the nearest bucket, so "at least" holds to half a bucket per group). Among plans of equal
+    error the one that saves less wins: a flat (or zero) error curve must not make removals beyond the
+    target look free. ``weights``: the per-group multipliers c_g (default 1) that ``search_allocation`` tunes.
     """
     top = buckets
     unit = max(saving, 1e-9) / top
     best = np.full(top + 1, np.inf)
     best[0] = 0.0
-    # linearized saving of each bucket's plan: equal errors go to the plan that saves more (among lossless
-    # plans that all "meet" a linearized target, only the one removing every free channel meets the exact one)
-    saved = np.zeros(top + 1)
+    saved = np.zeros(top + 1)  # linearized saving of each bucket's plan (for the tie-break)
     trail = []
     for c in choices:
         ks = c.widths()
@@ -116,7 +115,7 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
             if g < top:  # bucket t < top comes from exactly t − g
                 cand, cand_saved = best[: top - g] + e, saved[: top - g] + s_lin
                 t = np.arange(g, top)
-                better = (cand < new[t]) | ((cand == new[t]) & (cand_saved > new_saved[t]))
+                better = (cand < new[t]) | ((cand == new[t]) & (cand_saved < new_saved[t]))
                 new[t[better]], new_saved[t[better]] = cand[better], cand_saved[better]
                 choice[t[better]], source[t[better]] = i, t[better] - g
             lo = max(0, top - g)  # the saturated bucket collects every source from top − g up
@@ -124,8 +123,8 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
             if not np.isfinite(low):
                 continue
             ties = np.flatnonzero(best[lo:] == low) + lo
-            j = int(ties[np.argmax(saved[ties])])
-            if low + e < new[top] or (low + e == new[top] and saved[j] + s_lin > new_saved[top]):
+            j = int(ties[np.argmin(saved[ties])])
+            if low + e < new[top] or (low + e == new[top] and saved[j] + s_lin < new_saved[top]):
                 new[top], new_saved[top], choice[top], source[top] = low + e, saved[j] + s_lin, i, j
         trail.append((c, ks, choice, source))
         best, saved = new, new_saved
@@ -135,6 +134,43 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
     for c, ks, choice, source in reversed(trail):
         widths[c.group] = int(ks[choice[t]])
         t = source[t]
+    return widths
+
+
+def fill_budget(choices: list[GroupChoice], widths: dict[int, int], cost_of: Callable[[dict[int, int]], float],
+                budget: float) -> dict[int, int]:
+    """Give channels back while the exact cost stays within ``budget``: a plan that meets the target with
+    room to spare is as good as the target allows only once no group can grow by one allowed step.
+
+    Steps go greedily by error removed per linearized cost added (then the cheaper step): channels that
+    cost damage come back first, free ones (a flat error curve) last, so the plan ends at the target
+    instead of past it. A step that does not fit never will (later steps only add cost), so its group stops.
+    """
+    widths = dict(widths)
+    ladders = {c.group: c.widths(max_options=10**9)[::-1] for c in choices}  # allowed widths, ascending
+    by_id = {c.group: c for c in choices}
+    open_groups = {c.group for c in choices}
+    while open_groups:
+        best = None
+        for gid in open_groups:
+            c, ladder = by_id[gid], ladders[gid]
+            k = widths.get(gid, c.size)
+            up = ladder[ladder > k]
+            if not len(up):
+                continue
+            step = int(up[0])
+            added = max((step - k) * c.saving_per_channel, 1e-30)
+            key = (-(c.error(k) - c.error(step)) / added, added)
+            if best is None or key < best[0]:
+                best = (key, gid, step)
+        if best is None:
+            break
+        _, gid, step = best
+        trial = {**widths, gid: step}
+        if cost_of(trial) <= budget * (1 + 1e-9):
+            widths = trial
+        else:
+            open_groups.discard(gid)
     return widths
 
 
@@ -163,6 +199,19 @@ def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[
     if best is None:
         raise TargetUnreachableError(f"could not meet the {metric} target {fmt(budget)}; best reached {fmt(cost)}")
     return best
+
+
+def allocate_to_budget(choices: list[GroupChoice], cost_of: Callable[[dict[int, int]], float], base_cost: float,
+                       budget: float, floor_cost: float, metric: str, allocation: str = "dp",
+                       weights: Mapping[int, float] | None = None) -> dict[int, int]:
+    """Widths whose exact cost meets ``budget`` and lies as close to it as the widths allow: ``allocation``'s
+    proposal (``dp``: ``allocate_dp`` with ``weights``; ``global``: ``allocate_global``) tightened until the
+    exact cost meets the budget (``fit_to_target``), then filled back up to it (``fill_budget``)."""
+    def propose(saving):
+        return allocate_dp(choices, saving, weights=weights) if allocation == "dp" else allocate_global(choices, saving)
+
+    widths, _ = fit_to_target(propose, cost_of, base_cost, budget, floor_cost, metric)
+    return fill_budget(choices, widths, cost_of, budget)
 
 
 def search_allocation(groups: list[int], propose: Callable[[dict[int, float]], dict[int, int]],

@@ -1,21 +1,16 @@
-"""`onnxprune compress` end to end on the shipped Fashion-MNIST ResNet, its exit codes, and the math pieces
-it stands on (one-layer reconstruction = least squares, DP allocation = brute force)."""
+"""`onnxprune compress` end to end on the shipped Fashion-MNIST ResNet, its exit codes, and the math piece
+it stands on (one-layer reconstruction = least squares)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from onnxprune.passes.reconstruct import solve_refit
 
-from onnxprune.allocate import GroupChoice, allocate_dp, fit_to_target, search_allocation
 from onnxprune.cli import main
-from onnxprune.criteria import GroupRanking
 from tests.helpers import MODELS, digest, run_cli, run_ort
 
 MODEL = MODELS / "fmnist_resnet.onnx"
@@ -110,101 +105,6 @@ def test_one_layer_refit_equals_lstsq():
                       np.zeros((4, 8)), ridge=1e-12)
     want = np.linalg.lstsq(aug(xp), xd @ wd.T, rcond=None)[0].T
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
-
-
-@settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.integers(2, 5), st.floats(0.5, 5.0)), min_size=1, max_size=3), st.floats(0.1, 0.9),
-       st.integers(0, 10**6))
-def test_dp_matches_brute_force(spec, fraction, seed):
-    rng = np.random.default_rng(seed)
-    choices = []
-    for gid, (size, per) in enumerate(spec):
-        err = np.concatenate([[0.0], np.cumsum(rng.random(size - 1)), [np.inf]])
-        choices.append(GroupChoice(gid, size, 1, 1, per, GroupRanking(gid, np.arange(size), err)))
-    total = sum((c.size - 1) * c.saving_per_channel for c in choices)
-    need = fraction * total
-    widths = allocate_dp(choices, need, buckets=4000)
-    got_err = sum(c.error(widths[c.group]) for c in choices)
-    assert sum((c.size - widths[c.group]) * c.saving_per_channel for c in choices) >= need - total / 4000 * len(choices)
-    best = min(sum(c.error(k) for c, k in zip(choices, ks, strict=True))
-               for ks in itertools.product(*[range(1, c.size + 1) for c in choices])
-               if sum((c.size - k) * c.saving_per_channel for c, k in zip(choices, ks, strict=True)) >= need)
-    assert got_err <= best + 1e-9
-
-
-def _free_then_costly(group: int, size: int, free: int, per: float) -> GroupChoice:
-    """A group whose first ``free`` channels cost nothing to remove, each further one 1."""
-    err = np.concatenate([np.zeros(free + 1), np.arange(1, size - free), [np.inf]])
-    return GroupChoice(group, size, 1, 1, per, GroupRanking(group, np.arange(size), err.astype(float)))
-
-
-def test_dp_meets_a_saving_exactly_met_by_fractional_bucket_gains():
-    # three free channels of 1/3 each meet a saving of 1 exactly; floored bucket gains (666 of 2000 each)
-    # fell short, and the DP paid for a costly channel instead
-    choices = [_free_then_costly(g, 2, 1, 1 / 3) for g in range(3)] + [_free_then_costly(3, 4, 0, 10.0)]
-    assert allocate_dp(choices, 1.0) == {0: 1, 1: 1, 2: 1, 3: 4}
-
-
-def test_dp_takes_every_free_channel_among_equally_good_plans():
-    # two free channels of group 0 already meet the saving; taking all free ones is as good and saves more
-    # (the linearized saving is an estimate: only the plan with every free channel may meet the exact one)
-    choices = [_free_then_costly(0, 6, 3, 10.0), _free_then_costly(1, 6, 3, 1.0)]
-    assert allocate_dp(choices, 20.0) == {0: 3, 1: 3}
-
-
-def _convex_choices(sizes):
-    """Groups with error (removed/size)²: the DP spreads a cut evenly over alike groups."""
-    return [GroupChoice(g, size, 1, 1, 1.0, GroupRanking(g, np.arange(size),
-                                                          np.concatenate([(np.arange(size) / size) ** 2, [np.inf]])))
-            for g, size in enumerate(sizes)]
-
-
-def test_dp_weights_move_channels_to_the_weighted_group():
-    choices = _convex_choices([10, 10])
-    plain = allocate_dp(choices, 8.0)
-    heavy = allocate_dp(choices, 8.0, weights={0: 5.0})
-    assert sum(10 - k for k in heavy.values()) >= 8
-    assert plain[0] == plain[1] == 6
-    assert heavy[0] > plain[0] > heavy[1]  # group 0's error now costs 5x: the other group pays more
-
-
-def test_search_lowers_a_non_additive_damage_and_keeps_the_budget():
-    # The per-group curves say the groups are alike, so the DP splits the cut; the real damage punishes
-    # cutting both 0 and 1 (an interaction the curves cannot see): the search must move the cut away.
-    choices = _convex_choices([10, 10, 10])
-
-    def propose(weights):
-        return allocate_dp(choices, 9.0, weights=weights)
-
-    def damage(widths):
-        cut = [10 - widths[g] for g in range(3)]
-        return sum(cut) * 0.1 + 2.0 * min(cut[0], cut[1]) + 0.05 * cut[2]
-
-    widths, record = search_allocation([0, 1, 2], propose, damage, evals=40, seed=0)
-    assert sum(10 - k for k in widths.values()) >= 9
-    assert record["damage"] == damage(widths) < record["initial_damage"]
-    start = propose(None)
-    assert min(10 - start[0], 10 - start[1]) >= 3 and record["accepted"] >= 1
-    assert min(10 - widths[0], 10 - widths[1]) == 0
-    again, _ = search_allocation([0, 1, 2], propose, damage, evals=40, seed=0)
-    assert again == widths  # seeded: the same plan every run
-
-
-def test_search_never_returns_worse_than_the_plain_dp():
-    choices = _convex_choices([6, 8])
-    start = allocate_dp(choices, 5.0)
-    widths, record = search_allocation([0, 1], lambda w: allocate_dp(choices, 5.0, weights=w),
-                                       lambda w: 0.0 if w == start else 1.0, evals=20, seed=3)
-    assert widths == start and record["damage"] == record["initial_damage"] == 0.0
-
-
-def test_fit_to_target_steps_past_a_coarse_proposer():
-    # The proposer only moves in steps of 1000 saved; the first proposal misses the budget by 1.
-    def propose(saving):
-        return {0: int(np.floor((saving + 1) / 1000) * 1000)}
-
-    widths, cost = fit_to_target(propose, lambda w: 100_000 - w[0], 100_000, 50_999, 0, "macs")
-    assert cost <= 50_999 and widths == {0: 50_000}
 
 
 def test_no_reconstruct_keeps_obs_compensation_and_it_helps(tmp_path, capsys):
