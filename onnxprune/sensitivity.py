@@ -24,6 +24,11 @@ from .criteria import GroupRanking
 from .fidelity import classifier_outputs, is_classifier, mean_kl, run_all
 from .passes.prune_channels import prune_channels
 
+# Measured damage at or below this is float32 noise (a relative output error of 1e-5), not damage.
+QUIET = 1e-10
+# Where a group measures QUIET at every fraction, it is measured at these as well (until one is not quiet).
+QUIET_FRACTIONS = (0.75, 0.9)
+
 
 def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: Sequence[bool] | None = None) -> float:
     """Summed over outputs: KL for class scores (``classifier`` per output, see ``fidelity.compare``), else the
@@ -93,7 +98,11 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
     for g in groups:
         r = rankings[g.id]
         xs, ys = [0.0], [0.0]
-        for f in fractions:
+        # a group that shows no damage where it is measured (its removals are exactly redundant there) is
+        # measured further out, so that its level comes from damage, never from numerical noise
+        for f in (*fractions, *(f for f in QUIET_FRACTIONS if f > max(fractions))):
+            if f > max(fractions) and max(ys) > QUIET:
+                break
             removed = min(int(round(f * g.size)), g.size - 1)
             if removed <= 0 or removed / g.size in xs:
                 continue
@@ -105,9 +114,11 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
         curve = np.interp(np.arange(g.size + 1) / g.size, xs, np.maximum.accumulate(ys))
         if mode == "scaled":  # the criterion's curve shape, at the measured level (mean ratio over the points)
             est = r.error[:-1]
+            # only points with damage set the level: a quiet point would scale the whole curve to zero and make
+            # every removal of the group look free; with none the criterion's own curve stands
             ratios = [y / est[int(round(x * g.size))] for x, y in zip(xs[1:-1], ys[1:-1], strict=True)
-                      if est[int(round(x * g.size))] > 0]
-            curve = np.append(est * (float(np.mean(ratios)) if ratios else 1.0), np.inf)  # not inf·0 when no damage
+                      if est[int(round(x * g.size))] > 0 and y > QUIET]
+            curve = np.append(est * (float(np.mean(ratios)) if ratios else 1.0), np.inf)
         curve[-1] = np.inf
         out[g.id] = GroupRanking(g.id, r.order, curve)
         if progress:

@@ -90,25 +90,46 @@ def test_no_suffix_start_where_an_output_does_not_depend_on_the_edits():
     assert len(nodes) == len(model.graph.node) and reads == [model.graph.input[0].name]
 
 
-def test_scaled_curve_of_a_harmless_group_is_zero_without_warnings(monkeypatch):
-    """A group whose measured damage is 0 (dead channels) scales its curve by 0: finite, no inf·0 warning."""
+def _quiet_group_curve(monkeypatch, damage):
+    """The scaled curve of residual_add's first group when a removal of m channels measures damage(m / size)."""
     import warnings
 
     import onnxprune.sensitivity as sensitivity
     from onnxprune.criteria import GroupRanking
 
-    monkeypatch.setattr(sensitivity, "output_damage", lambda dense, other, classifier=None: 0.0)
-
     model, _ = normalize(synthetic.build("residual_add"))
     trace = trace_channels(model)
     g = trace.prunable_groups()[0]
+    fractions = []
+
+    def fake_trial(model, trace, plan, *args, **kwargs):
+        fractions.append(1 - len(plan[g.id]) / g.size)
+        return damage(fractions[-1])
+
+    monkeypatch.setattr(sensitivity, "trial_damage", fake_trial)
     ranking = {g.id: GroupRanking(g.id, np.arange(g.size), np.append(np.linspace(0, 1, g.size), np.inf))}
     feeds = synthetic.random_inputs(model, batch=4)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # no inf·0
         out = measured_rankings(model, trace, [g], ranking, feeds, mode="scaled",
                                 compensate=lambda plan, pruned: None)[g.id]
-    assert np.all(out.error[:-1] == 0.0) and np.isinf(out.error[-1])
+    return out.error, ranking[g.id].error, fractions
+
+
+def test_a_quiet_group_is_measured_further_and_never_scaled_to_zero(monkeypatch):
+    """No damage at any measured fraction (exactly redundant there): the criterion's own curve stands; a zero
+    curve would make every removal of the group look free to the allocator."""
+    got, est, fractions = _quiet_group_curve(monkeypatch, lambda f: 0.0)
+    assert len(fractions) == 4 and fractions[-1] > 0.8  # 0.25, 0.5, then 0.75 and 0.9
+    np.testing.assert_array_equal(got, est)
+
+
+def test_the_level_of_a_quiet_group_comes_from_the_first_damage(monkeypatch):
+    got, est, fractions = _quiet_group_curve(monkeypatch, lambda f: 0.0 if f < 0.7 else 0.3)
+    assert len(fractions) == 3  # 0.75 shows damage: 0.9 is not needed
+    at = int(round(fractions[-1] * (len(est) - 1)))
+    np.testing.assert_allclose(got[at], 0.3) and np.isinf(got[-1])
+    assert np.all(got[1:at] > 0)
 
 
 def _head_model(*ops: str) -> onnx.ModelProto:
