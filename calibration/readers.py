@@ -234,6 +234,18 @@ def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str,
             groups)
 
 
+def memory_budget() -> int:
+    """Bytes of calibration data one read may take: 3/4 of the memory available now (8 GiB if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 * 3 // 4
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
 def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
     """(the first ``rows`` samples of ``npz[key]``, its full sample count) without decompressing the rest.
 
@@ -247,7 +259,13 @@ def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
         shape, fortran, dtype = read_header(f)
-        if fortran or dtype.hasobject or not shape:
+        whole = fortran or dtype.hasobject or not shape
+        count = int(np.prod(shape, dtype=object)) if whole else min(rows, shape[0]) * int(np.prod(shape[1:], dtype=object))
+        if count * dtype.itemsize > memory_budget():
+            raise InputError(f"calibration array '{key}' declares shape {_fmt(shape)} of {dtype}: "
+                             f"{count * dtype.itemsize / 2**30:,.1f} GiB to read, too large for the "
+                             f"{memory_budget() / 2**30:,.1f} GiB of memory available")
+        if whole:
             whole = npz[key]
             return whole, len(whole) if whole.ndim else 0
         count = min(rows, shape[0])
@@ -312,7 +330,10 @@ def _validate(arrays, inputs, warnings: list[str]) -> tuple[dict[str, np.ndarray
                     f"calibration input '{name}': expected shape {_fmt(dims)}, got {_fmt(arr.shape)}")
         out[name] = arr = _cast(name, arr, vi.type.tensor_type.elem_type)
         if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
-            warnings.append(f"calibration input '{name}' contains NaN or infinite values")
+            bad = np.logical_not(np.isfinite(arr.reshape(len(arr), -1)))
+            first = int(np.flatnonzero(bad.any(axis=1))[0])
+            what = "NaN" if np.isnan(arr[first]).any() else "infinite"
+            raise InputError(f"calibration input '{name}' holds {what} values (first in sample {first})")
     n = _same_counts(out)
     if n == 0:
         raise InputError("calibration data is empty (0 samples)")
@@ -465,9 +486,14 @@ def _read_script(spec: str, path: str, func: str, need: int) -> tuple[dict[str, 
             if chunks and set(feed) != set(chunks):
                 raise InputError(f"{spec}: item {i} has keys {sorted(feed)}, item 0 had {sorted(chunks)}")
             batch = {str(k): np.asarray(v) for k, v in feed.items()}
+            if not batch:
+                raise InputError(f"{spec}: item {i} is an empty dict, expected one array per model input")
             if any(v.ndim == 0 for v in batch.values()):
                 raise InputError(f"{spec}: item {i} has a scalar value; arrays need a leading batch axis")
-            total += _same_counts(batch)
+            count = _same_counts(batch)
+            if count == 0:
+                raise InputError(f"{spec}: item {i} holds no samples (a batch of 0)")
+            total += count
             for k, v in batch.items():
                 chunks.setdefault(k, []).append(v)
             if total >= need:

@@ -40,7 +40,7 @@ from onnx import helper
 
 from .errors import InputError
 from .latency import ort_session
-from .modelio import load_model
+from .modelio import load_model, require_runnable
 from .shapes import Shape, declared_shape, graph_inputs, resolve_input_shapes
 
 MIN_ROUNDS = 5  # a time budget never cuts a measurement below this many rounds
@@ -413,6 +413,8 @@ def run_bench(paths: Sequence[str], *, backend: str = "ort", batches: Sequence[i
         if reason:
             raise InputError(f"--backend tensorrt: {reason}")
     models = [BenchModel(str(p), m, m.ByteSize() / 1e6) for p, m in ((p, load_model(p)) for p in paths)]
+    for bm in models:
+        require_runnable(bm.model, bm.name)
     check_input_shape_names([m.model for m in models], input_shapes)
     if backend == "tensorrt":
         from .tensorrt_backend import tensorrt_prepare, tensorrt_version

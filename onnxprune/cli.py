@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(1)
-    except click.ClickException as exc:  # usage errors: exit 2 as click does
-        exc.show()
+    except click.ClickException as exc:  # usage errors: one line, exit 2 as click does
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:
         if os.environ.get("ONNXPRUNE_DEBUG"):

@@ -22,8 +22,7 @@ import onnx
 from . import __version__
 from .allocate import (
     GroupChoice,
-    allocate_dp,
-    allocate_global,
+    allocate_to_budget,
     allocate_uniform,
     fit_to_target,
     plan_from_widths,
@@ -33,12 +32,12 @@ from .calibration.augment import DEFAULT_MIN_SIDE, image_input
 from .calibration.collect import collect_split_statistics
 from .calibration.readers import CalibrationSet, load_calibration
 from .costs import model_cost, param_slots
-from .criteria import CRITERIA, rank_groups, woodfisher_hessian
-from .errors import InputError, QualityGateError
+from .criteria import CRITERIA, FREE_ROWS, rank_groups, woodfisher_hessian
+from .errors import InputError, QualityGateError, TargetUnreachableError
 from .fidelity import classifier_outputs, compare, headline, run_all
 from .latency_table import LATENCY_ROUND_TO, build_table, latency_feeds, meet_speedup
 from .layers import initializer_dict, linear_layers
-from .modelio import load_model, save_model, write_text_atomic
+from .modelio import load_model, output_folder, require_runnable, write_outputs
 from .passes.normalize import normalize
 from .passes.prune_channels import prune_channels
 from .passes.reconstruct import compensate_locally, reconstruct, validation_halves
@@ -178,13 +177,19 @@ def _sensitivity_halves(calib: CalibrationSet, mosaics: int, seed: int) -> list[
 
 def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: CompressOptions,
              log: Callable[[str], None] = lambda s: None, progress=None) -> dict:
-    """Prune ``model_path`` to ``opts.target`` and write ``<stem>.pruned.onnx`` + ``<stem>.report.json``."""
+    """Prune ``model_path`` to ``opts.target`` and write ``<stem>.pruned.onnx`` (+ ``<stem>.pruned.int8.onnx``)
+    + ``<stem>.report.json`` into ``outdir``: all of them, or (on any failure) none."""
     _validate(opts)
+    with output_folder(outdir, protect=(model_path,)):
+        return _compress(Path(model_path), outdir, opts, progress)
+
+
+def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, progress) -> dict:
     timer = Timer()
     warnings: list[str] = []
-    path = Path(model_path)
     with timer("load_normalize"):
         original = load_model(path)
+        require_runnable(original, path)
         model, norm = normalize(original)
     with timer("trace"):
         calib = None
@@ -200,6 +205,9 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             shapes = {k: (calib.fixed_batch or 1, *v.shape[1:]) for k, v in calib.calib.items()}
         trace = trace_channels(model, shapes or None)
         base = model_cost(model, shapes or None)
+    if opts.target > 1.0 and opts.metric != "latency" and not (base.macs if opts.metric == "macs" else base.params):
+        raise TargetUnreachableError(f"target unreachable: the model has no {opts.metric.replace('macs', 'MACs')} "
+                                     "to reduce (0 counted)")
     node_macs = {n.name: n.macs or 0 for n in base.nodes}
     param_sizes = param_slots(model)
     criterion = opts.criterion
@@ -230,6 +238,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     inits = initializer_dict(model)
     node_inputs = {n.name: list(n.input) for n in model.graph.node}
     hessians = channel_stats = rows = half_hessians = half_rows = half_feeds = None
+    refit_samples = opts.refit_samples
     inverses: dict[str, np.ndarray] = {}
     measured = bool(calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform" and eligible)
     halves = None
@@ -270,6 +279,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             stats = every.pop()
             hessians = {n: h.hessian() for n, h in stats.hessians.items()}
             rows = {n: h.samples for n, h in stats.hessians.items()}
+            refit_samples = _determined_samples(stats.hessians, calib.n_statistics(), opts.refit_samples)
             stats.hessians.clear()  # the sums: no longer needed (~0.3 GB on EfficientNet-Lite0)
             for n, sample in stats.samples.items():
                 hessians[n], inverses[n] = woodfisher_hessian(sample.rows, opts.damp, sample.samples)
@@ -348,9 +358,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                 widths, _ = _fit_uniform(choices, cost_of, budget, floor, metric_base, opts.metric)
             else:
                 def propose(weights=None):  # ``weights``: the DP's per-group multipliers (the search's)
-                    fit = (lambda s: allocate_dp(choices, s, weights=weights)) if opts.allocation == "dp" else \
-                        (lambda s: allocate_global(choices, s))
-                    return fit_to_target(fit, cost_of, metric_base, budget, floor, opts.metric)[0]
+                    return allocate_to_budget(choices, cost_of, metric_base, budget, floor, opts.metric,
+                                              opts.allocation, weights)
 
                 if search_feeds is not None:
                     widths, search_record = search_allocation([c.group for c in choices], propose, plan_damage,
@@ -396,8 +405,8 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                         f"(--round-to {LATENCY_ROUND_TO} or --metric latency keep the speed)")
     refit: dict[str, str] = {}
 
-    def refit_feeds():  # the calibration batches the refit and SparseGPT read (two ORT passes per stage)
-        n = max(1, math.ceil(min(opts.refit_samples, calib.n_calib()) / 32))
+    def refit_feeds(samples=opts.refit_samples):  # the calibration batches the refit and SparseGPT read
+        n = max(1, math.ceil(min(samples, calib.n_calib()) / 32))
         return itertools.islice(calib.batches("calib", 32), n)
 
     half_hessians = None  # only the trials read them (~0.3 GB on EfficientNet-Lite0)
@@ -409,7 +418,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
-            refit = reconstruct(model, pruned, kept_out, changed, refit_feeds, ridge=opts.ridge,
+            refit = reconstruct(model, pruned, kept_out, changed, lambda: refit_feeds(refit_samples), ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in,
                                 groups=calib.groups)
     elif hessians and plan:  # --no-reconstruct: still OBS's own compensation (no calibration pass needed)
@@ -440,12 +449,11 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
             pruned_out = run_all(pruned, calib.batches("holdout", 16))
             fidelity = compare(dense_out, pruned_out, names, classifier_outputs(model))
 
-    # -- write ---------------------------------------------------------------------------------
+    # -- write: every output at once, after every check passed --------------------------------
     out = Path(outdir)
     stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
-    with timer("save"):
-        pruned_path = save_model(pruned, out / f"{stem}.pruned.onnx", protect=(path,))
-    int8_report = None
+    pruned_path, int8_path = out / f"{stem}.pruned.onnx", out / f"{stem}.pruned.int8.onnx"
+    int8 = int8_report = None
     if opts.int8 and calib is None:
         warnings.append("no --calib: no INT8 output (it needs calibration data)")
     elif opts.int8:
@@ -454,8 +462,7 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
                                                dense_reference=model, latency_runs=20, dense_outputs=dense_out,
                                                model_outputs=pruned_out,
                                                progress=(lambda stage: progress(f"int8: {stage}", None)) if progress else None)
-            int8_report = {"output": str(save_model(int8, out / f"{stem}.pruned.int8.onnx", protect=(path,))),
-                           **int8_report}
+            int8_report = {"output": str(int8_path), **int8_report}
     report = {
         "model": str(path),
         "output": str(pruned_path),
@@ -483,15 +490,33 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
         "timings_s": timer.times,
         "versions": _versions(),
     }
-    write_text_atomic(out / f"{stem}.report.json", json.dumps(report, indent=2), protect=(path,))
+    gate = None
     if opts.max_drop is not None and fidelity:
         key, value = headline(fidelity)
         drop = 1.0 - value
-        report["quality_gate"] = {"metric": key, "value": value, "max_drop": opts.max_drop, "passed": drop <= opts.max_drop}
-        write_text_atomic(out / f"{stem}.report.json", json.dumps(report, indent=2), protect=(path,))
-        if drop > opts.max_drop:
-            raise QualityGateError(f"quality gate failed: {key} {value:.4f} dropped by {drop:.4f} > --max-drop {opts.max_drop}")
+        report["quality_gate"] = gate = {"metric": key, "value": value, "max_drop": opts.max_drop,
+                                         "passed": drop <= opts.max_drop}
+    outputs = [(pruned_path, pruned), *([(int8_path, int8)] if int8 is not None else []),
+               (out / f"{stem}.report.json", json.dumps(report, indent=2))]
+    write_outputs(outputs, protect=(path,))
+    if gate is not None and not gate["passed"]:
+        raise QualityGateError(f"quality gate failed: {gate['metric']} {gate['value']:.4f} dropped by "
+                               f"{1 - gate['value']:.4f} > --max-drop {opts.max_drop}")
     return report
+
+
+def _determined_samples(sums, n_samples: int, least: int) -> int:
+    """Calibration samples the refit reads: at least ``least``, and enough that each refit half has
+    ``FREE_ROWS`` feature rows per weight of every consumer (a Flatten → Gemm reads one row per sample),
+    so a removed channel that is a combination of kept ones is folded back exactly; ``sums``: the
+    consumers' ``HessianSum`` over ``n_samples`` statistics samples. Capped by the caller at the
+    calibration set."""
+    need = least
+    for acc in sums.values():
+        per_sample = acc.n / max(n_samples, 1)
+        if per_sample > 0:
+            need = max(need, math.ceil(2 * FREE_ROWS * (acc.xx.shape[-1] + 1) / per_sample))
+    return need
 
 
 def _controlled(trace, groups, exact_cost, base: float) -> dict[int, float]:

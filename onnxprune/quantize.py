@@ -54,7 +54,7 @@ from .calibration.readers import CalibrationSet, load_calibration
 from .errors import InputError, QualityGateError
 from .fidelity import classifier_outputs, compare, headline, run_all
 from .latency import measure_latency, ort_session
-from .modelio import load_model, save_model, write_text_atomic
+from .modelio import load_model, output_folder, require_runnable, write_outputs
 from .passes.normalize import normalize
 from .shapes import infer_shapes
 
@@ -618,14 +618,16 @@ def quantize_file(model_path: str | os.PathLike, outdir: str | os.PathLike, cali
     if max_drop is not None and not 0.0 <= max_drop <= 1.0:
         raise InputError(f"--max-drop must be between 0 and 1, got {max_drop}")
     path = Path(model_path)
-    model = load_model(path)
-    calib = load_calibration(calib_spec, model, samples=calib_samples, preprocess=preprocess, input_size=input_size)
-    int8, section = quantize_model(model, calib, progress=progress, **options)
-    stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
-    out = Path(outdir)
-    written = save_model(int8, out / f"{stem}.int8.onnx", protect=(path,))
-    report = {"model": str(path), "output": str(written), **section}
-    write_text_atomic(out / f"{stem}.int8.report.json", json.dumps(report, indent=2), protect=(path,))
+    with output_folder(outdir, protect=(path,)) as out:
+        model = load_model(path)
+        require_runnable(model, path)
+        calib = load_calibration(calib_spec, model, samples=calib_samples, preprocess=preprocess,
+                                 input_size=input_size)
+        int8, section = quantize_model(model, calib, progress=progress, **options)
+        stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
+        report = {"model": str(path), "output": str(out / f"{stem}.int8.onnx"), **section}
+        write_outputs([(out / f"{stem}.int8.onnx", int8),
+                       (out / f"{stem}.int8.report.json", json.dumps(report, indent=2))], protect=(path,))
     gate = report.get("quality_gate")
     if gate and not gate["passed"]:
         kept = report.get("fallback", {}).get("count", 0)

@@ -17,6 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 
+from onnxprune.modelio import check_declared_size
 from onnxprune.shapes import infer_shapes
 
 MIN_OPSET = 13  # per-channel QDQ and Split-with-sizes-input need 13
@@ -50,6 +51,11 @@ class NormalizeReport:
             "pads_folded": self.pads_folded,
             "notes": self.notes,
         }
+
+
+# Constants computed by folding larger than this (bytes) stay nodes: a folded initializer past protobuf's 2 GB
+# limit cannot be written, and the graph must stay the size it was.
+FOLD_LIMIT = 2**30
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -248,14 +254,18 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, NormalizeReport]
     report = NormalizeReport(default_opset(model), default_opset(model), len(model.graph.node))
     model = upgrade_opset(model, report)
     report.opset_after = default_opset(model)
-    graph = gs.import_onnx(infer_shapes(model))
+    inferred = infer_shapes(model)
+    for vi in (*inferred.graph.value_info, *inferred.graph.output):  # before constant folding allocates them
+        check_declared_size(vi, "tensor")
+    graph = gs.import_onnx(inferred)
     name_nodes(graph)
     report.constants_lowered = sum(1 for n in graph.nodes if n.op == "Constant")
     level = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # folding failures are expected and harmless
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     try:
-        graph.toposort().fold_constants(partitioning="basic", error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        graph.toposort().fold_constants(partitioning="basic", error_ok=True, size_threshold=FOLD_LIMIT) \
+            .cleanup(remove_unused_graph_inputs=False)
     finally:
         gs.logger.G_LOGGER.severity = level
     report.identities_removed = remove_identities(graph)

@@ -190,11 +190,12 @@ def test_sample_count_mismatch(tmp_path):
         load_calibration(save_npz(tmp_path / "d.npz", a=rand(4, 2), b=rand(5, 2)), model)
 
 
-def test_nan_warning(tmp_path):
+@pytest.mark.parametrize("value, word", [(np.nan, "NaN"), (np.inf, "infinite"), (-np.inf, "infinite")])
+def test_non_finite_values_are_refused_with_the_sample(tmp_path, value, word):
     data = rand(4, 2)
-    data[1, 1] = np.nan
-    cs = load_calibration(save_npz(tmp_path / "d.npz", x=data), make_model(("x", FLOAT, ["N", 2])))
-    assert any("NaN" in w for w in cs.warnings)
+    data[2, 1] = value
+    with pytest.raises(InputError, match=f"'x' holds {word} values \\(first in sample 2\\)"):
+        load_calibration(save_npz(tmp_path / "d.npz", x=data), make_model(("x", FLOAT, ["N", 2])))
 
 
 @pytest.mark.parametrize(
