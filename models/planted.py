@@ -169,12 +169,18 @@ class _Net(Builder):
 
     # ---- layers ----------------------------------------------------------------------------
     def pconv(self, x, name, sin, sout, k=3, stride=1, depthwise=False, bias=True, bn=False, act=None, gate=False,
-              center_at=None):
+              center_at=None, groups=1):
         """Conv [+BN] [+act] on spaces; ``gate``: SE expand conv (duplicate rows equal, dead rows zero);
-        ``center_at``: the tensor of a later Relu (after a residual Add) that this layer's bias centers."""
+        ``center_at``: the tensor of a later Relu (after a residual Add) that this layer's bias centers;
+        ``groups`` > 1: a grouped conv whose ``sin`` is a list of ``groups`` Spaces, one per input slice
+        (group i reads slice i, so each slice's duplicates fold within that group's weights)."""
         cin, cout = sum(sp.n for sp, _ in _parts(sin)), sum(sp.n for sp, _ in _parts(sout))
-        fan = k * k * (1 if depthwise else cin)
-        w = self.rng.normal(0.0, fan**-0.5, [cout, 1 if depthwise else cin, k, k])
+        fan = k * k * (1 if depthwise else cin // groups)
+        w = self.rng.normal(0.0, fan**-0.5, [cout, 1 if depthwise else cin // groups, k, k])
+        if groups > 1:
+            assert len(sin) == groups and cout % groups == 0, f"{name}: one input Space per group"
+            w = np.concatenate([self.fold(part, sp, 1) for part, sp in zip(np.split(w, groups), sin, strict=True)])
+            sin = ()  # folded already
         bvec = self.rng.normal(0.0, 0.2, cout)
         pre = center_at or ((f"{name}/bn" if bn else name) if act == "relu" else None)
         assert pre is None or bias or bn, f"{name}: a Relu needs a bias or BN beta to center"
@@ -186,7 +192,7 @@ class _Net(Builder):
         if bias:
             bvec, dead = self.offset(name, None if bn else pre, 1, bvec, act == "relu")
             ins.append(self.produce(f"{name}.bias", bvec, sout, dup=_equal if gate else _linear, dead=dead))
-        group = self.width(sout) if depthwise else 1
+        group = self.width(sout) if depthwise else groups
         y = self.op("Conv", ins, name, kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=group)
         if bn:
             y = self.pbn(y, name, sout, pre, act == "relu")
@@ -213,6 +219,12 @@ class _Net(Builder):
             slope = self.produce(f"{name}/prelu.slope", self.rng.uniform(0.05, 0.3, [c, 1, 1]), spaces, dup=_equal,
                                  dead=_keep)
             return self.op("PRelu", [x, slope], f"{name}/prelu")
+        if act == "gelu":  # torch's erf form (Gelu is an op only from opset 20): x·½(1 + erf(x/√2))
+            e = self.op("Erf", [self.op("Div", [x, self.const("gelu.sqrt2", np.sqrt(2.0))], f"{name}/gelu/div")],
+                        f"{name}/gelu/erf")
+            e = self.op("Add", [e, self.const("gelu.one", 1.0)], f"{name}/gelu/add")
+            return self.op("Mul", [self.op("Mul", [x, e], f"{name}/gelu/mul"), self.const("gelu.half", 0.5)],
+                           f"{name}/gelu")
         if act == "leaky":
             return self.op("LeakyRelu", [x], f"{name}/leaky", alpha=0.1)
         return self.op("Relu", [x], f"{name}/relu")
