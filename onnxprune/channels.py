@@ -221,6 +221,12 @@ class Trace:
         outs = {n: positions(lay.output) for n, lay in layers.items() if lay.output in self.views}
         return ins, outs
 
+    def input_units(self, layers) -> dict[str, int]:
+        """Per linear layer whose input is traced with whole channels in a row (no outer blocks), the
+        positions along its input axis one channel spans (1, or a Flatten's H·W)."""
+        return {n: self.views[lay.input].inner for n, lay in layers.items()
+                if lay.input in self.views and self.views[lay.input].outer == 1}
+
     def predict_macs(self, node_macs: dict[str, int], plan: dict[int, np.ndarray]) -> float:
         """MACs after applying ``plan``: each node's MACs times the kept fraction of the spaces it scales with."""
         kept = self.kept_channels(plan)

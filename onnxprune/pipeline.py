@@ -420,7 +420,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             bar = progress("reconstruction", None) if progress else None
             refit = reconstruct(model, pruned, kept_out, changed, lambda: refit_feeds(refit_samples), ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in,
-                                groups=calib.groups)
+                                groups=calib.groups, in_units=trace.input_units(layers))
     elif hessians and plan:  # --no-reconstruct: still OBS's own compensation (no calibration pass needed)
         with timer("compensate"):
             refit = {n: "obs compensation" for n in compensator(plan, pruned)}

@@ -72,6 +72,32 @@ def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.
     return np.linalg.solve(a, rhs.T).T
 
 
+def fold_channels(w_dense: np.ndarray, g_kk: np.ndarray, g_dk: np.ndarray, kept: np.ndarray, gone: np.ndarray,
+                  block: int, bias: bool) -> np.ndarray:
+    """The removed input channels folded into the kept ones with one coefficient per pair, the same at every
+    position: channel r ≈ Σ_c a_rc·channel c over the dense inputs (a least-squares fit on the channel Gram
+    matrices Gc_cc' = Σ_t G[c·b + t, c'·b + t], b = ``block`` features per channel), then
+
+        W'_{:, c·b+t} = W_d_{:, k_c·b+t} + Σ_r a_rc·W_d_{:, r·b+t},   bias unchanged.
+
+    Exact for a channel that is a combination of kept ones (dead, a scaled duplicate), and determined by the
+    data even where the layer has more features than calibration rows (a Flatten → Gemm). ``g_kk`` / ``g_dk``:
+    the local fit's Gram matrices (kept features of the dense inputs, all dense × kept features)."""
+    n = len(kept)
+    t = np.arange(block)
+    kk = g_kk[:n * block, :n * block].reshape(n, block, n, block)[:, t, :, t].sum(0)  # [kept, kept]
+    rows = (gone[:, None] * block + t).reshape(-1)
+    rk = g_dk[rows][:, :n * block].reshape(len(gone), block, n, block)[:, t, :, t].sum(0)  # [gone, kept]
+    lam = 1e-9 * max(float(np.mean(np.diag(kk))), 1e-30)
+    a = np.linalg.solve(kk + lam * np.eye(n), rk.T)  # [kept, gone]: channel r ≈ Σ_c a[c, r]·channel c
+    w = np.asarray(w_dense, np.float64)
+    cols = (kept[:, None] * block + t).reshape(-1)
+    folded = w[:, cols].reshape(len(w), n, block) + np.einsum("cr,orb->ocb", a, w[:, rows].reshape(len(w), len(gone),
+                                                                                                 block))
+    out = folded.reshape(len(w), n * block)
+    return np.concatenate([out, w[:, -1:]], axis=1) if bias else out
+
+
 def validation_halves(batch_rows: Sequence[int], groups: np.ndarray | None = None) -> list[np.ndarray]:
     """Per calibration batch, the validation half (0 or 1) of each of its rows.
 
@@ -155,6 +181,9 @@ RECTIFY_ROWS = 1 << 19
 # (shrink 0, ridge ~0) are there for layers the calibration data determine exactly: a removed channel that
 # was a combination of kept ones is folded back without the ridge's pull toward the sliced weights.
 CANDIDATES = (("correcting", 1.0, 1.0), ("local", 1.0, 1.0), ("correcting", 0.0, 1e-6), ("local", 0.0, 1e-6))
+# Offered to layers whose validation halves hold fewer rows than features (``_Fit.fold_channels``).
+FOLD = ("fold", 0.0, 0.0)
+TIE = 1e-6  # relative difference of two candidates' validation errors below which they tie
 
 
 class GramSums:
@@ -196,9 +225,11 @@ class _Fit:
     """Accumulators for one layer (per block), kept separately for the two calibration halves."""
 
     def __init__(self, dense: LinearLayer, pruned: LinearLayer, dense_blocks: np.ndarray, bias: bool,
-                 kept_in: np.ndarray | None, kept_out: np.ndarray | None = None, outputs: int = 0):
+                 kept_in: np.ndarray | None, kept_out: np.ndarray | None = None, outputs: int = 0,
+                 in_unit: int | None = None):
         self.dense, self.pruned, self.blocks, self.bias = dense, pruned, dense_blocks, bias
         self.kept_in, self.kept_out, self.outputs = kept_in, kept_out, outputs
+        self.in_unit = in_unit  # input positions per channel (a Flatten's H·W), for the channel fold
         self.halves = (GramSums(), GramSums())
         self.local = True  # the local candidate exists (dense inputs map onto the pruned layer's inputs)
 
@@ -234,9 +265,9 @@ class _Fit:
         Δ the residual partner's drift where there is one; summed over blocks)."""
         if not all(h.rows for h in self.halves):
             return CANDIDATES[0]
-        best, best_err = CANDIDATES[0], np.inf
-        for cand in CANDIDATES:
-            if cand[0] == "local" and not self.local:
+        errors = {}
+        for cand in CANDIDATES + ((FOLD,) if self.fold_channels() is not None else ()):
+            if cand[0] in ("local", "fold") and not self.local:
                 continue
             err = 0.0
             for fit, val in ((0, 1), (1, 0)):
@@ -245,13 +276,39 @@ class _Fit:
                     v = self.halves[val]
                     err += output_mismatch(wd[b], w, v.dp[b], v.pp[b],
                                            skip_cross=v.ep[b] if v.ep is not None else None)
-            if err < best_err:
-                best, best_err = cand, err
-        return best
+            errors[cand] = err
+        # errors are ‖·‖² less a large constant, from Gram matrices of float32 products: candidates within
+        # TIE of the best are equally good, and the least regularized of them is the least-squares fit (a
+        # ridge that only ties was not needed; exactly redundant channels are then folded back exactly)
+        best = min(errors.values())
+        ties = [c for c, e in errors.items() if e <= best + TIE * abs(best)]
+        return min(ties, key=lambda c: (c[1], c[2], errors[c]))
 
-    @staticmethod
-    def solve(sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float, cand: tuple[str, float, float]):
+    def fold_channels(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(kept dense channels, removed ones, features per channel) for the channel fold: offered where the
+        layer has one block, lost whole input channels, and too few rows in a validation half to determine a
+        least-squares fit on its features (then the fold's one coefficient per kept and removed channel pair
+        is what the data can still tell)."""
+        if self.kept_in is None or not self.in_unit or len(self.blocks) != 1 or self.dense.groups != 1 \
+                or any(h.kk is None for h in self.halves) \
+                or min(h.rows for h in self.halves) >= self.halves[0].kk.shape[-1]:
+            return None
+        taps = int(np.prod(self.dense.kernel)) if self.dense.op == "Conv" else 1
+        unit = self.in_unit
+        features = self.halves[0].dk.shape[1] - int(self.bias)
+        if features % (unit * taps) or len(self.kept_in) % unit:
+            return None
+        kept = np.unique(np.asarray(self.kept_in) // unit)
+        if not np.array_equal(np.sort(self.kept_in), (kept[:, None] * unit + np.arange(unit)).reshape(-1)):
+            return None
+        gone = np.setdiff1d(np.arange(features // (unit * taps)), kept)
+        return (kept, gone, unit * taps) if gone.size else None
+
+    def solve(self, sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float,
+              cand: tuple[str, float, float]):
         mode, shrink, ridge = cand[0], cand[1], ridge * cand[2]
+        if mode == "fold":
+            return fold_channels(wd, sums.kk[b], sums.dk[b], *self.fold_channels(), self.bias)
         if mode == "local":  # fit on dense inputs: the partner's drift (seen on pruned ones) does not apply
             return solve_refit(wd, sums.dk[b], sums.kk[b], w0, ridge, sums.samples, shrink)
         skip = sums.ep[b] if sums.ep is not None else None
@@ -277,12 +334,14 @@ def _gram(a: np.ndarray, b: np.ndarray, bias: bool, sum_a: np.ndarray | None = N
 def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mapping[str, np.ndarray],
                 changed_nodes: set[str], batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
                 ridge: float = 1e-3, chunk: int = 8, progress: Callable[[str, int, int], None] | None = None,
-                kept_in: Mapping[str, np.ndarray] | None = None, groups: np.ndarray | None = None) -> dict[str, str]:
+                kept_in: Mapping[str, np.ndarray] | None = None, groups: np.ndarray | None = None,
+                in_units: Mapping[str, int] | None = None) -> dict[str, str]:
     """Refit (in place) every linear layer of ``pruned`` whose input differs from the dense model's.
 
-    ``kept_out`` / ``kept_in`` map a layer to the dense output / input channels it kept (absent: all
-    kept); ``changed_nodes`` are the nodes pruning edited; ``groups`` the source of each calibration row
-    (``validation_halves``). Returns, in order, each refitted layer with the
+    ``kept_out`` / ``kept_in`` map a layer to the dense output / input positions it kept along its channel
+    axis (absent: all kept); ``in_units`` a layer to the input positions one channel spans (a Flatten's H·W;
+    the channel fold needs it); ``changed_nodes`` are the nodes pruning edited; ``groups`` the source of each
+    calibration row (``validation_halves``). Returns, in order, each refitted layer with the
     fit validation chose for it (e.g. ``"local, shrink 0"``; ``", residual block output"`` is added where the
     correcting fit kept a residual block's output, see ``solve_refit``).
     """
@@ -314,7 +373,8 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
             else:
                 blocks = np.arange(dl.groups)
             fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=kept_in.get(name),
-                              kept_out=kept_out.get(name), outputs=_out_channels(pl, p_inits))
+                              kept_out=kept_out.get(name), outputs=_out_channels(pl, p_inits),
+                              in_unit=(in_units or {}).get(name))
         taps = sorted({d_layers[n].tap for n in stage} | {partners[n] for n in stage if n in partners})
         d_vals, p_vals = d_front.advance(dense, taps), p_front.advance(pruned, taps)
         for bi, (xd, xp) in enumerate(zip(d_vals, p_vals, strict=True)):
@@ -478,7 +538,7 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
     new_b = np.empty(w0_all.shape[:2])
     for b in range(len(wds)):
         w = fit.solve(total, b, wds[b], w0s[b], ridge, cand)
-        if rectify is not None:
+        if rectify is not None and cand[0] != "fold":  # the fold is exact where it is chosen: keep it so
             g = (total.kk if cand[0] == "local" else total.pp)[b]
             lam = ridge_lambda(g, ridge * cand[2], cand[1], g.shape[0], total.samples)
             stride = max(1, -(-total.rows // RECTIFY_ROWS))

@@ -121,6 +121,51 @@ def test_refit_folds_an_exactly_redundant_input_back_without_the_ridge_pull():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def _flatten_fit(rows: int, seed: int = 4):
+    """A Gemm reading 6 channels × 16 positions (a Flatten) of which channel 4 is 0.8 × channel 1 (and is pruned),
+    from ``rows`` samples per validation half: 96 features, so with 40 rows a half no fit on features is
+    determined."""
+    rng = np.random.default_rng(seed)
+    dense = LinearLayer("g", "Gemm", "x", "y", "w", "b", groups=1, trans_b=True)
+    kept = np.array([0, 1, 2, 3, 5])
+    positions = (kept[:, None] * 16 + np.arange(16)).reshape(-1)
+    fit = _Fit(dense, dense, np.arange(1), bias=True, kept_in=positions, in_unit=16)
+    wd = [np.hstack([rng.normal(size=(3, 96)), rng.normal(size=(3, 1))])]
+    for half in (0, 1):
+        maps = rng.normal(size=(rows, 6, 16))
+        maps[:, 4] = 0.8 * maps[:, 1]
+        xd = maps.reshape(rows, 96).astype(np.float32)
+        fit.add(xd, xd[:, positions], half)
+    w0 = [np.hstack([wd[0][:, positions], wd[0][:, -1:]])]
+    want = w0[0].copy()
+    want[:, 16:32] += 0.8 * wd[0][:, 64:80]  # channel 4's columns folded into channel 1's, position by position
+    return fit, wd, w0, want
+
+
+def test_channel_fold_is_exact_where_the_features_outnumber_the_rows():
+    fit, wd, w0, want = _flatten_fit(rows=40)
+    assert fit.fold_channels() is not None
+    cand = fit.choose(wd, w0, ridge=1e-3)
+    got = fit.solve(fit.halves[0] + fit.halves[1], 0, wd[0], w0[0], 1e-3, cand)
+    assert cand[0] == "fold"
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_fold_is_not_offered_where_a_fit_on_features_is_determined():
+    fit, *_ = _flatten_fit(rows=400)
+    assert fit.fold_channels() is None
+
+
+def test_candidates_that_tie_go_to_the_least_regularized(monkeypatch):
+    """Validation errors within TIE of each other are one error: the unregularized fit is taken."""
+    rng = np.random.default_rng(1)
+    fit, wd, w0 = _gemm_fit([0, 1, 2, 4, 6], rng, lambda x, half: x)
+    totals = [-1e6, -1e6 + 0.3, -1e6 + 0.1, -1e6 + 0.2]  # per candidate, two folds each; the best is the first
+    errors = iter(np.repeat(totals, 2) / 2)
+    monkeypatch.setattr(reconstruct_module, "output_mismatch", lambda *a, **k: next(errors))
+    assert fit.choose(wd, w0, ridge=1e-3) == ("correcting", 0.0, 1e-6)
+
+
 def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
     """compensate_locally (dense Hessians only) = numpy lstsq of the dense outputs on the kept input features."""
     from onnx import numpy_helper
