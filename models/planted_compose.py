@@ -115,10 +115,7 @@ class _Draw:
         h = b.pconv(h, f"{p}.gconv", pre, out, groups=groups, bias=False, bn=True, act="relu")
         if self.rng.integers(2):  # ShuffleNet: channel shuffle, then a depthwise conv
             self.patterns.append("shuffle")
-            w = b.width(out[0])
-            h = b.op("Reshape", [h, b.const(f"{p}.shape5", [0, groups, w, side, side], np.int64)], f"{p}.shuffle")
-            h = b.op("Transpose", [h], f"{p}.shuffle_t", perm=[0, 2, 1, 3, 4])
-            h = b.op("Reshape", [h, b.const(f"{p}.shape4", [0, -1, side, side], np.int64)], f"{p}.shuffle_m")
+            h = b.shuffle(h, groups, b.width(out[0]), side, f"{p}.shuffle")
             out = _shuffled(out)
             return b.pconv(h, f"{p}.dw", out, out, depthwise=True, bn=True, act="relu"), out, side
         # a Split at a slice boundary; the second part goes MaxPool -> Flatten -> Gemm to a graph output

@@ -227,16 +227,14 @@ def channel_shuffle(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
 
     Pattern: stem (8) -> gconv1 1x1 groups=2 -> shuffle (g=2) -> depthwise 3x3+BN -> gconv2 1x1
     groups=2 -> GAP -> Flatten -> Gemm. Output fc [N,5].
-    Channel groups: {stem} (8, read by gconv1 in 2 groups); {gconv1, permuted by the shuffle
-    (channel g*4+i -> i*2+g), dw (pass-through), read by gconv2 in 2 groups} (8; prunable only if
-    the permutation and both group structures are honoured); {gconv2; read by fc} (8).
+    Channel groups: {stem} (4: gconv1's two groups read it alike); {gconv1, the shuffle (channel 2j + k is
+    gconv1 channel 4k + j), dw (pass-through), read by gconv2 in 2 groups} (2: a channel of a gconv1 slice,
+    the same in both, and gconv2's groups couple shuffled channels 0..3 with 4..7); {gconv2 in 2 groups;
+    read by fc} (4).
     """
     b = Builder(seed, opset)
     x = b.input("x", ["N", 3, 8, 8])
-    g = b.cba(b.cba(x, 3, 8, name="stem"), 8, 8, k=1, group=2, name="gconv1")
-    g = b.op("Reshape", [g, b.const("shuffle.shape5", [0, 2, 4, 8, 8], np.int64)], "shuffle/reshape")
-    g = b.op("Transpose", [g], "shuffle/transpose", perm=[0, 2, 1, 3, 4])
-    g = b.op("Reshape", [g, b.const("shuffle.shape4", [0, -1, 8, 8], np.int64)], "shuffle/merge")
+    g = b.shuffle(b.cba(b.cba(x, 3, 8, name="stem"), 8, 8, k=1, group=2, name="gconv1"), 2, 4, 8)
     d = b.cba(g, 8, 8, group=8, act=None, name="dw")
     b.output(b.gap_fc(b.cba(d, 8, 8, k=1, group=2, name="gconv2"), 8, 5), ["N", 5])
     return b.finish(channel_shuffle)
@@ -256,10 +254,7 @@ def shuffle_residual(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """
     b = Builder(seed, opset)
     x = b.input("x", ["N", 3, 8, 8])
-    g = b.cba(b.cba(x, 3, 8, name="stem"), 8, 8, k=1, group=2, name="gconv")
-    g = b.op("Reshape", [g, b.const("shuffle.shape5", [0, 2, 4, 8, 8], np.int64)], "shuffle/reshape")
-    g = b.op("Transpose", [g], "shuffle/transpose", perm=[0, 2, 1, 3, 4])
-    g = b.op("Reshape", [g, b.const("shuffle.shape4", [0, -1, 8, 8], np.int64)], "shuffle/merge")
+    g = b.shuffle(b.cba(b.cba(x, 3, 8, name="stem"), 8, 8, k=1, group=2, name="gconv"), 2, 4, 8)
     d = b.se(b.cba(g, 8, 8, group=8, name="dw"), 8, 4)
     r = b.op("Relu", [b.op("Add", [b.cba(d, 8, 8, act=None, name="res"), d], "res/add")], "res/relu")
     first, second = b.split(r, [4, 4], axis=1, name="split")
