@@ -74,7 +74,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise InputError(f"model file not found: {p}")
     if not p.is_file():
         raise InputError(f"model path is not a file: {p}")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read model file {p}: {exc.strerror or exc}") from None
     if not data:
         raise InputError(f"model file is empty: {p}")
     model = onnx.ModelProto()

@@ -197,6 +197,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             calib = load_calibration(opts.calib, model, samples=opts.calib_samples, preprocess=opts.preprocess,
                                      input_size=opts.input_size, seed=opts.seed)
             warnings.extend(calib.warnings)
+            _require_finite_outputs(model, calib)
         else:
             warnings.append("no --calib: data-free criteria only, no reconstruction, no fidelity check")
         shapes = dict(opts.input_shapes)
@@ -503,6 +504,17 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
         raise QualityGateError(f"quality gate failed: {gate['metric']} {gate['value']:.4f} dropped by "
                                f"{1 - gate['value']:.4f} > --max-drop {opts.max_drop}")
     return report
+
+
+def _require_finite_outputs(model: onnx.ModelProto, calib: CalibrationSet, samples: int = 16) -> None:
+    """Refuse (exit 2) a model that computes NaN or infinite outputs on the first calibration samples: its
+    statistics, refit and INT8 ranges would all be NaN."""
+    names = [o.name for o in model.graph.output]
+    batch = next(calib.batches("calib", samples))
+    for name, values in zip(names, run_all(model, [batch]), strict=True):
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise InputError(f"the model computes NaN or infinite values in output '{name}' on the calibration "
+                             f"data (first {len(next(iter(batch.values())))} samples)")
 
 
 def _determined_samples(sums, n_samples: int, least: int) -> int:

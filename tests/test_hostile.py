@@ -95,10 +95,11 @@ def _shadowing() -> onnx.ModelProto:
                   helper.make_node("Identity", ["h"], ["y"], name="out")], [_weight([4, 3, 3, 3])])
 
 
-def _constant_of_shape_bomb() -> onnx.ModelProto:
-    shape = numpy_helper.from_array(np.array([1024, 1024, 1024, 1024], np.int64), "shape")
+def _filled(dims: list[int]) -> onnx.ModelProto:
+    """x [N, 1, 1, 1] times a ConstantOfShape of ``dims``."""
+    shape = numpy_helper.from_array(np.array(dims, np.int64), "shape")
     return _tiny([helper.make_node("ConstantOfShape", ["shape"], ["big"], name="fill"),
-                  helper.make_node("Add", ["x", "big"], ["y"], name="add")], [shape],
+                  helper.make_node("Mul", ["x", "big"], ["y"], name="mul")], [shape],
                  inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 1, 1])])
 
 
@@ -110,18 +111,15 @@ def _expand_bomb() -> onnx.ModelProto:
                  opset=18)
 
 
-def _big_folded_constant() -> onnx.ModelProto:
-    """A ConstantOfShape of 2^29 elements (2 GiB): within the limits, but too large to fold into the graph."""
-    shape = numpy_helper.from_array(np.array([1, 512, 1024, 1024], np.int64), "shape")
-    return _tiny([helper.make_node("ConstantOfShape", ["shape"], ["big"], name="fill"),
-                  helper.make_node("Mul", ["x", "big"], ["y"], name="mul")], [shape],
-                 inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 1, 1])])
-
-
 def _huge_input() -> onnx.ModelProto:
     return _tiny([helper.make_node("Relu", ["x"], ["y"], name="relu")],
                  inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, HUGE])],
                  outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, HUGE])])
+
+
+def _log_model() -> onnx.ModelProto:
+    """Conv → Log: the log of negative conv outputs is NaN on every calibration sample."""
+    return _tiny([_conv_node(y="h"), helper.make_node("Log", ["h"], ["y"], name="log")], [_weight([4, 3, 3, 3])])
 
 
 def _zero_macs() -> onnx.ModelProto:
@@ -168,9 +166,9 @@ def _script(tmp: Path, body: str, name: str = "feed.py") -> Path:
     return path
 
 
-def _feed(tmp: Path, body: str) -> str:
-    """``--calib`` spec of a script whose function ``feed`` is ``body``'s."""
-    return str(_script(tmp, body)) + ":feed"
+def _script_case(body: str):
+    """compress with ``--calib`` a script whose function ``feed`` is ``body``'s."""
+    return lambda t: _compress(t, _conv_model(), "--calib", str(_script(t, body)) + ":feed", calib=False)
 
 
 EMPTY_BATCHES = """import numpy as np
@@ -244,9 +242,10 @@ CASES = [
          2, ("empty",)),
     Case("huge declared input bench", lambda t: ["bench", _save(t, _huge_input())], 2, ("elements",)),
     Case("huge declared input analyze", lambda t: ["analyze", _save(t, _huge_input())], 2, ("elements",)),
-    Case("constant-of-shape bomb", lambda t: ["analyze", _save(t, _constant_of_shape_bomb())], 2, ("elements",)),
+    Case("constant-of-shape bomb", lambda t: ["analyze", _save(t, _filled([1024] * 4))], 2, ("elements",)),
     Case("expand bomb", lambda t: ["analyze", _save(t, _expand_bomb())], 2, ("elements",)),
-    Case("large computed constant: nothing to prune", lambda t: _compress(t, _big_folded_constant(), calib=False), 3,
+    # 2^29 elements (2 GiB): within the limits, but too large to fold into the graph
+    Case("large computed constant: nothing to prune", lambda t: _compress(t, _filled([1, 512, 1024, 1024]), calib=False), 3,
          ("MACs",)),
     Case("external data absolute", lambda t: ["analyze", _save(t, _external(t, "/etc/passwd"))], 2, ("absolute",)),
     Case("external data escape", lambda t: ["analyze", _save(t, _external(t, "../secret.bin"))], 2, ("escapes",)),
@@ -254,6 +253,7 @@ CASES = [
     Case("external data truncated", lambda t: ["analyze", _save(t, _external(t, "short.bin"))], 2, ("truncated",)),
     Case("external data symlink out", lambda t: ["analyze", _save(t, _external_symlink(t))], 2, ("escapes",)),
     Case("ir version 0", lambda t: ["analyze", _save(t, _ir(_conv_model(), 0))], 2, ("ONNX",)),
+    Case("model computes NaN on the data", lambda t: _compress(t, _log_model()), 2, ("NaN", "'y'")),
     Case("nothing to prune: no MACs", lambda t: _compress(t, _zero_macs()), 3, ("MACs",)),
     Case("nothing to prune: no group", lambda t: _compress(t, _nothing_prunable()), 3, ("unreachable",)),
     Case("nothing to prune: params", lambda t: _compress(t, _nothing_prunable(), "--metric", "params"), 3,
@@ -297,31 +297,16 @@ CASES = [
          ("not found",)),
     Case("script without function", lambda t: _compress(t, _conv_model(), "--calib",
                                                         str(_script(t, "x = 1\n")), calib=False), 2, ("function",)),
-    Case("script syntax error", lambda t: _compress(t, _conv_model(), "--calib",
-                                                    _feed(t, 'def feed(:\n'), calib=False), 2,
-         ("SyntaxError",)),
-    Case("script raises", lambda t: _compress(t, _conv_model(), "--calib",
-                                              _feed(t, 'def feed():\n    raise RuntimeError(7)\n'),
-                                              calib=False), 2, ("RuntimeError",)),
-    Case("script exits", lambda t: _compress(t, _conv_model(), "--calib",
-                                             _feed(t, 'import sys\ndef feed():\n    sys.exit(3)\n'),
-                                             calib=False), 2, ("SystemExit",)),
-    Case("script returns a number", lambda t: _compress(t, _conv_model(), "--calib",
-                                                        _feed(t, 'def feed():\n    return 5\n'),
-                                                        calib=False), 2, ("iterable",)),
-    Case("script yields strings", lambda t: _compress(t, _conv_model(), "--calib",
-                                                      _feed(t, 'def feed():\n    yield "x"\n'),
-                                                      calib=False), 2, ("expected a dict",)),
-    Case("script yields empty dicts forever", lambda t: _compress(
-        t, _conv_model(), "--calib", _feed(t, 'def feed():\n    while True:\n        yield {}\n'),
-        calib=False), 2, ("empty",)),
-    Case("script yields empty batches forever", lambda t: _compress(
-        t, _conv_model(), "--calib",
-        _feed(t, EMPTY_BATCHES),
-        calib=False), 2, ("no samples",)),
-    Case("script yields nothing", lambda t: _compress(t, _conv_model(), "--calib",
-                                                      _feed(t, 'def feed():\n    return iter([])\n'),
-                                                      calib=False), 2, ("no data",)),
+    *(Case(name, _script_case(body), 2, words) for name, body, words in (
+        ("script syntax error", "def feed(:\n", ("SyntaxError",)),
+        ("script raises", "def feed():\n    raise RuntimeError(7)\n", ("RuntimeError",)),
+        ("script exits", "import sys\ndef feed():\n    sys.exit(3)\n", ("SystemExit",)),
+        ("script returns a number", "def feed():\n    return 5\n", ("iterable",)),
+        ("script yields strings", 'def feed():\n    yield "x"\n', ("expected a dict",)),
+        ("script yields empty dicts forever", "def feed():\n    while True:\n        yield {}\n", ("empty",)),
+        ("script yields empty batches forever", EMPTY_BATCHES, ("no samples",)),
+        ("script yields nothing", "def feed():\n    return iter([])\n", ("no data",)),
+    )),
     Case("image folder empty", lambda t: _compress(t, _conv_model(), "--calib", _folder(t), calib=False), 2,
          ("no images",)),
     Case("image folder corrupt", lambda t: _compress(t, _conv_model(), "--calib", _folder(t, b"not a png"),
@@ -475,6 +460,21 @@ def test_hostile_input_meets_the_contract(tmp_path, capsys, case):
     assert "Traceback" not in stdout + stderr
     assert _digests(inputs) == before, "an input file changed"
     assert not out.exists(), f"output left behind: {sorted(p.name for p in out.rglob('*'))}"
+
+
+def test_an_unreadable_model_file_is_one_line(tmp_path, capsys, monkeypatch):
+    """As root every file is readable, so the refusal is simulated where the bytes are read."""
+    path = _save(tmp_path, _conv_model())
+    real = Path.read_bytes
+
+    def denied(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    code, _, err = run_cli(capsys, "analyze", path)
+    assert code == 2 and err.strip().splitlines() == [f"error: cannot read model file {path}: Permission denied"]
 
 
 def test_the_corpus_is_large_and_its_cases_distinct():
