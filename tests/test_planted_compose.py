@@ -5,38 +5,21 @@ runs in CI; 200 seeds run as a slow test."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 
+from benchmarks.planted_graphs import lossless_run, passes
 from models import planted_compose
 from onnxprune.costs import model_cost
-from onnxprune.pipeline import CompressOptions, compress
 from tests.helpers import rel_error, run_ort
 
-FRACTION = 0.97
-WINDOW = 1.05
 FAST = (3, 5, 6, 7, 16, 24, 27, 44)  # residual, se, grouped, split+flatten_gemm, shuffle, dense, fpn, plain, ffn
 PATTERNS = {"residual", "se", "grouped", "shuffle", "split+flatten_gemm", "dense", "fpn", "plain", "ffn"}
 
 
-def check_lossless(seed: int, tmp_path) -> dict:
-    g = planted_compose.build(seed)
-    src = tmp_path / f"composed_{seed}.onnx"
-    onnx.save(g.model, src)
-    np.savez(tmp_path / "calib.npz", **planted_compose.random_inputs(g.model, batch=1280, seed=7))
-    dense, reduced = model_cost(g.model).macs, model_cost(g.reduced).macs
-    target = FRACTION * dense / reduced
-    report = compress(src, tmp_path / "out", CompressOptions(target=target, calib=str(tmp_path / "calib.npz"),
-                                                             calib_samples=1024, round_to=1, int8=False))
-    pruned = onnx.load(report["output"])
-    onnx.checker.check_model(pruned, full_check=True)
-    feeds = planted_compose.random_inputs(g.model, batch=16, seed=99)
-    for got, want in zip(run_ort(pruned, feeds), run_ort(g.model, feeds), strict=True):
-        assert rel_error(got, want) < 1e-4, (seed, g.patterns, rel_error(got, want))
-    achieved = dense / report["pruned"]["macs"]
-    assert target * (1 - 1e-9) <= achieved <= WINDOW * target, (seed, g.patterns, achieved, target)
-    return {"patterns": g.patterns, "target": target, "achieved": achieved}
+def check_lossless(seed: int, folder) -> None:
+    run = lossless_run(seed, folder)
+    assert passes(run), run  # relative error < TOLERANCE, achieved within [target, WINDOW × target]
 
 
 def test_the_generator_plants_what_it_claims():
