@@ -19,7 +19,8 @@ combinations nobody wrote a test for:
 Every space a rule can prune gets dead channels and positively scaled duplicates (scale in [0.5, 2];
 1 behind GELU or a sigmoid gate, which are not positively homogeneous), up to half of its channels
 (the stem's group at most half, the tool's first-conv cap). Streams behind a LayerNorm and graph
-outputs are never planted. ``planted=False`` builds the reduced graph (``models.planted`` folds each
+outputs are never planted, and no DenseNet block reads a shuffle's channels (a Concat of interleaved
+channels is not traced; ``tests/test_tracer.py`` checks that it blocks). ``planted=False`` builds the reduced graph (``models.planted`` folds each
 duplicate into its twin's consumers), which computes the same outputs with fewer MACs.
 
     from models import planted_compose
@@ -161,12 +162,14 @@ class _Draw:
         x = b.input("x", ["N", 3, side, side])
         sp = _space(self.rng, self.width())
         h = b.pconv(x, "stem", Space(3), sp, bias=False, bn=True, act="relu")
+        shuffled = False  # the current channels are a shuffle's (interleaved): residual and se keep them so
         for _ in range(int(self.rng.integers(2, 5))):
-            # a Concat of shuffled (interleaved) channels is not traced: DenseNet never follows a shuffle
-            allowed = [p for p in IMAGE_PATTERNS if not (p == "dense" and self.patterns[-1:] == ["shuffle"])]
+            # a Concat of interleaved channels is not traced: no DenseNet block reads shuffled channels
+            allowed = [p for p in IMAGE_PATTERNS if not (p == "dense" and shuffled)]
             pattern = str(self.rng.choice(allowed))
             self.patterns.append(pattern)
             h, sp, side = getattr(self, pattern)(h, sp, side)
+            shuffled = self.patterns[-1] == "shuffle" or (shuffled and pattern in ("residual", "se"))
         f = b.flatten(b.op("GlobalAveragePool", [h], "gap"), "flatten")
         classes = int(self.rng.integers(4, 11))
         b.output(b.pgemm(f, "fc", sp, Space(classes), trans_b=int(self.rng.integers(2))), ["N", classes])

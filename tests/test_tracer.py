@@ -113,6 +113,17 @@ def test_plain_channels_beside_shuffled_ones_are_re_expressed():
     assert kept[res_space].tolist() == [1, 2, 3]  # slice channel 0 of the first half goes: positions 0 and 1
 
 
+def test_a_concat_of_shuffled_channels_blocks_with_its_reason():
+    b = Builder(0, 17)
+    x = b.input("x", ["N", 3, 8, 8])
+    g = b.shuffle(b.cba(b.cba(x, 3, 8, name="stem"), 8, 8, k=1, group=2, name="gconv"), 2, 4, 8)
+    cat = b.op("Concat", [g, b.cba(g, 8, 4, name="branch")], "cat", axis=1)
+    b.output(b.conv(cat, 12, 4, name="head"), ["N", 4, 8, 8])
+    model, trace = traced(finish(b))
+    g = group_of_node_output(model, trace, "gconv")
+    assert not g.prunable and "'cat'" in " ".join(g.reasons)
+
+
 def test_reshape_with_a_constant_channel_count_built_at_run_time_blocks():
     """Reshape(x, Concat(Shape(x)[0], [2, 4, 8, 8])): after pruning the constant 4 would be wrong."""
     b = Builder(0, 17)
