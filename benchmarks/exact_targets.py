@@ -31,8 +31,21 @@ WINDOW = 1.05
 
 def run(python: str, cwd: str, model: Path, calib: Path, target: float) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as out:
-        cmd = [python, "-m", "onnxprune", "compress", str(model), "--calib", str(calib), "--target", f"{target}x",
-               "-o", out, "--json", "--no-int8"]
+        cmd = [
+            python,
+            "-m",
+            "onnxprune",
+            "compress",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            f"{target}x",
+            "-o",
+            out,
+            "--json",
+            "--no-int8",
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
         wall = time.perf_counter() - t0
@@ -51,12 +64,14 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[2.0])
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--cwd", default=str(Path(__file__).resolve().parents[1]))
-    ap.add_argument("--plans", help="JSON of earlier plans to compare with (written there if it does not exist)")
+    ap.add_argument(
+        "--plans", help="JSON of earlier plans to compare with (written there if it does not exist)"
+    )
     args = ap.parse_args()
     earlier = json.loads(Path(args.plans).read_text()) if args.plans and Path(args.plans).exists() else None
     plans = {}
     print(f"Machine: {machine()}; code: {args.cwd}\n")
-    print("| model | target | achieved MACs | in window | held-out fidelity | eval set | groups changed | wall |")
+    print("| model | target | achieved MACs | in window | held-out | eval set | groups changed | wall |")
     print("|---|---|---|---|---|---|---|---|")
     for key in args.models:
         model, calib, eval_npz = ALL[key]
@@ -66,12 +81,16 @@ def main() -> None:
         for target in args.targets:
             report, wall = run(args.python, args.cwd, model, calib, target)
             if "unreachable" in report:
-                print(f"| {key} | {target}x | exit 3: {report['unreachable'].removeprefix('error: ')} | | | | | |")
+                reason = report["unreachable"].removeprefix("error: ")
+                print(f"| {key} | {target}x | exit 3: {reason} | | | | | |")
                 continue
             achieved = report["achieved"]["macs"]
             # a group is known by its members (ids shift when the tracer finds more groups)
-            widths = {"|".join(sorted(f"{m['node']}:{m['role']}" for m in g["members"])): g["kept"]
-                      for g in report["groups"] if g["prunable"]}
+            widths = {
+                "|".join(sorted(f"{m['node']}:{m['role']}" for m in g["members"])): g["kept"]
+                for g in report["groups"]
+                if g["prunable"]
+            }
             plans[f"{key}@{target}"] = widths
             name, value = headline(report["fidelity"])
             quality = "—"
@@ -85,10 +104,13 @@ def main() -> None:
                 before = earlier[f"{key}@{target}"]
                 changed = f"{sum(before.get(g) != w for g, w in widths.items())} of {len(widths)}"
                 if set(before) != set(widths):
-                    changed += f" ({len(set(widths) - set(before))} new, {len(set(before) - set(widths))} gone)"
+                    changed += (
+                        f" ({len(set(widths) - set(before))} new, {len(set(before) - set(widths))} gone)"
+                    )
             inside = "yes" if target * (1 - 1e-9) <= achieved <= WINDOW * target else "**no**"
-            print(f"| {key} | {target}x | {achieved:.3f}x | {inside} | {name} {value:.4f} | {quality} | {changed} | "
-                  f"{wall:.0f} s |", flush=True)
+            row = [key, f"{target}x", f"{achieved:.3f}x", inside, f"{name} {value:.4f}", quality, changed,
+                   f"{wall:.0f} s"]
+            print("| " + " | ".join(row) + " |", flush=True)
     if args.plans and earlier is None:
         Path(args.plans).write_text(json.dumps(plans, indent=1))
 

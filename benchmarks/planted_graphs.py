@@ -39,18 +39,33 @@ def lossless_run(seed: int, folder: Path) -> dict:
     np.savez(folder / "calib.npz", **planted_compose.random_inputs(g.model, batch=1280, seed=7))
     dense, reduced = model_cost(g.model).macs, model_cost(g.reduced).macs
     target = FRACTION * dense / reduced
-    report = compress(src, folder / "out", CompressOptions(target=target, calib=str(folder / "calib.npz"),
-                                                           calib_samples=1024, round_to=1, int8=False))
+    report = compress(
+        src,
+        folder / "out",
+        CompressOptions(
+            target=target, calib=str(folder / "calib.npz"), calib_samples=1024, round_to=1, int8=False
+        ),
+    )
     pruned = onnx.load(report["output"])
     onnx.checker.check_model(pruned, full_check=True)
     feeds = planted_compose.random_inputs(g.model, batch=16, seed=99)
-    error = max(rel_error(got, want) for got, want in zip(run_ort(pruned, feeds), run_ort(g.model, feeds), strict=True))
-    return {"seed": seed, "patterns": g.patterns, "target": target, "achieved": dense / report["pruned"]["macs"],
-            "error": error}
+    error = max(
+        rel_error(got, want)
+        for got, want in zip(run_ort(pruned, feeds), run_ort(g.model, feeds), strict=True)
+    )
+    return {
+        "seed": seed,
+        "patterns": g.patterns,
+        "target": target,
+        "achieved": dense / report["pruned"]["macs"],
+        "error": error,
+    }
 
 
 def passes(run: dict) -> bool:
-    return run["error"] < TOLERANCE and run["target"] * (1 - 1e-9) <= run["achieved"] <= WINDOW * run["target"]
+    return (
+        run["error"] < TOLERANCE and run["target"] * (1 - 1e-9) <= run["achieved"] <= WINDOW * run["target"]
+    )
 
 
 def main() -> None:
@@ -64,18 +79,22 @@ def main() -> None:
             run = lossless_run(seed, Path(folder))
         runs.append(run)
         if not passes(run):
-            print(f"seed {seed} {run['patterns']}: error {run['error']:.1e}, achieved {run['achieved']:.3f}x for "
-                  f"{run['target']:.3f}x", flush=True)
+            print(f"seed {seed} {run['patterns']}: error {run['error']:.1e}, "
+                  f"achieved {run['achieved']:.3f}x for {run['target']:.3f}x", flush=True)
     by_pattern = defaultdict(list)
     for run in runs:
         for p in set(run["patterns"]):
             by_pattern[p].append(run)
-    print(f"\n{sum(map(passes, runs))} of {len(runs)} graphs lossless within the window "
-          f"({time.perf_counter() - t0:.0f} s)\n")
+    print(
+        f"\n{sum(map(passes, runs))} of {len(runs)} graphs lossless within the window "
+        f"({time.perf_counter() - t0:.0f} s)\n"
+    )
     print("| pattern | graphs | worst relative error | achieved / target, min – max |\n|---|---|---|---|")
     for p, rs in sorted([("all", runs), *by_pattern.items()], key=lambda kv: (kv[0] != "all", kv[0])):
         ratio = [r["achieved"] / r["target"] for r in rs]
-        print(f"| {p} | {len(rs)} | {max(r['error'] for r in rs):.1e} | {min(ratio):.3f} – {max(ratio):.3f} |")
+        print(
+            f"| {p} | {len(rs)} | {max(r['error'] for r in rs):.1e} | {min(ratio):.3f} – {max(ratio):.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -260,7 +260,8 @@ def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
         read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
         shape, fortran, dtype = read_header(f)
         whole = fortran or dtype.hasobject or not shape
-        count = int(np.prod(shape, dtype=object)) if whole else min(rows, shape[0]) * int(np.prod(shape[1:], dtype=object))
+        per_row = int(np.prod(shape[1:], dtype=object)) if shape else 1
+        count = int(np.prod(shape, dtype=object)) if whole else min(rows, shape[0]) * per_row
         if count * dtype.itemsize > memory_budget():
             raise InputError(f"calibration array '{key}' declares shape {_fmt(shape)} of {dtype}: "
                              f"{count * dtype.itemsize / 2**30:,.1f} GiB to read, too large for the "

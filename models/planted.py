@@ -179,7 +179,8 @@ class _Net(Builder):
         w = self.rng.normal(0.0, fan**-0.5, [cout, 1 if depthwise else cin // groups, k, k])
         if groups > 1:
             assert len(sin) == groups and cout % groups == 0, f"{name}: one input Space per group"
-            w = np.concatenate([self.fold(part, sp, 1) for part, sp in zip(np.split(w, groups), sin, strict=True)])
+            parts = zip(np.split(w, groups), sin, strict=True)
+            w = np.concatenate([self.fold(part, sp, 1) for part, sp in parts])
             sin = ()  # folded already
         bvec = self.rng.normal(0.0, 0.2, cout)
         pre = center_at or ((f"{name}/bn" if bn else name) if act == "relu" else None)
@@ -220,8 +221,8 @@ class _Net(Builder):
                                  dead=_keep)
             return self.op("PRelu", [x, slope], f"{name}/prelu")
         if act == "gelu":  # torch's erf form (Gelu is an op only from opset 20): x·½(1 + erf(x/√2))
-            e = self.op("Erf", [self.op("Div", [x, self.const("gelu.sqrt2", np.sqrt(2.0))], f"{name}/gelu/div")],
-                        f"{name}/gelu/erf")
+            scaled = self.op("Div", [x, self.const("gelu.sqrt2", np.sqrt(2.0))], f"{name}/gelu/div")
+            e = self.op("Erf", [scaled], f"{name}/gelu/erf")
             e = self.op("Add", [e, self.const("gelu.one", 1.0)], f"{name}/gelu/add")
             return self.op("Mul", [self.op("Mul", [x, e], f"{name}/gelu/mul"), self.const("gelu.half", 0.5)],
                            f"{name}/gelu")

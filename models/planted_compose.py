@@ -20,8 +20,9 @@ Every space a rule can prune gets dead channels and positively scaled duplicates
 1 behind GELU or a sigmoid gate, which are not positively homogeneous), up to half of its channels
 (the stem's group at most half, the tool's first-conv cap). Streams behind a LayerNorm and graph
 outputs are never planted, and no DenseNet block reads a shuffle's channels (a Concat of interleaved
-channels is not traced; ``tests/test_tracer.py`` checks that it blocks). ``planted=False`` builds the reduced graph (``models.planted`` folds each
-duplicate into its twin's consumers), which computes the same outputs with fewer MACs.
+channels is not traced; ``tests/test_tracer.py`` checks that it blocks). ``planted=False`` builds the
+reduced graph (``models.planted`` folds each duplicate into its twin's consumers), which computes the
+same outputs with fewer MACs.
 
     from models import planted_compose
     g = planted_compose.build(17)      # g.model, g.reduced, g.patterns
@@ -49,8 +50,10 @@ def _space(rng: np.random.Generator, n: int, scale_one: bool = False, max_share:
     idx = rng.permutation(n)
     gone, live = idx[:removed], idx[removed:]
     n_dead = int(rng.integers(0, removed + 1))
-    dups = tuple((int(rng.choice(live)), int(d), 1.0 if scale_one else round(float(rng.uniform(0.5, 2.0)), 3))
-                 for d in gone[n_dead:])
+    dups = tuple(
+        (int(rng.choice(live)), int(d), 1.0 if scale_one else round(float(rng.uniform(0.5, 2.0)), 3))
+        for d in gone[n_dead:]
+    )
     return Space(n, dead=tuple(int(d) for d in gone[:n_dead]), dups=dups)
 
 
@@ -58,8 +61,16 @@ def _slices(rng: np.random.Generator, groups: int, n: int, scale_one: bool = Fal
     """``groups`` slices of n channels with the same dead and duplicate positions (each slice its own
     scales): a grouped conv or a channel shuffle prunes every slice alike."""
     first = _space(rng, n, scale_one)
-    return [first] + [Space(n, first.dead, tuple((t, d, 1.0 if scale_one else round(float(rng.uniform(0.5, 2.0)), 3))
-                                                 for t, d, _ in first.dups)) for _ in range(groups - 1)]
+    return [first] + [
+        Space(
+            n,
+            first.dead,
+            tuple(
+                (t, d, 1.0 if scale_one else round(float(rng.uniform(0.5, 2.0)), 3)) for t, d, _ in first.dups
+            ),
+        )
+        for _ in range(groups - 1)
+    ]
 
 
 def _shuffled(slices: list[Space]) -> Space:
@@ -94,7 +105,9 @@ class _Draw:
             p = self.name("res")
             mid = _space(self.rng, self.width())
             h = b.pconv(x, f"{p}.conv1", sp, mid, bias=False, bn=True, act="relu")
-            h = b.pconv(h, f"{p}.conv2", mid, sp, bias=bool(self.rng.integers(2)), bn=True, center_at=f"{p}.add")
+            h = b.pconv(
+                h, f"{p}.conv2", mid, sp, bias=bool(self.rng.integers(2)), bn=True, center_at=f"{p}.add"
+            )
             x = b.op("Relu", [b.op("Add", [h, x], f"{p}.add")], f"{p}.relu")
         return x, sp, side
 
@@ -121,12 +134,23 @@ class _Draw:
             return b.pconv(h, f"{p}.dw", out, out, depthwise=True, bn=True, act="relu"), out, side
         # a Split at a slice boundary; the second part goes MaxPool -> Flatten -> Gemm to a graph output
         self.patterns.append("split+flatten_gemm")
-        first, second = out[:groups // 2], out[groups // 2:]
-        a, c = b.split(h, [sum(b.width(s) for s in first), sum(b.width(s) for s in second)], axis=1, name=f"{p}.split")
+        first, second = out[: groups // 2], out[groups // 2 :]
+        a, c = b.split(
+            h, [sum(b.width(s) for s in first), sum(b.width(s) for s in second)], axis=1, name=f"{p}.split"
+        )
         f = b.flatten(b.op("MaxPool", [c], f"{p}.pool", kernel_shape=[2, 2], strides=[2, 2]), f"{p}.flatten")
         classes = int(self.rng.integers(3, 7))
-        b.output(b.pgemm(f, f"{p}.fc", second, Space(classes), trans_b=int(self.rng.integers(2)), block=(side // 2) ** 2),
-                 ["N", classes])
+        b.output(
+            b.pgemm(
+                f,
+                f"{p}.fc",
+                second,
+                Space(classes),
+                trans_b=int(self.rng.integers(2)),
+                block=(side // 2) ** 2,
+            ),
+            ["N", classes],
+        )
         return a, first, side
 
     def dense(self, x, sp, side):
@@ -153,7 +177,13 @@ class _Draw:
         b, p = self.b, self.name("conv")
         act = str(self.rng.choice(["relu", "prelu", "leaky"]))
         out = _space(self.rng, self.width())
-        return b.pconv(x, p, sp, out, bias=act != "relu" or bool(self.rng.integers(2)), bn=act == "relu", act=act), out, side
+        return (
+            b.pconv(
+                x, p, sp, out, bias=act != "relu" or bool(self.rng.integers(2)), bn=act == "relu", act=act
+            ),
+            out,
+            side,
+        )
 
     # ---- whole graphs ----------------------------------------------------------------------
     def image(self):

@@ -247,10 +247,10 @@ def shuffle_residual(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     depthwise 3x3+BN+Relu -> SE (GAP, 1x1 8->4, Relu, 1x1 4->8, Sigmoid, Mul) -> res conv 3x3+BN, Add with
     the shuffled stream, Relu -> Split [4, 4] of the shuffled order -> head 1x1 4->6 (output head [N,6,8,8])
     and GAP -> Flatten -> Gemm 4->5 (output fc [N,5]).
-    Channel groups: {stem} (4: gconv's two groups prune alike); {gconv, the shuffle, dw, se/fc2 and res outputs
-    (plain channels re-expressed as the shuffled ones), read by se/fc1, res and, through the first Split half,
-    head} (2 channels of a gconv slice, each 2 shuffled positions wide); the same through the second half,
-    read by fc (2); {se/fc1} (4).
+    Channel groups: {stem} (4: gconv's two groups prune alike); {gconv, the shuffle, dw, se/fc2 and res
+    outputs (plain channels re-expressed as the shuffled ones), read by se/fc1, res and, through the first
+    Split half, head} (2 channels of a gconv slice, each 2 shuffled positions wide); the same through the
+    second half, read by fc (2); {se/fc1} (4).
     """
     b = Builder(seed, opset)
     x = b.input("x", ["N", 3, 8, 8])

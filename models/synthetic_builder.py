@@ -169,12 +169,14 @@ class Builder:
                        coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
     def shuffle(self, x, groups: int, per_group: int, side: int, name: str = "shuffle"):
-        """ShuffleNet's channel shuffle of a [N, groups·per_group, side, side] map as torch exports it: Reshape
-        [N, g, C/g, H, W] -> Transpose [0, 2, 1, 3, 4] -> Reshape [N, C, H, W] (channel j·g + k ← k·C/g + j)."""
-        x = self.op("Reshape", [x, self.const(f"{name}.shape5", [0, groups, per_group, side, side], np.int64)],
-                    f"{name}/reshape")
-        x = self.op("Transpose", [x], f"{name}/transpose", perm=[0, 2, 1, 3, 4])
-        return self.op("Reshape", [x, self.const(f"{name}.shape4", [0, -1, side, side], np.int64)], f"{name}/merge")
+        """ShuffleNet's channel shuffle of a [N, groups·per_group, side, side] map as torch exports it:
+        Reshape [N, g, C/g, H, W] -> Transpose [0, 2, 1, 3, 4] -> Reshape [N, C, H, W]
+        (channel j·g + k ← k·C/g + j)."""
+        split = self.const(f"{name}.shape5", [0, groups, per_group, side, side], np.int64)
+        x = self.op("Transpose", [self.op("Reshape", [x, split], f"{name}/reshape")], f"{name}/transpose",
+                    perm=[0, 2, 1, 3, 4])
+        merge = self.const(f"{name}.shape4", [0, -1, side, side], np.int64)
+        return self.op("Reshape", [x, merge], f"{name}/merge")
 
     def finish(self, fn: Callable) -> onnx.ModelProto:
         inits = [numpy_helper.from_array(v, k) for k, v in self.params.items()]

@@ -137,8 +137,8 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
     return widths
 
 
-def fill_budget(choices: list[GroupChoice], widths: dict[int, int], cost_of: Callable[[dict[int, int]], float],
-                budget: float) -> dict[int, int]:
+def fill_budget(choices: list[GroupChoice], widths: dict[int, int],
+                cost_of: Callable[[dict[int, int]], float], budget: float) -> dict[int, int]:
     """Give channels back while the exact cost stays within ``budget``: a plan that meets the target with
     room to spare is as good as the target allows only once no group can grow by one allowed step.
 
@@ -201,14 +201,16 @@ def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[
     return best
 
 
-def allocate_to_budget(choices: list[GroupChoice], cost_of: Callable[[dict[int, int]], float], base_cost: float,
-                       budget: float, floor_cost: float, metric: str, allocation: str = "dp",
-                       weights: Mapping[int, float] | None = None) -> dict[int, int]:
+def allocate_to_budget(choices: list[GroupChoice], cost_of: Callable[[dict[int, int]], float],
+                       base_cost: float, budget: float, floor_cost: float, metric: str,
+                       allocation: str = "dp", weights: Mapping[int, float] | None = None) -> dict[int, int]:
     """Widths whose exact cost meets ``budget`` and lies as close to it as the widths allow: ``allocation``'s
     proposal (``dp``: ``allocate_dp`` with ``weights``; ``global``: ``allocate_global``) tightened until the
     exact cost meets the budget (``fit_to_target``), then filled back up to it (``fill_budget``)."""
     def propose(saving):
-        return allocate_dp(choices, saving, weights=weights) if allocation == "dp" else allocate_global(choices, saving)
+        if allocation == "dp":
+            return allocate_dp(choices, saving, weights=weights)
+        return allocate_global(choices, saving)
 
     widths, _ = fit_to_target(propose, cost_of, base_cost, budget, floor_cost, metric)
     return fill_budget(choices, widths, cost_of, budget)

@@ -59,7 +59,7 @@ class Space:
     tensor: str
     size: int
     reasons: list[str] = field(default_factory=list)
-    alias_of: int | None = None  # re-expressed as interleaved channels of that space (``TraceContext.rebase``)
+    alias_of: int | None = None  # re-expressed as interleaved channels of that space (TraceContext.rebase)
 
 
 @dataclass
@@ -209,8 +209,8 @@ class Trace:
         return out
 
     def layer_kept(self, layers, plan: dict[int, np.ndarray]) -> tuple[dict, dict]:
-        """Per linear layer ({name: LinearLayer}), the positions along its input / output channel axis that ``plan``
-        keeps (traced only; a Flatten's C·H·W blocks or an interleaved view expanded)."""
+        """Per linear layer ({name: LinearLayer}), the positions along its input / output channel axis that
+        ``plan`` keeps (traced only; a Flatten's C·H·W blocks or an interleaved view expanded)."""
         kept = self.kept_channels(plan)
 
         def positions(tensor):  # positions along the tensor's channel axis (C·H·W blocks after a Flatten)

@@ -58,7 +58,8 @@ def _member_channel_values(trace: Trace, group: ChannelGroup, inits: Mapping[str
             continue  # biases and per-channel constants say little about importance
         size = trace.spaces[m.space].size
         for pos in _channel_positions(trace, group, m.space):
-            rows = np.stack([w[weight_positions([p], size, m.outer, m.inner, m.groups)].reshape(-1) for p in pos])
+            rows = np.stack([w[weight_positions([p], size, m.outer, m.inner, m.groups)].reshape(-1)
+                             for p in pos])
             out.append((m.node, rows))
     return out
 
@@ -128,16 +129,17 @@ class _Consumer:
 
 
 def _channel_test(h: np.ndarray, feats: list[np.ndarray], b: int | None) -> _Exact | None:
-    """The exact test on the consumer's input channels: features in blocks of ``b`` per channel (a conv's taps, a
-    Flatten's positions), G_cc' = Σ_t H[c·b + t, c'·b + t] over every position read; W = diag(G_cc)^-½, so a
-    channel's removal costs the share of its energy the others cannot reproduce. None where a group channel's
-    features are not whole blocks."""
+    """The exact test on the consumer's input channels: features in blocks of ``b`` per channel (a conv's
+    taps, a Flatten's positions), G_cc' = Σ_t H[c·b + t, c'·b + t] over every position read;
+    W = diag(G_cc)^-½, so a channel's removal costs the share of its energy the others cannot reproduce.
+    None where a group channel's features are not whole blocks."""
     if not b or h.shape[-1] % b:
         return None
     chans = []
     for f in feats:
         c = np.unique(f // b)
-        if len(f) != len(c) * b or not np.array_equal(np.sort(f), (c[:, None] * b + np.arange(b)).reshape(-1)):
+        whole = (c[:, None] * b + np.arange(b)).reshape(-1)
+        if len(f) != len(whole) or not np.array_equal(np.sort(f), whole):
             return None
         chans.append(c)
     n = h.shape[-1] // b
@@ -235,8 +237,8 @@ def _single_costs(c: _Consumer, cand: np.ndarray) -> np.ndarray:
 
 
 def _exact_fit(e: _Exact, gone: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(alive rows A, H_AA⁻¹ at ``FREE_DAMP``, W_A = W H_{:,A} H_AA⁻¹): the test's least squares solved on the rows
-    left. Solved afresh from H each time: downdating an almost singular H⁻¹ loses the small costs."""
+    """(alive rows A, H_AA⁻¹ at ``FREE_DAMP``, W_A = W H_{:,A} H_AA⁻¹): the test's least squares solved on
+    the rows left. Solved afresh from H each time: downdating an almost singular H⁻¹ loses the small costs."""
     keep = np.setdiff1d(np.arange(e.h.shape[-1]), gone)
     h_aa = e.h[:, keep[:, None], keep[None, :]]
     lam = FREE_DAMP * np.mean(np.diagonal(e.h, axis1=1, axis2=2), axis=1)[:, None, None] + 1e-300

@@ -127,9 +127,10 @@ def check_contents(model: onnx.ModelProto, path: Path | str) -> None:
                              f"({onnx.__version__}) knows opsets 1 to {newest}")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+              onnx.TensorProto.BFLOAT16)
     for tensor in _iter_tensors(graph):
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-                                onnx.TensorProto.BFLOAT16) and tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor.data_type in floats and tensor.data_location != onnx.TensorProto.EXTERNAL:
             values = numpy_helper.to_array(tensor)
             if values.size and not np.isfinite(values).all():
                 what = "NaN" if np.isnan(values).any() else "infinite"
@@ -139,14 +140,14 @@ def check_contents(model: onnx.ModelProto, path: Path | str) -> None:
             for name in node.input[:2]:
                 t = inits.get(name)
                 if t is not None and 0 in t.dims:
-                    raise InputError(f"{path}: node '{node.name}' ({node.op_type}) has an empty weight '{name}' "
-                                     f"of shape {list(t.dims)}")
+                    raise InputError(f"{path}: node '{node.name}' ({node.op_type}) has an empty weight "
+                                     f"'{name}' of shape {list(t.dims)}")
     for vi in graph.input:
         check_declared_size(vi, f"{path}: input")
 
 
 def check_declared_size(vi: onnx.ValueInfoProto, what: str) -> None:
-    """Refuse a tensor whose static dims declare more than ``MAX_ELEMENTS`` elements (symbolic dims count 1)."""
+    """Refuse a tensor whose static dims declare more than ``MAX_ELEMENTS`` elements (symbolic dims: 1)."""
     dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
     count = int(np.prod(np.array(dims, dtype=object))) if dims else 1
     if count > MAX_ELEMENTS:

@@ -92,7 +92,8 @@ def per_channel_norm(ctx: TraceContext, node: Node) -> None:
         if ctx.const(node.inputs[i]) is None:
             ctx.block(view.space, f"{node} has non-constant parameters")
             return
-        ctx.member(node, "pass-through", view.space, input_index=i, axis=0, outer=view.outer, inner=view.inner)
+        ctx.member(node, "pass-through", view.space, input_index=i, axis=0, outer=view.outer,
+                   inner=view.inner)
     ctx.set_view(node.outputs[0], view)
 
 
@@ -415,8 +416,8 @@ def conv(ctx: TraceContext, node: Node) -> None:
             # each group reads one slice of the space (an interleaved view: whole blocks of `inner`)
             for k in range(1, g):
                 ctx.link(view.space, 0, view.space, k * (size // g), size // g)
-            ctx.member(node, "consumer", view.space, input_index=1, axis=in_axis, groups=1 if transposed else g,
-                       outer=view.outer, inner=view.inner)
+            ctx.member(node, "consumer", view.space, input_index=1, axis=in_axis,
+                       groups=1 if transposed else g, outer=view.outer, inner=view.inner)
             terms.append(view.space)
     space = ctx.new_space(node.outputs[0], cout)
     for k in range(1, g):

@@ -177,8 +177,9 @@ def _sensitivity_halves(calib: CalibrationSet, mosaics: int, seed: int) -> list[
 
 def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: CompressOptions,
              log: Callable[[str], None] = lambda s: None, progress=None) -> dict:
-    """Prune ``model_path`` to ``opts.target`` and write ``<stem>.pruned.onnx`` (+ ``<stem>.pruned.int8.onnx``)
-    + ``<stem>.report.json`` into ``outdir``: all of them, or (on any failure) none."""
+    """Prune ``model_path`` to ``opts.target`` and write ``<stem>.pruned.onnx`` (+ its INT8 copy
+    ``<stem>.pruned.int8.onnx``) + ``<stem>.report.json`` into ``outdir``: all of them, or (on any failure)
+    none."""
     _validate(opts)
     with output_folder(outdir, protect=(model_path,)):
         return _compress(Path(model_path), outdir, opts, progress)
@@ -206,9 +207,10 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             shapes = {k: (calib.fixed_batch or 1, *v.shape[1:]) for k, v in calib.calib.items()}
         trace = trace_channels(model, shapes or None)
         base = model_cost(model, shapes or None)
-    if opts.target > 1.0 and opts.metric != "latency" and not (base.macs if opts.metric == "macs" else base.params):
-        raise TargetUnreachableError(f"target unreachable: the model has no {opts.metric.replace('macs', 'MACs')} "
-                                     "to reduce (0 counted)")
+    counted = base.macs if opts.metric == "macs" else base.params
+    if opts.target > 1.0 and opts.metric != "latency" and not counted:
+        what = "MACs" if opts.metric == "macs" else opts.metric
+        raise TargetUnreachableError(f"target unreachable: the model has no {what} to reduce (0 counted)")
     node_macs = {n.name: n.macs or 0 for n in base.nodes}
     param_sizes = param_slots(model)
     criterion = opts.criterion
@@ -419,7 +421,8 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             bar = progress("reconstruction", None) if progress else None
-            refit = reconstruct(model, pruned, kept_out, changed, lambda: refit_feeds(refit_samples), ridge=opts.ridge,
+            refit = reconstruct(model, pruned, kept_out, changed, lambda: refit_feeds(refit_samples),
+                                ridge=opts.ridge,
                                 progress=(lambda _stage, i, n: bar(i, n)) if bar else None, kept_in=kept_in,
                                 groups=calib.groups, in_units=trace.input_units(layers))
     elif hessians and plan:  # --no-reconstruct: still OBS's own compensation (no calibration pass needed)
@@ -513,8 +516,8 @@ def _require_finite_outputs(model: onnx.ModelProto, calib: CalibrationSet, sampl
     batch = next(calib.batches("calib", samples))
     for name, values in zip(names, run_all(model, [batch]), strict=True):
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise InputError(f"the model computes NaN or infinite values in output '{name}' on the calibration "
-                             f"data (first {len(next(iter(batch.values())))} samples)")
+            raise InputError(f"the model computes NaN or infinite values in output '{name}' on the "
+                             f"calibration data (first {len(next(iter(batch.values())))} samples)")
 
 
 def _determined_samples(sums, n_samples: int, least: int) -> int:

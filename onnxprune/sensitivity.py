@@ -114,8 +114,8 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
         curve = np.interp(np.arange(g.size + 1) / g.size, xs, np.maximum.accumulate(ys))
         if mode == "scaled":  # the criterion's curve shape, at the measured level (mean ratio over the points)
             est = r.error[:-1]
-            # only points with damage set the level: a quiet point would scale the whole curve to zero and make
-            # every removal of the group look free; with none the criterion's own curve stands
+            # only points with damage set the level: a quiet point would scale the whole curve to zero and
+            # make every removal of the group look free; with none the criterion's own curve stands
             ratios = [y / est[int(round(x * g.size))] for x, y in zip(xs[1:-1], ys[1:-1], strict=True)
                       if est[int(round(x * g.size))] > 0 and y > QUIET]
             curve = np.append(est * (float(np.mean(ratios)) if ratios else 1.0), np.inf)

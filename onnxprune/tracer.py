@@ -97,7 +97,8 @@ class TraceContext:
     def rebase(self, plain: View, other: View) -> View | None:
         """Re-express a plain space as the interleaved channels of another one, where both lay out the same
         tensor axis: ``other`` holds |B| channels each ``inner`` wide (a channel shuffle's output), the plain
-        space A has |A| = |B|·inner channels, and A's channel c·inner + r is position r of B's channel c. Every
+        space A has |A| = |B|·inner channels, and A's channel c·inner + r is position r of B's channel c.
+        Every
         member, view and MAC term of A moves to B with its inner extent multiplied by ``inner``; A is left
         empty (an alias). Returns the joint view, or None when A is not plain, is linked to other spaces,
         or the extents differ."""
@@ -108,7 +109,8 @@ class TraceContext:
             return None
         g = other.inner
         self.members = [replace(m, space=b, inner=m.inner * g) if m.space == a else m for m in self.members]
-        self.views = {t: View(b, v.axis, v.outer, v.inner * g) if v.space == a else v for t, v in self.views.items()}
+        self.views = {t: View(b, v.axis, v.outer, v.inner * g) if v.space == a else v
+                      for t, v in self.views.items()}
         self.mac_scaling = {n: [(share, tuple(b if s == a else s for s in sp)) for share, sp in terms]
                             for n, terms in self.mac_scaling.items()}
         for reason in self.spaces[a].reasons:

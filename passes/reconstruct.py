@@ -92,8 +92,8 @@ def fold_channels(w_dense: np.ndarray, g_kk: np.ndarray, g_dk: np.ndarray, kept:
     a = np.linalg.solve(kk + lam * np.eye(n), rk.T)  # [kept, gone]: channel r ≈ Σ_c a[c, r]·channel c
     w = np.asarray(w_dense, np.float64)
     cols = (kept[:, None] * block + t).reshape(-1)
-    folded = w[:, cols].reshape(len(w), n, block) + np.einsum("cr,orb->ocb", a, w[:, rows].reshape(len(w), len(gone),
-                                                                                                 block))
+    removed = w[:, rows].reshape(len(w), len(gone), block)
+    folded = w[:, cols].reshape(len(w), n, block) + np.einsum("cr,orb->ocb", a, removed)
     out = folded.reshape(len(w), n * block)
     return np.concatenate([out, w[:, -1:]], axis=1) if bias else out
 

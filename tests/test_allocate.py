@@ -31,19 +31,25 @@ def _curve(rng: np.random.Generator, size: int, zero_share: float) -> np.ndarray
 
 
 def _choices(rng, spec, zero_share=0.4):
-    return [GroupChoice(gid, size, 1, 1, per, GroupRanking(gid, np.arange(size), _curve(rng, size, zero_share)))
-            for gid, (size, per) in enumerate(spec)]
+    return [
+        GroupChoice(gid, size, 1, 1, per, GroupRanking(gid, np.arange(size), _curve(rng, size, zero_share)))
+        for gid, (size, per) in enumerate(spec)
+    ]
 
 
 def _linear_cost(choices, fixed=0.0, coupling=0.0):
-    """Exact cost of widths: fixed + Σ k·per, plus a coupling of the first two groups' removals (a conv reading one
-    group and producing the other saves less than the two linearized savings add up to)."""
+    """Exact cost of widths: fixed + Σ k·per, plus a coupling of the first two groups' removals (a conv
+    reading one group and producing the other saves less than the two linearized savings add up to)."""
+
     def cost(widths):
         total = fixed + sum(widths.get(c.group, c.size) * c.saving_per_channel for c in choices)
         if coupling and len(choices) > 1:
             a, b = choices[0], choices[1]
-            total += coupling * (a.size - widths.get(a.group, a.size)) * (b.size - widths.get(b.group, b.size))
+            total += (
+                coupling * (a.size - widths.get(a.group, a.size)) * (b.size - widths.get(b.group, b.size))
+            )
         return total
+
     return cost
 
 
@@ -56,30 +62,51 @@ def _all_widths(choices):
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.integers(2, 5), st.floats(0.5, 5.0)), min_size=1, max_size=3), st.floats(0.1, 0.9),
-       st.integers(0, 10**6), st.sampled_from([0.0, 0.5, 1.0]))
+@given(
+    st.lists(st.tuples(st.integers(2, 5), st.floats(0.5, 5.0)), min_size=1, max_size=3),
+    st.floats(0.1, 0.9),
+    st.integers(0, 10**6),
+    st.sampled_from([0.0, 0.5, 1.0]),
+)
 def test_dp_matches_brute_force(spec, fraction, seed, zero_share):
     choices = _choices(np.random.default_rng(seed), spec, zero_share)
     total = sum((c.size - 1) * c.saving_per_channel for c in choices)
     need = fraction * total
     widths = allocate_dp(choices, need, buckets=4000)
-    assert sum((c.size - widths[c.group]) * c.saving_per_channel for c in choices) >= need - total / 4000 * len(choices)
-    best = min(sum(c.error(k) for c, k in zip(choices, ks, strict=True)) for ks in _all_widths(choices)
-               if sum((c.size - k) * c.saving_per_channel for c, k in zip(choices, ks, strict=True)) >= need)
+    assert sum(
+        (c.size - widths[c.group]) * c.saving_per_channel for c in choices
+    ) >= need - total / 4000 * len(choices)
+    best = min(
+        sum(c.error(k) for c, k in zip(choices, ks, strict=True))
+        for ks in _all_widths(choices)
+        if sum((c.size - k) * c.saving_per_channel for c, k in zip(choices, ks, strict=True)) >= need
+    )
     assert _error(choices, widths) <= best + 1e-9
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.integers(6, 20), st.floats(0.5, 3.0)), min_size=1, max_size=3), st.floats(0.02, 0.98),
-       st.integers(0, 10**6), st.sampled_from([0.0, 0.3, 0.7, 1.0]), st.booleans(), st.sampled_from(["dp", "global"]))
+@given(
+    st.lists(st.tuples(st.integers(6, 20), st.floats(0.5, 3.0)), min_size=1, max_size=3),
+    st.floats(0.02, 0.98),
+    st.integers(0, 10**6),
+    st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+    st.booleans(),
+    st.sampled_from(["dp", "global"]),
+)
 def test_allocation_lands_in_the_target_window(spec, fraction, seed, zero_share, coupled, allocation):
     """Random curves with flat and zero stretches, exact costs with and without coupling: the plan meets the
     budget, no group can grow by one more step within it (flat curves never make further removals look
     free), it lies in [budget / 1.05, budget] when every step is finer than that window, and (dp, linear
     costs) its error is the brute-force optimum's at a budget tighter by 1% of the saving."""
     choices = _choices(np.random.default_rng(seed), spec, zero_share)
-    coupling = 0.5 * min(choices[0].saving_per_channel / choices[-1].size,
-                         choices[-1].saving_per_channel / choices[0].size) if coupled else 0.0
+    coupling = (
+        0.5
+        * min(
+            choices[0].saving_per_channel / choices[-1].size, choices[-1].saving_per_channel / choices[0].size
+        )
+        if coupled
+        else 0.0
+    )
     cost_of = _linear_cost(choices, fixed=3.0, coupling=coupling)
     base = cost_of({c.group: c.size for c in choices})
     floor = cost_of({c.group: 1 for c in choices})
@@ -97,9 +124,14 @@ def test_allocation_lands_in_the_target_window(spec, fraction, seed, zero_share,
         assert cost >= budget / WINDOW
     if allocation == "dp" and not coupled:
         tighter = budget - 0.01 * (base - budget)
-        best = min((_error(choices, dict(zip([c.group for c in choices], ks, strict=True)))
-                    for ks in _all_widths(choices)
-                    if cost_of(dict(zip([c.group for c in choices], ks, strict=True))) <= tighter), default=np.inf)
+        best = min(
+            (
+                _error(choices, dict(zip([c.group for c in choices], ks, strict=True)))
+                for ks in _all_widths(choices)
+                if cost_of(dict(zip([c.group for c in choices], ks, strict=True))) <= tighter
+            ),
+            default=np.inf,
+        )
         assert _error(choices, widths) <= best + 1e-9
 
 
@@ -122,13 +154,18 @@ def test_free_channels_go_only_as_far_as_the_target():
     assert allocate_dp(choices, 20.0) == {0: 4, 1: 6}
     cost_of = _linear_cost(choices)
     base = cost_of({0: 6, 1: 6})
-    assert allocate_to_budget(choices, cost_of, base, base - 20.0, cost_of({0: 1, 1: 1}), "macs") == {0: 4, 1: 6}
+    assert allocate_to_budget(choices, cost_of, base, base - 20.0, cost_of({0: 1, 1: 1}), "macs") == {
+        0: 4,
+        1: 6,
+    }
 
 
 def test_zero_curves_stop_at_the_target():
     """Every removal measured as free: the plan must still stop at the target, not at the floor."""
-    choices = [GroupChoice(g, 64, 1, 1, 1.0, GroupRanking(g, np.arange(64), np.append(np.zeros(64), np.inf)))
-               for g in range(3)]
+    choices = [
+        GroupChoice(g, 64, 1, 1, 1.0, GroupRanking(g, np.arange(64), np.append(np.zeros(64), np.inf)))
+        for g in range(3)
+    ]
     cost_of = _linear_cost(choices)
     base = cost_of({c.group: c.size for c in choices})
     widths = allocate_to_budget(choices, cost_of, base, base / 2, 3.0, "macs")
@@ -138,15 +175,24 @@ def test_zero_curves_stop_at_the_target():
 def test_fill_budget_gives_back_the_costliest_damage_first():
     choices = [_free_then_costly(0, 8, 0, 1.0), _free_then_costly(1, 8, 4, 1.0)]
     cost_of = _linear_cost(choices)
-    # both at 2 channels (cost 4); a budget of 7 lets three channels back: group 0's (they cost error), not 1's
+    # both at 2 channels (cost 4); a budget of 7 lets three channels back: group 0's (they cost error),
+    # not group 1's (free)
     assert fill_budget(choices, {0: 2, 1: 2}, cost_of, 7.0) == {0: 5, 1: 2}
 
 
 def _convex_choices(sizes):
     """Groups with error (removed/size)²: the DP spreads a cut evenly over alike groups."""
-    return [GroupChoice(g, size, 1, 1, 1.0, GroupRanking(g, np.arange(size),
-                                                          np.concatenate([(np.arange(size) / size) ** 2, [np.inf]])))
-            for g, size in enumerate(sizes)]
+    return [
+        GroupChoice(
+            g,
+            size,
+            1,
+            1,
+            1.0,
+            GroupRanking(g, np.arange(size), np.concatenate([(np.arange(size) / size) ** 2, [np.inf]])),
+        )
+        for g, size in enumerate(sizes)
+    ]
 
 
 def test_dp_weights_move_channels_to_the_weighted_group():
@@ -183,8 +229,13 @@ def test_search_lowers_a_non_additive_damage_and_keeps_the_budget():
 def test_search_never_returns_worse_than_the_plain_dp():
     choices = _convex_choices([6, 8])
     start = allocate_dp(choices, 5.0)
-    widths, record = search_allocation([0, 1], lambda w: allocate_dp(choices, 5.0, weights=w),
-                                       lambda w: 0.0 if w == start else 1.0, evals=20, seed=3)
+    widths, record = search_allocation(
+        [0, 1],
+        lambda w: allocate_dp(choices, 5.0, weights=w),
+        lambda w: 0.0 if w == start else 1.0,
+        evals=20,
+        seed=3,
+    )
     assert widths == start and record["damage"] == record["initial_damage"] == 0.0
 
 

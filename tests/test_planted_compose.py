@@ -1,7 +1,7 @@
-"""Lossless on planted redundancy in graphs the tool has never seen (``models.planted_compose``): asked for 0.97×
-the reduction the planted channels allow, ``compress --round-to 1`` must keep the dense function (relative
-output error < 1e-4) and deliver between the target and 1.05× it. A fast sample that covers every pattern
-runs in CI; 200 seeds run as a slow test."""
+"""Lossless on planted redundancy in graphs the tool has never seen (``models.planted_compose``): asked
+for 0.97× the reduction the planted channels allow, ``compress --round-to 1`` must keep the dense function
+(relative output error < 1e-4) and deliver between the target and 1.05× it. A fast sample that covers
+every pattern runs in CI; 200 seeds run as a slow test."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from models import planted_compose
 from onnxprune.costs import model_cost
 from tests.helpers import rel_error, run_ort
 
-FAST = (3, 5, 6, 7, 16, 24, 27, 44)  # residual, se, grouped, split+flatten_gemm, shuffle, dense, fpn, plain, ffn
+FAST = (
+    3,
+    5,
+    6,
+    7,
+    16,
+    24,
+    27,
+    44,
+)  # residual, se, grouped, split+flatten_gemm, shuffle, dense, fpn, plain, ffn
 PATTERNS = {"residual", "se", "grouped", "shuffle", "split+flatten_gemm", "dense", "fpn", "plain", "ffn"}
 
 
@@ -23,8 +32,8 @@ def check_lossless(seed: int, folder) -> None:
 
 
 def test_the_generator_plants_what_it_claims():
-    """The oracle's own oracle: each composed graph and its reduced twin compute the same outputs, the twin with
-    fewer MACs, and the fast sample covers every pattern."""
+    """The oracle's own oracle: each composed graph and its reduced twin compute the same outputs, the twin
+    with fewer MACs, and the fast sample covers every pattern."""
     seen = set()
     for seed in FAST:
         g = planted_compose.build(seed)

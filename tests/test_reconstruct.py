@@ -122,9 +122,9 @@ def test_refit_folds_an_exactly_redundant_input_back_without_the_ridge_pull():
 
 
 def _flatten_fit(rows: int, seed: int = 4):
-    """A Gemm reading 6 channels × 16 positions (a Flatten) of which channel 4 is 0.8 × channel 1 (and is pruned),
-    from ``rows`` samples per validation half: 96 features, so with 40 rows a half no fit on features is
-    determined."""
+    """A Gemm reading 6 channels × 16 positions (a Flatten) of which channel 4 is 0.8 × channel 1 (and is
+    pruned), from ``rows`` samples per validation half: 96 features, so with 40 rows a half no fit on
+    features is determined."""
     rng = np.random.default_rng(seed)
     dense = LinearLayer("g", "Gemm", "x", "y", "w", "b", groups=1, trans_b=True)
     kept = np.array([0, 1, 2, 3, 5])
@@ -138,7 +138,7 @@ def _flatten_fit(rows: int, seed: int = 4):
         fit.add(xd, xd[:, positions], half)
     w0 = [np.hstack([wd[0][:, positions], wd[0][:, -1:]])]
     want = w0[0].copy()
-    want[:, 16:32] += 0.8 * wd[0][:, 64:80]  # channel 4's columns folded into channel 1's, position by position
+    want[:, 16:32] += 0.8 * wd[0][:, 64:80]  # channel 4's columns into channel 1's, position by position
     return fit, wd, w0, want
 
 
@@ -160,7 +160,7 @@ def test_candidates_that_tie_go_to_the_least_regularized(monkeypatch):
     """Validation errors within TIE of each other are one error: the unregularized fit is taken."""
     rng = np.random.default_rng(1)
     fit, wd, w0 = _gemm_fit([0, 1, 2, 4, 6], rng, lambda x, half: x)
-    totals = [-1e6, -1e6 + 0.3, -1e6 + 0.1, -1e6 + 0.2]  # per candidate, two folds each; the best is the first
+    totals = [-1e6, -1e6 + 0.3, -1e6 + 0.1, -1e6 + 0.2]  # per candidate (two folds each); the first is best
     errors = iter(np.repeat(totals, 2) / 2)
     monkeypatch.setattr(reconstruct_module, "output_mismatch", lambda *a, **k: next(errors))
     assert fit.choose(wd, w0, ridge=1e-3) == ("correcting", 0.0, 1e-6)

@@ -91,7 +91,7 @@ def test_no_suffix_start_where_an_output_does_not_depend_on_the_edits():
 
 
 def _quiet_group_curve(monkeypatch, damage):
-    """The scaled curve of residual_add's first group when a removal of m channels measures damage(m / size)."""
+    """The scaled curve of residual_add's first group when removing m channels measures damage(m / size)."""
     import warnings
 
     import onnxprune.sensitivity as sensitivity

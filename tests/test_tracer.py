@@ -129,12 +129,12 @@ def test_reshape_with_a_constant_channel_count_built_at_run_time_blocks():
     b = Builder(0, 17)
     x = b.input("x", ["N", 3, 8, 8])
     h = b.conv(x, 3, 8, name="conv")
-    n = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [h], "shape"), b.const("zero", 0, np.int64)], "batch"),
-                           b.const("axes0", [0], np.int64)], "batch1")
+    batch = b.op("Gather", [b.op("Shape", [h], "shape"), b.const("zero", 0, np.int64)], "batch")
+    n = b.op("Unsqueeze", [batch, b.const("axes0", [0], np.int64)], "batch1")
     target = b.op("Concat", [n, b.const("rest", [2, 4, 8, 8], np.int64)], "target", axis=0)
     h = b.op("Reshape", [h, target], "split")
-    h = b.op("Reshape", [b.op("Transpose", [h], "t", perm=[0, 2, 1, 3, 4]), b.const("merge.shape", [0, -1, 8, 8], np.int64)],
-             "merge")
+    h = b.op("Transpose", [h], "t", perm=[0, 2, 1, 3, 4])
+    h = b.op("Reshape", [h, b.const("merge.shape", [0, -1, 8, 8], np.int64)], "merge")
     b.output(b.conv(h, 8, 4, name="head"), ["N", 4, 8, 8])
     model, trace = traced(finish(b))
     g = group_of_node_output(model, trace, "conv")
