@@ -75,7 +75,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
               "measurement (0: one per core).")
 @click.option("--latency-batches", metavar="B1,B2..", help="--metric latency: the table is measured at the first "
               "batch size, the speedup checked at each (default 1,32; a model with a fixed batch: that batch).")
-@click.option("--max-drop", type=float, help="Fail (exit 4) if top-1 agreement (or output cosine) drops by more.")
+@click.option("--max-drop", type=float, help="Fail (exit 4) if top-1 agreement (or the lowest per-component "
+              "R² of other outputs) drops by more.")
 @click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
 @click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--sparsity", metavar="N:M|FRACTION", help="Also sparsify the linear weights: '2:4' (2 zeros in every "
@@ -130,7 +131,8 @@ def compress(model, outdir, target, metric, calib, calib_samples, calib_mosaics,
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True, help="How onnxruntime's calibrator picks activation ranges.")
 @click.option("--max-drop", type=float, help="Keep the most sensitive layers in float until top-1 agreement (or "
-              "output cosine) with the FP32 model drops by at most X; exit 4 if even that fails.")
+              "the lowest per-component R² of other outputs) with the FP32 model drops by at most X; exit 4 if "
+              "even that fails.")
 @click.option("--no-bias-correction", is_flag=True, help="Skip correcting the biases for the mean INT8 weight error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset, calib_method, max_drop,

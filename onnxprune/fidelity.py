@@ -1,4 +1,14 @@
-"""Fidelity of a compressed model against the dense one on held-out inputs."""
+"""Fidelity of a compressed model against the dense one on held-out inputs.
+
+Class scores (2-D [samples, classes] from a linear head or softmax) are compared by top-1/top-5 agreement
+and KL. Every other output is compared component by component, each by its error relative to its own
+spread on the dense outputs, so that small values (a detector's class scores beside box coordinates in
+pixels, a second output tensor) count as much as large ones: for component c over samples and positions,
+
+    R²_c = 1 − mean((y_c − ŷ_c)²) / var(y_c),
+
+averaged over the components of the output (``r2_mean``); the damage the pipeline prices is 1 − R².
+"""
 
 from __future__ import annotations
 
@@ -60,10 +70,40 @@ def is_classifier(shape: tuple[int, ...], scores: bool = True) -> bool:
     return scores and len(shape) == 2 and shape[1] > 1
 
 
+def component_axis(shape: Sequence[int]) -> int | None:
+    """The axis whose entries are an output's components, each with its own meaning and scale: for [N, K] the
+    last; for higher ranks the shorter of axis 1 and the last one (YOLOv8's [N, 4 + classes, anchors]: axis 1;
+    YOLOv5's [N, anchors, 5 + classes]: the last; a [N, 1, H, W] map: axis 1); None for [N]."""
+    if len(shape) < 2:
+        return None
+    if len(shape) == 2:
+        return 1
+    return 1 if shape[1] <= shape[-1] else len(shape) - 1
+
+
+def component_r2(dense: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """R² of every component (``component_axis``) of ``other`` against ``dense``: 1 − MSE_c / var_c over samples
+    and every other axis. A component constant in ``dense`` (var_c ≤ 1e-10 of its own mean square) is measured
+    against that mean square instead; one that is zero throughout, against 1e-12 of the output's mean
+    variance."""
+    axis = component_axis(dense.shape)
+    a = dense.astype(np.float64)
+    b = other.astype(np.float64)
+    if axis is None:
+        a, b = a.reshape(1, -1), b.reshape(1, -1)
+    else:
+        a = np.moveaxis(a, axis, 0).reshape(dense.shape[axis], -1)
+        b = np.moveaxis(b, axis, 0).reshape(dense.shape[axis], -1)
+    var, square = a.var(axis=1), np.mean(a**2, axis=1)
+    scale = np.where(var > 1e-10 * square, var, np.maximum(square, max(1e-12 * float(var.mean()), 1e-30)))
+    return 1.0 - np.mean((a - b) ** 2, axis=1) / scale
+
+
 def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
             classifier: Sequence[bool] | None = None) -> dict:
     """Per output: cosine (per sample, mean and min), max |Δ|; classifiers (``classifier`` per output, from
-    ``classifier_outputs``; by shape alone when None) also top-1/top-5 agreement and KL."""
+    ``classifier_outputs``; by shape alone when None) also top-1/top-5 agreement and KL; other outputs their
+    components' R² (mean, min, the five worst with their index)."""
     out = {}
     classifier = classifier if classifier is not None else [True] * len(names)
     for name, a, b, scores in zip(names, dense, other, classifier, strict=True):
@@ -77,6 +117,11 @@ def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
             ta, tb = np.argsort(-a, 1)[:, :top5], np.argsort(-b, 1)[:, :top5]
             m["top5_overlap"] = float(np.mean([len(set(x) & set(y)) / top5 for x, y in zip(ta, tb, strict=True)]))
             m["kl_dense_to_pruned"] = mean_kl(a64, b64)
+        else:
+            r2 = component_r2(a, b)
+            worst = np.argsort(r2, kind="stable")[:5]
+            m.update(component_axis=component_axis(a.shape), components=len(r2), r2_mean=float(r2.mean()),
+                     r2_min=float(r2.min()), worst_components=[[int(i), float(r2[i])] for i in worst])
         out[name] = m
     return out
 
@@ -93,9 +138,9 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def headline(fid: dict) -> tuple[str, float]:
-    """The number a quality gate looks at: top-1 agreement of the first classifier output, else mean cosine."""
+    """The number a quality gate looks at: top-1 agreement of the first classifier output, else the lowest
+    component-mean R² of the outputs (so a collapsed small output cannot hide behind a large one)."""
     for m in fid.values():
         if "top1_agreement" in m:
             return "top1_agreement", m["top1_agreement"]
-    first = next(iter(fid.values()))
-    return "cosine_mean", first["cosine_mean"]
+    return "r2_mean", min(m["r2_mean"] for m in fid.values())

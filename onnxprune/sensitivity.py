@@ -8,7 +8,9 @@ damage is mostly what that update repairs), and the dense-vs-pruned output damag
 calibration batches; the allocator then uses these end-to-end curves:
 
     damage = mean KL(softmax(dense) ‖ softmax(pruned))  for classifier outputs,
-             ‖y − y_dense‖² / ‖y_dense‖²                 otherwise (summed over outputs).
+             mean over components of 1 − R²_c             otherwise (``fidelity.component_r2``: each
+                                                            component's error over its own spread),
+    summed over outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import onnx
 from .calibration.collect import downstream_cut, suffix_model, tapped_session
 from .channels import ChannelGroup, Trace
 from .criteria import GroupRanking
-from .fidelity import classifier_outputs, is_classifier, mean_kl, run_all
+from .fidelity import classifier_outputs, component_r2, is_classifier, mean_kl, run_all
 from .passes.prune_channels import prune_channels
 
 # Measured damage at or below this is float32 noise (a relative output error of 1e-5), not damage.
@@ -32,14 +34,13 @@ QUIET_FRACTIONS = (0.75, 0.9)
 
 def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: Sequence[bool] | None = None) -> float:
     """Summed over outputs: KL for class scores (``classifier`` per output, see ``fidelity.compare``), else the
-    relative squared error."""
+    mean over the output's components of their standardized squared error 1 − R²_c."""
     total = 0.0
     for a, b, scores in zip(dense, other, classifier if classifier is not None else [True] * len(dense), strict=True):
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
         if is_classifier(a.shape, scores):
-            total += mean_kl(a64, b64)
+            total += mean_kl(a.astype(np.float64), b.astype(np.float64))
         else:
-            total += float(np.sum((a64 - b64) ** 2) / max(np.sum(a64 ** 2), 1e-30))
+            total += float(np.mean(1.0 - component_r2(a, b)))
     return total
 
 

@@ -61,7 +61,7 @@ def print_summary(console: Console, r: dict) -> None:
             m = next(iter(q["fidelity"].get(key, {}).values()), None)
             if m:
                 line += f"; {label}: " + (f"top-1 agr. {100 * m['top1_agreement']:.1f}%" if "top1_agreement" in m
-                                          else f"cosine {m['cosine_mean']:.4f}")
+                                          else f"R² {m['r2_mean']:.4f}")
         lat = q.get("latency_ms")
         if lat:
             line += f"; latency FP32 {lat['fp32']['median']:.2f} ms → INT8 {lat['int8']['median']:.2f} ms"
@@ -82,6 +82,9 @@ def print_summary(console: Console, r: dict) -> None:
         line = f"fidelity on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
         if "top1_agreement" in m:
             line += f", top-1 agreement {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%"
+        else:
+            worst = ", ".join(f"#{i} {r2:.3f}" for i, r2 in m["worst_components"][:3])
+            line += f", R² per component mean {m['r2_mean']:.4f} (worst {worst} of {m['components']})"
         console.print(line + f", max |Δ| {m['max_abs_diff']:.3g}")
     for w in r["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
@@ -104,6 +107,8 @@ def print_quantize_summary(console: Console, r: dict) -> None:
         line = f"INT8 vs FP32 on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
         if "top1_agreement" in m:
             line += f", top-1 agreement {100 * m['top1_agreement']:.1f}%, KL {m['kl_dense_to_pruned']:.4f}"
+        else:
+            line += f", R² per component mean {m['r2_mean']:.4f}"
         console.print(line)
     gate = r.get("quality_gate")
     if gate:

@@ -20,7 +20,7 @@ def test_output_damage():
     logits = np.random.default_rng(0).normal(size=(8, 5))
     assert output_damage([logits], [logits]) == 0.0
     assert output_damage([logits], [logits + np.eye(5)[[0] * 8] * 3]) > 0
-    feat = np.ones((2, 3, 4, 4))
+    feat = np.ones((2, 3, 4, 4))  # constant components: measured against their own magnitude
     assert np.isclose(output_damage([feat], [feat * 0.9]), 0.01)
 
 
@@ -170,13 +170,16 @@ def test_classifier_outputs_are_class_scores_not_features(ops, scores):
     assert classifier_outputs(_head_model(*ops)) == [scores]
 
 
-def test_features_get_relative_error_and_no_top_k_even_when_2d():
+def test_features_get_standardized_error_and_no_top_k_even_when_2d():
+    """Each of an embedding's 8 dims: 1 − R² = mean((0.1·y)²) / var(y), averaged over the dims."""
     from onnxprune.fidelity import compare
 
     emb = np.random.default_rng(1).normal(size=(6, 8))
-    assert np.isclose(output_damage([emb], [emb * 0.9], [False]), 0.01)
+    want = float(np.mean(0.01 * np.mean(emb ** 2, axis=0) / emb.var(axis=0)))
+    assert np.isclose(output_damage([emb], [emb * 0.9], [False]), want)
     fid = compare([emb], [emb * 0.9], ["sentence_embedding"], [False])["sentence_embedding"]
     assert "top1_agreement" not in fid and "kl_dense_to_pruned" not in fid and np.isclose(fid["cosine_mean"], 1.0)
+    assert np.isclose(fid["r2_mean"], 1 - want) and fid["components"] == 8 and fid["component_axis"] == 1
     assert "kl_dense_to_pruned" in compare([emb], [emb * 0.9], ["logits"], [True])["logits"]
 
 
