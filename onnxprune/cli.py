@@ -77,6 +77,10 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
               "batch size, the speedup checked at each (default 1,32; a model with a fixed batch: that batch).")
 @click.option("--max-drop", type=float, help="Fail (exit 4) if top-1 agreement (or the lowest per-component "
               "R² of other outputs) drops by more.")
+@click.option("--metric-fn", metavar="NAME|FILE.py:FN", help="Fidelity for the report and --max-drop: "
+              "detection-f1, map-iou, map-pearson, or your function of (dense outputs, pruned outputs) -> number, "
+              "1.0 = identical (runs that Python file: only use code you trust).")
+@click.option("--metric-options", metavar="K=V,..", help="Options of --metric-fn, e.g. layout=yolov8,score=0.25.")
 @click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
 @click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--sparsity", metavar="N:M|FRACTION", help="Also sparsify the linear weights: '2:4' (2 zeros in every "
@@ -91,8 +95,8 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def compress(model, outdir, target, metric, calib, calib_samples, calib_mosaics, preprocess, input_size, criterion,
              allocation,
-             search_evals, no_reconstruct, round_to, threads, latency_batches, max_drop, exclude, stats_dtype, sparsity, int8,
-             quant_preset, calib_method, seed, input_shapes, as_json) -> None:
+             search_evals, no_reconstruct, round_to, threads, latency_batches, max_drop, metric_fn, metric_options,
+             exclude, stats_dtype, sparsity, int8, quant_preset, calib_method, seed, input_shapes, as_json) -> None:
     """Prune MODEL to --target with calibration-aware scores and reconstruction."""
     from .bench import parse_batches
     from .pipeline import CompressOptions, parse_target
@@ -102,7 +106,8 @@ def compress(model, outdir, target, metric, calib, calib_samples, calib_mosaics,
     opts = CompressOptions(target=parse_target(target), metric=metric, calib=calib, calib_samples=calib_samples,
                            calib_mosaics=calib_mosaics, criterion=criterion, allocation=allocation, search_evals=search_evals,
                            reconstruct=not no_reconstruct,
-                           round_to=round_to, max_drop=max_drop, exclude=exclude, seed=seed,
+                           round_to=round_to, max_drop=max_drop, metric_fn=metric_fn, metric_options=metric_options,
+                           exclude=exclude, seed=seed,
                            input_shapes=parse_input_shapes(input_shapes), stats_dtype=stats_dtype,
                            preprocess=preprocess, input_size=input_size, sparsity=sparsity, int8=int8,
                            quant_preset=quant_preset, calib_method=calib_method, threads=threads,

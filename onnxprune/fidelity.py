@@ -138,8 +138,11 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def headline(fid: dict) -> tuple[str, float]:
-    """The number a quality gate looks at: top-1 agreement of the first classifier output, else the lowest
-    component-mean R² of the outputs (so a collapsed small output cannot hide behind a large one)."""
+    """The number a quality gate looks at: the user's ``--metric-fn`` where there is one (entry "metric_fn"),
+    else top-1 agreement of the first classifier output, else the lowest component-mean R² of the outputs (so
+    a collapsed small output cannot hide behind a large one)."""
+    if "metric_fn" in fid:
+        return fid["metric_fn"]["name"], fid["metric_fn"]["value"]
     for m in fid.values():
         if "top1_agreement" in m:
             return "top1_agreement", m["top1_agreement"]

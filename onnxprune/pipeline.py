@@ -37,6 +37,7 @@ from .errors import InputError, QualityGateError, TargetUnreachableError
 from .fidelity import classifier_outputs, compare, headline, run_all
 from .latency_table import LATENCY_ROUND_TO, build_table, latency_feeds, meet_speedup
 from .layers import initializer_dict, linear_layers
+from .metrics import Metric, load_metric
 from .modelio import load_model, output_folder, require_runnable, write_outputs
 from .passes.normalize import normalize
 from .passes.prune_channels import prune_channels
@@ -65,6 +66,8 @@ class CompressOptions:
     reconstruct: bool = True
     round_to: int | None = None  # None: 1 for macs/params, LATENCY_ROUND_TO for latency
     max_drop: float | None = None
+    metric_fn: str | None = None  # --metric-fn: a shipped metric's name or file.py:function (metrics.load_metric)
+    metric_options: str | None = None  # --metric-options key=value,...
     exclude: str | None = None
     seed: int = 0
     input_shapes: dict[str, Shape] = field(default_factory=dict)
@@ -181,11 +184,12 @@ def compress(model_path: str | os.PathLike, outdir: str | os.PathLike, opts: Com
     ``<stem>.pruned.int8.onnx``) + ``<stem>.report.json`` into ``outdir``: all of them, or (on any failure)
     none."""
     _validate(opts)
+    metric = load_metric(opts.metric_fn, opts.metric_options) if opts.metric_fn else None
     with output_folder(outdir, protect=(model_path,)):
-        return _compress(Path(model_path), outdir, opts, progress)
+        return _compress(Path(model_path), outdir, opts, progress, metric)
 
 
-def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, progress) -> dict:
+def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, progress, metric: Metric | None) -> dict:
     timer = Timer()
     warnings: list[str] = []
     with timer("load_normalize"):
@@ -452,6 +456,10 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             dense_out = run_all(model, calib.batches("holdout", 16))
             pruned_out = run_all(pruned, calib.batches("holdout", 16))
             fidelity = compare(dense_out, pruned_out, names, classifier_outputs(model))
+            if metric is not None:
+                fidelity["metric_fn"] = {"name": metric.name, "options": metric.options, "samples": calib.n_holdout(),
+                                         "value": metric(dict(zip(names, dense_out, strict=True)),
+                                                         dict(zip(names, pruned_out, strict=True)))}
 
     # -- write: every output at once, after every check passed --------------------------------
     out = Path(outdir)

@@ -79,6 +79,9 @@ def print_summary(console: Console, r: dict) -> None:
         console.print(f"{len(blocked)} group(s) not pruned: " + "; ".join(
             f"#{g['id']}: {g['reason']}" for g in blocked[:4]) + (" …" if len(blocked) > 4 else ""))
     for name, m in r["fidelity"].items():
+        if name == "metric_fn":
+            console.print(f"--metric-fn {m['name']} on {m['samples']} held-out samples: {m['value']:.4f}")
+            continue
         line = f"fidelity on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
         if "top1_agreement" in m:
             line += f", top-1 agreement {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%"

@@ -1,0 +1,203 @@
+"""Fidelity metrics chosen with ``--metric-fn``: a shipped one by name, or ``file.py:function`` of the user's.
+
+A metric is a function ``fn(dense, candidate, **options) -> float`` of two dicts {output name: array over the
+held-out samples} — the dense model's outputs and the compressed model's — returning a fidelity where 1.0
+means the candidate behaves like the dense model; ``--max-drop X`` fails when it falls below 1 − X. Options
+come from ``--metric-options key=value,...`` (numbers are parsed; the rest stay strings).
+
+Shipped:
+
+* ``detection-f1``: the candidate's detections against the dense model's after each model's own decode and
+  non-maximum suppression, F1 at IoU ≥ ``iou`` with the same class. ``layout``: ``yolov8`` (output
+  [N, 4 + classes, anchors]: cx, cy, w, h, class scores) or ``yolov5`` ([N, anchors, 5 + classes]: cx, cy, w, h,
+  objectness, class scores; score = objectness × class score); ``score`` (0.25) the confidence threshold,
+  ``nms`` (0.45) the suppression IoU, ``max_det`` (300), ``output`` (default the first output).
+* ``map-iou``: mean over samples of the IoU of the two maps thresholded at ``threshold`` (0.5) — a text
+  detector's probability map, a segmenter's mask.
+* ``map-pearson``: mean over samples of the Pearson correlation of the two maps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+Outputs = Mapping[str, np.ndarray]
+
+
+def _pick(outputs: Outputs, output: str | None) -> np.ndarray:
+    if output is None:
+        return next(iter(outputs.values()))
+    if output not in outputs:
+        raise InputError(f"metric option output='{output}': the model has outputs {', '.join(outputs)}")
+    return outputs[output]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` [n, 4] with every box of ``b`` [m, 4], boxes as x1, y1, x2, y2."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int) -> np.ndarray:
+    """Indices kept by greedy per-class non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), bool)
+    overlaps = box_iou(boxes[order], boxes[order]) if len(order) else np.zeros((0, 0))
+    same = classes[order][:, None] == classes[order][None, :]
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(int(order[i]))
+        if len(keep) == max_det:
+            break
+        suppressed |= (overlaps[i] > iou) & same[i]
+    return np.array(keep, dtype=int)
+
+
+def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: int) -> tuple[np.ndarray, ...]:
+    """One sample's detections (boxes x1 y1 x2 y2, classes, scores) from a YOLO head's raw output."""
+    if layout == "yolov8":
+        preds = raw.T  # [anchors, 4 + classes]
+        cls_scores = preds[:, 4:]
+    elif layout == "yolov5":
+        preds = raw
+        cls_scores = preds[:, 5:] * preds[:, 4:5]
+    else:
+        raise InputError(f"detection-f1: unknown layout '{layout}' (choose yolov8 or yolov5)")
+    classes = cls_scores.argmax(1)
+    conf = cls_scores[np.arange(len(preds)), classes]
+    sel = conf >= score
+    cx, cy, w, h = (preds[sel, i] for i in range(4))
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    keep = nms(boxes, conf[sel], classes[sel], nms_iou, max_det)
+    return boxes[keep], classes[sel][keep], conf[sel][keep]
+
+
+def matched(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...], iou: float) -> int:
+    """Candidate detections matching a reference detection of the same class at IoU ≥ ``iou`` (each reference
+    detection matched once, the candidates taken best score first)."""
+    if not len(ref[0]) or not len(cand[0]):
+        return 0
+    overlaps = box_iou(cand[0], ref[0]) * (cand[1][:, None] == ref[1][None, :])
+    taken = np.zeros(len(ref[0]), bool)
+    hits = 0
+    for i in np.argsort(-cand[2], kind="stable"):
+        best = np.where(taken, -1.0, overlaps[i])
+        j = int(best.argmax())
+        if best[j] >= iou:
+            taken[j] = True
+            hits += 1
+    return hits
+
+
+def detection_f1(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
+                 iou: float = 0.5, nms: float = 0.45, max_det: int = 300, output: str | None = None) -> float:
+    """F1 of the candidate's detections against the dense model's (see the module doc); 1.0 when neither
+    model detects anything."""
+    ref_out, cand_out = _pick(dense, output), _pick(candidate, output)
+    hits = n_ref = n_cand = 0
+    for r, c in zip(ref_out, cand_out, strict=True):
+        ref, cand = decode(r, layout, score, nms, int(max_det)), decode(c, layout, score, nms, int(max_det))
+        hits += matched(ref, cand, iou)
+        n_ref, n_cand = n_ref + len(ref[0]), n_cand + len(cand[0])
+    return 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)
+
+
+def map_iou(dense: Outputs, candidate: Outputs, threshold: float = 0.5, output: str | None = None) -> float:
+    """Mean over samples of IoU(dense > threshold, candidate > threshold); 1.0 for a sample where both are empty."""
+    a, b = _pick(dense, output) > threshold, _pick(candidate, output) > threshold
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    union = np.sum(a | b, axis=1)
+    return float(np.mean(np.where(union > 0, np.sum(a & b, axis=1) / np.maximum(union, 1), 1.0)))
+
+
+def map_pearson(dense: Outputs, candidate: Outputs, output: str | None = None) -> float:
+    """Mean over samples of the Pearson correlation of the two maps (1.0 for a constant sample both agree on)."""
+    a = _pick(dense, output).astype(np.float64)
+    b = _pick(candidate, output).astype(np.float64)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    same = np.all(np.isclose(a, b), axis=1)
+    return float(np.mean(np.where(norm > 0, np.sum(a * b, axis=1) / np.maximum(norm, 1e-300), same)))
+
+
+SHIPPED: dict[str, Callable[..., float]] = {"detection-f1": detection_f1, "map-iou": map_iou,
+                                            "map-pearson": map_pearson}
+
+
+@dataclass
+class Metric:
+    """A loaded ``--metric-fn`` with its options; calling it checks that it returns a finite number."""
+
+    name: str
+    fn: Callable[..., float]
+    options: dict = field(default_factory=dict)
+
+    def __call__(self, dense: Outputs, candidate: Outputs) -> float:
+        try:
+            value = self.fn(dense, candidate, **self.options)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's code: any failure is their input's
+            raise InputError(f"--metric-fn {self.name} raised {type(exc).__name__}: {exc}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(float(value)):
+            raise InputError(f"--metric-fn {self.name} returned {value!r}, expected a finite number")
+        return float(value)
+
+
+def parse_options(text: str | None) -> dict:
+    """``"layout=yolov8,score=0.3"`` → {"layout": "yolov8", "score": 0.3}."""
+    out: dict = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InputError(f"bad --metric-options '{text}': expected key=value pairs separated by commas")
+        value = value.strip()
+        try:
+            out[key.strip()] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def load_metric(spec: str, options: str | None = None) -> Metric:
+    """A shipped metric by name, or ``file.py:function`` (imports and runs that file: only code you trust)."""
+    kwargs = parse_options(options)
+    if spec in SHIPPED:
+        return Metric(spec, SHIPPED[spec], kwargs)
+    path, sep, func = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or not func:
+        raise InputError(f"bad --metric-fn '{spec}': expected {', '.join(SHIPPED)} or path/to/file.py:function")
+    if not os.path.isfile(path):
+        raise InputError(f"--metric-fn script not found: {path}")
+    name = f"_onnxprune_metric_{abs(hash(os.path.abspath(path)))}"
+    try:
+        mspec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[name] = module
+        mspec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        raise InputError(f"--metric-fn script {path} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.modules.pop(name, None)
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise InputError(f"--metric-fn script {path} has no function '{func}'")
+    return Metric(spec, fn, kwargs)

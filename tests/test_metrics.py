@@ -1,0 +1,112 @@
+"""--metric-fn: the shipped detection and map metrics against hand-built outputs, and a user function as the
+report's fidelity and the --max-drop gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models import synthetic
+from onnxprune.errors import InputError
+from onnxprune.metrics import box_iou, detection_f1, load_metric, map_iou, map_pearson, nms, parse_options
+from tests.helpers import MODELS, run_cli
+
+
+def yolov8(boxes, classes, scores, num_classes=3, anchors=20) -> np.ndarray:
+    """One sample's raw YOLOv8 head [4 + classes, anchors]: the given boxes (cx, cy, w, h) in the first anchors,
+    the rest below any threshold."""
+    out = np.zeros((4 + num_classes, anchors), np.float32)
+    out[:4] = 10.0
+    for i, (box, cls, score) in enumerate(zip(boxes, classes, scores, strict=True)):
+        out[:4, i] = box
+        out[4 + cls, i] = score
+    return out
+
+
+def test_box_iou_and_nms():
+    a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], float)
+    np.testing.assert_allclose(box_iou(a, a), [[1, 25 / 175], [25 / 175, 1]])
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], float)
+    # the second box overlaps the first of its class and goes; the third is another class; the fourth is apart
+    assert nms(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 0]), 0.45, 300).tolist() == [0, 2, 3]
+
+
+def test_detection_f1_counts_matched_detections_of_the_same_class():
+    dense = yolov8([(20, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)], [0, 1, 2], [0.9, 0.8, 0.7])
+    same = {"out": dense[None]}
+    assert detection_f1(same, same) == 1.0
+    missed = yolov8([(20, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)], [0, 1, 2], [0.9, 0.1, 0.7])
+    assert detection_f1(same, {"out": missed[None]}) == pytest.approx(2 * 2 / (3 + 2))  # one score fell
+    wrong = yolov8([(20, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)], [0, 2, 2], [0.9, 0.8, 0.7])
+    assert detection_f1(same, {"out": wrong[None]}) == pytest.approx(2 * 2 / 6)  # one class changed
+    shifted = yolov8([(28, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)], [0, 1, 2], [0.9, 0.8, 0.7])
+    assert detection_f1(same, {"out": shifted[None]}) == pytest.approx(2 * 2 / 6)  # IoU of 2/18 < 0.5
+    assert detection_f1(same, {"out": shifted[None]}, iou=0.1) == 1.0
+    nothing = {"out": yolov8([], [], [])[None]}
+    assert detection_f1(nothing, nothing) == 1.0 and detection_f1(same, nothing) == 0.0
+
+
+def test_detection_f1_yolov5_layout_multiplies_objectness():
+    v8 = yolov8([(20, 20, 10, 10), (60, 60, 20, 20)], [0, 1], [0.9, 0.8])
+    v5 = np.concatenate([v8[:4], np.ones((1, v8.shape[1]), np.float32), v8[4:]]).T[None]  # [1, anchors, 5 + C]
+    dimmed = v5.copy()
+    dimmed[0, 1, 4] = 0.2  # objectness 0.2 × class score 0.8 < 0.25
+    assert detection_f1({"o": v5}, {"o": v5}, layout="yolov5") == 1.0
+    assert detection_f1({"o": v5}, {"o": dimmed}, layout="yolov5") == pytest.approx(2 / 3)
+    with pytest.raises(InputError, match="unknown layout"):
+        detection_f1({"o": v5}, {"o": v5}, layout="ssd")
+
+
+def test_map_metrics():
+    rng = np.random.default_rng(0)
+    prob = rng.random((4, 1, 16, 16))
+    assert map_iou({"m": prob}, {"m": prob}) == 1.0 and map_pearson({"m": prob}, {"m": prob}) == pytest.approx(1.0)
+    half = prob.copy()
+    half[:, :, :8] = 0.0
+    inter = np.sum((prob > 0.5) & (half > 0.5), axis=(1, 2, 3))
+    union = np.sum((prob > 0.5) | (half > 0.5), axis=(1, 2, 3))
+    assert map_iou({"m": prob}, {"m": half}) == pytest.approx(np.mean(inter / union))
+    assert map_pearson({"m": prob}, {"m": 1 - prob}) == pytest.approx(-1.0)
+
+
+def test_options_and_specs():
+    assert parse_options("layout=yolov8,score=0.3,max_det=100") == {"layout": "yolov8", "score": 0.3, "max_det": 100}
+    with pytest.raises(InputError, match="bad --metric-options"):
+        parse_options("score")
+    with pytest.raises(InputError, match="bad --metric-fn"):
+        load_metric("accuracy")
+
+
+def test_a_user_metric_is_the_reports_fidelity_and_the_gate(tmp_path, capsys):
+    script = tmp_path / "metric.py"
+    script.write_text("def half(dense, pruned, bias=0.0):\n    return 0.5 + bias\n")
+    out = tmp_path / "out"
+    args = ["compress", MODELS / "fmnist_resnet.onnx", "--calib", MODELS / "fmnist_calib.npz", "--calib-samples", "64",
+            "--no-int8", "--target", "1.2x", "-o", out, "--metric-fn", f"{script}:half"]
+    code, _, err = run_cli(capsys, *args, "--metric-options", "bias=0.25", "--max-drop", "0.2", "--json")
+    assert code == 4 and "quality gate failed" in err and f"{script}:half 0.7500" in err
+    report = json.loads((out / "fmnist_resnet.report.json").read_text())
+    assert report["fidelity"]["metric_fn"]["value"] == 0.75 and report["quality_gate"]["passed"] is False
+    code, _, err = run_cli(capsys, *args, "--max-drop", "0.6")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("body, words", [
+    ("def m(a, b):\n    return 'good'\n", "expected a finite number"),
+    ("def m(a, b):\n    return float('nan')\n", "expected a finite number"),
+    ("def m(a, b):\n    raise KeyError('logits')\n", "raised KeyError"),
+    ("raise SystemExit(2)\n", "raised SystemExit"),
+    ("x = 1\n", "has no function 'm'"),
+])
+def test_a_broken_user_metric_is_one_line_exit_2(tmp_path, capsys, body, words):
+    (tmp_path / "metric.py").write_text(body)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(synthetic.build("conv_chain").SerializeToString())
+    np.savez(tmp_path / "c.npz", **synthetic.random_inputs(synthetic.build("conv_chain"), batch=24))
+    code, _, err = run_cli(capsys, "compress", model, "--calib", tmp_path / "c.npz", "--no-int8", "-o",
+                           tmp_path / "out", "--metric-fn", f"{tmp_path / 'metric.py'}:m")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and words in lines[0], err
+    assert not (tmp_path / "out").exists()
