@@ -55,7 +55,7 @@ except ImportError:  # run as a script: models/ is sys.path[0]
     import photos
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ["photos", "mobilenet_v2", "efficientnet_lite0", "minilm_l6"]
+TARGETS = ["photos", "mobilenet_v2", "efficientnet_lite0", "minilm_l6", "text_det"]
 EXTRA_TARGETS = ["calib_sets"]  # only when named in --only
 IMAGE_SETS = {"imagenet": "torchvision: RGB, resize shorter side 256 (bilinear), 224 crops, "
                           "x/255, mean (0.485,0.456,0.406), std (0.229,0.224,0.225); NCHW float32",
@@ -505,6 +505,23 @@ class Builder:
         return arrays
 
     # -- calibration sets only (no torch; models and evaluation sets untouched)
+    def build_text_det(self) -> None:
+        """PP-OCRv4's text detector from the rapidocr-onnxruntime wheel, with pages and scene text
+        (``models.text_zoo``; no torch)."""
+        try:
+            from models import text_zoo
+        except ImportError:  # run as a script
+            import text_zoo
+        for d in (self.out / "wheels", HERE / "cache" / "wheels"):
+            if (d / text_zoo.WHEEL).exists():
+                text_zoo.build(self.out, d / text_zoo.WHEEL)
+                self.manifest["models"]["text_det"] = file_entry(self.out / "text_det.onnx", source=text_zoo.WHEEL)
+                for name in ("text_calib", "text_eval"):
+                    self.manifest["datasets"][name] = file_entry(self.out / f"{name}.npz")
+                return
+        raise SystemExit(f"FAIL text_det: {text_zoo.WHEEL} not found: pip download --no-deps "
+                         f"rapidocr-onnxruntime==1.4.4 -d {self.out / 'wheels'}")
+
     def build_calib_sets(self) -> None:
         _, ev = self.split
         for prefix in IMAGE_SETS:
@@ -747,7 +764,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     targets = args.only or TARGETS
-    if set(targets) - {"photos", "calib_sets"}:  # the model targets export with torch
+    if set(targets) - {"photos", "calib_sets", "text_det"}:  # the model targets export with torch
         import torch
         torch.set_num_threads(2)
         torch.manual_seed(0)
