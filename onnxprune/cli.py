@@ -139,10 +139,14 @@ def compress(model, outdir, target, metric, calib, calib_samples, calib_mosaics,
               "the lowest per-component R² of other outputs) with the FP32 model drops by at most X; exit 4 if "
               "even that fails.")
 @click.option("--no-bias-correction", is_flag=True, help="Skip correcting the biases for the mean INT8 weight error.")
+@click.option("--metric-fn", metavar="NAME|FILE.py:FN", help="Fidelity for the report and --max-drop (as for "
+              "compress; runs that Python file: only use code you trust).")
+@click.option("--metric-options", metavar="K=V,..", help="Options of --metric-fn.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset, calib_method, max_drop,
-             no_bias_correction, as_json) -> None:
+             no_bias_correction, metric_fn, metric_options, as_json) -> None:
     """INT8 QDQ (QAT-ready) version of MODEL, calibrated on --calib."""
+    from .metrics import load_metric
     from .quantize import quantize_file
     from .summary import print_quantize_summary
 
@@ -152,6 +156,7 @@ def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset
         report = quantize_file(model, outdir, calib, calib_samples=calib_samples, preprocess=preprocess,
                                input_size=input_size, preset=preset, calib_method=calib_method, max_drop=max_drop,
                                bias_correction=not no_bias_correction,
+                               metric=load_metric(metric_fn, metric_options) if metric_fn else None,
                                progress=(lambda stage: status.update(f"quantizing: {stage}")) if status else None)
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -100,10 +100,11 @@ def component_r2(dense: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 
 def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
-            classifier: Sequence[bool] | None = None) -> dict:
+            classifier: Sequence[bool] | None = None, metric=None) -> dict:
     """Per output: cosine (per sample, mean and min), max |Δ|; classifiers (``classifier`` per output, from
     ``classifier_outputs``; by shape alone when None) also top-1/top-5 agreement and KL; other outputs their
-    components' R² (mean, min, the five worst with their index)."""
+    components' R² (mean, min, the five worst with their index). ``metric`` (a ``metrics.Metric``, the user's
+    ``--metric-fn``) adds the entry "metric_fn" with its value, which ``headline`` then reads."""
     out = {}
     classifier = classifier if classifier is not None else [True] * len(names)
     for name, a, b, scores in zip(names, dense, other, classifier, strict=True):
@@ -123,6 +124,9 @@ def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
             m.update(component_axis=component_axis(a.shape), components=len(r2), r2_mean=float(r2.mean()),
                      r2_min=float(r2.min()), worst_components=[[int(i), float(r2[i])] for i in worst])
         out[name] = m
+    if metric is not None:
+        out["metric_fn"] = {"name": metric.name, "options": metric.options, "samples": len(dense[0]),
+                            "value": metric(dict(zip(names, dense, strict=True)), dict(zip(names, other, strict=True)))}
     return out
 
 

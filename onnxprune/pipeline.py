@@ -455,11 +455,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             names = [o.name for o in model.graph.output]
             dense_out = run_all(model, calib.batches("holdout", 16))
             pruned_out = run_all(pruned, calib.batches("holdout", 16))
-            fidelity = compare(dense_out, pruned_out, names, classifier_outputs(model))
-            if metric is not None:
-                fidelity["metric_fn"] = {"name": metric.name, "options": metric.options, "samples": calib.n_holdout(),
-                                         "value": metric(dict(zip(names, dense_out, strict=True)),
-                                                         dict(zip(names, pruned_out, strict=True)))}
+            fidelity = compare(dense_out, pruned_out, names, classifier_outputs(model), metric)
 
     # -- write: every output at once, after every check passed --------------------------------
     out = Path(outdir)
@@ -472,6 +468,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
         with timer("int8"):
             int8, int8_report = quantize_model(pruned, calib, preset=opts.quant_preset, calib_method=opts.calib_method,
                                                dense_reference=model, latency_runs=20, dense_outputs=dense_out,
+                                               metric=metric,
                                                model_outputs=pruned_out,
                                                progress=(lambda stage: progress(f"int8: {stage}", None)) if progress else None)
             int8_report = {"output": str(int8_path), **int8_report}

@@ -443,12 +443,13 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
                    dense_reference: onnx.ModelProto | None = None, bias_correction: bool = True,
                    exclude: Iterable[str] = (), latency_runs: int = 50,
                    progress=None, dense_outputs: list[np.ndarray] | None = None,
-                   model_outputs: list[np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
+                   model_outputs: list[np.ndarray] | None = None, metric=None) -> tuple[onnx.ModelProto, dict]:
     """INT8 QDQ version of ``model`` and a JSON-able report section.
 
     ``calib`` calibrates (its ``calib`` slice) and verifies (its ``holdout`` slice). With ``max_drop``
-    set, the most sensitive weight layers are kept in float until the held-out headline metric (top-1
-    agreement with the FP32 model, or output cosine) drops by at most ``max_drop``; the report's
+    set, the most sensitive weight layers are kept in float until the held-out headline metric (``metric``, the
+    user's ``--metric-fn``; else top-1 agreement with the FP32 model, or the lowest component-mean R²) drops
+    by at most ``max_drop``; the report's
     ``quality_gate`` says whether that was reached (this function does not raise for it). ``exclude``:
     node names always kept in float. ``progress(stage)`` is called as stages start. ``dense_outputs`` /
     ``model_outputs``: the outputs of ``dense_reference`` / ``model`` on the holdout slice where the caller has
@@ -523,13 +524,13 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
                 fp32_out = model_outputs if model_outputs is not None and upcast is None else \
                     run_all(model, calib.batches("holdout", 64))
                 int8_out = run_all(int8, calib.batches("holdout", 64))
-                fidelity = compare(fp32_out, int8_out, names, scores)
+                fidelity = compare(fp32_out, int8_out, names, scores, metric)
             first_int8 = int8
             if max_drop is not None and 1.0 - headline(fidelity)[1] > max_drop:
                 notify("fallback")
                 with timed(times, "fallback"):
                     found, found_fid, search = fallback_search(build, builder.build, forced, layers, calib,
-                                                               fp32_out, names, max_drop, scores)
+                                                               fp32_out, names, max_drop, scores, metric=metric)
                 if found is not None and headline(found_fid)[1] >= headline(fidelity)[1]:
                     int8, fidelity = found, found_fid
                 else:
@@ -545,8 +546,8 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
                 run_all(dense_reference, calib.batches("holdout", 64))
             if int8 is not first_int8:  # the fallback's model
                 int8_out = run_all(int8, calib.batches("holdout", 64))
-            report["fidelity"]["int8_vs_dense"] = compare(dense_out, int8_out, names, scores)
-            report["fidelity"]["fp32_vs_dense"] = compare(dense_out, fp32_out, names, scores)
+            report["fidelity"]["int8_vs_dense"] = compare(dense_out, int8_out, names, scores, metric)
+            report["fidelity"]["fp32_vs_dense"] = compare(dense_out, fp32_out, names, scores, metric)
     if latency_runs:
         notify("latency")
         with timed(times, "latency"):

@@ -161,7 +161,7 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
                     rank_build: Callable[[Sequence[str]], onnx.ModelProto], forced: Sequence[str],
                     layers: Sequence[str], calib: CalibrationSet, fp32_out: list[np.ndarray], names: list[str],
                     max_drop: float, classifier: Sequence[bool] | None = None,
-                    sensitivity_samples: int = 64) -> tuple[onnx.ModelProto | None, dict, dict]:
+                    sensitivity_samples: int = 64, metric=None) -> tuple[onnx.ModelProto | None, dict, dict]:
     """Keep the most sensitive layers in float until the headline drop is <= ``max_drop``.
 
     ``build(exclude)`` makes the final candidates (bias-corrected); ``rank_build`` the cheaper models
@@ -179,7 +179,7 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
 
     def passes(k: int) -> bool:
         model = build([*forced, *order[:k]])
-        fid = compare(fp32_out, run_all(model, calib.batches("holdout", 64)), names, classifier)
+        fid = compare(fp32_out, run_all(model, calib.batches("holdout", 64)), names, classifier, metric)
         tried[k] = (headline(fid)[1], model, fid)
         return 1.0 - tried[k][0] <= max_drop
 

@@ -107,6 +107,10 @@ def print_quantize_summary(console: Console, r: dict) -> None:
         console.print(f"kept in float ({len(layers['float'])}): " + ", ".join(layers["float"][:6])
                       + (" …" if len(layers["float"]) > 6 else ""))
     for name, m in r["fidelity"].get("int8_vs_fp32", {}).items():
+        if name == "metric_fn":
+            console.print(f"INT8 vs FP32, --metric-fn {m['name']} on {m['samples']} held-out samples: "
+                          f"{m['value']:.4f}")
+            continue
         line = f"INT8 vs FP32 on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
         if "top1_agreement" in m:
             line += f", top-1 agreement {100 * m['top1_agreement']:.1f}%, KL {m['kl_dense_to_pruned']:.4f}"

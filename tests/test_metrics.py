@@ -110,3 +110,17 @@ def test_a_broken_user_metric_is_one_line_exit_2(tmp_path, capsys, body, words):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and words in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_quantize_reports_the_user_metric_and_gates_on_it(tmp_path, capsys):
+    script = tmp_path / "metric.py"
+    script.write_text("import numpy as np\n\ndef agree(dense, int8):\n"
+                      "    return float(np.mean(dense['logits'].argmax(1) == int8['logits'].argmax(1)))\n")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "quantize", MODELS / "fmnist_resnet.onnx", "--calib", MODELS / "fmnist_calib.npz",
+                           "--calib-samples", "64", "-o", out, "--metric-fn", f"{script}:agree", "--max-drop", "0.5")
+    assert code == 0, err
+    report = json.loads((out / "fmnist_resnet.int8.report.json").read_text())
+    got = report["fidelity"]["int8_vs_fp32"]
+    assert got["metric_fn"]["value"] == pytest.approx(got["logits"]["top1_agreement"])
+    assert report["quality_gate"]["metric"] == f"{script}:agree" and report["quality_gate"]["passed"]
