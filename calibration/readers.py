@@ -24,9 +24,7 @@ slice and a disjoint held-out slice for verification. Input files are only ever 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
 import tokenize
 import zipfile
 import zlib
@@ -40,6 +38,7 @@ from onnxprune.calibration.augment import image_input, mosaics
 
 from onnxprune.errors import InputError
 from onnxprune.shapes import FLOAT_TYPES, declared_shape, graph_inputs, static_batch
+from onnxprune.userfn import user_function
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 PREPROCESS = ("imagenet", "effnet", "raw")
@@ -262,10 +261,11 @@ def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
         whole = fortran or dtype.hasobject or not shape
         per_row = int(np.prod(shape[1:], dtype=object)) if shape else 1
         count = int(np.prod(shape, dtype=object)) if whole else min(rows, shape[0]) * per_row
-        if count * dtype.itemsize > memory_budget():
+        budget = memory_budget()
+        if count * dtype.itemsize > budget:
             raise InputError(f"calibration array '{key}' declares shape {_fmt(shape)} of {dtype}: "
                              f"{count * dtype.itemsize / 2**30:,.1f} GiB to read, too large for the "
-                             f"{memory_budget() / 2**30:,.1f} GiB of memory available")
+                             f"{budget / 2**30:,.1f} GiB of memory available")
         if whole:
             whole = npz[key]
             return whole, len(whole) if whole.ndim else 0
@@ -458,57 +458,15 @@ def _preprocess(Image, path: str, preprocess: str, size: int, channels: int) -> 
 
 def _read_script(spec: str, path: str, func: str, need: int) -> tuple[dict[str, np.ndarray], str]:
     """Import ``path`` as a module (RUNS ITS CODE) and concatenate the feed dicts ``func()`` yields."""
-    mod_name = f"_onnxprune_calib_{abs(hash(os.path.abspath(path)))}"
-    folder = os.path.dirname(os.path.abspath(path))
     chunks: dict[str, list[np.ndarray]] = {}
     total = 0
-    sys.path.insert(0, folder)
     try:
-        mspec = importlib.util.spec_from_file_location(mod_name, path)
-        if mspec is None or mspec.loader is None:
-            raise InputError(f"cannot import calibration script {path}")
-        module = importlib.util.module_from_spec(mspec)
-        sys.modules[mod_name] = module
-        mspec.loader.exec_module(module)
-        fn = getattr(module, func, None)
-        if not callable(fn):
-            raise InputError(f"calibration script {path} has no function '{func}'")
-        result = fn()
-        if isinstance(result, Mapping):
-            result = [result]
-        try:
-            it = iter(result)
-        except TypeError:
-            raise InputError(f"{spec}: {func}() returned {type(result).__name__}, "
-                             "expected an iterable of feed dicts") from None
-        for i, feed in enumerate(it):
-            if not isinstance(feed, Mapping):
-                raise InputError(f"{spec}: item {i} is {type(feed).__name__}, expected a dict name -> array")
-            if chunks and set(feed) != set(chunks):
-                raise InputError(f"{spec}: item {i} has keys {sorted(feed)}, item 0 had {sorted(chunks)}")
-            batch = {str(k): np.asarray(v) for k, v in feed.items()}
-            if not batch:
-                raise InputError(f"{spec}: item {i} is an empty dict, expected one array per model input")
-            if any(v.ndim == 0 for v in batch.values()):
-                raise InputError(f"{spec}: item {i} has a scalar value; arrays need a leading batch axis")
-            count = _same_counts(batch)
-            if count == 0:
-                raise InputError(f"{spec}: item {i} holds no samples (a batch of 0)")
-            total += count
-            for k, v in batch.items():
-                chunks.setdefault(k, []).append(v)
-            if total >= need:
-                break
-        if hasattr(it, "close"):
-            it.close()
+        with user_function(path, func, "calibration script") as fn:
+            total = _read_feeds(spec, func, fn, need, chunks)
     except InputError:
         raise
     except (Exception, SystemExit) as e:
         raise InputError(f"calibration script {spec} raised {type(e).__name__}: {e}") from e
-    finally:
-        sys.modules.pop(mod_name, None)
-        if folder in sys.path:
-            sys.path.remove(folder)
     if not chunks:
         raise InputError(f"calibration script {spec} yielded no data")
     try:
@@ -516,3 +474,38 @@ def _read_script(spec: str, path: str, func: str, need: int) -> tuple[dict[str, 
     except ValueError as e:
         raise InputError(f"{spec}: batches do not concatenate: {e}") from None
     return arrays, f"{spec} (script, {min(total, need)} samples read)"
+
+
+def _read_feeds(spec: str, func: str, fn, need: int, chunks: dict[str, list[np.ndarray]]) -> int:
+    """Collect the feed dicts ``fn()`` yields into ``chunks`` (per input, its arrays) until ``need`` samples;
+    returns the samples read."""
+    total = 0
+    result = fn()
+    if isinstance(result, Mapping):
+        result = [result]
+    try:
+        it = iter(result)
+    except TypeError:
+        raise InputError(f"{spec}: {func}() returned {type(result).__name__}, "
+                         "expected an iterable of feed dicts") from None
+    for i, feed in enumerate(it):
+        if not isinstance(feed, Mapping):
+            raise InputError(f"{spec}: item {i} is {type(feed).__name__}, expected a dict name -> array")
+        if chunks and set(feed) != set(chunks):
+            raise InputError(f"{spec}: item {i} has keys {sorted(feed)}, item 0 had {sorted(chunks)}")
+        batch = {str(k): np.asarray(v) for k, v in feed.items()}
+        if not batch:
+            raise InputError(f"{spec}: item {i} is an empty dict, expected one array per model input")
+        if any(v.ndim == 0 for v in batch.values()):
+            raise InputError(f"{spec}: item {i} has a scalar value; arrays need a leading batch axis")
+        count = _same_counts(batch)
+        if count == 0:
+            raise InputError(f"{spec}: item {i} holds no samples (a batch of 0)")
+        total += count
+        for k, v in batch.items():
+            chunks.setdefault(k, []).append(v)
+        if total >= need:
+            break
+    if hasattr(it, "close"):
+        it.close()
+    return total

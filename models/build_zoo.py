@@ -504,7 +504,6 @@ class Builder:
                 f"({time.time() - t0:.0f}s)")
         return arrays
 
-    # -- calibration sets only (no torch; models and evaluation sets untouched)
     def build_text_det(self) -> None:
         """PP-OCRv4's text detector from the rapidocr-onnxruntime wheel, with pages and scene text
         (``models.text_zoo``; no torch)."""
@@ -522,6 +521,7 @@ class Builder:
         raise SystemExit(f"FAIL text_det: {text_zoo.WHEEL} not found: pip download --no-deps "
                          f"rapidocr-onnxruntime==1.4.4 -d {self.out / 'wheels'}")
 
+    # -- calibration sets only (no torch; models and evaluation sets untouched)
     def build_calib_sets(self) -> None:
         _, ev = self.split
         for prefix in IMAGE_SETS:

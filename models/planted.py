@@ -220,12 +220,8 @@ class _Net(Builder):
             slope = self.produce(f"{name}/prelu.slope", self.rng.uniform(0.05, 0.3, [c, 1, 1]), spaces, dup=_equal,
                                  dead=_keep)
             return self.op("PRelu", [x, slope], f"{name}/prelu")
-        if act == "gelu":  # torch's erf form (Gelu is an op only from opset 20): x·½(1 + erf(x/√2))
-            scaled = self.op("Div", [x, self.const("gelu.sqrt2", np.sqrt(2.0))], f"{name}/gelu/div")
-            e = self.op("Erf", [scaled], f"{name}/gelu/erf")
-            e = self.op("Add", [e, self.const("gelu.one", 1.0)], f"{name}/gelu/add")
-            return self.op("Mul", [self.op("Mul", [x, e], f"{name}/gelu/mul"), self.const("gelu.half", 0.5)],
-                           f"{name}/gelu")
+        if act == "gelu":
+            return self.gelu(x, f"{name}/gelu")
         if act == "leaky":
             return self.op("LeakyRelu", [x], f"{name}/leaky", alpha=0.1)
         return self.op("Relu", [x], f"{name}/relu")

@@ -162,6 +162,13 @@ class Builder:
         y = self.op("Mul", [self.op("Div", [dev, std], f"{name}/div"), g], f"{name}/mul")
         return self.op("Add", [y, b], name)
 
+    def gelu(self, x, name):
+        """GELU in torch's erf form (an ONNX op only from opset 20): x·½(1 + erf(x/√2))."""
+        e = self.op("Div", [x, self.const("gelu.sqrt2", np.sqrt(2.0))], f"{name}/div")
+        e = self.op("Add", [self.op("Erf", [e], f"{name}/erf"), self.const("gelu.one", 1.0)], f"{name}/add")
+        e = self.op("Mul", [x, e], f"{name}/mul")
+        return self.op("Mul", [e, self.const("gelu.half", 0.5)], name)
+
     def upsample2(self, x, name):
         """Resize nearest x2 as torch exports F.interpolate (empty roi + scales; valid from 11)."""
         roi, scales = self.const("resize.roi", []), self.const("resize.scales", [1, 1, 2, 2])

@@ -19,16 +19,15 @@ Shipped:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import InputError
+from .userfn import user_function
 
 Outputs = Mapping[str, np.ndarray]
 
@@ -187,17 +186,5 @@ def load_metric(spec: str, options: str | None = None) -> Metric:
         raise InputError(f"bad --metric-fn '{spec}': expected {', '.join(SHIPPED)} or path/to/file.py:function")
     if not os.path.isfile(path):
         raise InputError(f"--metric-fn script not found: {path}")
-    name = f"_onnxprune_metric_{abs(hash(os.path.abspath(path)))}"
-    try:
-        mspec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(mspec)
-        sys.modules[name] = module
-        mspec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
-        raise InputError(f"--metric-fn script {path} raised {type(exc).__name__}: {exc}") from None
-    finally:
-        sys.modules.pop(name, None)
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        raise InputError(f"--metric-fn script {path} has no function '{func}'")
-    return Metric(spec, fn, kwargs)
+    with user_function(path, func, "--metric-fn script") as fn:
+        return Metric(spec, fn, kwargs)

@@ -98,9 +98,8 @@ class TraceContext:
         """Re-express a plain space as the interleaved channels of another one, where both lay out the same
         tensor axis: ``other`` holds |B| channels each ``inner`` wide (a channel shuffle's output), the plain
         space A has |A| = |B|·inner channels, and A's channel c·inner + r is position r of B's channel c.
-        Every
-        member, view and MAC term of A moves to B with its inner extent multiplied by ``inner``; A is left
-        empty (an alias). Returns the joint view, or None when A is not plain, is linked to other spaces,
+        Every member, view and MAC term of A moves to B with its inner extent multiplied by ``inner``; A is
+        left empty (an alias). Returns the joint view, or None when A is not plain, is linked to other spaces,
         or the extents differ."""
         a, b = plain.space, other.space
         if a == b or not plain.plain or other.plain or plain.axis != other.axis or other.outer != 1 \

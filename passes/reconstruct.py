@@ -181,7 +181,7 @@ RECTIFY_ROWS = 1 << 19
 # (shrink 0, ridge ~0) are there for layers the calibration data determine exactly: a removed channel that
 # was a combination of kept ones is folded back without the ridge's pull toward the sliced weights.
 CANDIDATES = (("correcting", 1.0, 1.0), ("local", 1.0, 1.0), ("correcting", 0.0, 1e-6), ("local", 0.0, 1e-6))
-# Offered to layers whose validation halves hold fewer rows than features (``_Fit.fold_channels``).
+# Offered to layers whose validation halves hold fewer rows than features (``_Fit.fold_layout``).
 FOLD = ("fold", 0.0, 0.0)
 TIE = 1e-6  # relative difference of two candidates' validation errors below which they tie
 
@@ -266,7 +266,7 @@ class _Fit:
         if not all(h.rows for h in self.halves):
             return CANDIDATES[0]
         errors = {}
-        for cand in CANDIDATES + ((FOLD,) if self.fold_channels() is not None else ()):
+        for cand in CANDIDATES + ((FOLD,) if self.fold_layout() is not None else ()):
             if cand[0] in ("local", "fold") and not self.local:
                 continue
             err = 0.0
@@ -284,7 +284,7 @@ class _Fit:
         ties = [c for c, e in errors.items() if e <= best + TIE * abs(best)]
         return min(ties, key=lambda c: (c[1], c[2], errors[c]))
 
-    def fold_channels(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+    def fold_layout(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(kept dense channels, removed ones, features per channel) for the channel fold: offered where the
         layer has one block, lost whole input channels, and too few rows in a validation half to determine a
         least-squares fit on its features (then the fold's one coefficient per kept and removed channel pair
@@ -299,7 +299,8 @@ class _Fit:
         if features % (unit * taps) or len(self.kept_in) % unit:
             return None
         kept = np.unique(np.asarray(self.kept_in) // unit)
-        if not np.array_equal(np.sort(self.kept_in), (kept[:, None] * unit + np.arange(unit)).reshape(-1)):
+        # the kept features' Gram matrices follow kept_in's order: whole channels, ascending
+        if not np.array_equal(self.kept_in, (kept[:, None] * unit + np.arange(unit)).reshape(-1)):
             return None
         gone = np.setdiff1d(np.arange(features // (unit * taps)), kept)
         return (kept, gone, unit * taps) if gone.size else None
@@ -308,7 +309,7 @@ class _Fit:
               cand: tuple[str, float, float]):
         mode, shrink, ridge = cand[0], cand[1], ridge * cand[2]
         if mode == "fold":
-            return fold_channels(wd, sums.kk[b], sums.dk[b], *self.fold_channels(), self.bias)
+            return fold_channels(wd, sums.kk[b], sums.dk[b], *self.fold_layout(), self.bias)
         if mode == "local":  # fit on dense inputs: the partner's drift (seen on pruned ones) does not apply
             return solve_refit(wd, sums.dk[b], sums.kk[b], w0, ridge, sums.samples, shrink)
         skip = sums.ep[b] if sums.ep is not None else None

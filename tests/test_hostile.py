@@ -197,6 +197,11 @@ def _script(tmp: Path, body: str, name: str = "feed.py") -> Path:
     return path
 
 
+def _option_case(*options: str):
+    """compress with calibration data and ``options``."""
+    return lambda t: _compress(t, _conv_model(), *options)
+
+
 def _script_case(body: str):
     """compress with ``--calib`` a script whose function ``feed`` is ``body``'s."""
     return lambda t: _compress(t, _conv_model(), "--calib", str(_script(t, body)) + ":feed", calib=False)
@@ -529,47 +534,24 @@ CASES = [
         ("could be decoded",),
     ),
     # -- options --------------------------------------------------------------------------------
-    Case("target word", lambda t: _compress(t, _conv_model(), "--target", "fast"), 2, ("--target",)),
-    Case("target below 1", lambda t: _compress(t, _conv_model(), "--target", "0.5x"), 2, ("--target",)),
-    Case("target nan", lambda t: _compress(t, _conv_model(), "--target", "nan"), 2, ("--target",)),
-    Case("target inf", lambda t: _compress(t, _conv_model(), "--target", "inf"), 2, ("--target",)),
-    Case(
-        "calib samples word",
-        lambda t: _compress(t, _conv_model(), "--calib-samples", "abc"),
-        2,
-        ("--calib-samples",),
-    ),
-    Case(
-        "calib samples zero",
-        lambda t: _compress(t, _conv_model(), "--calib-samples", "0"),
-        2,
-        ("--calib-samples",),
-    ),
-    Case("unknown metric", lambda t: _compress(t, _conv_model(), "--metric", "joules"), 2, ("--metric",)),
-    Case("bad exclude regex", lambda t: _compress(t, _conv_model(), "--exclude", "(("), 2, ("--exclude",)),
-    Case("round-to zero", lambda t: _compress(t, _conv_model(), "--round-to", "0"), 2, ("--round-to",)),
-    Case("sparsity 5:4", lambda t: _compress(t, _conv_model(), "--sparsity", "5:4"), 2, ("sparsity",)),
-    Case("sparsity 1.5", lambda t: _compress(t, _conv_model(), "--sparsity", "1.5"), 2, ("sparsity",)),
-    Case(
-        "input shape garbage",
-        lambda t: _compress(t, _conv_model(), "--input-shape", "x:axb"),
-        2,
-        ("--input-shape",),
-    ),
-    Case(
-        "search evals negative",
-        lambda t: _compress(t, _conv_model(), "--search-evals", "-1"),
-        2,
-        ("--search-evals",),
-    ),
-    Case("max drop word", lambda t: _compress(t, _conv_model(), "--max-drop", "lots"), 2, ("--max-drop",)),
-    Case(
-        "latency batches word",
-        lambda t: _compress(t, _conv_model(), "--metric", "latency", "--latency-batches", "x"),
-        2,
-        ("--latency-batches",),
-    ),
-    Case("unknown option", lambda t: _compress(t, _conv_model(), "--frobnicate"), 2, ("--frobnicate",)),
+    *(Case(name, _option_case(*args), 2, (word,)) for name, args, word in (
+        ("target word", ("--target", "fast"), "--target"),
+        ("target below 1", ("--target", "0.5x"), "--target"),
+        ("target nan", ("--target", "nan"), "--target"),
+        ("target inf", ("--target", "inf"), "--target"),
+        ("calib samples word", ("--calib-samples", "abc"), "--calib-samples"),
+        ("calib samples zero", ("--calib-samples", "0"), "--calib-samples"),
+        ("unknown metric", ("--metric", "joules"), "--metric"),
+        ("bad exclude regex", ("--exclude", "(("), "--exclude"),
+        ("round-to zero", ("--round-to", "0"), "--round-to"),
+        ("sparsity 5:4", ("--sparsity", "5:4"), "sparsity"),
+        ("sparsity 1.5", ("--sparsity", "1.5"), "sparsity"),
+        ("input shape garbage", ("--input-shape", "x:axb"), "--input-shape"),
+        ("search evals negative", ("--search-evals", "-1"), "--search-evals"),
+        ("max drop word", ("--max-drop", "lots"), "--max-drop"),
+        ("latency batches word", ("--metric", "latency", "--latency-batches", "x"), "--latency-batches"),
+        ("unknown option", ("--frobnicate",), "--frobnicate"),
+    )),
     Case("quantize without calib", lambda t: ["quantize", _save(t, _conv_model())], 2, ("--calib",)),
     Case(
         "bench rounds zero", lambda t: ["bench", _save(t, _conv_model()), "--rounds", "0"], 2, ("--rounds",)

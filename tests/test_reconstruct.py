@@ -144,7 +144,7 @@ def _flatten_fit(rows: int, seed: int = 4):
 
 def test_channel_fold_is_exact_where_the_features_outnumber_the_rows():
     fit, wd, w0, want = _flatten_fit(rows=40)
-    assert fit.fold_channels() is not None
+    assert fit.fold_layout() is not None
     cand = fit.choose(wd, w0, ridge=1e-3)
     got = fit.solve(fit.halves[0] + fit.halves[1], 0, wd[0], w0[0], 1e-3, cand)
     assert cand[0] == "fold"
@@ -153,7 +153,7 @@ def test_channel_fold_is_exact_where_the_features_outnumber_the_rows():
 
 def test_channel_fold_is_not_offered_where_a_fit_on_features_is_determined():
     fit, *_ = _flatten_fit(rows=400)
-    assert fit.fold_channels() is None
+    assert fit.fold_layout() is None
 
 
 def test_candidates_that_tie_go_to_the_least_regularized(monkeypatch):
