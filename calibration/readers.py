@@ -24,6 +24,8 @@ slice and a disjoint held-out slice for verification. Input files are only ever 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
 import tokenize
 import zipfile
@@ -113,6 +115,14 @@ class CalibrationSet:
             stop = n - n % step if self.fixed_batch else n
             for i in range(0, stop, step):
                 yield {k: v[i : i + step] for k, v in data.items()}
+
+
+    def first(self, which: str, samples: int) -> list[dict[str, np.ndarray]]:
+        """The batches (``batches``) holding the first ``samples`` samples of ``which`` (all it has when fewer;
+        with a static model batch B, whole batches of B: at least one where there is one)."""
+        step = self.fixed_batch or max(samples, 1)
+        count = max(1, math.ceil(samples / step)) if self.fixed_batch else 1
+        return list(itertools.islice(self.batches(which, step), count))
 
 
 def _count(arrays: Mapping[str, np.ndarray]) -> int:

@@ -6,6 +6,7 @@ Each stage is a plain function call; this module only chains them and times them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -44,7 +45,7 @@ from .passes.prune_channels import prune_channels
 from .passes.reconstruct import compensate_locally, reconstruct, validation_halves
 from .passes.sparsify import sparsify
 from .quantize import quantize_model
-from .sensitivity import measured_rankings, trial_damage
+from .sensitivity import guard_deep_cuts, measured_rankings, trial_damage
 from .shapes import Shape, graph_inputs, static_batch
 from .sparsity import sparsity_option
 from .tracer import trace_channels
@@ -281,7 +282,8 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
                 half_hessians = {n: a.hessian() for n, a in (every[0].hessians | every[0].samples).items()}
                 half_rows = {n: a.samples for n, a in (every[0].hessians | every[0].samples).items()}
                 every[0].merge(every.pop())
-                half_feeds = {k: v.copy() for k, v in next(halves[0].batches("holdout", opts.sensitivity_samples)).items()}
+                half_feeds = [{k: v.copy() for k, v in b.items()}
+                              for b in halves[0].first("holdout", opts.sensitivity_samples)]
                 halves = None  # their arrays and mosaics (~0.3 GB on EfficientNet-Lite0) are no longer needed
             stats = every.pop()
             hessians = {n: h.hessian() for n, h in stats.hessians.items()}
@@ -313,13 +315,14 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             k_in, k_out = trace.layer_kept(layers, try_plan)
             return compensate_locally(model, pruned_try, half_hessians, half_rows, k_in, k_out)
     elif calib is not None:
-        trial_feeds = next(iter(calib.batches("calib", opts.sensitivity_samples)), None)
+        trial_feeds = calib.first("calib", opts.sensitivity_samples) or None
         trial_comp = compensator if hessians else None
+    points: dict[int, list[tuple[int, float]]] = {}
     if measured:
         with timer("sensitivity"):
             rankings = measured_rankings(model, trace, eligible, rankings, trial_feeds, mode=opts.sensitivity,
                                          progress=progress("sensitivity", len(eligible)) if progress else None,
-                                         compensate=trial_comp)
+                                         compensate=trial_comp, points=points)
 
     # -- allocation ----------------------------------------------------------------------------
     pattern = sparsity_option(opts.sparsity)
@@ -380,7 +383,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
         search_feeds = None
         if calib is not None and opts.search_evals > 1 and opts.allocation == "dp" and choices:
             search_feeds = trial_feeds
-            search_dense, search_scores = run_all(model, [search_feeds]), classifier_outputs(model)
+            search_dense, search_scores = run_all(model, search_feeds), classifier_outputs(model)
 
             def plan_damage(widths) -> float:
                 return trial_damage(model, trace, plan_from_widths(choices, widths), search_feeds, search_dense,
@@ -388,6 +391,15 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
 
         budget = metric_base / opts.target
         plan = allocate_to(budget)
+    guard = None
+    if measured and plan:
+        def replan():  # the choices read the rankings the guard raised
+            choices[:] = [dataclasses.replace(c, ranking=rankings[c.group]) for c in choices]
+            return allocate_to(budget)
+
+        with timer("guard"):
+            plan, guard = guard_deep_cuts(model, trace, eligible, rankings, points, plan, replan, trial_feeds,
+                                          trial_comp, progress=progress("guard", None) if progress else None)
 
     # -- prune, (latency: measure and tighten), reconstruct, verify -----------------------------
     with timer("prune"):
@@ -480,6 +492,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
         "criterion": criterion,
         "allocation": opts.allocation,
         "search": searches[-1] if searches else None,
+        "guard": guard,
         "reconstruct": opts.reconstruct and bool(refit),
         "calibration": None if calib is None else {"source": calib.source, "samples": calib.n_calib(),
                                                     "mosaics": calib.n_statistics() - calib.n_calib(),

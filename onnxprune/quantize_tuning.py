@@ -136,8 +136,8 @@ def layer_sensitivity(build: Callable[[Sequence[str]], onnx.ModelProto], layers:
                       classifier: Sequence[bool] | None = None) -> list[tuple[str, float]]:
     """(layer, output damage with that layer alone kept in float), most damaging-when-quantized first.
 
-    Damage is ``sensitivity.output_damage`` against the FP32 outputs (KL for classifiers, relative
-    squared error otherwise), so a low value means keeping that layer in float helps most.
+    Damage is ``sensitivity.output_damage`` against the FP32 outputs (KL for classifiers, 1 − R² per output
+    component otherwise), so a low value means keeping that layer in float helps most.
     """
     rows = []
     for layer in layers:
@@ -171,7 +171,7 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
     its held-out fidelity, and a JSON-able account of the search.
     """
     n_hold = calib.n_holdout()
-    feeds = list(itertools.islice(calib.batches("holdout", 32), max(1, math.ceil(min(sensitivity_samples, n_hold) / 32))))
+    feeds = calib.first("holdout", min(sensitivity_samples, n_hold))
     n_feed = sum(len(next(iter(f.values()))) for f in feeds)
     ranking = layer_sensitivity(rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out], classifier)
     order = [layer for layer, _ in ranking]

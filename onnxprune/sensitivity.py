@@ -11,6 +11,9 @@ calibration batches; the allocator then uses these end-to-end curves:
              mean over components of 1 − R²_c             otherwise (``fidelity.component_r2``: each
                                                             component's error over its own spread),
     summed over outputs.
+
+A plan that cuts a group past its deepest trial is checked there (``guard_deep_cuts``): the curve beyond the
+trials is an extrapolation, and it is raised wherever the measurement says it was too low.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from .channels import ChannelGroup, Trace
 from .criteria import GroupRanking
 from .fidelity import classifier_outputs, component_r2, is_classifier, mean_kl, run_all
 from .passes.prune_channels import prune_channels
+
+Feeds = Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]  # one batch, or batches
 
 # Measured damage at or below this is float32 noise (a relative output error of 1e-5), not damage.
 QUIET = 1e-10
@@ -44,27 +49,32 @@ def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: 
     return total
 
 
-def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Mapping[str, np.ndarray],
+def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Feeds,
                  dense: list[np.ndarray], classifier: Sequence[bool],
                  compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                 start: tuple[tuple[list[int], list[str]], Mapping[str, np.ndarray]] | None = None) -> float:
-    """Output damage of ``model`` pruned by ``plan`` on ``feeds`` against the dense outputs ``dense``
-    (``classifier``: ``fidelity.classifier_outputs(model)``, once per caller, not per trial);
-    ``compensate(plan, pruned)`` edits the trial model in place before it runs. ``start``: (the cut below
-    which the trial model is the dense one, ``collect.downstream_cut``; the dense values it reads): only the
-    nodes downstream of the plan's edits run."""
+                 start: tuple[tuple[list[int], list[str]], list[Mapping[str, np.ndarray]]] | None = None) -> float:
+    """Output damage of ``model`` pruned by ``plan`` on ``feeds`` (a batch, or a list of batches: a model with
+    a static batch takes several) against the dense outputs ``dense`` (``classifier``:
+    ``fidelity.classifier_outputs(model)``, once per caller, not per trial); ``compensate(plan, pruned)`` edits
+    the trial model in place before it runs. ``start``: (the cut below which the trial model is the dense one,
+    ``collect.downstream_cut``; the dense values it reads, per batch): only the nodes downstream of the plan's
+    edits run."""
     pruned = prune_channels(model, trace, plan, infer=False)
     if compensate is not None:
         compensate(plan, pruned)
     if start is None:
-        return output_damage(dense, run_all(pruned, [feeds]), classifier)
+        return output_damage(dense, run_all(pruned, as_batches(feeds)), classifier)
     cut, values = start
-    return output_damage(dense, run_all(suffix_model(pruned, cut, values), [{t: values[t] for t in cut[1]}]),
-                         classifier)
+    suffix = suffix_model(pruned, cut, values[0])
+    return output_damage(dense, run_all(suffix, [{t: v[t] for t in cut[1]} for v in values]), classifier)
+
+
+def as_batches(feeds: Feeds) -> list[Mapping[str, np.ndarray]]:
+    return [feeds] if isinstance(feeds, Mapping) else list(feeds)
 
 
 def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup],
-                 feeds: Mapping[str, np.ndarray]) -> dict[int, tuple]:
+                 feeds: Feeds) -> dict[int, tuple]:
     """Per group, where a trial model pruning it alone starts to differ from the dense one, for ``trial_damage``'s
     ``start``: the nodes of every space holding the group's channels (pruning and compensation edit only
     those) and all below them, and the dense values on ``feeds`` that they read. One dense pass for all
@@ -75,25 +85,28 @@ def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelG
         cut = downstream_cut(model, nodes)
         if cut is not None:
             cuts[g.id] = cut
-    values = dict(feeds)
-    taps = sorted({t for _, reads in cuts.values() for t in reads} - set(values))
+    values = [dict(b) for b in as_batches(feeds)]
+    taps = sorted({t for _, reads in cuts.values() for t in reads} - set(values[0]))
     if taps:
         sess, needed = tapped_session(model, taps)
-        values.update(zip(taps, sess.run(taps, {k: v for k, v in feeds.items() if k in needed}), strict=True))
+        for v in values:
+            v.update(zip(taps, sess.run(taps, {k: x for k, x in v.items() if k in needed}), strict=True))
     return {gid: (cut, values) for gid, cut in cuts.items()}
 
 
 def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
-                      rankings: Mapping[int, GroupRanking], feeds: Mapping[str, np.ndarray],
+                      rankings: Mapping[int, GroupRanking], feeds: Feeds,
                       fractions: tuple[float, ...] | None = None, mode: str = "measured",
                       progress: Callable[[int], None] | None = None,
-                      compensate: Callable[[dict, onnx.ModelProto], object] | None = None) -> dict[int, GroupRanking]:
+                      compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
+                      points: dict[int, list[tuple[int, float]]] | None = None) -> dict[int, GroupRanking]:
     """Rankings with the same channel order and an error curve from measured damage: interpolated
     (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``).
-    ``compensate(plan, pruned)`` edits each trial model in place before it runs."""
+    ``compensate(plan, pruned)`` edits each trial model in place before it runs; ``points`` receives each
+    group's measured (channels removed, damage) pairs."""
     # the rescaled curve needs only its level: two points do; an interpolated curve needs three
     fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
-    dense, scores = run_all(model, [feeds]), classifier_outputs(model)
+    dense, scores = run_all(model, as_batches(feeds)), classifier_outputs(model)
     starts = group_starts(model, trace, groups, feeds)
     out: dict[int, GroupRanking] = {}
     for g in groups:
@@ -110,6 +123,8 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, scores, compensate,
                                    starts.get(g.id)))
             xs.append(removed / g.size)
+            if points is not None:
+                points.setdefault(g.id, []).append((removed, ys[-1]))
         xs.append(1.0)
         ys.append(max(ys[-1] * 2.0, ys[-1] + 1e-9) if len(ys) > 1 else 1.0)  # emptying the group: worst
         curve = np.interp(np.arange(g.size + 1) / g.size, xs, np.maximum.accumulate(ys))
@@ -125,3 +140,72 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
         if progress:
             progress(1)
     return out
+
+
+# A measured damage more than this fraction above the curve's prediction raises the curve.
+GUARD_TOLERANCE = 0.1
+
+
+def raised_curve(error: np.ndarray, deepest: int, removed: int, damage: float) -> np.ndarray:
+    """``error`` (damage after m removals, monotone) made to pass no lower than ``damage`` at ``removed``
+    removals: the shortfall δ = damage − error[removed] is added in full from ``removed`` on and ramped in
+    linearly from the deepest earlier measurement ``deepest`` (where the curve stays as it was);
+    ``error[-1]`` (the emptied group) stays."""
+    out = error.astype(float).copy()
+    delta = damage - out[removed]
+    if delta <= 0:
+        return out
+    m = np.arange(len(out) - 1)
+    ramp = np.clip((m - deepest) / max(removed - deepest, 1), 0.0, 1.0)
+    out[:-1] = np.maximum.accumulate(out[:-1] + delta * ramp)
+    return out
+
+
+def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup],
+                    rankings: dict[int, GroupRanking], points: dict[int, list[tuple[int, float]]],
+                    plan: Mapping[int, np.ndarray], allocate: Callable[[], Mapping[int, np.ndarray]],
+                    feeds: Feeds,
+                    compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
+                    rounds: int = 3, progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+    """No group is cut deeper than measured damage supports.
+
+    A plan may cut a group past its deepest sensitivity trial, where its curve is the criterion's shape
+    extrapolated — and a criterion's shape says least about the last channels (a branch feeding one small
+    output component looks cheap locally). Each such group is measured alone at its planned width (the same
+    trial: compensated, on ``feeds``); where the damage exceeds the curve's prediction by more than
+    ``GUARD_TOLERANCE``, the curve is raised through the measurement (``raised_curve``) in ``rankings`` and
+    ``allocate()`` (which reads ``rankings``) plans again. Up to ``rounds`` rounds; every measurement is
+    added to ``points``. Returns the plan and {"measurements": one record each, "unverified": the groups the
+    last re-plan cut past their measurements (when ``rounds`` ran out)}."""
+    dense, scores = run_all(model, as_batches(feeds)), classifier_outputs(model)
+    starts = group_starts(model, trace, groups, feeds)
+    records: list[dict] = []
+    plan = dict(plan)
+    for rnd in range(rounds):
+        raised = False
+        for g in groups:
+            if g.id not in plan:
+                continue
+            removed = g.size - len(plan[g.id])
+            deepest = max((m for m, _ in points.get(g.id, [])), default=0)
+            if removed <= deepest:
+                continue
+            damage = trial_damage(model, trace, {g.id: np.asarray(plan[g.id])}, feeds, dense, scores, compensate,
+                                  starts.get(g.id))
+            points.setdefault(g.id, []).append((removed, damage))
+            r = rankings[g.id]
+            predicted = float(r.error[removed])
+            low = damage > predicted * (1 + GUARD_TOLERANCE) + QUIET
+            records.append({"round": rnd, "group": g.id, "kept": len(plan[g.id]), "channels": g.size,
+                            "predicted": predicted, "measured": damage, "raised": bool(low)})
+            if low:
+                rankings[g.id] = GroupRanking(g.id, r.order, raised_curve(r.error, deepest, removed, damage))
+                raised = True
+            if progress:
+                progress(1)
+        if not raised:
+            break
+        plan = dict(allocate())
+    unverified = [g.id for g in groups if g.id in plan
+                  and g.size - len(plan[g.id]) > max((m for m, _ in points.get(g.id, [])), default=0)]
+    return plan, {"measurements": records, "unverified": unverified}

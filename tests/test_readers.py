@@ -132,6 +132,12 @@ def test_fixed_batch(tmp_path):
     assert any("fixed batch of 2" in w for w in cs.warnings)
     with pytest.raises(ValueError):
         next(cs.batches("eval"))
+    # the first n samples in whole batches: several with a static batch, one slice without
+    assert [len(b["x"]) for b in cs.first("calib", 3)] == [2, 2]
+    assert [len(b["x"]) for b in cs.first("calib", 32)] == [2, 2]
+    dynamic = load_calibration(save_npz(tmp_path / "e.npz", x=rand(5, 3)), make_model(("x", FLOAT, ["N", 3])),
+                               samples=5, holdout=0)
+    assert [len(b["x"]) for b in dynamic.first("calib", 3)] == [3]
 
 
 # --- validation errors -----------------------------------------------------------------------------

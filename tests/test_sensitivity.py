@@ -5,13 +5,23 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnxprune.passes.normalize import normalize
 
 from models import synthetic
-from onnxprune.criteria import rank_groups
+from onnxprune.criteria import GroupRanking, rank_groups
 from onnxprune.fidelity import classifier_outputs, run_all
 from onnxprune.layers import initializer_dict
-from onnxprune.sensitivity import group_starts, measured_rankings, output_damage, trial_damage
+from onnxprune.sensitivity import (
+    as_batches,
+    group_starts,
+    guard_deep_cuts,
+    measured_rankings,
+    output_damage,
+    raised_curve,
+    trial_damage,
+)
 from onnxprune.tracer import trace_channels
 from tests.helpers import run_ort
 
@@ -252,3 +262,77 @@ def test_pooled_classifier_hessian_is_the_gram_of_every_position():
     assert (stats.hessians[fc].n, stats.hessians[fc].samples) == (len(pos), len(x))  # dampening counts images
     flat = pooled.reshape(len(x), -1).astype(np.float64)
     assert not np.allclose(stats.hessians[fc].hessian()[0], 2.0 / len(flat) * flat.T @ flat, rtol=1e-2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 10), min_size=3, max_size=40), st.data())
+def test_a_raised_curve_passes_through_the_measurement_and_keeps_the_measured_part(steps, data):
+    error = np.append(np.cumsum([0.0, *steps[:-1]]), np.inf)
+    n = len(error) - 1
+    deepest = data.draw(st.integers(0, n - 2))
+    removed = data.draw(st.integers(deepest + 1, n - 1))
+    damage = data.draw(st.floats(0, 100))
+    out = raised_curve(error, deepest, removed, damage)
+    assert out[removed] >= min(damage, 1e300) - 1e-9 and out[removed] >= error[removed]
+    np.testing.assert_array_equal(out[:deepest + 1], error[:deepest + 1])  # what was measured stays
+    assert np.all(out[:-1] >= error[:-1]) and np.all(np.diff(out[:-1]) >= 0) and np.isinf(out[-1])
+    if damage <= error[removed]:
+        np.testing.assert_array_equal(out, error)
+
+
+def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was_low():
+    """A curve that says a group's last channels are free (as a criterion extrapolated past its trials may)
+    gets that group cut to one channel; the guard measures the cut, raises the curve through the damage and the
+    re-plan keeps more channels; every cut of the final plan lies within measured depth."""
+    model, _ = normalize(synthetic.build("residual_add"))
+    trace = trace_channels(model)
+    groups = trace.prunable_groups()
+    rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
+                              {n.name: list(n.input) for n in model.graph.node})
+    feeds = synthetic.random_inputs(model, batch=8)
+    points: dict = {}
+    rankings = measured_rankings(model, trace, groups, rankings, feeds, mode="scaled", points=points)
+    assert all(max(m for m, _ in points[g.id]) == g.size // 2 for g in groups)
+    victim = max(groups, key=lambda g: g.size)
+    half = victim.size // 2
+    fooled = rankings[victim.id].error.copy()
+    fooled[half + 1:-1] = fooled[half]  # past the trials the curve is flat: the last channels look free
+    rankings[victim.id] = GroupRanking(victim.id, rankings[victim.id].order, fooled)
+    level = {g.id: rankings[g.id].error[g.size // 2] for g in groups}
+
+    def allocate():  # each group as deep as its curve stays at the level of its measured half-cut
+        plan = {}
+        for g in groups:
+            ok = [m for m in range(g.size) if rankings[g.id].error[m] <= level[g.id]]
+            plan[g.id] = np.sort(rankings[g.id].order[max(ok):])
+        return plan
+
+    first = allocate()
+    assert len(first[victim.id]) == 1
+    plan, guard = guard_deep_cuts(model, trace, groups, rankings, points, first, allocate, feeds)
+    raised = [r for r in guard["measurements"] if r["group"] == victim.id and r["raised"]]
+    assert raised and raised[0]["measured"] > raised[0]["predicted"]
+    assert len(plan[victim.id]) > 1 and guard["unverified"] == []
+    for g in groups:  # every cut of the final plan is backed by a measurement at least as deep
+        assert g.size - len(plan[g.id]) <= max(m for m, _ in points[g.id])
+
+
+def test_a_static_batch_model_is_measured_on_every_batch():
+    """Trials of a model with a static batch run over several batches: the damage is that of the same samples
+    on the dynamic-batch model, suffix trials included."""
+    dynamic, _ = normalize(synthetic.build("residual_add"))
+    static, _ = normalize(synthetic.with_static_batch(synthetic.build("residual_add"), 2))
+    feeds = synthetic.random_inputs(dynamic, batch=8)
+    batches = [{k: v[i:i + 2] for k, v in feeds.items()} for i in range(0, 8, 2)]
+    damages = []
+    for model, f in ((dynamic, feeds), (static, batches)):
+        trace = trace_channels(model)
+        groups = trace.prunable_groups()
+        rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
+                                  {n.name: list(n.input) for n in model.graph.node})
+        dense, scores = run_all(model, as_batches(f)), classifier_outputs(model)
+        assert len(dense[0]) == 8
+        starts = group_starts(model, trace, groups, f)
+        damages.append([trial_damage(model, trace, {g.id: np.sort(rankings[g.id].order[g.size // 2:])}, f, dense,
+                                     scores, None, starts.get(g.id)) for g in groups])
+    np.testing.assert_allclose(damages[1], damages[0], rtol=1e-4)
