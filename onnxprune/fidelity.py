@@ -82,21 +82,29 @@ def component_axis(shape: Sequence[int]) -> int | None:
 
 
 def component_r2(dense: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """R² of every component (``component_axis``) of ``other`` against ``dense``: 1 − MSE_c / var_c over samples
-    and every other axis. A component constant in ``dense`` (var_c ≤ 1e-10 of its own mean square) is measured
-    against that mean square instead; one that is zero throughout, against 1e-12 of the output's mean
-    variance."""
+    """R² of every component (``component_axis``) of ``other`` against ``dense``, over samples and every other
+    axis (positions):
+
+        R²_c = 1 − Σ (dense − other)² / Σ (dense − mean_samples(dense))²
+
+    where the mean is taken over the samples at each position: what a component shows whatever the input (a
+    bias, the anchor grid a detector adds to its box centres) is not spread the model could lose. With one
+    sample the mean is over positions too. A component constant in ``dense`` (spread ≤ 1e-10 of its mean
+    square) is measured against that mean square instead; one that is zero throughout, against 1e-12 of the
+    output's mean spread."""
     axis = component_axis(dense.shape)
     a = dense.astype(np.float64)
     b = other.astype(np.float64)
+    n = len(a)
     if axis is None:
-        a, b = a.reshape(1, -1), b.reshape(1, -1)
+        a, b = a.reshape(n, 1, -1), b.reshape(n, 1, -1)
     else:
-        a = np.moveaxis(a, axis, 0).reshape(dense.shape[axis], -1)
-        b = np.moveaxis(b, axis, 0).reshape(dense.shape[axis], -1)
-    var, square = a.var(axis=1), np.mean(a**2, axis=1)
+        a = np.moveaxis(a, axis, 1).reshape(n, dense.shape[axis], -1)
+        b = np.moveaxis(b, axis, 1).reshape(n, dense.shape[axis], -1)
+    centre = a.mean(axis=0, keepdims=True) if n > 1 else a.mean(axis=(0, 2), keepdims=True)
+    var, square = np.mean((a - centre) ** 2, axis=(0, 2)), np.mean(a**2, axis=(0, 2))
     scale = np.where(var > 1e-10 * square, var, np.maximum(square, max(1e-12 * float(var.mean()), 1e-30)))
-    return 1.0 - np.mean((a - b) ** 2, axis=1) / scale
+    return 1.0 - np.mean((a - b) ** 2, axis=(0, 2)) / scale
 
 
 def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
@@ -104,7 +112,8 @@ def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
     """Per output: cosine (per sample, mean and min), max |Δ|; classifiers (``classifier`` per output, from
     ``classifier_outputs``; by shape alone when None) also top-1/top-5 agreement and KL; other outputs their
     components' R² (mean, min, the five worst with their index). ``metric`` (a ``metrics.Metric``, the user's
-    ``--metric-fn``) adds the entry "metric_fn" with its value, which ``headline`` then reads."""
+    ``--metric-fn``) adds the entry "metric_fn" with its value, which ``headline`` then reads, and a shipped
+    metric's per-part fidelity (``metrics.DETAILS``: a detector's detections, boxes, objectness, classes)."""
     out = {}
     classifier = classifier if classifier is not None else [True] * len(names)
     for name, a, b, scores in zip(names, dense, other, classifier, strict=True):
@@ -125,8 +134,12 @@ def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
                      r2_min=float(r2.min()), worst_components=[[int(i), float(r2[i])] for i in worst])
         out[name] = m
     if metric is not None:
+        a, b = dict(zip(names, dense, strict=True)), dict(zip(names, other, strict=True))
         out["metric_fn"] = {"name": metric.name, "options": metric.options, "samples": len(dense[0]),
-                            "value": metric(dict(zip(names, dense, strict=True)), dict(zip(names, other, strict=True)))}
+                            "value": metric(a, b)}
+        parts = metric.parts(a, b)
+        if parts:
+            out["metric_fn"]["parts"] = parts
     return out
 
 

@@ -11,7 +11,8 @@ Shipped:
   non-maximum suppression, F1 at IoU ≥ ``iou`` with the same class. ``layout``: ``yolov8`` (output
   [N, 4 + classes, anchors]: cx, cy, w, h, class scores) or ``yolov5`` ([N, anchors, 5 + classes]: cx, cy, w, h,
   objectness, class scores; score = objectness × class score); ``score`` (0.25) the confidence threshold,
-  ``nms`` (0.45) the suppression IoU, ``max_det`` (300), ``output`` (default the first output).
+  ``nms`` (0.45) the suppression IoU, ``agnostic`` (0: per class; 1: across classes), ``max_det`` (300),
+  ``output`` (default the first output).
 * ``map-iou``: mean over samples of the IoU of the two maps thresholded at ``threshold`` (0.5) — a text
   detector's probability map, a segmenter's mask.
 * ``map-pearson``: mean over samples of the Pearson correlation of the two maps.
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
+from .fidelity import component_r2
 from .userfn import user_function
 
 Outputs = Mapping[str, np.ndarray]
@@ -49,13 +51,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int) -> np.ndarray:
-    """Indices kept by greedy per-class non-maximum suppression, best score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int,
+        agnostic: bool = False) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first: per class, or across classes when
+    ``agnostic``."""
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
     suppressed = np.zeros(len(order), bool)
     overlaps = box_iou(boxes[order], boxes[order]) if len(order) else np.zeros((0, 0))
-    same = classes[order][:, None] == classes[order][None, :]
+    same = (classes[order][:, None] == classes[order][None, :]) | bool(agnostic)
     for i in range(len(order)):
         if suppressed[i]:
             continue
@@ -66,7 +70,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, 
     return np.array(keep, dtype=int)
 
 
-def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: int) -> tuple[np.ndarray, ...]:
+def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: int,
+           agnostic: bool = False) -> tuple[np.ndarray, ...]:
     """One sample's detections (boxes x1 y1 x2 y2, classes, scores) from a YOLO head's raw output."""
     if layout == "yolov8":
         preds = raw.T  # [anchors, 4 + classes]
@@ -81,38 +86,85 @@ def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: 
     sel = conf >= score
     cx, cy, w, h = (preds[sel, i] for i in range(4))
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-    keep = nms(boxes, conf[sel], classes[sel], nms_iou, max_det)
+    keep = nms(boxes, conf[sel], classes[sel], nms_iou, max_det, agnostic)
     return boxes[keep], classes[sel][keep], conf[sel][keep]
 
 
-def matched(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...], iou: float) -> int:
-    """Candidate detections matching a reference detection of the same class at IoU ≥ ``iou`` (each reference
-    detection matched once, the candidates taken best score first)."""
+def matched_pairs(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...], iou: float) -> list[tuple[int, int, float]]:
+    """(candidate, reference, IoU) of the candidate detections matching a reference detection of the same class at
+    IoU ≥ ``iou``: each reference detection matched once, the candidates taken best score first."""
     if not len(ref[0]) or not len(cand[0]):
-        return 0
+        return []
     overlaps = box_iou(cand[0], ref[0]) * (cand[1][:, None] == ref[1][None, :])
     taken = np.zeros(len(ref[0]), bool)
-    hits = 0
+    pairs = []
     for i in np.argsort(-cand[2], kind="stable"):
         best = np.where(taken, -1.0, overlaps[i])
         j = int(best.argmax())
         if best[j] >= iou:
             taken[j] = True
-            hits += 1
-    return hits
+            pairs.append((int(i), j, float(best[j])))
+    return pairs
+
+
+def matched(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...], iou: float) -> int:
+    """How many candidate detections match a reference detection (``matched_pairs``)."""
+    return len(matched_pairs(ref, cand, iou))
 
 
 def detection_f1(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
-                 iou: float = 0.5, nms: float = 0.45, max_det: int = 300, output: str | None = None) -> float:
+                 iou: float = 0.5, nms: float = 0.45, max_det: int = 300, agnostic: int = 0,
+                 output: str | None = None) -> float:
     """F1 of the candidate's detections against the dense model's (see the module doc); 1.0 when neither
     model detects anything."""
     ref_out, cand_out = _pick(dense, output), _pick(candidate, output)
     hits = n_ref = n_cand = 0
     for r, c in zip(ref_out, cand_out, strict=True):
-        ref, cand = decode(r, layout, score, nms, int(max_det)), decode(c, layout, score, nms, int(max_det))
+        ref = decode(r, layout, score, nms, int(max_det), bool(agnostic))
+        cand = decode(c, layout, score, nms, int(max_det), bool(agnostic))
         hits += matched(ref, cand, iou)
         n_ref, n_cand = n_ref + len(ref[0]), n_cand + len(cand[0])
     return 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)
+
+
+def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
+                    iou: float = 0.5, nms: float = 0.45, max_det: int = 300, agnostic: int = 0,
+                    output: str | None = None) -> dict:
+    """A detector's fidelity part by part, so that a collapse of one cannot hide behind the F1:
+
+    * ``detections``: counts, precision, recall and F1 of the candidate's detections against the dense model's;
+    * ``boxes``: R² of the box components (cx, cy, w, h) over all anchors, and the mean IoU of the candidate's
+      detections matched to the dense model's regardless of class;
+    * ``objectness`` (yolov5): R² of the objectness component;
+    * ``classes``: mean and lowest R² of the class-score components, and on the class-agnostic matches the
+      share whose class is the same.
+    """
+    ref_out, cand_out = _pick(dense, output), _pick(candidate, output)
+    r2 = component_r2(ref_out, cand_out)
+    first_class = 4 if layout == "yolov8" else 5
+    hits = n_ref = n_cand = box_hits = same_class = 0
+    ious: list[float] = []
+    for r, c in zip(ref_out, cand_out, strict=True):
+        ref = decode(r, layout, score, nms, int(max_det), bool(agnostic))
+        cand = decode(c, layout, score, nms, int(max_det), bool(agnostic))
+        hits += matched(ref, cand, iou)
+        n_ref, n_cand = n_ref + len(ref[0]), n_cand + len(cand[0])
+        anyclass = (ref[0], np.zeros_like(ref[1]), ref[2]), (cand[0], np.zeros_like(cand[1]), cand[2])
+        for i, j, overlap in matched_pairs(*anyclass, iou):
+            box_hits += 1
+            same_class += int(ref[1][j] == cand[1][i])
+            ious.append(overlap)
+    out = {"detections": {"dense": n_ref, "candidate": n_cand, "matched": hits,
+                          "precision": hits / n_cand if n_cand else 1.0, "recall": hits / n_ref if n_ref else 1.0,
+                          "f1": 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)},
+           "boxes": {"r2_mean": float(r2[:4].mean()), "r2_min": float(r2[:4].min()),
+                     "matched_iou_mean": float(np.mean(ious)) if ious else None, "matched": box_hits}}
+    if layout == "yolov5":
+        out["objectness"] = {"r2": float(r2[4])}
+    cls = r2[first_class:]
+    out["classes"] = {"r2_mean": float(cls.mean()), "r2_min": float(cls.min()), "lowest_class": int(cls.argmin()),
+                      "same_class_on_box_matches": same_class / box_hits if box_hits else None}
+    return out
 
 
 def map_iou(dense: Outputs, candidate: Outputs, threshold: float = 0.5, output: str | None = None) -> float:
@@ -136,6 +188,8 @@ def map_pearson(dense: Outputs, candidate: Outputs, output: str | None = None) -
 
 SHIPPED: dict[str, Callable[..., float]] = {"detection-f1": detection_f1, "map-iou": map_iou,
                                             "map-pearson": map_pearson}
+# per-part fidelity shown beside a shipped metric's value (same options)
+DETAILS: dict[str, Callable[..., dict]] = {"detection-f1": detection_parts}
 
 
 @dataclass
@@ -145,6 +199,7 @@ class Metric:
     name: str
     fn: Callable[..., float]
     options: dict = field(default_factory=dict)
+    details: Callable[..., dict] | None = None
 
     def __call__(self, dense: Outputs, candidate: Outputs) -> float:
         try:
@@ -157,6 +212,10 @@ class Metric:
                 or not math.isfinite(float(value)):
             raise InputError(f"--metric-fn {self.name} returned {value!r}, expected a finite number")
         return float(value)
+
+    def parts(self, dense: Outputs, candidate: Outputs) -> dict | None:
+        """The per-part fidelity of a shipped metric (``DETAILS``), None for others."""
+        return self.details(dense, candidate, **self.options) if self.details else None
 
 
 def parse_options(text: str | None) -> dict:
@@ -180,7 +239,7 @@ def load_metric(spec: str, options: str | None = None) -> Metric:
     """A shipped metric by name, or ``file.py:function`` (imports and runs that file: only code you trust)."""
     kwargs = parse_options(options)
     if spec in SHIPPED:
-        return Metric(spec, SHIPPED[spec], kwargs)
+        return Metric(spec, SHIPPED[spec], kwargs, DETAILS.get(spec))
     path, sep, func = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not func:
         raise InputError(f"bad --metric-fn '{spec}': expected {', '.join(SHIPPED)} or path/to/file.py:function")

@@ -80,7 +80,8 @@ def print_summary(console: Console, r: dict) -> None:
             f"#{g['id']}: {g['reason']}" for g in blocked[:4]) + (" …" if len(blocked) > 4 else ""))
     for name, m in r["fidelity"].items():
         if name == "metric_fn":
-            console.print(f"--metric-fn {m['name']} on {m['samples']} held-out samples: {m['value']:.4f}")
+            console.print(f"--metric-fn {m['name']} on {m['samples']} held-out samples: {m['value']:.4f}"
+                          + parts_line(m.get("parts")))
             continue
         line = f"fidelity on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
         if "top1_agreement" in m:
@@ -92,6 +93,23 @@ def print_summary(console: Console, r: dict) -> None:
     for w in r["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings_s"].items()))
+
+
+def parts_line(parts: dict | None) -> str:
+    """A detector's per-part fidelity (``metrics.detection_parts``) as one clause, "" when there is none."""
+    if not parts:
+        return ""
+    d, b, c = parts["detections"], parts["boxes"], parts["classes"]
+    line = (f" — detections: dense {d['dense']}, pruned {d['candidate']}, precision {d['precision']:.3f}, recall "
+            f"{d['recall']:.3f}; boxes: R² {b['r2_mean']:.4f}")
+    if b["matched_iou_mean"] is not None:
+        line += f", IoU of matches {b['matched_iou_mean']:.3f}"
+    if "objectness" in parts:
+        line += f"; objectness: R² {parts['objectness']['r2']:.4f}"
+    line += f"; class scores: R² {c['r2_mean']:.4f} (lowest {c['r2_min']:.4f}, class {c['lowest_class']})"
+    if c["same_class_on_box_matches"] is not None:
+        line += f", same class on {100 * c['same_class_on_box_matches']:.1f}% of box matches"
+    return line
 
 
 def print_quantize_summary(console: Console, r: dict) -> None:
@@ -109,7 +127,7 @@ def print_quantize_summary(console: Console, r: dict) -> None:
     for name, m in r["fidelity"].get("int8_vs_fp32", {}).items():
         if name == "metric_fn":
             console.print(f"INT8 vs FP32, --metric-fn {m['name']} on {m['samples']} held-out samples: "
-                          f"{m['value']:.4f}")
+                          f"{m['value']:.4f}" + parts_line(m.get("parts")))
             continue
         line = f"INT8 vs FP32 on {m['samples']} held-out samples, output '{name}': cosine {m['cosine_mean']:.4f}"
         if "top1_agreement" in m:

@@ -10,7 +10,17 @@ import pytest
 
 from models import synthetic
 from onnxprune.errors import InputError
-from onnxprune.metrics import box_iou, detection_f1, load_metric, map_iou, map_pearson, nms, parse_options
+from onnxprune.fidelity import compare
+from onnxprune.metrics import (
+    box_iou,
+    detection_f1,
+    detection_parts,
+    load_metric,
+    map_iou,
+    map_pearson,
+    nms,
+    parse_options,
+)
 from tests.helpers import MODELS, run_cli
 
 
@@ -31,6 +41,8 @@ def test_box_iou_and_nms():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], float)
     # the second box overlaps the first of its class and goes; the third is another class; the fourth is apart
     assert nms(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 0]), 0.45, 300).tolist() == [0, 2, 3]
+    # across classes the third box goes too: it covers the first exactly
+    assert nms(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 0]), 0.45, 300, agnostic=True).tolist() == [0, 3]
 
 
 def test_detection_f1_counts_matched_detections_of_the_same_class():
@@ -44,6 +56,11 @@ def test_detection_f1_counts_matched_detections_of_the_same_class():
     shifted = yolov8([(28, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)], [0, 1, 2], [0.9, 0.8, 0.7])
     assert detection_f1(same, {"out": shifted[None]}) == pytest.approx(2 * 2 / 6)  # IoU of 2/18 < 0.5
     assert detection_f1(same, {"out": shifted[None]}, iou=0.1) == 1.0
+    # two classes on one box: per-class NMS keeps both, class-agnostic NMS the better one only
+    double = yolov8([(20, 20, 10, 10), (20, 20, 10, 10)], [0, 1], [0.9, 0.8])
+    single = yolov8([(20, 20, 10, 10)], [0], [0.9])
+    assert detection_f1({"o": double[None]}, {"o": single[None]}) == pytest.approx(2 / 3)
+    assert detection_f1({"o": double[None]}, {"o": single[None]}, agnostic=1) == 1.0
     nothing = {"out": yolov8([], [], [])[None]}
     assert detection_f1(nothing, nothing) == 1.0 and detection_f1(same, nothing) == 0.0
 
@@ -57,6 +74,36 @@ def test_detection_f1_yolov5_layout_multiplies_objectness():
     assert detection_f1({"o": v5}, {"o": dimmed}, layout="yolov5") == pytest.approx(2 / 3)
     with pytest.raises(InputError, match="unknown layout"):
         detection_f1({"o": v5}, {"o": v5}, layout="ssd")
+
+
+def test_detection_parts_separate_boxes_and_classes():
+    boxes = [(20, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)]
+    rng = np.random.default_rng(0)
+    dense = np.stack([yolov8(boxes, [0, 1, 2], [0.9, 0.8, 0.7]) + rng.uniform(0, 0.01, (7, 20)) for _ in range(4)])
+    # the class of every sample's second detection changes; boxes stay where they are
+    swapped = dense.copy()
+    swapped[:, [5, 6], 1] = swapped[:, [6, 5], 1]
+    parts = detection_parts({"o": dense}, {"o": swapped})
+    assert parts["detections"] == {"dense": 12, "candidate": 12, "matched": 8, "precision": pytest.approx(8 / 12),
+                                   "recall": pytest.approx(8 / 12), "f1": pytest.approx(8 / 12)}
+    assert parts["boxes"]["r2_mean"] == 1.0 and parts["boxes"]["matched_iou_mean"] == pytest.approx(1.0)
+    assert parts["classes"]["same_class_on_box_matches"] == pytest.approx(8 / 12)
+    assert parts["classes"]["r2_min"] < 0.9 and parts["classes"]["lowest_class"] in (1, 2)
+    assert "objectness" not in parts
+    # the boxes shift by 2 px: the classes stay whole, the boxes' R² and IoU fall
+    moved = dense.copy()
+    moved[:, 0, :3] += 2
+    parts = detection_parts({"o": dense}, {"o": moved})
+    assert parts["classes"]["r2_min"] == 1.0 and parts["classes"]["same_class_on_box_matches"] == 1.0
+    assert parts["boxes"]["r2_min"] < 1.0 and parts["boxes"]["matched_iou_mean"] < 0.9
+    # yolov5 has an objectness part; compare() puts the parts beside the metric's value
+    objectness = rng.uniform(0.8, 1.0, (4, 1, 20))
+    v5 = np.concatenate([dense[:, :4], objectness, dense[:, 4:]], axis=1).transpose(0, 2, 1)
+    dim = v5.copy()
+    dim[:, :, 4] = 1.8 - dim[:, :, 4]  # objectness mirrored within its range
+    fid = compare([v5], [dim], ["o"], [False], load_metric("detection-f1", "layout=yolov5"))
+    assert fid["metric_fn"]["parts"]["objectness"]["r2"] < 0.5
+    assert fid["metric_fn"]["parts"]["boxes"]["r2_mean"] == 1.0
 
 
 def test_map_metrics():

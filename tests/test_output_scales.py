@@ -54,7 +54,7 @@ def test_a_small_component_counts_as_much_as_a_large_one():
     big_off[:, 0] *= 0.9  # the large one 10% off
     assert old_damage([y], [small_gone]) < 1e-7 < old_damage([y], [big_off])  # the old measure misses it
     assert sensitivity.output_damage([y], [small_gone], [False]) > sensitivity.output_damage([y], [big_off], [False])
-    np.testing.assert_allclose(component_r2(y, small_gone), [1.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(component_r2(y, small_gone), [1.0, 0.0], atol=0.1)  # 0: no better than its mean
 
 
 def _compress(tmp_path, monkeypatch, damage) -> tuple[dict, float]:
@@ -85,3 +85,18 @@ def test_the_small_components_branch_is_protected_where_the_old_measure_cuts_it(
 def _tmp_folders(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "new").mkdir()
+
+
+def test_what_a_component_shows_whatever_the_input_is_not_spread():
+    """A detector's box centre is its anchor's position plus a predicted offset: losing the offset must show,
+    though the anchor grid makes up nearly all of the component's values."""
+    rng = np.random.default_rng(0)
+    grid = np.arange(400.0)[None, None, :] * 2.5  # [1, 1, anchors]: the same for every input
+    offset = rng.normal(size=(16, 1, 400))
+    dense = np.concatenate([grid + offset, rng.normal(size=(16, 1, 400))], axis=1)  # [N, 2, anchors]
+    lost = dense.copy()
+    lost[:, 0] = grid[:, 0]
+    r2 = component_r2(dense, lost)
+    assert r2[0] < 0.1 and r2[1] == 1.0
+    # one sample: no spread between inputs to measure, the mean over positions stands in
+    assert component_r2(dense[:1], dense[:1])[0] == 1.0 and component_r2(dense[:1], lost[:1])[0] > 0.99
