@@ -74,6 +74,14 @@ def print_summary(console: Console, r: dict) -> None:
             producer = next((m["node"] for m in g["members"] if m["role"] == "producer"), "")
             table.add_row(str(g["id"]), str(g["channels"]), str(g["kept"]), producer)
     console.print(table)
+    guard = r.get("guard")
+    if guard and guard["measurements"]:
+        ms = guard["measurements"]
+        raised = sorted({m["group"] for m in ms if m["raised"]})
+        console.print(f"guard: {len(ms)} cut(s) past their sensitivity trials measured at the planned width; "
+                      + (f"curves raised for group(s) {', '.join(map(str, raised))} and the plan redone"
+                         if raised else "none worse than its curve")
+                      + (f"; still unmeasured: {', '.join(map(str, guard['unverified']))}" if guard["unverified"] else ""))
     blocked = [g for g in r["groups"] if not g["prunable"] and g["reason"] and g["channels"] > 1]
     if blocked:
         console.print(f"{len(blocked)} group(s) not pruned: " + "; ".join(
