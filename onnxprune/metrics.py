@@ -167,6 +167,39 @@ def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", 
     return out
 
 
+def detection_damage(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
+                     output: str | None = None, **_) -> float:
+    """A smooth stand-in for 1 − ``detection_f1`` that sensitivity trials can price (F1 moves in steps of whole
+    detections). On the anchors where either model's best score reaches half the threshold ``score`` — the
+    ones that carry or nearly carry a detection, before NMS:
+
+        damage = mean(1 − IoU(dense box, candidate box)) + mean(min(1, max_class |Δ score| / score)),
+
+    0 when the two agree; each term at most 1. Background anchors, whose boxes are never decoded, do not count."""
+    ref, cand = _pick(dense, output).astype(np.float64), _pick(candidate, output).astype(np.float64)
+    if layout == "yolov8":
+        ref, cand = ref.transpose(0, 2, 1), cand.transpose(0, 2, 1)  # [N, anchors, 4 + classes]
+        ref_s, cand_s = ref[..., 4:], cand[..., 4:]
+    elif layout == "yolov5":
+        ref_s, cand_s = ref[..., 5:] * ref[..., 4:5], cand[..., 5:] * cand[..., 4:5]
+    else:
+        raise InputError(f"detection-f1: unknown layout '{layout}' (choose yolov8 or yolov5)")
+    live = (ref_s.max(-1) >= score / 2) | (cand_s.max(-1) >= score / 2)
+    if not live.any():
+        return 0.0
+
+    def corners(p):
+        return np.concatenate([p[:, :2] - p[:, 2:4] / 2, p[:, :2] + p[:, 2:4] / 2], axis=1)
+
+    a, b = corners(ref[live]), corners(cand[live])
+    lo, hi = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
+    iou = inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+    shift = np.minimum(1.0, np.abs(ref_s[live] - cand_s[live]).max(-1) / score)
+    return float(np.mean(1.0 - iou) + np.mean(shift))
+
+
 def map_iou(dense: Outputs, candidate: Outputs, threshold: float = 0.5, output: str | None = None) -> float:
     """Mean over samples of IoU(dense > threshold, candidate > threshold); 1.0 for a sample where both are empty."""
     a, b = _pick(dense, output) > threshold, _pick(candidate, output) > threshold
@@ -190,6 +223,8 @@ SHIPPED: dict[str, Callable[..., float]] = {"detection-f1": detection_f1, "map-i
                                             "map-pearson": map_pearson}
 # per-part fidelity shown beside a shipped metric's value (same options)
 DETAILS: dict[str, Callable[..., dict]] = {"detection-f1": detection_parts}
+# the smooth damage the sensitivity trials price for a shipped metric (same options)
+DAMAGE: dict[str, Callable[..., float]] = {"detection-f1": detection_damage}
 
 
 @dataclass
@@ -200,6 +235,7 @@ class Metric:
     fn: Callable[..., float]
     options: dict = field(default_factory=dict)
     details: Callable[..., dict] | None = None
+    damage: Callable[..., float] | None = None
 
     def __call__(self, dense: Outputs, candidate: Outputs) -> float:
         try:
@@ -239,7 +275,7 @@ def load_metric(spec: str, options: str | None = None) -> Metric:
     """A shipped metric by name, or ``file.py:function`` (imports and runs that file: only code you trust)."""
     kwargs = parse_options(options)
     if spec in SHIPPED:
-        return Metric(spec, SHIPPED[spec], kwargs, DETAILS.get(spec))
+        return Metric(spec, SHIPPED[spec], kwargs, DETAILS.get(spec), DAMAGE.get(spec))
     path, sep, func = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not func:
         raise InputError(f"bad --metric-fn '{spec}': expected {', '.join(SHIPPED)} or path/to/file.py:function")

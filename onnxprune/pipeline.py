@@ -45,7 +45,7 @@ from .passes.prune_channels import prune_channels
 from .passes.reconstruct import compensate_locally, reconstruct, validation_halves
 from .passes.sparsify import sparsify
 from .quantize import quantize_model
-from .sensitivity import guard_deep_cuts, measured_rankings, trial_damage
+from .sensitivity import guard_deep_cuts, measured_rankings, metric_measure, trial_damage
 from .shapes import Shape, graph_inputs, static_batch
 from .sparsity import sparsity_option
 from .tracer import trace_channels
@@ -318,11 +318,12 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
         trial_feeds = calib.first("calib", opts.sensitivity_samples) or None
         trial_comp = compensator if hessians else None
     points: dict[int, list[tuple[int, float]]] = {}
+    measure = metric_measure(metric, [o.name for o in model.graph.output], classifier_outputs(model))
     if measured:
         with timer("sensitivity"):
             rankings = measured_rankings(model, trace, eligible, rankings, trial_feeds, mode=opts.sensitivity,
                                          progress=progress("sensitivity", len(eligible)) if progress else None,
-                                         compensate=trial_comp, points=points)
+                                         compensate=trial_comp, points=points, measure=measure)
 
     # -- allocation ----------------------------------------------------------------------------
     pattern = sparsity_option(opts.sparsity)
@@ -387,7 +388,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
 
             def plan_damage(widths) -> float:
                 return trial_damage(model, trace, plan_from_widths(choices, widths), search_feeds, search_dense,
-                                    search_scores, trial_comp)
+                                    search_scores, trial_comp, measure=measure)
 
         budget = metric_base / opts.target
         plan = allocate_to(budget)
@@ -399,7 +400,8 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
 
         with timer("guard"):
             plan, guard = guard_deep_cuts(model, trace, eligible, rankings, points, plan, replan, trial_feeds,
-                                          trial_comp, progress=progress("guard", None) if progress else None)
+                                          trial_comp, progress=progress("guard", None) if progress else None,
+                                          measure=measure)
 
     # -- prune, (latency: measure and tighten), reconstruct, verify -----------------------------
     with timer("prune"):

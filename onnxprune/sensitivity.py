@@ -30,6 +30,7 @@ from .fidelity import classifier_outputs, component_r2, is_classifier, mean_kl, 
 from .passes.prune_channels import prune_channels
 
 Feeds = Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]  # one batch, or batches
+Measure = Callable[[list[np.ndarray], list[np.ndarray]], float]  # (dense outputs, pruned outputs) -> damage
 
 # Measured damage at or below this is float32 noise (a relative output error of 1e-5), not damage.
 QUIET = 1e-10
@@ -49,24 +50,43 @@ def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: 
     return total
 
 
+def metric_measure(metric, names: Sequence[str], classifier: Sequence[bool]) -> Measure | None:
+    """The damage trials price when the user's ``--metric-fn`` is a shipped metric with a smooth stand-in
+    (``metrics.DAMAGE``: a detector's box IoU and score error on the anchors that carry detections): that
+    stand-in for the output it reads, ``output_damage`` for the others. None for any other metric."""
+    if metric is None or metric.damage is None:
+        return None
+    used = metric.options.get("output") or names[0]
+
+    def measure(dense: list[np.ndarray], other: list[np.ndarray]) -> float:
+        rest = [(a, b, c) for n, a, b, c in zip(names, dense, other, classifier, strict=True) if n != used]
+        total = metric.damage(dict(zip(names, dense, strict=True)), dict(zip(names, other, strict=True)),
+                              **metric.options)
+        return total + (output_damage(*map(list, zip(*rest, strict=True))) if rest else 0.0)
+
+    return measure
+
+
 def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Feeds,
                  dense: list[np.ndarray], classifier: Sequence[bool],
                  compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                 start: tuple[tuple[list[int], list[str]], list[Mapping[str, np.ndarray]]] | None = None) -> float:
+                 start: tuple[tuple[list[int], list[str]], list[Mapping[str, np.ndarray]]] | None = None,
+                 measure: Measure | None = None) -> float:
     """Output damage of ``model`` pruned by ``plan`` on ``feeds`` (a batch, or a list of batches: a model with
     a static batch takes several) against the dense outputs ``dense`` (``classifier``:
     ``fidelity.classifier_outputs(model)``, once per caller, not per trial); ``compensate(plan, pruned)`` edits
     the trial model in place before it runs. ``start``: (the cut below which the trial model is the dense one,
     ``collect.downstream_cut``; the dense values it reads, per batch): only the nodes downstream of the plan's
-    edits run."""
+    edits run. ``measure(dense, pruned)`` replaces ``output_damage`` (``metric_measure``)."""
     pruned = prune_channels(model, trace, plan, infer=False)
     if compensate is not None:
         compensate(plan, pruned)
     if start is None:
-        return output_damage(dense, run_all(pruned, as_batches(feeds)), classifier)
-    cut, values = start
-    suffix = suffix_model(pruned, cut, values[0])
-    return output_damage(dense, run_all(suffix, [{t: v[t] for t in cut[1]} for v in values]), classifier)
+        out = run_all(pruned, as_batches(feeds))
+    else:
+        cut, values = start
+        out = run_all(suffix_model(pruned, cut, values[0]), [{t: v[t] for t in cut[1]} for v in values])
+    return measure(dense, out) if measure is not None else output_damage(dense, out, classifier)
 
 
 def as_batches(feeds: Feeds) -> list[Mapping[str, np.ndarray]]:
@@ -99,7 +119,8 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
                       fractions: tuple[float, ...] | None = None, mode: str = "measured",
                       progress: Callable[[int], None] | None = None,
                       compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                      points: dict[int, list[tuple[int, float]]] | None = None) -> dict[int, GroupRanking]:
+                      points: dict[int, list[tuple[int, float]]] | None = None,
+                      measure: Measure | None = None) -> dict[int, GroupRanking]:
     """Rankings with the same channel order and an error curve from measured damage: interpolated
     (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``).
     ``compensate(plan, pruned)`` edits each trial model in place before it runs; ``points`` receives each
@@ -121,7 +142,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             if removed <= 0 or removed / g.size in xs:
                 continue
             ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, scores, compensate,
-                                   starts.get(g.id)))
+                                   starts.get(g.id), measure))
             xs.append(removed / g.size)
             if points is not None:
                 points.setdefault(g.id, []).append((removed, ys[-1]))
@@ -166,7 +187,8 @@ def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[Chann
                     plan: Mapping[int, np.ndarray], allocate: Callable[[], Mapping[int, np.ndarray]],
                     feeds: Feeds,
                     compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                    rounds: int = 3, progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+                    rounds: int = 3, progress: Callable[[int], None] | None = None,
+                    measure: Measure | None = None) -> tuple[dict, dict]:
     """No group is cut deeper than measured damage supports.
 
     A plan may cut a group past its deepest sensitivity trial, where its curve is the criterion's shape
@@ -191,7 +213,7 @@ def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[Chann
             if removed <= deepest:
                 continue
             damage = trial_damage(model, trace, {g.id: np.asarray(plan[g.id])}, feeds, dense, scores, compensate,
-                                  starts.get(g.id))
+                                  starts.get(g.id), measure)
             points.setdefault(g.id, []).append((removed, damage))
             r = rankings[g.id]
             predicted = float(r.error[removed])

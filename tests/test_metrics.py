@@ -13,6 +13,7 @@ from onnxprune.errors import InputError
 from onnxprune.fidelity import compare
 from onnxprune.metrics import (
     box_iou,
+    detection_damage,
     detection_f1,
     detection_parts,
     load_metric,
@@ -104,6 +105,25 @@ def test_detection_parts_separate_boxes_and_classes():
     fid = compare([v5], [dim], ["o"], [False], load_metric("detection-f1", "layout=yolov5"))
     assert fid["metric_fn"]["parts"]["objectness"]["r2"] < 0.5
     assert fid["metric_fn"]["parts"]["boxes"]["r2_mean"] == 1.0
+
+
+def test_detection_damage_prices_what_decodes_and_ignores_the_background():
+    boxes = [(20, 20, 10, 10), (60, 60, 20, 20)]
+    dense = yolov8(boxes, [0, 1], [0.9, 0.8])[None]
+    assert detection_damage({"o": dense}, {"o": dense}) == 0.0
+    background = dense.copy()
+    background[0, :4, 5:] += 50.0  # boxes of anchors no model scores: never decoded
+    assert detection_damage({"o": dense}, {"o": background}) == 0.0
+    moved = dense.copy()
+    moved[0, 0, 0] += 5  # half a box width: IoU 1/3 on one of two live anchors
+    assert detection_damage({"o": dense}, {"o": moved}) == pytest.approx((1 - 1 / 3) / 2)
+    dimmed = dense.copy()
+    dimmed[0, 5, 1] = 0.7  # one class score 0.1 lower: 0.1 / 0.25 of the threshold
+    assert detection_damage({"o": dense}, {"o": dimmed}) == pytest.approx(0.4 / 2)
+    appeared = dense.copy()
+    appeared[0, 6, 7] = 0.5  # a new detection where the dense model has none counts in full
+    assert detection_damage({"o": dense}, {"o": appeared}) == pytest.approx(1 / 3)  # its box equals the dense one
+    assert load_metric("detection-f1").damage is detection_damage and load_metric("map-iou").damage is None
 
 
 def test_map_metrics():
