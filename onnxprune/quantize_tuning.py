@@ -25,7 +25,7 @@ import onnx
 from .calibration.collect import stream
 from .calibration.readers import CalibrationSet
 from .fidelity import compare, headline, run_all
-from .sensitivity import output_damage
+from .sensitivity import metric_measure, output_damage
 
 CORRECTED_OPS = ("Conv", "ConvTranspose", "Gemm")
 
@@ -133,18 +133,20 @@ class BiasCorrector:
 
 def layer_sensitivity(build: Callable[[Sequence[str]], onnx.ModelProto], layers: Sequence[str],
                       forced: Sequence[str], feeds: list[dict], reference: list[np.ndarray],
-                      classifier: Sequence[bool] | None = None) -> list[tuple[str, float]]:
+                      classifier: Sequence[bool] | None = None, measure=None) -> list[tuple[str, float]]:
     """(layer, output damage with that layer alone kept in float), most damaging-when-quantized first.
 
     Damage is ``sensitivity.output_damage`` against the FP32 outputs (KL for classifiers, 1 − R² per output
-    component otherwise), so a low value means keeping that layer in float helps most.
+    component otherwise; ``measure``, where given, in their place: ``sensitivity.metric_measure``), so a low
+    value means keeping that layer in float helps most.
     """
     rows = []
     for layer in layers:
         if layer in forced:
             continue
         model = build([*forced, layer])
-        rows.append((layer, output_damage(reference, run_all(model, feeds), classifier)))
+        out = run_all(model, feeds)
+        rows.append((layer, measure(reference, out) if measure else output_damage(reference, out, classifier)))
     return sorted(rows, key=lambda r: r[1])
 
 
@@ -173,7 +175,9 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
     n_hold = calib.n_holdout()
     feeds = calib.first("holdout", min(sensitivity_samples, n_hold))
     n_feed = sum(len(next(iter(f.values()))) for f in feeds)
-    ranking = layer_sensitivity(rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out], classifier)
+    measure = metric_measure(metric, names, classifier or [True] * len(names))
+    ranking = layer_sensitivity(rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out], classifier,
+                                measure)
     order = [layer for layer, _ in ranking]
     tried: dict[int, tuple[float, onnx.ModelProto, dict]] = {}
 

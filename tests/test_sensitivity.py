@@ -18,6 +18,7 @@ from onnxprune.sensitivity import (
     group_starts,
     guard_deep_cuts,
     measured_rankings,
+    metric_measure,
     output_damage,
     raised_curve,
     trial_damage,
@@ -336,3 +337,22 @@ def test_a_static_batch_model_is_measured_on_every_batch():
         damages.append([trial_damage(model, trace, {g.id: np.sort(rankings[g.id].order[g.size // 2:])}, f, dense,
                                      scores, None, starts.get(g.id)) for g in groups])
     np.testing.assert_allclose(damages[1], damages[0], rtol=1e-4)
+
+
+def test_a_metric_with_a_damage_prices_its_output_and_the_default_the_others():
+    from onnxprune.metrics import detection_damage, load_metric
+
+    rng = np.random.default_rng(0)
+    head = rng.uniform(0, 1, (2, 7, 30)).astype(np.float32)  # [N, 4 + 3 classes, anchors]
+    head[:, :4] *= 50
+    feat = rng.normal(size=(2, 16)).astype(np.float32)
+    moved, off = head.copy(), feat * 0.5
+    moved[:, 0] += 3.0
+    names, classifier = ["det", "feat"], [False, False]
+    measure = metric_measure(load_metric("detection-f1", "score=0.3"), names, classifier)
+    expected = detection_damage({"det": head}, {"det": moved}, score=0.3) + output_damage([feat], [off], [False])
+    assert measure([head, feat], [moved, off]) == pytest.approx(expected) and expected > 0
+    # the metric reads the output its options name (else the first); the default measure prices the rest
+    named = metric_measure(load_metric("detection-f1", "score=0.3,output=det"), ["feat", "det"], classifier)
+    assert named([feat, head], [off, moved]) == pytest.approx(expected)
+    assert metric_measure(load_metric("map-iou"), names, classifier) is None and metric_measure(None, names, []) is None
