@@ -49,7 +49,8 @@ def main() -> None:
     dense = {"output0": run_batched(onnx.load(str(MODEL)), feeds, 1)[0]}
     base = detection_parts(dense, dense, **OPTIONS)["detections"]["dense"]
     print(f"Machine: {machine()}\n\n{len(feeds['images'])} evaluation pages, {base} dense detections\n")
-    print("| target | achieved MACs | held-out F1 (report) | eval F1 | precision / recall | IoU of box matches "
+    print("| target | achieved MACs | held-out F1 (report) | eval F1 | precision / recall "
+          "| IoU of box matches "
           "| same class | class-score R² (lowest) | narrowest cv3 / cv2 group | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     options = ",".join(f"{k}={v}" for k, v in OPTIONS.items())
@@ -68,8 +69,10 @@ def main() -> None:
             pruned = {"output0": run_batched(onnx.load(report["output"]), feeds, 1)[0]}
             p = detection_parts(dense, pruned, **OPTIONS)
             d, b, c = p["detections"], p["boxes"], p["classes"]
-            cls, box = branch_floor(report["groups"], "/model.22/cv3"), branch_floor(report["groups"], "/model.22/cv2")
-            print(f"| {target}x | {report['achieved']['macs']:.3f}x | {report['fidelity']['metric_fn']['value']:.4f} "
+            cls = branch_floor(report["groups"], "/model.22/cv3")
+            box = branch_floor(report["groups"], "/model.22/cv2")
+            print(f"| {target}x | {report['achieved']['macs']:.3f}x "
+                  f"| {report['fidelity']['metric_fn']['value']:.4f} "
                   f"| {d['f1']:.4f} | {d['precision']:.3f} / {d['recall']:.3f} | {b['matched_iou_mean']:.3f} "
                   f"| {100 * c['same_class_on_box_matches']:.1f}% | {c['r2_mean']:.3f} ({c['r2_min']:.3f}) "
                   f"| {cls[1]} / {box[1]} | {wall:.0f} s |", flush=True)

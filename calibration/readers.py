@@ -117,12 +117,12 @@ class CalibrationSet:
                 yield {k: v[i : i + step] for k, v in data.items()}
 
 
-    def first(self, which: str, samples: int) -> list[dict[str, np.ndarray]]:
-        """The batches (``batches``) holding the first ``samples`` samples of ``which`` (all it has when fewer;
-        with a static model batch B, whole batches of B: at least one where there is one)."""
-        step = self.fixed_batch or max(samples, 1)
-        count = max(1, math.ceil(samples / step)) if self.fixed_batch else 1
-        return list(itertools.islice(self.batches(which, step), count))
+    def first(self, which: str, samples: int, batch: int | None = None) -> list[dict[str, np.ndarray]]:
+        """The batches of ``batch`` samples (default all ``samples`` in one; with a static model batch B,
+        whole batches of B) holding the first ``samples`` samples of ``which``: all it has when fewer, at
+        least one batch where there is one."""
+        step = self.fixed_batch or batch or max(samples, 1)
+        return list(itertools.islice(self.batches(which, step), max(1, math.ceil(samples / step))))
 
 
 def _count(arrays: Mapping[str, np.ndarray]) -> int:

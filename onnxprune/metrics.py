@@ -90,9 +90,10 @@ def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: 
     return boxes[keep], classes[sel][keep], conf[sel][keep]
 
 
-def matched_pairs(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...], iou: float) -> list[tuple[int, int, float]]:
-    """(candidate, reference, IoU) of the candidate detections matching a reference detection of the same class at
-    IoU ≥ ``iou``: each reference detection matched once, the candidates taken best score first."""
+def matched_pairs(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...],
+                  iou: float) -> list[tuple[int, int, float]]:
+    """(candidate, reference, IoU) of the candidate detections matching a reference detection of the same
+    class at IoU ≥ ``iou``: each reference detection matched once, the candidates taken best score first."""
     if not len(ref[0]) or not len(cand[0]):
         return []
     overlaps = box_iou(cand[0], ref[0]) * (cand[1][:, None] == ref[1][None, :])
@@ -132,7 +133,8 @@ def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", 
                     output: str | None = None) -> dict:
     """A detector's fidelity part by part, so that a collapse of one cannot hide behind the F1:
 
-    * ``detections``: counts, precision, recall and F1 of the candidate's detections against the dense model's;
+    * ``detections``: counts, precision, recall and F1 of the candidate's detections against the dense
+      model's;
     * ``boxes``: R² of the box components (cx, cy, w, h) over all anchors, and the mean IoU of the candidate's
       detections matched to the dense model's regardless of class;
     * ``objectness`` (yolov5): R² of the objectness component;
@@ -155,27 +157,30 @@ def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", 
             same_class += int(ref[1][j] == cand[1][i])
             ious.append(overlap)
     out = {"detections": {"dense": n_ref, "candidate": n_cand, "matched": hits,
-                          "precision": hits / n_cand if n_cand else 1.0, "recall": hits / n_ref if n_ref else 1.0,
+                          "precision": hits / n_cand if n_cand else 1.0,
+                          "recall": hits / n_ref if n_ref else 1.0,
                           "f1": 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)},
            "boxes": {"r2_mean": float(r2[:4].mean()), "r2_min": float(r2[:4].min()),
                      "matched_iou_mean": float(np.mean(ious)) if ious else None, "matched": box_hits}}
     if layout == "yolov5":
         out["objectness"] = {"r2": float(r2[4])}
     cls = r2[first_class:]
-    out["classes"] = {"r2_mean": float(cls.mean()), "r2_min": float(cls.min()), "lowest_class": int(cls.argmin()),
+    out["classes"] = {"r2_mean": float(cls.mean()), "r2_min": float(cls.min()),
+                      "lowest_class": int(cls.argmin()),
                       "same_class_on_box_matches": same_class / box_hits if box_hits else None}
     return out
 
 
 def detection_damage(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
                      output: str | None = None, **_) -> float:
-    """A smooth stand-in for 1 − ``detection_f1`` that sensitivity trials can price (F1 moves in steps of whole
-    detections). On the anchors where either model's best score reaches half the threshold ``score`` — the
-    ones that carry or nearly carry a detection, before NMS:
+    """A smooth stand-in for 1 − ``detection_f1`` that sensitivity trials can price (F1 moves in steps of
+    whole detections). On the anchors where either model's best score reaches half the threshold ``score`` —
+    the ones that carry or nearly carry a detection, before NMS:
 
         damage = mean(1 − IoU(dense box, candidate box)) + mean(min(1, max_class |Δ score| / score)),
 
-    0 when the two agree; each term at most 1. Background anchors, whose boxes are never decoded, do not count."""
+    0 when the two agree; each term at most 1. Background anchors, whose boxes are never decoded, do not
+    count."""
     ref, cand = _pick(dense, output).astype(np.float64), _pick(candidate, output).astype(np.float64)
     if layout == "yolov8":
         ref, cand = ref.transpose(0, 2, 1), cand.transpose(0, 2, 1)  # [N, anchors, 4 + classes]

@@ -427,8 +427,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
     refit: dict[str, str] = {}
 
     def refit_feeds(samples=opts.refit_samples):  # the calibration batches the refit and SparseGPT read
-        n = max(1, math.ceil(min(samples, calib.n_calib()) / 32))
-        return itertools.islice(calib.batches("calib", 32), n)
+        return iter(calib.first("calib", min(samples, calib.n_calib()), 32))
 
     half_hessians = None  # only the trials read them (~0.3 GB on EfficientNet-Lite0)
     if calib is not None and opts.reconstruct and plan:

@@ -15,8 +15,6 @@ order, as few as the ``max_drop`` gate allows.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -100,7 +98,7 @@ class BiasCorrector:
         self.builder = builder
         self.slots = bias_slots(prepared)
         batch = 8  # every quantized layer's float and INT8 outputs of a batch are held at once (1.6 GB at 32)
-        self.batches = list(itertools.islice(calib.batches("calib", batch), max(1, math.ceil(samples / batch))))
+        self.batches = calib.first("calib", samples, batch)
         self.last: dict = {}
 
     def build(self, exclude: Sequence[str] = ()) -> onnx.ModelProto:
@@ -146,7 +144,8 @@ def layer_sensitivity(build: Callable[[Sequence[str]], onnx.ModelProto], layers:
             continue
         model = build([*forced, layer])
         out = run_all(model, feeds)
-        rows.append((layer, measure(reference, out) if measure else output_damage(reference, out, classifier)))
+        damage = measure(reference, out) if measure else output_damage(reference, out, classifier)
+        rows.append((layer, damage))
     return sorted(rows, key=lambda r: r[1])
 
 

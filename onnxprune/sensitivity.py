@@ -12,8 +12,9 @@ calibration batches; the allocator then uses these end-to-end curves:
                                                             component's error over its own spread),
     summed over outputs.
 
-A plan that cuts a group past its deepest trial is checked there (``guard_deep_cuts``): the curve beyond the
-trials is an extrapolation, and it is raised wherever the measurement says it was too low.
+A plan that cuts a group past its deepest trial to its last quarter is checked there (``guard_deep_cuts``):
+the curve beyond the trials is an extrapolation, and it is raised wherever the measurement says it was too
+low.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Feeds,
                  measure: Measure | None = None) -> float:
     """Output damage of ``model`` pruned by ``plan`` on ``feeds`` (a batch, or a list of batches: a model with
     a static batch takes several) against the dense outputs ``dense`` (``classifier``:
-    ``fidelity.classifier_outputs(model)``, once per caller, not per trial); ``compensate(plan, pruned)`` edits
-    the trial model in place before it runs. ``start``: (the cut below which the trial model is the dense one,
+    ``fidelity.classifier_outputs(model)``, once per caller, not per trial); ``compensate(plan, pruned)``
+    edits the trial model in place before it runs. ``start``: (the cut below which the trial model is the dense one,
     ``collect.downstream_cut``; the dense values it reads, per batch): only the nodes downstream of the plan's
     edits run. ``measure(dense, pruned)`` replaces ``output_damage`` (``metric_measure``)."""
     pruned = prune_channels(model, trace, plan, infer=False)
@@ -165,6 +166,9 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
 
 # A measured damage more than this fraction above the curve's prediction raises the curve.
 GUARD_TOLERANCE = 0.1
+# The guard checks cuts that keep less than this fraction of a group: where a criterion's shape, extrapolated
+# past the trials, says least (the last channels of a branch feeding one small output component).
+GUARD_BELOW = 0.25
 
 
 def raised_curve(error: np.ndarray, deepest: int, removed: int, damage: float) -> np.ndarray:
@@ -189,16 +193,17 @@ def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[Chann
                     compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
                     rounds: int = 3, progress: Callable[[int], None] | None = None,
                     measure: Measure | None = None) -> tuple[dict, dict]:
-    """No group is cut deeper than measured damage supports.
+    """No group is cut to its last channels unless measured damage supports it.
 
     A plan may cut a group past its deepest sensitivity trial, where its curve is the criterion's shape
     extrapolated — and a criterion's shape says least about the last channels (a branch feeding one small
-    output component looks cheap locally). Each such group is measured alone at its planned width (the same
+    output component looks cheap locally). Each group cut past its trials to fewer than ``GUARD_BELOW`` of its
+    channels is measured alone at its planned width (the same
     trial: compensated, on ``feeds``); where the damage exceeds the curve's prediction by more than
     ``GUARD_TOLERANCE``, the curve is raised through the measurement (``raised_curve``) in ``rankings`` and
     ``allocate()`` (which reads ``rankings``) plans again. Up to ``rounds`` rounds; every measurement is
     added to ``points``. Returns the plan and {"measurements": one record each, "unverified": the groups the
-    last re-plan cut past their measurements (when ``rounds`` ran out)}."""
+    last re-plan cut that deep past their measurements (when ``rounds`` ran out)}."""
     dense, scores = run_all(model, as_batches(feeds)), classifier_outputs(model)
     starts = group_starts(model, trace, groups, feeds)
     records: list[dict] = []
@@ -210,10 +215,10 @@ def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[Chann
                 continue
             removed = g.size - len(plan[g.id])
             deepest = max((m for m, _ in points.get(g.id, [])), default=0)
-            if removed <= deepest:
+            if removed <= deepest or len(plan[g.id]) >= GUARD_BELOW * g.size:
                 continue
-            damage = trial_damage(model, trace, {g.id: np.asarray(plan[g.id])}, feeds, dense, scores, compensate,
-                                  starts.get(g.id), measure)
+            damage = trial_damage(model, trace, {g.id: np.asarray(plan[g.id])}, feeds, dense, scores,
+                                  compensate, starts.get(g.id), measure)
             points.setdefault(g.id, []).append((removed, damage))
             r = rankings[g.id]
             predicted = float(r.error[removed])
@@ -228,6 +233,6 @@ def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[Chann
         if not raised:
             break
         plan = dict(allocate())
-    unverified = [g.id for g in groups if g.id in plan
+    unverified = [g.id for g in groups if g.id in plan and len(plan[g.id]) < GUARD_BELOW * g.size
                   and g.size - len(plan[g.id]) > max((m for m, _ in points.get(g.id, [])), default=0)]
     return plan, {"measurements": records, "unverified": unverified}

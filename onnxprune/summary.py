@@ -78,10 +78,11 @@ def print_summary(console: Console, r: dict) -> None:
     if guard and guard["measurements"]:
         ms = guard["measurements"]
         raised = sorted({m["group"] for m in ms if m["raised"]})
-        console.print(f"guard: {len(ms)} cut(s) past their sensitivity trials measured at the planned width; "
-                      + (f"curves raised for group(s) {', '.join(map(str, raised))} and the plan redone"
-                         if raised else "none worse than its curve")
-                      + (f"; still unmeasured: {', '.join(map(str, guard['unverified']))}" if guard["unverified"] else ""))
+        unmeasured = ", ".join(map(str, guard["unverified"]))
+        console.print(f"guard: {len(ms)} cut(s) to under a quarter past the trials measured at the planned "
+                      "width; " + (f"curves raised for group(s) {', '.join(map(str, raised))} and the plan redone"
+                                   if raised else "none worse than its curve")
+                      + (f"; still unmeasured: {unmeasured}" if unmeasured else ""))
     blocked = [g for g in r["groups"] if not g["prunable"] and g["reason"] and g["channels"] > 1]
     if blocked:
         console.print(f"{len(blocked)} group(s) not pruned: " + "; ".join(
@@ -108,8 +109,8 @@ def parts_line(parts: dict | None) -> str:
     if not parts:
         return ""
     d, b, c = parts["detections"], parts["boxes"], parts["classes"]
-    line = (f" — detections: dense {d['dense']}, pruned {d['candidate']}, precision {d['precision']:.3f}, recall "
-            f"{d['recall']:.3f}; boxes: R² {b['r2_mean']:.4f}")
+    line = (f" — detections: dense {d['dense']}, pruned {d['candidate']}, precision {d['precision']:.3f}, "
+            f"recall {d['recall']:.3f}; boxes: R² {b['r2_mean']:.4f}")
     if b["matched_iou_mean"] is not None:
         line += f", IoU of matches {b['matched_iou_mean']:.3f}"
     if "objectness" in parts:

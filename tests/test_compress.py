@@ -39,10 +39,11 @@ def test_compress_outputs_valid_model_at_target(compressed):
         assert {"id", "channels", "kept", "pruned_indices", "members", "prunable", "reason"} <= set(g)
     fid = report["fidelity"]["logits"]
     assert fid["samples"] == 256 and 0 <= fid["top1_agreement"] <= 1
-    # the guard measured every cut the plan made past its group's trials (at 25 and 50% removed)
+    # the guard measured every cut to under a quarter of a group past its trials (at 25 and 50% removed)
     guard = report["guard"]
     assert guard["unverified"] == []
-    deep = {g["id"] for g in report["groups"] if g["channels"] - g["kept"] > (g["channels"] + 1) // 2}
+    deep = {g["id"] for g in report["groups"]
+            if g["kept"] < g["channels"] / 4 and g["channels"] - g["kept"] > (g["channels"] + 1) // 2}
     assert deep <= {m["group"] for m in guard["measurements"]}
     x = np.load(CALIB)["input"][256:320]
     assert run_ort(onnx.load(str(pruned)), {"input": x})[0].shape == (64, 10)

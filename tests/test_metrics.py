@@ -43,7 +43,8 @@ def test_box_iou_and_nms():
     # the second box overlaps the first of its class and goes; the third is another class; the fourth is apart
     assert nms(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 0]), 0.45, 300).tolist() == [0, 2, 3]
     # across classes the third box goes too: it covers the first exactly
-    assert nms(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 0]), 0.45, 300, agnostic=True).tolist() == [0, 3]
+    kept = nms(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 0]), 0.45, 300, agnostic=True)
+    assert kept.tolist() == [0, 3]
 
 
 def test_detection_f1_counts_matched_detections_of_the_same_class():
@@ -80,13 +81,15 @@ def test_detection_f1_yolov5_layout_multiplies_objectness():
 def test_detection_parts_separate_boxes_and_classes():
     boxes = [(20, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)]
     rng = np.random.default_rng(0)
-    dense = np.stack([yolov8(boxes, [0, 1, 2], [0.9, 0.8, 0.7]) + rng.uniform(0, 0.01, (7, 20)) for _ in range(4)])
+    dense = np.stack([yolov8(boxes, [0, 1, 2], [0.9, 0.8, 0.7]) + rng.uniform(0, 0.01, (7, 20))
+                      for _ in range(4)])
     # the class of every sample's second detection changes; boxes stay where they are
     swapped = dense.copy()
     swapped[:, [5, 6], 1] = swapped[:, [6, 5], 1]
     parts = detection_parts({"o": dense}, {"o": swapped})
-    assert parts["detections"] == {"dense": 12, "candidate": 12, "matched": 8, "precision": pytest.approx(8 / 12),
-                                   "recall": pytest.approx(8 / 12), "f1": pytest.approx(8 / 12)}
+    assert parts["detections"] == {"dense": 12, "candidate": 12, "matched": 8,
+                                   "precision": pytest.approx(8 / 12), "recall": pytest.approx(8 / 12),
+                                   "f1": pytest.approx(8 / 12)}
     assert parts["boxes"]["r2_mean"] == 1.0 and parts["boxes"]["matched_iou_mean"] == pytest.approx(1.0)
     assert parts["classes"]["same_class_on_box_matches"] == pytest.approx(8 / 12)
     assert parts["classes"]["r2_min"] < 0.9 and parts["classes"]["lowest_class"] in (1, 2)
@@ -122,7 +125,8 @@ def test_detection_damage_prices_what_decodes_and_ignores_the_background():
     assert detection_damage({"o": dense}, {"o": dimmed}) == pytest.approx(0.4 / 2)
     appeared = dense.copy()
     appeared[0, 6, 7] = 0.5  # a new detection where the dense model has none counts in full
-    assert detection_damage({"o": dense}, {"o": appeared}) == pytest.approx(1 / 3)  # its box equals the dense one
+    # its box equals the dense one: the score term alone
+    assert detection_damage({"o": dense}, {"o": appeared}) == pytest.approx(1 / 3)
     assert load_metric("detection-f1").damage is detection_damage and load_metric("map-iou").damage is None
 
 

@@ -54,7 +54,8 @@ def test_a_small_component_counts_as_much_as_a_large_one():
     big_off[:, 0] *= 0.9  # the large one 10% off
     assert old_damage([y], [small_gone]) < 1e-7 < old_damage([y], [big_off])  # the old measure misses it
     assert sensitivity.output_damage([y], [small_gone], [False]) > sensitivity.output_damage([y], [big_off], [False])
-    np.testing.assert_allclose(component_r2(y, small_gone), [1.0, 0.0], atol=0.1)  # 0: no better than its mean
+    # 0: no better than its mean
+    np.testing.assert_allclose(component_r2(y, small_gone), [1.0, 0.0], atol=0.1)
 
 
 def _compress(tmp_path, monkeypatch, damage) -> tuple[dict, float]:

@@ -138,6 +138,8 @@ def test_fixed_batch(tmp_path):
     dynamic = load_calibration(save_npz(tmp_path / "e.npz", x=rand(5, 3)), make_model(("x", FLOAT, ["N", 3])),
                                samples=5, holdout=0)
     assert [len(b["x"]) for b in dynamic.first("calib", 3)] == [3]
+    assert [len(b["x"]) for b in dynamic.first("calib", 5, 2)] == [2, 2, 1]
+    assert [len(b["x"]) for b in cs.first("calib", 4, 32)] == [2, 2]  # the static batch wins over ``batch``
 
 
 # --- validation errors -----------------------------------------------------------------------------

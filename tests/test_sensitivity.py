@@ -283,8 +283,9 @@ def test_a_raised_curve_passes_through_the_measurement_and_keeps_the_measured_pa
 
 def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was_low():
     """A curve that says a group's last channels are free (as a criterion extrapolated past its trials may)
-    gets that group cut to one channel; the guard measures the cut, raises the curve through the damage and the
-    re-plan keeps more channels; every cut of the final plan lies within measured depth."""
+    gets that group cut to one channel; the guard measures the cut, raises the curve through the damage and
+    the re-plan keeps more channels; every cut of the final plan to under a quarter lies within measured
+    depth."""
     model, _ = normalize(synthetic.build("residual_add"))
     trace = trace_channels(model)
     groups = trace.prunable_groups()
@@ -314,8 +315,8 @@ def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was
     raised = [r for r in guard["measurements"] if r["group"] == victim.id and r["raised"]]
     assert raised and raised[0]["measured"] > raised[0]["predicted"]
     assert len(plan[victim.id]) > 1 and guard["unverified"] == []
-    for g in groups:  # every cut of the final plan is backed by a measurement at least as deep
-        assert g.size - len(plan[g.id]) <= max(m for m, _ in points[g.id])
+    for g in groups:  # every cut to under a quarter of the final plan is backed by a measurement as deep
+        assert len(plan[g.id]) >= g.size / 4 or g.size - len(plan[g.id]) <= max(m for m, _ in points[g.id])
 
 
 def test_a_static_batch_model_is_measured_on_every_batch():
@@ -334,8 +335,8 @@ def test_a_static_batch_model_is_measured_on_every_batch():
         dense, scores = run_all(model, as_batches(f)), classifier_outputs(model)
         assert len(dense[0]) == 8
         starts = group_starts(model, trace, groups, f)
-        damages.append([trial_damage(model, trace, {g.id: np.sort(rankings[g.id].order[g.size // 2:])}, f, dense,
-                                     scores, None, starts.get(g.id)) for g in groups])
+        damages.append([trial_damage(model, trace, {g.id: np.sort(rankings[g.id].order[g.size // 2:])}, f,
+                                     dense, scores, None, starts.get(g.id)) for g in groups])
     np.testing.assert_allclose(damages[1], damages[0], rtol=1e-4)
 
 
@@ -350,9 +351,11 @@ def test_a_metric_with_a_damage_prices_its_output_and_the_default_the_others():
     moved[:, 0] += 3.0
     names, classifier = ["det", "feat"], [False, False]
     measure = metric_measure(load_metric("detection-f1", "score=0.3"), names, classifier)
-    expected = detection_damage({"det": head}, {"det": moved}, score=0.3) + output_damage([feat], [off], [False])
+    expected = (detection_damage({"det": head}, {"det": moved}, score=0.3)
+                + output_damage([feat], [off], [False]))
     assert measure([head, feat], [moved, off]) == pytest.approx(expected) and expected > 0
     # the metric reads the output its options name (else the first); the default measure prices the rest
     named = metric_measure(load_metric("detection-f1", "score=0.3,output=det"), ["feat", "det"], classifier)
     assert named([feat, head], [off, moved]) == pytest.approx(expected)
-    assert metric_measure(load_metric("map-iou"), names, classifier) is None and metric_measure(None, names, []) is None
+    assert metric_measure(load_metric("map-iou"), names, classifier) is None
+    assert metric_measure(None, names, []) is None
