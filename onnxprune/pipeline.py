@@ -45,7 +45,7 @@ from .passes.prune_channels import prune_channels
 from .passes.reconstruct import compensate_locally, reconstruct, validation_halves
 from .passes.sparsify import sparsify
 from .quantize import quantize_model
-from .sensitivity import guard_deep_cuts, measured_rankings, metric_measure, trial_damage
+from .sensitivity import Trials, guard_deep_cuts, measured_rankings, metric_measure
 from .shapes import Shape, graph_inputs, static_batch
 from .sparsity import sparsity_option
 from .tracer import trace_channels
@@ -318,12 +318,15 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
         trial_feeds = calib.first("calib", opts.sensitivity_samples) or None
         trial_comp = compensator if hessians else None
     points: dict[int, list[tuple[int, float]]] = {}
-    measure = metric_measure(metric, [o.name for o in model.graph.output], classifier_outputs(model))
+    searching = calib is not None and opts.search_evals > 1 and opts.allocation == "dp"
+    trials = None
+    if trial_feeds is not None and (measured or searching):
+        measure = metric_measure(metric, [o.name for o in model.graph.output], classifier_outputs(model))
+        trials = Trials(model, trace, eligible, trial_feeds, trial_comp, measure)
     if measured:
         with timer("sensitivity"):
-            rankings = measured_rankings(model, trace, eligible, rankings, trial_feeds, mode=opts.sensitivity,
-                                         progress=progress("sensitivity", len(eligible)) if progress else None,
-                                         compensate=trial_comp, points=points, measure=measure)
+            rankings = measured_rankings(trials, eligible, rankings, mode=opts.sensitivity, points=points,
+                                         progress=progress("sensitivity", len(eligible)) if progress else None)
 
     # -- allocation ----------------------------------------------------------------------------
     pattern = sparsity_option(opts.sparsity)
@@ -372,7 +375,7 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
                     return allocate_to_budget(choices, cost_of, metric_base, budget, floor, opts.metric,
                                               opts.allocation, weights)
 
-                if search_feeds is not None:
+                if searching:
                     widths, search_record = search_allocation([c.group for c in choices], propose, plan_damage,
                                                               opts.search_evals, opts.seed)
                     searches.append(search_record)
@@ -381,14 +384,10 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             return plan_from_widths(choices, widths)
 
         searches: list[dict] = []
-        search_feeds = None
-        if calib is not None and opts.search_evals > 1 and opts.allocation == "dp" and choices:
-            search_feeds = trial_feeds
-            search_dense, search_scores = run_all(model, search_feeds), classifier_outputs(model)
+        searching = searching and trials is not None and bool(choices)
 
-            def plan_damage(widths) -> float:
-                return trial_damage(model, trace, plan_from_widths(choices, widths), search_feeds, search_dense,
-                                    search_scores, trial_comp, measure=measure)
+        def plan_damage(widths) -> float:
+            return trials.damage(plan_from_widths(choices, widths))
 
         budget = metric_base / opts.target
         plan = allocate_to(budget)
@@ -399,9 +398,9 @@ def _compress(path: Path, outdir: str | os.PathLike, opts: CompressOptions, prog
             return allocate_to(budget)
 
         with timer("guard"):
-            plan, guard = guard_deep_cuts(model, trace, eligible, rankings, points, plan, replan, trial_feeds,
-                                          trial_comp, progress=progress("guard", None) if progress else None,
-                                          measure=measure)
+            plan, guard = guard_deep_cuts(trials, eligible, rankings, points, plan, replan,
+                                          progress=progress("guard", None) if progress else None)
+    trials = None  # its dense values (every group's start) are no longer needed
 
     # -- prune, (latency: measure and tighten), reconstruct, verify -----------------------------
     with timer("prune"):

@@ -115,21 +115,41 @@ def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelG
     return {gid: (cut, values) for gid, cut in cuts.items()}
 
 
-def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[ChannelGroup],
-                      rankings: Mapping[int, GroupRanking], feeds: Feeds,
+class Trials:
+    """Trials of ``model`` pruned on ``feeds`` against its dense outputs there, computed once and shared by the
+    sensitivity curves, the guard and the search: ``compensate(plan, pruned)`` edits each trial model in place
+    before it runs, ``measure`` replaces ``output_damage``; a single group's trial runs from its start
+    (``group_starts``, found for ``groups`` on first use)."""
+
+    def __init__(self, model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup], feeds: Feeds,
+                 compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
+                 measure: Measure | None = None):
+        self.model, self.trace, self.groups = model, trace, groups
+        self.compensate, self.measure = compensate, measure
+        self.feeds = as_batches(feeds)
+        self.dense, self.scores = run_all(model, self.feeds), classifier_outputs(model)
+        self._starts: dict[int, tuple] | None = None
+
+    def damage(self, plan: dict) -> float:
+        """The damage of ``plan``; one group's plan runs from that group's start."""
+        start = None
+        if len(plan) == 1:
+            if self._starts is None:
+                self._starts = group_starts(self.model, self.trace, self.groups, self.feeds)
+            start = self._starts.get(next(iter(plan)))
+        return trial_damage(self.model, self.trace, plan, self.feeds, self.dense, self.scores, self.compensate,
+                            start, self.measure)
+
+
+def measured_rankings(trials: Trials, groups: list[ChannelGroup], rankings: Mapping[int, GroupRanking],
                       fractions: tuple[float, ...] | None = None, mode: str = "measured",
                       progress: Callable[[int], None] | None = None,
-                      compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                      points: dict[int, list[tuple[int, float]]] | None = None,
-                      measure: Measure | None = None) -> dict[int, GroupRanking]:
-    """Rankings with the same channel order and an error curve from measured damage: interpolated
-    (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``).
-    ``compensate(plan, pruned)`` edits each trial model in place before it runs; ``points`` receives each
-    group's measured (channels removed, damage) pairs."""
+                      points: dict[int, list[tuple[int, float]]] | None = None) -> dict[int, GroupRanking]:
+    """Rankings with the same channel order and an error curve from measured damage (``trials``): interpolated
+    (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``). ``points``
+    receives each group's measured (channels removed, damage) pairs."""
     # the rescaled curve needs only its level: two points do; an interpolated curve needs three
     fractions = fractions or ((0.25, 0.5) if mode == "scaled" else (0.25, 0.5, 0.75))
-    dense, scores = run_all(model, as_batches(feeds)), classifier_outputs(model)
-    starts = group_starts(model, trace, groups, feeds)
     out: dict[int, GroupRanking] = {}
     for g in groups:
         r = rankings[g.id]
@@ -142,8 +162,7 @@ def measured_rankings(model: onnx.ModelProto, trace: Trace, groups: list[Channel
             removed = min(int(round(f * g.size)), g.size - 1)
             if removed <= 0 or removed / g.size in xs:
                 continue
-            ys.append(trial_damage(model, trace, {g.id: np.sort(r.order[removed:])}, feeds, dense, scores, compensate,
-                                   starts.get(g.id), measure))
+            ys.append(trials.damage({g.id: np.sort(r.order[removed:])}))
             xs.append(removed / g.size)
             if points is not None:
                 points.setdefault(g.id, []).append((removed, ys[-1]))
@@ -186,26 +205,21 @@ def raised_curve(error: np.ndarray, deepest: int, removed: int, damage: float) -
     return out
 
 
-def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup],
-                    rankings: dict[int, GroupRanking], points: dict[int, list[tuple[int, float]]],
-                    plan: Mapping[int, np.ndarray], allocate: Callable[[], Mapping[int, np.ndarray]],
-                    feeds: Feeds,
-                    compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                    rounds: int = 3, progress: Callable[[int], None] | None = None,
-                    measure: Measure | None = None) -> tuple[dict, dict]:
+def guard_deep_cuts(trials: Trials, groups: Sequence[ChannelGroup], rankings: dict[int, GroupRanking],
+                    points: dict[int, list[tuple[int, float]]], plan: Mapping[int, np.ndarray],
+                    allocate: Callable[[], Mapping[int, np.ndarray]], rounds: int = 3,
+                    progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
     """No group is cut to its last channels unless measured damage supports it.
 
     A plan may cut a group past its deepest sensitivity trial, where its curve is the criterion's shape
     extrapolated — and a criterion's shape says least about the last channels (a branch feeding one small
-    output component looks cheap locally). Each group cut past its trials to fewer than ``GUARD_BELOW`` of its
-    channels is measured alone at its planned width (the same
-    trial: compensated, on ``feeds``); where the damage exceeds the curve's prediction by more than
-    ``GUARD_TOLERANCE``, the curve is raised through the measurement (``raised_curve``) in ``rankings`` and
-    ``allocate()`` (which reads ``rankings``) plans again. Up to ``rounds`` rounds; every measurement is
+    output component looks cheap locally). Each group cut past its trials to fewer than ``GUARD_BELOW`` of
+    its channels is measured alone at its planned width (the same trial as the curves', ``trials``); where
+    the damage exceeds the curve's prediction by more than ``GUARD_TOLERANCE``, the curve is raised through
+    the measurement (``raised_curve``) in ``rankings`` and ``allocate()`` (which reads ``rankings``) plans
+    again. Up to ``rounds`` rounds; every measurement is
     added to ``points``. Returns the plan and {"measurements": one record each, "unverified": the groups the
     last re-plan cut that deep past their measurements (when ``rounds`` ran out)}."""
-    dense, scores = run_all(model, as_batches(feeds)), classifier_outputs(model)
-    starts = group_starts(model, trace, groups, feeds)
     records: list[dict] = []
     plan = dict(plan)
     for rnd in range(rounds):
@@ -217,8 +231,7 @@ def guard_deep_cuts(model: onnx.ModelProto, trace: Trace, groups: Sequence[Chann
             deepest = max((m for m, _ in points.get(g.id, [])), default=0)
             if removed <= deepest or len(plan[g.id]) >= GUARD_BELOW * g.size:
                 continue
-            damage = trial_damage(model, trace, {g.id: np.asarray(plan[g.id])}, feeds, dense, scores,
-                                  compensate, starts.get(g.id), measure)
+            damage = trials.damage({g.id: np.asarray(plan[g.id])})
             points.setdefault(g.id, []).append((removed, damage))
             r = rankings[g.id]
             predicted = float(r.error[removed])

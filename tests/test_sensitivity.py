@@ -14,7 +14,7 @@ from onnxprune.criteria import GroupRanking, rank_groups
 from onnxprune.fidelity import classifier_outputs, run_all
 from onnxprune.layers import initializer_dict
 from onnxprune.sensitivity import (
-    as_batches,
+    Trials,
     group_starts,
     guard_deep_cuts,
     measured_rankings,
@@ -35,15 +35,21 @@ def test_output_damage():
     assert np.isclose(output_damage([feat], [feat * 0.9]), 0.01)
 
 
-def test_measured_curves_monotone_and_order_kept():
-    model, _ = normalize(synthetic.build("residual_add"))
+def _ranked(built: onnx.ModelProto):
+    """The normalized model, its trace, prunable groups and magnitude rankings."""
+    model, _ = normalize(built)
     trace = trace_channels(model)
     groups = trace.prunable_groups()
     rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
                               {n.name: list(n.input) for n in model.graph.node})
-    feeds = synthetic.random_inputs(model, batch=8)
+    return model, trace, groups, rankings
+
+
+def test_measured_curves_monotone_and_order_kept():
+    model, trace, groups, rankings = _ranked(synthetic.build("residual_add"))
+    trials = Trials(model, trace, groups, synthetic.random_inputs(model, batch=8))
     for mode in ("measured", "scaled"):
-        measured = measured_rankings(model, trace, groups, rankings, feeds, mode=mode)
+        measured = measured_rankings(trials, groups, rankings, mode=mode)
         for g in groups:
             curve = measured[g.id].error
             assert curve[0] == 0 and np.isinf(curve[-1]) and np.all(np.diff(curve[:-1]) >= 0)
@@ -59,11 +65,7 @@ def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name)
     suffix starts at the graph input read the feeds themselves."""
     built = synthetic.with_static_batch(synthetic.build("residual_add"), 4) if name == "static_batch" else \
         synthetic.paddle_style_model() if name == "paddle_convnet" else synthetic.build(name)
-    model, _ = normalize(built)
-    trace = trace_channels(model)
-    groups = trace.prunable_groups()
-    rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
-                              {n.name: list(n.input) for n in model.graph.node})
+    model, trace, groups, rankings = _ranked(built)
     feeds = synthetic.random_inputs(model, batch=4)
     dense, scores = run_all(model, [feeds]), classifier_outputs(model)
     starts = group_starts(model, trace, groups, feeds)
@@ -122,8 +124,8 @@ def _quiet_group_curve(monkeypatch, damage):
     feeds = synthetic.random_inputs(model, batch=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no inf·0
-        out = measured_rankings(model, trace, [g], ranking, feeds, mode="scaled",
-                                compensate=lambda plan, pruned: None)[g.id]
+        trials = Trials(model, trace, [g], feeds, compensate=lambda plan, pruned: None)
+        out = measured_rankings(trials, [g], ranking, mode="scaled")[g.id]
     return out.error, ranking[g.id].error, fractions
 
 
@@ -286,14 +288,10 @@ def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was
     gets that group cut to one channel; the guard measures the cut, raises the curve through the damage and
     the re-plan keeps more channels; every cut of the final plan to under a quarter lies within measured
     depth."""
-    model, _ = normalize(synthetic.build("residual_add"))
-    trace = trace_channels(model)
-    groups = trace.prunable_groups()
-    rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
-                              {n.name: list(n.input) for n in model.graph.node})
-    feeds = synthetic.random_inputs(model, batch=8)
+    model, trace, groups, rankings = _ranked(synthetic.build("residual_add"))
+    trials = Trials(model, trace, groups, synthetic.random_inputs(model, batch=8))
     points: dict = {}
-    rankings = measured_rankings(model, trace, groups, rankings, feeds, mode="scaled", points=points)
+    rankings = measured_rankings(trials, groups, rankings, mode="scaled", points=points)
     assert all(max(m for m, _ in points[g.id]) == g.size // 2 for g in groups)
     victim = max(groups, key=lambda g: g.size)
     half = victim.size // 2
@@ -311,7 +309,7 @@ def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was
 
     first = allocate()
     assert len(first[victim.id]) == 1
-    plan, guard = guard_deep_cuts(model, trace, groups, rankings, points, first, allocate, feeds)
+    plan, guard = guard_deep_cuts(trials, groups, rankings, points, first, allocate)
     raised = [r for r in guard["measurements"] if r["group"] == victim.id and r["raised"]]
     assert raised and raised[0]["measured"] > raised[0]["predicted"]
     assert len(plan[victim.id]) > 1 and guard["unverified"] == []
@@ -322,21 +320,15 @@ def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was
 def test_a_static_batch_model_is_measured_on_every_batch():
     """Trials of a model with a static batch run over several batches: the damage is that of the same samples
     on the dynamic-batch model, suffix trials included."""
-    dynamic, _ = normalize(synthetic.build("residual_add"))
-    static, _ = normalize(synthetic.with_static_batch(synthetic.build("residual_add"), 2))
+    dynamic = synthetic.build("residual_add")
     feeds = synthetic.random_inputs(dynamic, batch=8)
     batches = [{k: v[i:i + 2] for k, v in feeds.items()} for i in range(0, 8, 2)]
     damages = []
-    for model, f in ((dynamic, feeds), (static, batches)):
-        trace = trace_channels(model)
-        groups = trace.prunable_groups()
-        rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
-                                  {n.name: list(n.input) for n in model.graph.node})
-        dense, scores = run_all(model, as_batches(f)), classifier_outputs(model)
-        assert len(dense[0]) == 8
-        starts = group_starts(model, trace, groups, f)
-        damages.append([trial_damage(model, trace, {g.id: np.sort(rankings[g.id].order[g.size // 2:])}, f,
-                                     dense, scores, None, starts.get(g.id)) for g in groups])
+    for built, f in ((dynamic, feeds), (synthetic.with_static_batch(dynamic, 2), batches)):
+        model, trace, groups, rankings = _ranked(built)
+        trials = Trials(model, trace, groups, f)
+        assert len(trials.dense[0]) == 8
+        damages.append([trials.damage({g.id: np.sort(rankings[g.id].order[g.size // 2:])}) for g in groups])
     np.testing.assert_allclose(damages[1], damages[0], rtol=1e-4)
 
 
