@@ -42,13 +42,33 @@ def _pick(outputs: Outputs, output: str | None) -> np.ndarray:
     return outputs[output]
 
 
+def pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``a`` and ``b`` (x1, y1, x2, y2 on the last axis), broadcast over the other axes."""
+    lo, hi = np.maximum(a[..., :2], b[..., :2]), np.minimum(a[..., 2:], b[..., 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    area = lambda x: np.prod(np.clip(x[..., 2:] - x[..., :2], 0, None), axis=-1)  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` [n, 4] with every box of ``b`` [m, 4], boxes as x1, y1, x2, y2."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+    return pair_iou(a[:, None], b[None, :])
+
+
+def corners(p: np.ndarray) -> np.ndarray:
+    """cx, cy, w, h (the first four entries of the last axis) → x1, y1, x2, y2."""
+    return np.concatenate([p[..., :2] - p[..., 2:4] / 2, p[..., :2] + p[..., 2:4] / 2], axis=-1)
+
+
+def anchors(raw: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """A YOLO head's raw output (one sample or a batch) as (predictions [..., anchors, 4 + …] with cx, cy, w,
+    h first, class confidences [..., anchors, classes]: the class scores, times objectness for yolov5)."""
+    if layout == "yolov8":
+        preds = np.swapaxes(raw, -1, -2)  # [..., anchors, 4 + classes]
+        return preds, preds[..., 4:]
+    if layout == "yolov5":
+        return raw, raw[..., 5:] * raw[..., 4:5]
+    raise InputError(f"detection-f1: unknown layout '{layout}' (choose yolov8 or yolov5)")
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int,
@@ -73,19 +93,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, 
 def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: int,
            agnostic: bool = False) -> tuple[np.ndarray, ...]:
     """One sample's detections (boxes x1 y1 x2 y2, classes, scores) from a YOLO head's raw output."""
-    if layout == "yolov8":
-        preds = raw.T  # [anchors, 4 + classes]
-        cls_scores = preds[:, 4:]
-    elif layout == "yolov5":
-        preds = raw
-        cls_scores = preds[:, 5:] * preds[:, 4:5]
-    else:
-        raise InputError(f"detection-f1: unknown layout '{layout}' (choose yolov8 or yolov5)")
+    preds, cls_scores = anchors(raw, layout)
     classes = cls_scores.argmax(1)
     conf = cls_scores[np.arange(len(preds)), classes]
     sel = conf >= score
-    cx, cy, w, h = (preds[sel, i] for i in range(4))
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    boxes = corners(preds[sel])
     keep = nms(boxes, conf[sel], classes[sel], nms_iou, max_det, agnostic)
     return boxes[keep], classes[sel][keep], conf[sel][keep]
 
@@ -118,14 +130,19 @@ def detection_f1(dense: Outputs, candidate: Outputs, layout: str = "yolov8", sco
                  output: str | None = None) -> float:
     """F1 of the candidate's detections against the dense model's (see the module doc); 1.0 when neither
     model detects anything."""
-    ref_out, cand_out = _pick(dense, output), _pick(candidate, output)
     hits = n_ref = n_cand = 0
-    for r, c in zip(ref_out, cand_out, strict=True):
-        ref = decode(r, layout, score, nms, int(max_det), bool(agnostic))
-        cand = decode(c, layout, score, nms, int(max_det), bool(agnostic))
+    for ref, cand in _decoded(dense, candidate, layout, score, nms, max_det, agnostic, output):
         hits += matched(ref, cand, iou)
         n_ref, n_cand = n_ref + len(ref[0]), n_cand + len(cand[0])
     return 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)
+
+
+def _decoded(dense: Outputs, candidate: Outputs, layout: str, score: float, nms: float, max_det: int,
+             agnostic: int, output: str | None):
+    """Per sample, the dense model's and the candidate's detections (``decode``)."""
+    for r, c in zip(_pick(dense, output), _pick(candidate, output), strict=True):
+        yield (decode(r, layout, score, nms, int(max_det), bool(agnostic)),
+               decode(c, layout, score, nms, int(max_det), bool(agnostic)))
 
 
 def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
@@ -146,9 +163,7 @@ def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", 
     first_class = 4 if layout == "yolov8" else 5
     hits = n_ref = n_cand = box_hits = same_class = 0
     ious: list[float] = []
-    for r, c in zip(ref_out, cand_out, strict=True):
-        ref = decode(r, layout, score, nms, int(max_det), bool(agnostic))
-        cand = decode(c, layout, score, nms, int(max_det), bool(agnostic))
+    for ref, cand in _decoded(dense, candidate, layout, score, nms, max_det, agnostic, output):
         hits += matched(ref, cand, iou)
         n_ref, n_cand = n_ref + len(ref[0]), n_cand + len(cand[0])
         anyclass = (ref[0], np.zeros_like(ref[1]), ref[2]), (cand[0], np.zeros_like(cand[1]), cand[2])
@@ -181,28 +196,14 @@ def detection_damage(dense: Outputs, candidate: Outputs, layout: str = "yolov8",
 
     0 when the two agree; each term at most 1. Background anchors, whose boxes are never decoded, do not
     count."""
-    ref, cand = _pick(dense, output).astype(np.float64), _pick(candidate, output).astype(np.float64)
-    if layout == "yolov8":
-        ref, cand = ref.transpose(0, 2, 1), cand.transpose(0, 2, 1)  # [N, anchors, 4 + classes]
-        ref_s, cand_s = ref[..., 4:], cand[..., 4:]
-    elif layout == "yolov5":
-        ref_s, cand_s = ref[..., 5:] * ref[..., 4:5], cand[..., 5:] * cand[..., 4:5]
-    else:
-        raise InputError(f"detection-f1: unknown layout '{layout}' (choose yolov8 or yolov5)")
+    ref, ref_s = anchors(_pick(dense, output).astype(np.float64), layout)
+    cand, cand_s = anchors(_pick(candidate, output).astype(np.float64), layout)
     live = (ref_s.max(-1) >= score / 2) | (cand_s.max(-1) >= score / 2)
     if not live.any():
         return 0.0
-
-    def corners(p):
-        return np.concatenate([p[:, :2] - p[:, 2:4] / 2, p[:, :2] + p[:, 2:4] / 2], axis=1)
-
-    a, b = corners(ref[live]), corners(cand[live])
-    lo, hi = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    iou = inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+    overlap = pair_iou(corners(ref[live]), corners(cand[live]))
     shift = np.minimum(1.0, np.abs(ref_s[live] - cand_s[live]).max(-1) / score)
-    return float(np.mean(1.0 - iou) + np.mean(shift))
+    return float(np.mean(1.0 - overlap) + np.mean(shift))
 
 
 def map_iou(dense: Outputs, candidate: Outputs, threshold: float = 0.5, output: str | None = None) -> float:
