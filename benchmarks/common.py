@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +39,19 @@ def quality_text(key: str, logits: np.ndarray, dense_logits: np.ndarray, labels:
     m = compare([dense_logits], [logits], ["logits"])["logits"]
     return (f"top-1 agr. {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%, "
             f"KL {m['kl_dense_to_pruned']:.3f}")
+
+
+@contextlib.contextmanager
+def compressed(args: list[str], python: str = sys.executable,
+               cwd: str | None = None) -> Iterator[tuple[int, dict | None, str, float]]:
+    """Run ``onnxprune compress ARGS --json -o DIR`` as a user would and yield (exit code, the report or None,
+    stderr, wall seconds); DIR and the models in it live until the block ends."""
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        proc = subprocess.run([python, "-m", "onnxprune", "compress", *args, "--json", "-o", out],
+                              capture_output=True, text=True, cwd=cwd)
+        wall = time.perf_counter() - t0
+        yield proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, proc.stderr, wall
 
 
 def run_batched(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:

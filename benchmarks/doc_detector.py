@@ -14,17 +14,13 @@ narrowest head branch: the lowest kept fraction of the groups produced in the cl
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 import onnx
 
-from benchmarks.common import ZOO, machine, run_batched
+from benchmarks.common import ZOO, compressed, machine, run_batched
 from onnxprune.metrics import detection_parts
 
 MODEL, CALIB, EVAL = ZOO / "doc_det.onnx", ZOO / "doc_calib.npz", ZOO / "doc_eval.npz"
@@ -55,17 +51,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     options = ",".join(f"{k}={v}" for k, v in OPTIONS.items())
     for target in args.targets:
-        with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, "-m", "onnxprune", "compress", str(MODEL), "--calib", str(CALIB),
-                   "--target", f"{target}x", "--metric-fn", "detection-f1", "--metric-options", options,
-                   "--no-int8", "--json", "-o", out, *shlex.split(args.extra)]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if proc.returncode:
-                print(f"| {target}x | failed: {proc.stderr.strip()[-200:]} | | | | | | | | |")
+        cmd = [str(MODEL), "--calib", str(CALIB), "--target", f"{target}x", "--metric-fn", "detection-f1",
+               "--metric-options", options, "--no-int8", *shlex.split(args.extra)]
+        with compressed(cmd) as (code, report, err, wall):
+            if code:
+                print(f"| {target}x | failed: {err.strip()[-200:]} | | | | | | | | |")
                 continue
-            report = json.loads(proc.stdout)
             pruned = {"output0": run_batched(onnx.load(report["output"]), feeds, 1)[0]}
             p = detection_parts(dense, pruned, **OPTIONS)
             d, b, c = p["detections"], p["boxes"], p["classes"]

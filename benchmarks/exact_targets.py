@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import MODELS, ZOO, machine
+from benchmarks.common import MODELS, ZOO, compressed, machine
 from benchmarks.compress_zoo import evaluate
 from onnxprune.fidelity import headline
 
@@ -30,30 +28,12 @@ WINDOW = 1.05
 
 
 def run(python: str, cwd: str, model: Path, calib: Path, target: float) -> tuple[dict, float]:
-    with tempfile.TemporaryDirectory() as out:
-        cmd = [
-            python,
-            "-m",
-            "onnxprune",
-            "compress",
-            str(model),
-            "--calib",
-            str(calib),
-            "--target",
-            f"{target}x",
-            "-o",
-            out,
-            "--json",
-            "--no-int8",
-        ]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-        wall = time.perf_counter() - t0
-        if proc.returncode == 3:  # target unreachable: the report is the message
-            return {"unreachable": proc.stderr.strip()}, wall
-        if proc.returncode:
-            raise RuntimeError(proc.stderr.strip()[-300:])
-        report = json.loads(proc.stdout)
+    with compressed([str(model), "--calib", str(calib), "--target", f"{target}x", "--no-int8"], python,
+                    cwd) as (code, report, err, wall):
+        if code == 3:  # target unreachable: the report is the message
+            return {"unreachable": err.strip()}, wall
+        if code:
+            raise RuntimeError(err.strip()[-300:])
         report["_pruned_bytes"] = Path(report["output"]).read_bytes()
         return report, wall
 

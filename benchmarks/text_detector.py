@@ -12,17 +12,13 @@ of the maps, each the mean over crops; wall time of the compress run.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 import onnx
 
-from benchmarks.common import ZOO, machine, run_batched
+from benchmarks.common import ZOO, compressed, machine, run_batched
 from onnxprune.metrics import map_iou, map_pearson
 
 MODEL, CALIB, EVAL = ZOO / "text_det.onnx", ZOO / "text_calib.npz", ZOO / "text_eval.npz"
@@ -41,18 +37,13 @@ def main() -> None:
     print("| target | achieved MACs | held-out map IoU (report) | eval mask IoU | eval Pearson | wall |")
     print("|---|---|---|---|---|---|")
     for target in args.targets:
-        with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, "-m", "onnxprune", "compress", str(MODEL), "--calib", str(CALIB),
-                   "--calib-samples", "96", "--input-shape", "x:1x3x320x320", "--target", f"{target}x",
-                   "--metric-fn", "map-iou", "--metric-options", "threshold=0.3", "--no-int8", "--json", "-o", out,
-                   *shlex.split(args.extra)]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if proc.returncode:
-                print(f"| {target}x | failed: {proc.stderr.strip()[-200:]} | | | | |")
+        cmd = [str(MODEL), "--calib", str(CALIB), "--calib-samples", "96", "--input-shape", "x:1x3x320x320",
+               "--target", f"{target}x", "--metric-fn", "map-iou", "--metric-options", "threshold=0.3", "--no-int8",
+               *shlex.split(args.extra)]
+        with compressed(cmd) as (code, report, err, wall):
+            if code:
+                print(f"| {target}x | failed: {err.strip()[-200:]} | | | | |")
                 continue
-            report = json.loads(proc.stdout)
             pruned = {"map": run_batched(onnx.load(report["output"]), feeds, 16)[0]}
             print(f"| {target}x | {report['achieved']['macs']:.3f}x | {report['fidelity']['metric_fn']['value']:.4f} | "
                   f"{map_iou(dense, pruned, threshold=0.3):.4f} | {map_pearson(dense, pruned):.4f} | {wall:.0f} s |",
