@@ -116,7 +116,6 @@ class CalibrationSet:
             for i in range(0, stop, step):
                 yield {k: v[i : i + step] for k, v in data.items()}
 
-
     def first(self, which: str, samples: int, batch: int | None = None) -> list[dict[str, np.ndarray]]:
         """The batches of ``batch`` samples (default all ``samples`` in one; with a static model batch B,
         whole batches of B) holding the first ``samples`` samples of ``which``: all it has when fewer, at

