@@ -26,7 +26,7 @@ from collections import Counter
 import numpy as np
 from onnxprune.calibration.augment import DEFAULT_MIN_SIDE, image_input, mosaics
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.sparsify import sparsify
+from onnxprune.passes.sparsify import SparsifyOptions, sparsify
 
 from benchmarks.common import MODELS, machine, quality_text, run_batched
 from onnxprune.modelio import load_model
@@ -83,8 +83,8 @@ def main() -> None:
                 extra = dict(correct=correct, bias=args.bias, shrink=args.shrink, ridge=args.ridge,
                              support_refit=not args.no_support_refit) \
                     if criterion == "sparsegpt" else {}
-                sparse, report = sparsify(dense, batches if criterion == "sparsegpt" else real_batches,
-                                           pattern=pattern, criterion=criterion, percdamp=args.percdamp, **extra)
+                opts = SparsifyOptions(pattern=pattern, criterion=criterion, percdamp=args.percdamp, **extra)
+                sparse, report = sparsify(dense, batches if criterion == "sparsegpt" else real_batches, opts)
                 wall = time.perf_counter() - t0
                 q = quality_text(key, run_batched(sparse, feeds, 64)[0], dense_logits, labels)
                 total = report["eligible_layers"] + report["skipped_layers"]

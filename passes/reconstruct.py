@@ -30,28 +30,17 @@ them: ``rectified_refit`` then refines the chosen fit toward the outputs the cla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from onnxprune.calibration.collect import Frontier, downstream
+from onnxprune.calibration.collect import downstream
+from onnxprune.passes.staged import GramSums, StagedWalk, partner_drift, partner_rows, ridge_lambda
 
-from onnxprune.layers import (
-    LinearLayer,
-    initializer_dict,
-    linear_layers,
-    rectified_outputs,
-    residual_partners,
-)
+from onnxprune.layers import LinearLayer, initializer_dict, linear_layers, rectified_outputs
 from onnxprune.sparsity import output_mismatch
-
-
-def ridge_lambda(g: np.ndarray, ridge: float, shrink: float, features: float, rows: int | None) -> float:
-    """λ = (ridge + shrink·features/rows)·mean(diag G): the fewer calibration rows per feature, the harder a
-    least-squares fit on the Gram matrix G is pulled toward its prior (no row term without ``rows``)."""
-    per_row = shrink * features / rows if rows else 0.0
-    return (ridge + per_row) * max(float(np.mean(np.diag(g))), 1e-12)
 
 
 def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.ndarray, ridge: float,
@@ -98,76 +87,6 @@ def fold_channels(w_dense: np.ndarray, g_kk: np.ndarray, g_dk: np.ndarray, kept:
     return np.concatenate([out, w[:, -1:]], axis=1) if bias else out
 
 
-def validation_halves(batch_rows: Sequence[int], groups: np.ndarray | None = None) -> list[np.ndarray]:
-    """Per calibration batch, the validation half (0 or 1) of each of its rows.
-
-    Without ``groups`` every row is its own sample: the first half of the batches against the rest.
-    With ``groups`` (the source of each row, e.g. its photo) whole groups go, in order of first
-    appearance, to the half with fewer rows so far, so no source sits on both sides.
-    """
-    if groups is None:
-        return [np.full(n, int(2 * bi >= len(batch_rows))) for bi, n in enumerate(batch_rows)]
-    total = int(sum(batch_rows))
-    if len(groups) < total:
-        raise ValueError(f"{len(groups)} groups for {total} calibration rows")
-    _, first, inverse, counts = np.unique(np.asarray(groups)[:total], return_index=True, return_inverse=True,
-                                          return_counts=True)
-    side, size = np.zeros(len(first), int), [0, 0]
-    for u in np.argsort(first, kind="stable"):
-        side[u] = int(size[1] < size[0])
-        size[side[u]] += counts[u]
-    return np.split(side[inverse.reshape(-1)], np.cumsum(batch_rows)[:-1])
-
-
-def half_chunks(halves: np.ndarray, chunk: int) -> Iterator[tuple[slice | np.ndarray, int]]:
-    """(rows, half) over one batch in chunks of at most ``chunk`` rows (bounding the im2col copies)."""
-    for lo in range(0, len(halves), chunk):
-        part = halves[lo:lo + chunk]
-        for half in (0, 1):
-            rows = np.flatnonzero(part == half)
-            if len(rows) == len(part):
-                yield slice(lo, lo + chunk), half
-            elif len(rows):
-                yield lo + rows, half
-
-
-def layer_stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo: set[str]) -> list[list[str]]:
-    """``todo`` layers in stages: a layer's input depends only on layers of earlier stages (topological levels)."""
-    level: dict[str, int] = {}
-    stages: dict[int, list[str]] = {}
-    for node in model.graph.node:
-        lvl = max((level.get(i, 0) for i in node.input), default=0)
-        if node.name in todo:
-            stages.setdefault(lvl, []).append(node.name)
-            lvl += 1
-        for o in node.output:
-            level[o] = lvl
-    return [stages[k] for k in sorted(stages)]
-
-
-def settled_partners(model: onnx.ModelProto, partners: Mapping[str, str], stages: list[list[str]]) -> dict[str, str]:
-    """The residual partners (``layers.residual_partners``) computed from layers of earlier stages only.
-
-    Tapping a partner runs every node up to it: one downstream of a layer still to be fit (of the same or a
-    later stage, e.g. the conv on the other side of a projection shortcut) would run with stale weights.
-    """
-    stage_of = {name: i for i, stage in enumerate(stages) for name in stage}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    out = {}
-    for name, tensor in partners.items():
-        seen: set[str] = set()
-        stack = [tensor]
-        while stack:
-            node = producers.get(stack.pop())
-            if node is None or node.name in seen:
-                continue
-            seen.add(node.name)
-            stack.extend(node.input)
-        if all(stage_of.get(n, -1) < stage_of[name] for n in seen):
-            out[name] = tensor
-    return out
-
-
 # Alternating-projection steps of ``rectified_refit`` for layers read by a clamp (ReLU, ReLU6). Four steps
 # instead of two moved EfficientNet-Lite0 1.5x / MobileNetV2 2x (fold 0) by 0.1–0.4 points, KL −1 to −2 %.
 RECTIFY_STEPS = 2
@@ -184,41 +103,6 @@ CANDIDATES = (("correcting", 1.0, 1.0), ("local", 1.0, 1.0), ("correcting", 0.0,
 # Offered to layers whose validation halves hold fewer rows than features (``_Fit.fold_layout``).
 FOLD = ("fold", 0.0, 0.0)
 TIE = 1e-6  # relative difference of two candidates' validation errors below which they tie
-
-
-class GramSums:
-    """Gram accumulators of one calibration half: pp = X̃_p X̃_pᵀ, dp = X̃_d X̃_pᵀ, kk, dk likewise for X_k;
-    ep = Δ X̃_pᵀ for a layer with a residual partner (Δ: the partner's drift, dense − pruned, rows = outputs).
-
-    ``rows`` feature rows summed; ``samples`` the rows as ridges count them (``LinearLayer.rows_per_sample``)."""
-
-    KEYS = ("pp", "dp", "kk", "dk", "ep")
-
-    def __init__(self):
-        self.pp = self.dp = self.kk = self.dk = self.ep = None
-        self.rows = self.samples = 0
-
-    def add(self, fd: np.ndarray, fp: np.ndarray, fk: np.ndarray | None, bias: bool, per_sample: int = 1,
-            drift: np.ndarray | None = None) -> None:
-        self.rows += fp.shape[1]
-        self.samples += fp.shape[1] // per_sample
-        sd, sp, sk = ((f.sum(1, dtype=np.float64) if bias and f is not None else None) for f in (fd, fp, fk))
-        parts = {"pp": _gram(fp, fp, bias, sp, sp), "dp": _gram(fd, fp, bias, sd, sp)}
-        if fk is not None:
-            parts.update(kk=_gram(fk, fk, bias, sk, sk), dk=_gram(fd, fk, bias, sd, sk))
-        if drift is not None:  # [rows, outputs] of an ungrouped layer
-            parts["ep"] = _gram(drift[None], fp, bias, sum_b=sp)[:, :drift.shape[1]]
-        for key, val in parts.items():
-            old = getattr(self, key)
-            setattr(self, key, val if old is None else old + val)
-
-    def __add__(self, other: GramSums) -> GramSums:
-        out = GramSums()
-        out.rows, out.samples = self.rows + other.rows, self.samples + other.samples
-        for key in self.KEYS:
-            a, b = getattr(self, key), getattr(other, key)
-            setattr(out, key, b if a is None else a if b is None else a + b)  # one batch: the second half is empty
-        return out
 
 
 class _Fit:
@@ -316,34 +200,25 @@ class _Fit:
         return solve_refit(wd, sums.dp[b], sums.pp[b], w0, ridge, sums.samples, shrink, skip)
 
 
-def _gram(a: np.ndarray, b: np.ndarray, bias: bool, sum_a: np.ndarray | None = None,
-          sum_b: np.ndarray | None = None) -> np.ndarray:
-    """[a 1]ᵀ[b 1] per block without materializing the ones column: [[aᵀb, Σa], [Σb, n]] (``sum_a`` / ``sum_b``:
-    Σa / Σb over the rows in float64, where the caller has them: one array enters several Gram matrices)."""
-    core = np.matmul(np.swapaxes(a, 1, 2), b).astype(np.float64)
-    if not bias:
-        return core
-    blocks, rows = a.shape[0], a.shape[1]
-    out = np.empty((blocks, a.shape[2] + 1, b.shape[2] + 1))
-    out[:, :-1, :-1] = core
-    out[:, :-1, -1] = a.sum(1, dtype=np.float64) if sum_a is None else sum_a
-    out[:, -1, :-1] = b.sum(1, dtype=np.float64) if sum_b is None else sum_b
-    out[:, -1, -1] = rows
-    return out
+@dataclass
+class RefitInputs:
+    """What the refit knows of the pruning: per layer the dense output / input positions it kept along its
+    channel axis (``kept_out`` / ``kept_in``; absent: all kept), the input positions one channel spans
+    (``in_units``: a Flatten's H·W, for the channel fold), the source of each calibration row (``groups``)."""
+
+    kept_out: Mapping[str, np.ndarray]
+    kept_in: Mapping[str, np.ndarray] = field(default_factory=dict)
+    in_units: Mapping[str, int] = field(default_factory=dict)
+    groups: np.ndarray | None = None
 
 
-def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mapping[str, np.ndarray],
-                changed_nodes: set[str], batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
-                ridge: float = 1e-3, chunk: int = 8, progress: Callable[[str, int, int], None] | None = None,
-                kept_in: Mapping[str, np.ndarray] | None = None, groups: np.ndarray | None = None,
-                in_units: Mapping[str, int] | None = None) -> dict[str, str]:
-    """Refit (in place) every linear layer of ``pruned`` whose input differs from the dense model's.
-
-    ``kept_out`` / ``kept_in`` map a layer to the dense output / input positions it kept along its channel
-    axis (absent: all kept); ``in_units`` a layer to the input positions one channel spans (a Flatten's H·W;
-    the channel fold needs it); ``changed_nodes`` are the nodes pruning edited; ``groups`` the source of each
-    calibration row (``validation_halves``). Returns, in order, each refitted layer with the
-    fit validation chose for it (e.g. ``"local, shrink 0"``; ``", residual block output"`` is added where the
+def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, changed_nodes: set[str],
+                batches: Callable[[], Iterable[Mapping[str, np.ndarray]]], inputs: RefitInputs,
+                ridge: float = 1e-3, progress: Callable[[str, int, int], None] | None = None,
+                chunk: int = 8) -> dict[str, str]:
+    """Refit (in place) every linear layer of ``pruned`` whose input differs from the dense model's
+    (``changed_nodes``: the nodes pruning edited). Returns, in order, each refitted layer with the fit
+    validation chose for it (e.g. ``"local, shrink 0"``; ``", residual block output"`` is added where the
     correcting fit kept a residual block's output, see ``solve_refit``).
     """
     d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
@@ -351,50 +226,53 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, kept_out: Mappi
     # Depthwise convs pass channels through: the pointwise layer after them absorbs their drift, and
     # their per-channel im2col statistics would cost more than the rest of the refit together.
     todo = {n for n, lay in p_layers.items() if lay.input in changed and n in d_layers and not d_layers[n].depthwise}
-    d_inits = initializer_dict(dense)
-    kept_in = kept_in or {}
-    done: dict[str, str] = {}
-    stages = layer_stages(pruned, p_layers, todo)
-    partners = settled_partners(pruned, residual_partners(pruned, {n: p_layers[n] for n in todo}), stages)
-    clamps = rectified_outputs(pruned, {n: p_layers[n] for n in todo}) if RECTIFY_STEPS else {}
-    # Both models advance stage by stage from their last boundary: every node runs once per model.
-    feeds = list(batches())
-    halves = validation_halves([len(next(iter(f.values()))) for f in feeds], groups)
-    d_front, p_front = Frontier(feeds), Frontier(feeds)
-    for si, stage in enumerate(stages):
-        if progress:
-            progress("stage", si, len(stages))
-        p_inits = initializer_dict(pruned)
-        fits = {}
+    walk = StagedWalk(dense, pruned, p_layers, todo, list(batches()), inputs.groups, chunk, d_layers)
+    policy = _Refit(walk, d_layers, inputs, ridge)
+    walk.run(policy, progress)
+    return policy.done
+
+
+class _Refit:
+    """The least-squares refit as a ``StagePolicy``: a ``_Fit`` per layer, chosen by validation, written."""
+
+    def __init__(self, walk: StagedWalk, d_layers: Mapping[str, LinearLayer], inputs: RefitInputs, ridge: float):
+        self.walk, self.d_layers, self.inputs, self.ridge = walk, d_layers, inputs, ridge
+        self.d_inits = initializer_dict(walk.dense)
+        todo = {n for stage in walk.stages for n in stage}
+        self.clamps = rectified_outputs(walk.edited, {n: walk.layers[n] for n in todo}) if RECTIFY_STEPS else {}
+        self.done: dict[str, str] = {}
+        self.fits: dict[str, _Fit] = {}
+        self.p_inits: dict[str, np.ndarray] = {}
+
+    def start(self, stage: list[str]) -> dict:
+        self.p_inits = initializer_dict(self.walk.edited)
+        self.fits = {}
         for name in stage:
-            dl, pl = d_layers[name], p_layers[name]
-            out_kept = np.asarray(kept_out.get(name, np.arange(_out_channels(dl, d_inits))))
+            dl, pl = self.d_layers[name], self.walk.layers[name]
+            kept_out = self.inputs.kept_out.get(name)
+            out_kept = np.asarray(kept_out if kept_out is not None else np.arange(_out_channels(dl, self.d_inits)))
             if dl.op == "Conv" and dl.groups > 1 and pl.groups != dl.groups:  # depthwise: blocks follow channels
                 blocks = out_kept
             else:
                 blocks = np.arange(dl.groups)
-            fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=kept_in.get(name),
-                              kept_out=kept_out.get(name), outputs=_out_channels(pl, p_inits),
-                              in_unit=(in_units or {}).get(name))
-        taps = sorted({d_layers[n].tap for n in stage} | {partners[n] for n in stage if n in partners})
-        d_vals, p_vals = d_front.advance(dense, taps), p_front.advance(pruned, taps)
-        for bi, (xd, xp) in enumerate(zip(d_vals, p_vals, strict=True)):
-            for rows, half in half_chunks(halves[bi], chunk):
-                for name, fit in fits.items():
-                    skip = partners.get(name)
-                    partner = (xd[skip][rows], xp[skip][rows]) if skip else None
-                    if not fit.add(xd[d_layers[name].tap][rows], xp[p_layers[name].tap][rows], half, partner) and skip:
-                        del partners[name]  # the Add broadcasts: no block output to keep
-        for name, fit in fits.items():
-            rectify, clamp = None, clamps.get(name)
+            self.fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=self.inputs.kept_in.get(name),
+                                   kept_out=kept_out, outputs=_out_channels(pl, self.p_inits),
+                                   in_unit=self.inputs.in_units.get(name))
+        return {name: fit.add for name, fit in self.fits.items()}
+
+    def finish(self, stage: list[str], d_vals: list[dict], p_vals: list[dict]) -> None:
+        partners, chunk = self.walk.partners, self.walk.chunk
+        for name, fit in self.fits.items():
+            rectify, clamp = None, self.clamps.get(name)
             # through a residual Add only where the fit keeps the block output (a settled, non-broadcast partner)
             if clamp is not None and len(fit.blocks) == 1 and clamp[2] == partners.get(name):
-                rectify = (clamp[:2], lambda mode, fit=fit, name=name, dv=d_vals, pv=p_vals, s=clamp[2]: _stage_rows(
-                    fit, d_layers[name].tap, p_layers[name].tap, dv, pv, chunk, mode, s))
-            mode, shrink, _ = _apply(pruned, fit, d_inits, p_inits, kept_out.get(name), ridge, rectify)
+                taps = (self.d_layers[name].tap, self.walk.layers[name].tap)
+                rectify = (clamp[:2], lambda mode, fit=fit, t=taps, s=clamp[2]: _stage_rows(
+                    fit, *t, d_vals, p_vals, chunk, mode, s))
+            mode, shrink, _ = _apply(self.walk.edited, fit, self.d_inits, self.p_inits,
+                                     self.inputs.kept_out.get(name), self.ridge, rectify)
             block = ", residual block output" if mode == "correcting" and name in partners else ""
-            done[name] = f"{mode}, shrink {shrink:g}{block}"
-    return done
+            self.done[name] = f"{mode}, shrink {shrink:g}{block}"
 
 
 def _stage_rows(fit: _Fit, d_tap: str, p_tap: str, d_vals: list[dict], p_vals: list[dict], chunk: int,
@@ -478,26 +356,6 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
         cross = w @ g + correction * (seen / max(used, 1))
         w = np.linalg.solve(a, (cross + lam * w0).T).T
     return w
-
-
-def partner_drift(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray, shape: tuple[int, int],
-                  kept: np.ndarray | None = None) -> np.ndarray | None:
-    """Rows of the residual partner's drift s_d − s_p (the dense partner's channels ``kept`` when the pruned
-    one has fewer) if they are the layer's output rows, ``shape`` = (feature rows, outputs); None when the
-    Add broadcasts. In the activations' precision (float16 as float32), as the Gram products are taken."""
-    d, p = partner_rows(layer, s_dense, s_pruned, kept)
-    return d - p if d.shape == p.shape == tuple(shape) else None
-
-
-def partner_rows(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray,
-                 kept: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The residual partner's dense and pruned values as the layer's output rows (the dense partner's channels
-    ``kept`` when the pruned one has fewer), in the activations' precision (float16 as float32)."""
-    d = layer.output_rows(s_dense.astype(np.promote_types(s_dense.dtype, np.float32)))
-    p = layer.output_rows(s_pruned.astype(d.dtype))
-    if kept is not None and d.shape[1] != p.shape[1]:
-        d = d[:, np.asarray(kept)]
-    return d, p
 
 
 def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:

@@ -16,22 +16,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxprune.calibration.collect import Frontier, HessianSum
-from onnxprune.passes.reconstruct import (
-    GramSums,
-    half_chunks,
-    layer_stages,
-    partner_drift,
-    ridge_lambda,
-    settled_partners,
-    validation_halves,
-)
+from onnxprune.passes.staged import GramSums, StagedWalk, layer_stages, partner_drift, ridge_lambda
 
-from onnxprune.layers import LinearLayer, initializer_dict, linear_layers, residual_partners
+from onnxprune.layers import LinearLayer, initializer_dict, linear_layers
 from onnxprune.sparsity import (
     Pattern,
     bias_correction,
@@ -54,132 +47,164 @@ CRITERIA = ("sparsegpt", "magnitude")
 FLOAT_WEIGHTS = (np.float16, np.float32, np.float64)
 
 
-def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None, *,
-             pattern: str | float | Pattern, criterion: str = "sparsegpt", blocksize: int = 128,
-             percdamp: float = 0.01, chunk: int = 8, correct: str = "fixed", bias: bool = False,
-             ridge: float = 1e-3, shrink: float = 0.25, groups: np.ndarray | None = None,
-             support_refit: bool = True, progress: Callable[[str, int, int], None] | None = None) -> tuple[onnx.ModelProto, dict]:
+@dataclass
+class SparsifyOptions:
+    """``pattern``: "2:4" / "N:M" (N zeros in every M along the input channels / reduction dimension) or a
+    fraction (unstructured, per layer); ``criterion``: "sparsegpt" or "magnitude"; SparseGPT's error
+    correction ``correct`` (``CORRECTIONS``), ``support_refit``, ``bias``, ``ridge`` and ``shrink``, its
+    ``blocksize`` and dampening ``percdamp``; ``chunk`` bounds the im2col copies (samples)."""
+
+    pattern: str | float | Pattern = "2:4"
+    criterion: str = "sparsegpt"
+    correct: str = "fixed"
+    support_refit: bool = True
+    bias: bool = False
+    ridge: float = 1e-3
+    shrink: float = 0.25
+    blocksize: int = 128
+    percdamp: float = 0.01
+    chunk: int = 8
+
+
+def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None,
+             opts: SparsifyOptions, groups: np.ndarray | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> tuple[onnx.ModelProto, dict]:
     """A sparsified copy of ``model`` and a report of every linear layer (eligible or skipped + reason).
 
-    ``pattern``: "2:4" / "N:M" (N zeros in every M along the input channels / reduction dimension) or a
-    fraction (unstructured, per layer). ``criterion``: "sparsegpt" (needs ``batches``) or "magnitude"
-    (``batches`` optional: with them the report carries each layer's relative output error too).
-    ``batches()`` yields feed dicts (axis 0 = samples); ``chunk`` bounds the im2col copies (samples).
+    ``opts.criterion``: "sparsegpt" (needs ``batches``) or "magnitude" (``batches`` optional: with them the
+    report carries each layer's relative output error too). ``batches()`` yields feed dicts (axis 0 = samples).
 
     SparseGPT only — ``correct`` (see ``CORRECTIONS``): "off" prunes each layer toward its own output on the
-    sparsified model's inputs (‖W X_s − Ŵ X_s‖²); "fixed" toward the *dense* model's output
+    sparsified model's inputs (‖W X_s − Ŵ X_s‖²); "fixed" (default) toward the *dense* model's output
     (‖W X_d − Ŵ X_s‖², target ``corrected_target`` with λ = (ridge + shrink·features/rows)·mean diag H_s);
     "validated" picks one of the two per layer by two-fold validation on the calibration halves (``groups``:
-    the source of each calibration row, see ``validation_halves``). "fixed"
-    is the default: on EfficientNet-Lite0 / MobileNetV2 it measured far better than "off" and at least as
-    good as "validated" (which costs two SparseGPT runs more per layer); shrink 0.25 beat 0, 1 and 4.
-    ``support_refit`` (``correct`` "fixed" / "validated"): after SparseGPT chose the mask, re-solve every row's kept weights by least squares
-    toward the same target (``masked_refit``; SparseGPT's lazy updates never revisit the columns left of a
-    pruned one). Measured on the eval crops: EfficientNet-Lite0 2:4 37.5% → 45.6% agreement, MobileNetV2
-    27.0% → 30.5%, 50 %-unstructured within noise (BENCHMARKS.md, issue 7, session 7).
-    ``bias``: afterwards refit each Conv/Gemm bias (adding one if missing) so the layer's mean output
-    matches the dense model's (``bias_correction``). Measured on the zoo: it does not help with "fixed"
-    and wrecks "off" (it re-centres outputs whose spread still carries the drift); pruning on centered
-    sums (the joint optimum over Ŵ and b' on calibration data) generalized worse still.
+    the source of each calibration row, see ``validation_halves``). ``support_refit``: after SparseGPT chose
+    the mask, re-solve every row's kept weights by least squares toward the same target (``masked_refit``).
+    ``bias``: afterwards refit each Conv/Gemm bias (adding one if missing) so the layer's mean output matches
+    the dense model's (``bias_correction``).
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown sparsity criterion {criterion!r} (one of {', '.join(CRITERIA)})")
-    if correct not in CORRECTIONS:
-        raise ValueError(f"unknown correction {correct!r} (one of {', '.join(CORRECTIONS)})")
-    if criterion == "sparsegpt" and batches is None:
+    if opts.criterion not in CRITERIA:
+        raise ValueError(f"unknown sparsity criterion {opts.criterion!r} (one of {', '.join(CRITERIA)})")
+    if opts.correct not in CORRECTIONS:
+        raise ValueError(f"unknown correction {opts.correct!r} (one of {', '.join(CORRECTIONS)})")
+    if opts.criterion == "sparsegpt" and batches is None:
         raise ValueError("sparsegpt needs calibration batches")
-    pat = pattern if isinstance(pattern, Pattern) else parse_pattern(pattern)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    layers = linear_layers(out)
-    weights = initializer_dict(out)
-    entries = {name: _entry(out, layer, weights[layer.weight], pat) for name, layer in layers.items()}
-    eligible = {name for name, e in entries.items() if e["eligible"]}
-
-    def finish(name: str, new: np.ndarray, hessian: np.ndarray | None) -> None:
-        layer = layers[name]
-        stored = weights[layer.weight]
-        new_stored = layer.unmatrix(new, stored).astype(stored.dtype)
-        if hessian is not None:
-            entries[name]["relative_output_error"] = relative_output_error(layer.matrix(stored), new, hessian)
-        _set_initializer(out, layer.weight, new_stored)
-        entries[name]["sparsity"] = float(np.mean(new_stored == 0))
-        if pat.semi_structured:
-            entries[name]["pattern_ok"] = check_pattern(new_stored, reduction_axis(layer), pat.n, pat.m)["compliant"]
-
-    def prune(name: str, hessian: np.ndarray | None) -> None:
-        layer = layers[name]
-        new = _prune_matrix(layer.matrix(weights[layer.weight]).astype(np.float64), hessian, layer, pat, criterion,
-                            blocksize, percdamp)
-        finish(name, new, hessian)
-
-    samples = 0
+    job = _Sparsifier(model, opts)
     if batches is None:
-        for name in sorted(eligible):
-            prune(name, None)
-        return out, _summary(entries, pat, criterion, samples)
+        for name in sorted(job.eligible):
+            job.prune(name, None)
+        return job.out, job.summary(0)
     feeds = list(batches())
-    samples = sum(len(next(iter(f.values()))) for f in feeds)
-    stages = layer_stages(out, layers, eligible)
-    if criterion == "magnitude" or (correct == "off" and not bias):
+    if opts.criterion == "magnitude" or (opts.correct == "off" and not opts.bias):
+        job.prune_on_own_inputs(feeds, progress)
+    else:  # error-correcting: the dense model advances beside the sparsified one
+        walk = StagedWalk(model, job.out, job.layers, job.eligible, feeds, groups, opts.chunk)
+        walk.run(_Correcting(job, walk), progress)
+    return job.out, job.summary(sum(len(next(iter(f.values()))) for f in feeds))
+
+
+class _Sparsifier:
+    """The sparsified copy, its layers and their report entries."""
+
+    def __init__(self, model: onnx.ModelProto, opts: SparsifyOptions):
+        self.opts = opts
+        self.pat = opts.pattern if isinstance(opts.pattern, Pattern) else parse_pattern(opts.pattern)
+        self.out = onnx.ModelProto()
+        self.out.CopyFrom(model)
+        self.layers = linear_layers(self.out)
+        self.weights = initializer_dict(self.out)
+        self.entries = {name: _entry(self.out, layer, self.weights[layer.weight], self.pat)
+                        for name, layer in self.layers.items()}
+        self.eligible = {name for name, e in self.entries.items() if e["eligible"]}
+
+    def finish(self, name: str, new: np.ndarray, hessian: np.ndarray | None) -> None:
+        """Write the layer's sparse weights and record their sparsity, pattern and output error."""
+        layer = self.layers[name]
+        stored = self.weights[layer.weight]
+        new_stored = layer.unmatrix(new, stored).astype(stored.dtype)
+        entry = self.entries[name]
+        if hessian is not None:
+            entry["relative_output_error"] = relative_output_error(layer.matrix(stored), new, hessian)
+        _set_initializer(self.out, layer.weight, new_stored)
+        entry["sparsity"] = float(np.mean(new_stored == 0))
+        if self.pat.semi_structured:
+            entry["pattern_ok"] = check_pattern(new_stored, reduction_axis(layer), self.pat.n, self.pat.m)["compliant"]
+
+    def prune(self, name: str, hessian: np.ndarray | None) -> None:
+        """Prune toward the layer's own output (magnitude, or SparseGPT with ``hessian``)."""
+        layer, opts = self.layers[name], self.opts
+        new = _prune_matrix(layer.matrix(self.weights[layer.weight]).astype(np.float64), hessian, layer, self.pat,
+                            opts.criterion, opts.blocksize, opts.percdamp)
+        self.finish(name, new, hessian)
+
+    def prune_on_own_inputs(self, feeds: list, progress) -> None:
+        """Stage by stage, each layer pruned with the Hessian of its inputs in the already sparsified model."""
+        stages = layer_stages(self.out, self.layers, self.eligible)
         front = Frontier(feeds)
         for index, stage in enumerate(stages):
             if progress:
                 progress("stage", index, len(stages))
-            sums = {name: HessianSum(layers[name]) for name in stage}
-            for values in front.advance(out, sorted({layers[name].tap for name in stage})):
+            sums = {name: HessianSum(self.layers[name]) for name in stage}
+            for values in front.advance(self.out, sorted({self.layers[name].tap for name in stage})):
                 for name, acc in sums.items():
-                    x = values[layers[name].tap]
-                    for lo in range(0, len(x), chunk):
-                        acc.add(x[lo:lo + chunk])
+                    x = values[self.layers[name].tap]
+                    for lo in range(0, len(x), self.opts.chunk):
+                        acc.add(x[lo:lo + self.opts.chunk])
             for name, acc in sums.items():
-                prune(name, acc.hessian())
-        return out, _summary(entries, pat, criterion, samples)
+                self.prune(name, acc.hessian())
 
-    # Error-correcting: the dense model advances beside the sparsified one (both from their last boundary).
-    d_front, s_front = Frontier(feeds), Frontier(feeds)
-    row_halves = validation_halves([len(next(iter(f.values()))) for f in feeds], groups)
-    partners = settled_partners(out, residual_partners(out, {n: layers[n] for n in eligible}), stages)
-    fit = _CorrectedFit(pat, blocksize, percdamp, correct, bias, ridge, shrink, support_refit)
-    for index, stage in enumerate(stages):
-        if progress:
-            progress("stage", index, len(stages))
-        halves = {name: (GramSums(), GramSums()) for name in stage}
-        taps = sorted({layers[name].tap for name in stage} | {partners[n] for n in stage if n in partners})
-        d_vals, s_vals = d_front.advance(model, taps), s_front.advance(out, taps)
-        for bi, (xd, xs) in enumerate(zip(d_vals, s_vals, strict=True)):
-            for name, sums in halves.items():
-                lay = layers[name]
-                a_d, a_s = xd[lay.tap], xs[lay.tap]
-                skip = partners.get(name)
-                outputs = lay.matrix(weights[lay.weight]).shape[1] if skip else 0
-                for rows, half in half_chunks(row_halves[bi], chunk):
-                    f_s = lay.features(a_s[rows].astype(np.float64))
-                    drift = partner_drift(lay, xd[skip][rows], xs[skip][rows], (f_s.shape[1], outputs)) if skip else None
-                    if skip and drift is None:  # the Add broadcasts: no block output to keep
-                        del partners[name]
-                        skip = None
-                    sums[half].add(lay.features(a_d[rows].astype(np.float64)), f_s, None, True,
-                                   lay.rows_per_sample(a_s), drift)
-        for name, sums in halves.items():
-            layer = layers[name]
-            mat = layer.matrix(weights[layer.weight]).astype(np.float64)
-            b0 = _bias_matrix(layer, weights, mat.shape)
-            new, new_b, choice = fit.layer(layer, mat, b0, sums)
+    def summary(self, samples: int) -> dict:
+        return _summary(self.entries, self.pat, self.opts.criterion, samples)
+
+
+class _Correcting:
+    """Error-correcting SparseGPT as a ``StagePolicy``: Gram sums of the dense and sparsified inputs (and the
+    residual partner's drift) per calibration half, then ``_CorrectedFit`` per layer."""
+
+    def __init__(self, job: _Sparsifier, walk: StagedWalk):
+        opts = job.opts
+        self.job, self.walk = job, walk
+        self.fit = _CorrectedFit(job.pat, opts.blocksize, opts.percdamp, opts.correct, opts.bias, opts.ridge,
+                                 opts.shrink, opts.support_refit)
+        self.halves: dict[str, tuple[GramSums, GramSums]] = {}
+
+    def start(self, stage: list[str]) -> dict:
+        self.halves = {name: (GramSums(), GramSums()) for name in stage}
+        return {name: self._sink(name) for name in stage}
+
+    def _sink(self, name: str):
+        lay, sums = self.job.layers[name], self.halves[name]
+        outputs = lay.matrix(self.job.weights[lay.weight]).shape[1] if name in self.walk.partners else 0
+
+        def add(x_dense: np.ndarray, x_sparse: np.ndarray, half: int, partner) -> bool:
+            f_s = lay.features(x_sparse.astype(np.float64))
+            drift = partner_drift(lay, *partner, (f_s.shape[1], outputs)) if partner else None
+            sums[half].add(lay.features(x_dense.astype(np.float64)), f_s, None, True, lay.rows_per_sample(x_sparse),
+                           drift)
+            return drift is not None
+
+        return add
+
+    def finish(self, stage: list[str], d_vals: list[dict], s_vals: list[dict]) -> None:
+        job = self.job
+        for name, sums in self.halves.items():
+            layer = job.layers[name]
+            mat = layer.matrix(job.weights[layer.weight]).astype(np.float64)
+            b0 = _bias_matrix(layer, job.weights, mat.shape)
+            new, new_b, choice = self.fit.layer(layer, mat, b0, sums)
             total = sums[0] + sums[1]  # an empty second half (one batch) adds nothing
-            finish(name, new, total.pp[:, :-1, :-1] * (2.0 / max(total.rows, 1)))
-            entries[name]["correction"] = choice
-            entries[name]["residual_partner"] = partners.get(name)
-            if fit.bias_for(layer):
-                _set_bias(out, layer, weights, new_b.reshape(-1))
-    return out, _summary(entries, pat, criterion, samples)
+            job.finish(name, new, total.pp[:, :-1, :-1] * (2.0 / max(total.rows, 1)))
+            job.entries[name]["correction"] = choice
+            job.entries[name]["residual_partner"] = self.walk.partners.get(name)
+            if self.fit.bias_for(layer):
+                _set_bias(job.out, layer, job.weights, new_b.reshape(-1))
 
 
 CORRECTIONS = ("off", "fixed", "validated")
 
 
 class _CorrectedFit:
-    """Error-correcting SparseGPT of one layer from the Gram sums of ``passes.reconstruct.GramSums``.
+    """Error-correcting SparseGPT of one layer from the Gram sums of ``passes.staged.GramSums``.
 
     Per conv group, with X̃ = [X; 1]: pp = X̃_s X̃_sᵀ (H_s, Σx_s, n), dp = X̃_d X̃_sᵀ (C, Σx_d, Σx_s).
     Candidates: "plain" (target W) and "corrected" (target W*); both prune with H_s, and with ``bias``

@@ -5,18 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxprune.passes.reconstruct as reconstruct_module
+import onnxprune.passes.staged as staged_module
 import pytest
 from onnxprune.calibration.collect import Frontier, tapped_session
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.reconstruct import (
-    _Fit,
-    layer_stages,
-    partner_drift,
-    reconstruct,
-    rectified_refit,
-    rectified_target,
-    settled_partners,
-)
+from onnxprune.passes.reconstruct import RefitInputs, _Fit, reconstruct, rectified_refit, rectified_target
+from onnxprune.passes.staged import layer_stages, partner_drift, settled_partners
 
 from models import synthetic
 from onnxprune.layers import LinearLayer, linear_layers, residual_partners
@@ -210,7 +204,7 @@ def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
 
 
 def test_validation_halves_keep_every_group_on_one_side():
-    from onnxprune.passes.reconstruct import half_chunks, validation_halves
+    from onnxprune.passes.staged import half_chunks, validation_halves
 
     assert [h.tolist() for h in validation_halves([2, 2, 1])] == [[0, 0], [0, 0], [1]]  # batches, first half first
     photos = np.array(list(range(10)) * 2 + list(range(10, 14)))  # view-major: two views of 0-9, one of 10-13
@@ -227,7 +221,6 @@ def test_validation_halves_keep_every_group_on_one_side():
 def test_refit_with_groups_equal_to_the_batch_halves_is_the_default_refit():
     from onnx import numpy_helper
     from onnxprune.passes.prune_channels import prune_channels
-    from onnxprune.passes.reconstruct import reconstruct
 
     from onnxprune.tracer import trace_channels
 
@@ -241,7 +234,7 @@ def test_refit_with_groups_equal_to_the_batch_halves_is_the_default_refit():
     results = []
     for groups in (None, np.array([7, 7, 7, 7, 3, 3, 3, 3])):
         pruned = prune_channels(model, trace, plan, infer=False)
-        reconstruct(model, pruned, k_out, changed, lambda: iter(batches), ridge=1e-3, kept_in=k_in, groups=groups)
+        reconstruct(model, pruned, changed, lambda: iter(batches), RefitInputs(k_out, k_in, groups=groups), ridge=1e-3)
         results.append({t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer})
     for name, want in results[0].items():
         np.testing.assert_array_equal(results[1][name], want)
@@ -284,9 +277,9 @@ def test_refit_keeps_the_block_output_of_a_residual_layer(monkeypatch):
     errors = {}
     for label in ("block", "layer"):
         if label == "layer":
-            monkeypatch.setattr(reconstruct_module, "residual_partners", lambda *args: {})
+            monkeypatch.setattr(staged_module, "residual_partners", lambda *args: {})
         pruned = model(damaged)
-        done = reconstruct(dense, pruned, {}, {"conv_a"}, lambda: iter(batches), ridge=1e-3)
+        done = reconstruct(dense, pruned, {"conv_a"}, lambda: iter(batches), RefitInputs({}), ridge=1e-3)
         assert list(done) == ["conv_b"] and done["conv_b"].endswith("block output") == (label == "block")
         got = tapped_session(pruned, ["y"])[0].run(["y"], {"x": x})[0]
         errors[label] = float(np.sum((got - want) ** 2))
@@ -395,7 +388,7 @@ def _relu_refit_errors(monkeypatch, seed: int, bias: float, residual: bool) -> t
     for steps in (0, 2):
         monkeypatch.setattr(reconstruct_module, "RECTIFY_STEPS", steps)
         pruned = model(damaged)
-        done = reconstruct(dense, pruned, {}, {"conv_a"}, lambda: iter(batches), ridge=1e-3)
+        done = reconstruct(dense, pruned, {"conv_a"}, lambda: iter(batches), RefitInputs({}), ridge=1e-3)
         got = tapped_session(pruned, ["y"])[0].run(["y"], {"x": x})[0]
         errors[steps] = float(np.sum((got - want) ** 2))
     return done, errors

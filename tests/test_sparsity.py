@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxprune.passes.sparsify as sparsify_module
+import onnxprune.passes.staged as staged_module
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.sparsify import pattern_report, sparsify
+from onnxprune.passes.sparsify import SparsifyOptions, pattern_report, sparsify
 
 from onnxprune.layers import initializer_dict
 from onnxprune.modelio import load_model
@@ -237,7 +237,7 @@ WEIGHT = {"conv": "conv.w", "grouped": "grouped.w", "fc1": "fc1.w", "mm": "mm.w"
 def test_nm_pattern_on_every_layout_and_skips_reported(criterion):
     model = layouts_model()
     before = initializer_dict(model)
-    sparse, report = sparsify(model, calib(), pattern="2:4", criterion=criterion)
+    sparse, report = sparsify(model, calib(), SparsifyOptions(pattern="2:4", criterion=criterion))
     onnx.checker.check_model(sparse, full_check=True)
     x = next(calib()())
     assert run_ort(sparse, x)[0].shape == (16, 10)
@@ -272,7 +272,7 @@ def test_wrong_column_order_breaks_the_channel_pattern():
 
 def test_unstructured_half_on_every_eligible_layer():
     model = layouts_model()
-    sparse, report = sparsify(model, calib(), pattern=0.5)
+    sparse, report = sparsify(model, calib(), SparsifyOptions(pattern=0.5))
     rows = {e["node"]: e for e in report["layers"]}
     eligible = {n for n, e in rows.items() if e["eligible"]}
     assert eligible == set(ELIGIBLE) | {"stem"}  # no M constraint: the 3-channel stem qualifies
@@ -289,7 +289,7 @@ def test_error_correcting_sparsify():
     model = layouts_model()
     x = next(calib(seed=1)())
     dense = run_ort(model, x)[0]
-    sparse, report = sparsify(model, calib(), pattern="2:4", correct="validated", bias=True)
+    sparse, report = sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated", bias=True))
     onnx.checker.check_model(sparse, full_check=True)
     after = initializer_dict(sparse)
     for node, layout in ELIGIBLE.items():
@@ -298,19 +298,19 @@ def test_error_correcting_sparsify():
     assert {rows[n]["correction"] for n in ELIGIBLE} <= {"plain", "corrected"}
     assert "conv.bias_corrected" in after and "mm.bias_corrected" not in after  # MatMul: no bias input
     assert not np.array_equal(after["fc1.b"], initializer_dict(model)["fc1.b"])
-    plain = run_ort(sparsify(model, calib(), pattern="2:4", correct="off")[0], x)[0]
+    plain = run_ort(sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="off"))[0], x)[0]
     assert np.linalg.norm(run_ort(sparse, x)[0] - dense) < np.linalg.norm(plain - dense)
     with pytest.raises(ValueError, match="correction"):
-        sparsify(model, calib(), pattern="2:4", correct="yes")
+        sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="yes"))
 
 
 def test_sparsegpt_needs_calibration_and_known_criterion():
     with pytest.raises(ValueError, match="calibration"):
-        sparsify(layouts_model(), None, pattern="2:4")
+        sparsify(layouts_model(), None, SparsifyOptions(pattern="2:4"))
     with pytest.raises(ValueError, match="criterion"):
-        sparsify(layouts_model(), calib(), pattern="2:4", criterion="random")
+        sparsify(layouts_model(), calib(), SparsifyOptions(pattern="2:4", criterion="random"))
     # magnitude is data-free
-    sparse, report = sparsify(layouts_model(), None, pattern="2:4", criterion="magnitude")
+    sparse, report = sparsify(layouts_model(), None, SparsifyOptions(pattern="2:4", criterion="magnitude"))
     assert report["calibration_samples"] == 0 and pattern_report(sparse)["compliant_layers"] == len(ELIGIBLE)
 
 
@@ -329,7 +329,7 @@ def test_fmnist_two_four_end_to_end(fmnist):
     batches = lambda: ({"input": x[i:i + 32]} for i in range(0, len(x), 32))  # noqa: E731
     results = {}
     for criterion in ("sparsegpt", "magnitude"):
-        sparse, report = sparsify(model, batches, pattern="2:4", criterion=criterion)
+        sparse, report = sparsify(model, batches, SparsifyOptions(pattern="2:4", criterion=criterion))
         onnx.checker.check_model(sparse, full_check=True)
         weights = initializer_dict(sparse)
         eligible = [e for e in report["layers"] if e["eligible"]]
@@ -346,12 +346,12 @@ def test_validated_correction_honours_groups():
     """groups equal to the batch halves change nothing; interleaved groups split rows inside batches and
     still give a valid 2:4 model."""
     model = layouts_model()
-    base = initializer_dict(sparsify(model, calib(), pattern="2:4", correct="validated")[0])
-    same = initializer_dict(sparsify(model, calib(), pattern="2:4", correct="validated",
-                                     groups=np.repeat([5, 9], 32))[0])
+    base = initializer_dict(sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated"))[0])
+    same = initializer_dict(sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated"),
+                                     np.repeat([5, 9], 32))[0])
     for name, want in base.items():
         np.testing.assert_array_equal(same[name], want)
-    mixed, report = sparsify(model, calib(), pattern="2:4", correct="validated", groups=np.arange(64) % 7)
+    mixed, report = sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated"), np.arange(64) % 7)
     onnx.checker.check_model(mixed, full_check=True)
     after = initializer_dict(mixed)
     for node, layout in ELIGIBLE.items():
@@ -408,11 +408,11 @@ def test_sparsify_fits_the_block_output_of_a_residual_layer(monkeypatch):
          + rng.standard_normal((1, 32, 1, 1))).astype(np.float32)
     batches = lambda: ({"x": x[i:i + 32]} for i in range(0, len(x), 32))  # noqa: E731
     dense = run_ort(model, {"x": x})[0]
-    sparse, report = sparsify(model, batches, pattern="2:4")
+    sparse, report = sparsify(model, batches, SparsifyOptions(pattern="2:4"))
     onnx.checker.check_model(sparse, full_check=True)
     assert {e["node"]: e["residual_partner"] for e in report["layers"]} == {"conv_a": None, "conv_b": "r"}
-    monkeypatch.setattr(sparsify_module, "residual_partners", lambda *args: {})
-    layer_only = sparsify(model, batches, pattern="2:4")[0]
+    monkeypatch.setattr(staged_module, "residual_partners", lambda *args: {})
+    layer_only = sparsify(model, batches, SparsifyOptions(pattern="2:4"))[0]
     err = {name: np.sum((run_ort(m, {"x": x})[0] - dense) ** 2) for name, m in (("block", sparse),
                                                                                  ("layer", layer_only))}
     assert err["block"] < 0.9 * err["layer"]
