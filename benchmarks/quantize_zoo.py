@@ -25,7 +25,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_st
 from benchmarks.common import MODELS, machine, run_batched
 from onnxprune.fidelity import compare
 from onnxprune.latency import measure_latency
-from onnxprune.quantize import FeedReader, ort_quantizer_sandbox, quantize_model
+from onnxprune.quantize import FeedReader, QuantizeOptions, ort_quantizer_sandbox, quantize_model
 
 # name -> quantize_model options; "fallback" rows use each model's best method from FALLBACK_METHOD
 CONFIGS = {
@@ -87,7 +87,7 @@ def main() -> None:
             options = dict(CONFIGS[name])
             options.setdefault("calib_method", FALLBACK_METHOD[key])
             t0 = time.perf_counter()
-            int8, report = quantize_model(model, calib, latency_runs=0, **options)
+            int8, report = quantize_model(model, calib, QuantizeOptions(latency_runs=0, **options))
             label = f"ours: {options['calib_method']} + bias corr."
             if "max_drop" in options:
                 gate = report["quality_gate"]

@@ -18,8 +18,8 @@ from onnxprune.passes.normalize import normalize
 from scipy.stats import spearmanr
 
 from benchmarks.common import SHIPPED, ZOO
-from onnxprune.criteria import rank_groups
-from onnxprune.layers import initializer_dict, linear_layers
+from onnxprune.criteria import RankData, rank_groups
+from onnxprune.layers import linear_layers
 from onnxprune.modelio import load_model
 from onnxprune.tracer import trace_channels
 
@@ -34,10 +34,9 @@ def orders(model, trace, groups, calib, dtype):
     layers = linear_layers(model)
     wanted = {m.node for g in groups for m in trace.members_of(g.id) if m.role == "consumer" and m.node in layers}
     stats = collect_statistics(model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, {}, dtype=dtype)
-    rankings, _ = rank_groups("obs", trace, groups, initializer_dict(model),
-                              {n.name: list(n.input) for n in model.graph.node}, layers=layers,
-                              hessians={n: h.hessian() for n, h in stats.hessians.items()},
-                              rows={n: h.n for n, h in stats.hessians.items()})
+    data = RankData.of(model, trace, hessians={n: h.hessian() for n, h in stats.hessians.items()},
+                       rows={n: h.n for n, h in stats.hessians.items()})
+    rankings, _ = rank_groups("obs", groups, data)
     return {gid: np.argsort(r.order) for gid, r in rankings.items()}  # channel → removal position
 
 

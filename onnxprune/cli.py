@@ -147,16 +147,17 @@ def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset
              no_bias_correction, metric_fn, metric_options, as_json) -> None:
     """INT8 QDQ (QAT-ready) version of MODEL, calibrated on --calib."""
     from .metrics import load_metric
-    from .quantize import quantize_file
+    from .quantize import QuantizeOptions, quantize_file
     from .summary import print_quantize_summary
 
     console = Console(stderr=True)
     status = None if as_json else console.status("quantizing")
     with status or contextlib.nullcontext():
-        report = quantize_file(model, outdir, calib, calib_samples=calib_samples, preprocess=preprocess,
-                               input_size=input_size, preset=preset, calib_method=calib_method, max_drop=max_drop,
+        opts = QuantizeOptions(preset=preset, calib_method=calib_method, max_drop=max_drop,
                                bias_correction=not no_bias_correction,
-                               metric=load_metric(metric_fn, metric_options) if metric_fn else None,
+                               metric=load_metric(metric_fn, metric_options) if metric_fn else None)
+        report = quantize_file(model, outdir, calib, calib_samples=calib_samples, preprocess=preprocess,
+                               input_size=input_size, opts=opts,
                                progress=(lambda stage: status.update(f"quantizing: {stage}")) if status else None)
     if as_json:
         click.echo(json.dumps(report, indent=2))

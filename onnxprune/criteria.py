@@ -20,13 +20,14 @@ input rows by the Woodbury recursion (no d×d inversion of an accumulated Hessia
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
 from .calibration.collect import row_hessian
 from .channels import ChannelGroup, Trace, weight_positions
-from .layers import LinearLayer
+from .layers import LinearLayer, initializer_dict, linear_layers
 
 CRITERIA = ("obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation", "apoz", "random")
 
@@ -178,8 +179,12 @@ def woodfisher_hessian(x: np.ndarray, damp: float, rows: int | None = None) -> t
     return h, woodfisher_inverse(x, lam)
 
 
-def _obs_consumer(layer: LinearLayer, w_stored: np.ndarray, h: np.ndarray, trace: Trace, group: ChannelGroup,
-                  member, damp: float, rows: int | None = None, hinv: np.ndarray | None = None) -> _Consumer | None:
+def _obs_consumer(data: RankData, group: ChannelGroup, member) -> _Consumer | None:
+    """The OBS view of one consumer of ``group``: its weights W [blocks, out/b, features], H⁻¹ at
+    λ = (damp + features/rows)·mean(diag H), each channel's features, and the exact-redundancy test."""
+    layer, trace = data.layers[member.node], data.trace
+    h, rows, hinv = data.hessians[member.node], data.rows.get(member.node), data.inverses.get(member.node)
+    damp, w_stored = data.damp, data.inits[layer.weight]
     w = layer.matrix(w_stored).astype(np.float64)  # [blocks, out/b, features]
     size = trace.spaces[member.space].size
     feats: list[list[int]] = [[] for _ in range(group.size)]
@@ -317,56 +322,97 @@ def obs_ranking(group: ChannelGroup, consumers: list[_Consumer], chunks: int = 6
     return GroupRanking(group.id, np.array(order), np.array(error))
 
 
-def rank_groups(criterion: str, trace: Trace, groups: list[ChannelGroup], inits: Mapping[str, np.ndarray],
-                node_inputs: Mapping[str, list[str]], *, layers: Mapping[str, LinearLayer] | None = None,
-                hessians: Mapping[str, np.ndarray] | None = None, bn_scales: Mapping[str, np.ndarray] | None = None,
-                channel_stats=None, seed: int = 0, damp: float = 0.01, rows: Mapping[str, int] | None = None,
-                inverses: Mapping[str, np.ndarray] | None = None) -> tuple[dict[int, GroupRanking], list[str]]:
+@dataclass
+class RankData:
+    """What the criteria read: the trace and weights; per consumer layer its input Hessian H (rows: the
+    rows summed into it; inverses: H⁻¹ for ``woodfisher``); BN scales γ/√(σ²+ε) by producer; channel
+    statistics by tensor (``activation``, ``apoz``); OBS dampening λ = damp·mean(diag H)."""
+
+    trace: Trace
+    inits: Mapping[str, np.ndarray]
+    node_inputs: Mapping[str, list[str]]
+    layers: Mapping[str, LinearLayer] = field(default_factory=dict)
+    hessians: Mapping[str, np.ndarray] = field(default_factory=dict)
+    rows: Mapping[str, int] = field(default_factory=dict)
+    inverses: Mapping[str, np.ndarray] = field(default_factory=dict)
+    bn_scales: Mapping[str, np.ndarray] = field(default_factory=dict)
+    channel_stats: Mapping = field(default_factory=dict)
+    damp: float = 0.01
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, trace: Trace, **stats) -> RankData:
+        """The data of ``model`` (weights, node inputs, linear layers) plus the given statistics (None: none)."""
+        return cls(trace, initializer_dict(model), {n.name: list(n.input) for n in model.graph.node},
+                   linear_layers(model), **{k: v for k, v in stats.items() if v is not None})
+
+
+def _obs_group(g: ChannelGroup, data: RankData) -> GroupRanking | None:
+    consumers = []
+    for m in data.trace.members_of(g.id):
+        if m.role == "consumer" and m.kind == "param" and m.node in data.layers and m.node in data.hessians:
+            c = _obs_consumer(data, g, m)
+            if c is not None:
+                consumers.append(c)
+    return obs_ranking(g, consumers) if consumers else None
+
+
+def _bn_scores(g: ChannelGroup, data: RankData) -> np.ndarray | None:
+    vals = [np.abs(data.bn_scales[n])[pos] for n, r in g.members if r == "producer" and n in data.bn_scales
+            for pos in _producer_positions(data.trace, g, n)]
+    return sum(v / max(v.mean(), 1e-30) for v in vals) if vals else None
+
+
+def _activation_scores(criterion: str):
+    def scores(g: ChannelGroup, data: RankData) -> np.ndarray | None:
+        vals = []
+        for tensor, cs in data.channel_stats.items():
+            view = data.trace.views.get(tensor)
+            if view is None or not view.plain:
+                continue
+            for pos in _channel_positions(data.trace, g, view.space):
+                vals.append(cs.mean_abs[pos] if criterion == "activation" else 1.0 - cs.apoz[pos] + 1e-6)
+        return sum(v / max(v.mean(), 1e-30) for v in vals) if vals else None
+
+    return scores
+
+
+def _fpgm_scores(g: ChannelGroup, data: RankData) -> np.ndarray | None:
+    members = _member_channel_values(data.trace, g, data.inits, data.node_inputs, roles=("producer",))
+    return fpgm_scores(members) if members else None
+
+
+# criterion → per-channel scores of a group (None: no data for it, fall back to magnitude)
+SCORERS = {"bn-scale": _bn_scores, "activation": _activation_scores("activation"),
+           "apoz": _activation_scores("apoz"), "fpgm": _fpgm_scores}
+MAGNITUDE_FALLBACK_SILENT = ("magnitude", "magnitude-l1", "obs", "woodfisher", "fpgm")
+
+
+def rank_groups(criterion: str, groups: list[ChannelGroup], data: RankData,
+                seed: int = 0) -> tuple[dict[int, GroupRanking], list[str]]:
     """A ranking for every group under ``criterion``; returns (rankings, warnings about fallbacks).
 
-    ``inverses`` (``woodfisher``): each consumer's H⁻¹, used instead of inverting its Hessian."""
+    ``obs`` / ``woodfisher``: greedy structured OBS over the group's consumers (``obs_ranking``); the
+    score criteria: the removal order of their scores, lowest first (``_curve``); a group without the
+    data its criterion needs is ranked by weight magnitude."""
     rng = np.random.default_rng(seed)
     rankings: dict[int, GroupRanking] = {}
     warnings: list[str] = []
     for g in groups:
         scores = None
         if criterion in ("obs", "woodfisher"):
-            consumers = []
-            for m in trace.members_of(g.id):
-                if m.role == "consumer" and m.kind == "param" and m.node in (layers or {}) and m.node in (hessians or {}):
-                    c = _obs_consumer(layers[m.node], inits[layers[m.node].weight], hessians[m.node], trace, g, m,
-                                      damp, (rows or {}).get(m.node), (inverses or {}).get(m.node))
-                    if c is not None:
-                        consumers.append(c)
-            if consumers:
-                rankings[g.id] = obs_ranking(g, consumers)
+            ranking = _obs_group(g, data)
+            if ranking is not None:
+                rankings[g.id] = ranking
                 continue
             warnings.append(f"group {g.id}: no consumer statistics for {criterion}, ranked by magnitude")
         if criterion == "random":
             scores = rng.random(g.size)
-        elif criterion == "bn-scale" and bn_scales:
-            vals = [np.abs(bn_scales[n])[pos] for n, r in g.members if r == "producer" and n in bn_scales
-                    for pos in _producer_positions(trace, g, n)]
-            if vals:
-                scores = sum(v / max(v.mean(), 1e-30) for v in vals)
-        elif criterion in ("activation", "apoz") and channel_stats:
-            vals = []
-            for tensor, cs in channel_stats.items():
-                view = trace.views.get(tensor)
-                if view is None or not view.plain:
-                    continue
-                for pos in _channel_positions(trace, g, view.space):
-                    vals.append(cs.mean_abs[pos] if criterion == "activation" else 1.0 - cs.apoz[pos] + 1e-6)
-            if vals:
-                scores = sum(v / max(v.mean(), 1e-30) for v in vals)
-        elif criterion == "fpgm":
-            members = _member_channel_values(trace, g, inits, node_inputs, roles=("producer",))
-            if members:
-                scores = fpgm_scores(members)
+        elif criterion in SCORERS:
+            scores = SCORERS[criterion](g, data)
         if scores is None:
-            if criterion not in ("magnitude", "magnitude-l1", "obs", "woodfisher", "fpgm"):
+            if criterion not in MAGNITUDE_FALLBACK_SILENT:
                 warnings.append(f"group {g.id}: no data for '{criterion}', ranked by magnitude")
-            members = _member_channel_values(trace, g, inits, node_inputs)
+            members = _member_channel_values(data.trace, g, data.inits, data.node_inputs)
             scores = magnitude_scores(members, p=1 if criterion == "magnitude-l1" else 2) if members \
                 else rng.random(g.size)
         order, err = _curve(np.asarray(scores, np.float64))

@@ -1,4 +1,4 @@
-"""Errors that carry the CLI exit code of the contract in DESIGN.md.
+"""Errors that carry the CLI exit code (README, "Exit codes").
 
 0 ok · 2 bad input/usage · 3 target unreachable · 4 quality gate failed · 1 unexpected error.
 The message is one line: it is printed as-is after ``error:``.
@@ -30,3 +30,9 @@ class QualityGateError(OnnxPruneError):
     """The compressed model fails the ``--max-drop`` quality gate (exit 4)."""
 
     exit_code = 4
+
+
+class InternalError(OnnxPruneError):
+    """A check of onnxprune's own promises failed (a bug; exit 1): e.g. a plan over the budget it was made for."""
+
+    exit_code = 1

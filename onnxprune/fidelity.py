@@ -13,6 +13,7 @@ averaged over the components of the output (``r2_mean``); the damage the pipelin
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -164,3 +165,31 @@ def headline(fid: dict) -> tuple[str, float]:
         if "top1_agreement" in m:
             return "top1_agreement", m["top1_agreement"]
     return "r2_mean", min(m["r2_mean"] for m in fid.values())
+
+
+@dataclass
+class HeldOut:
+    """A reference model's outputs on the held-out calibration rows: what candidates are compared with
+    (``fidelity``), ``metric`` the user's ``--metric-fn`` where given."""
+
+    calib: object  # CalibrationSet: its ``holdout`` slice
+    outputs: list[np.ndarray]
+    names: list[str]
+    classifier: list[bool]
+    metric: object = None
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, calib, metric=None, outputs: list[np.ndarray] | None = None) -> HeldOut:
+        """``model``'s outputs on the holdout rows (``outputs`` where the caller has them already)."""
+        if outputs is None:
+            outputs = run_all(model, calib.batches("holdout", 64))
+        return cls(calib, outputs, [o.name for o in model.graph.output], classifier_outputs(model), metric)
+
+    def run(self, candidate: onnx.ModelProto) -> list[np.ndarray]:
+        return run_all(candidate, self.calib.batches("holdout", 64))
+
+    def compare(self, outputs: list[np.ndarray]) -> dict:
+        return compare(self.outputs, outputs, self.names, self.classifier, self.metric)
+
+    def fidelity(self, candidate: onnx.ModelProto) -> dict:
+        return self.compare(self.run(candidate))

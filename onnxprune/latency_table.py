@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -341,24 +342,46 @@ def next_budget(history: list[tuple[float, float]], target: float) -> float:
     return b * s / aim
 
 
-def meet_speedup(dense: onnx.ModelProto, plan, pruned: onnx.ModelProto, allocate: Callable[[float], dict],
-                 prune: Callable[[dict], onnx.ModelProto], budget_ms: float, target: float,
-                 batches: tuple[int, ...], threads: int, input_shapes: Mapping[str, Shape] | None,
-                 floor_ms: float = 0.0):
-    """Measure the pruned model's real speedup and re-allocate until it meets ``target`` without much excess.
+@dataclass
+class SpeedCheck:
+    """How the latency loop measures: the speedup to meet, at every batch of ``batches`` (the worst counts),
+    with ``threads`` intra-op threads (0: one per core), dynamic dims from ``input_shapes``."""
+
+    target: float
+    batches: tuple[int, ...]
+    threads: int = 0
+    input_shapes: Mapping[str, Shape] | None = None
+
+
+class Planner(Protocol):
+    """What the latency loop re-plans with: ``plan(budget_ms)`` (raises TargetUnreachableError below the
+    allocator's leanest plan), ``apply(plan)`` → the pruned model, and ``floor`` (the leanest plan's ms)."""
+
+    floor: float
+
+    def plan(self, budget: float) -> dict: ...
+
+    def apply(self, plan: dict) -> onnx.ModelProto: ...
+
+
+def meet_speedup(dense: onnx.ModelProto, planner: Planner, first: tuple[dict, onnx.ModelProto], budget_ms: float,
+                 check: SpeedCheck):
+    """Measure the pruned model's real speedup and re-allocate until it meets ``check.target`` without much
+    excess.
 
     The table predicts; only the side-by-side measurement decides. The worst speedup over the batches
     steers the next predicted budget (:func:`next_budget`) — tighter when short, looser when more than
-    10% over (overshooting costs accuracy), never below ``floor_ms`` (the table's prediction for the
+    10% over (overshooting costs accuracy), never below ``planner.floor`` (the table's prediction for the
     leanest plan the allocator allows). The loosest allocation that measured ≥ target wins.
     Returns (plan, pruned model, report section); raises TargetUnreachableError when no attempt
     measures the target.
     """
     from .errors import TargetUnreachableError
 
+    (plan, pruned), target = first, check.target
     attempts, best, seen, history = [], None, [], []
     for _ in range(MAX_ATTEMPTS):
-        speed = measured_speedups(dense, pruned, batches, threads, input_shapes)
+        speed = measured_speedups(dense, pruned, check.batches, check.threads, check.input_shapes)
         worst = min(v["speedup"] for v in speed.values())
         attempts.append({"budget_ms": round(budget_ms, 4), "measured": speed})
         seen.append(plan)
@@ -369,11 +392,11 @@ def meet_speedup(dense: onnx.ModelProto, plan, pruned: onnx.ModelProto, allocate
             if worst <= target * 1.1:
                 break
         # no tighter than the table's leanest plan: measured once, it is the last word when still short
-        budget_ms = max(next_budget(history, target), floor_ms)
-        plan = allocate(budget_ms)
+        budget_ms = max(next_budget(history, target), planner.floor)
+        plan = planner.plan(budget_ms)
         if any(_same_plan(plan, p) for p in seen):
             break
-        pruned = prune(plan)
+        pruned = planner.apply(plan)
     if best is None:
         shown = ", ".join(f"{k} {v['speedup']:.2f}x" for k, v in speed.items())
         raise TargetUnreachableError(f"latency target {target:g}x not met: measured {shown} after {len(attempts)} "

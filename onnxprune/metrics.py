@@ -125,29 +125,38 @@ def matched(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...], iou: floa
     return len(matched_pairs(ref, cand, iou))
 
 
-def detection_f1(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
-                 iou: float = 0.5, nms: float = 0.45, max_det: int = 300, agnostic: int = 0,
-                 output: str | None = None) -> float:
-    """F1 of the candidate's detections against the dense model's (see the module doc); 1.0 when neither
-    model detects anything."""
+@dataclass(frozen=True)
+class Detection:
+    """The detection metrics' options (``--metric-options``): output layout, score threshold, match IoU,
+    NMS IoU, detections kept per image, class-agnostic NMS (1) and which output holds the predictions."""
+
+    layout: str = "yolov8"
+    score: float = 0.25
+    iou: float = 0.5
+    nms: float = 0.45
+    max_det: int = 300
+    agnostic: int = 0
+    output: str | None = None
+
+    def decoded(self, dense: Outputs, candidate: Outputs):
+        """Per sample, the dense model's and the candidate's detections (``decode``)."""
+        for r, c in zip(_pick(dense, self.output), _pick(candidate, self.output), strict=True):
+            yield (decode(r, self.layout, self.score, self.nms, int(self.max_det), bool(self.agnostic)),
+                   decode(c, self.layout, self.score, self.nms, int(self.max_det), bool(self.agnostic)))
+
+
+def detection_f1(dense: Outputs, candidate: Outputs, **options) -> float:
+    """F1 of the candidate's detections against the dense model's (see the module doc; ``options``:
+    ``Detection``); 1.0 when neither model detects anything."""
+    det = Detection(**options)
     hits = n_ref = n_cand = 0
-    for ref, cand in _decoded(dense, candidate, layout, score, nms, max_det, agnostic, output):
-        hits += matched(ref, cand, iou)
+    for ref, cand in det.decoded(dense, candidate):
+        hits += matched(ref, cand, det.iou)
         n_ref, n_cand = n_ref + len(ref[0]), n_cand + len(cand[0])
     return 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)
 
 
-def _decoded(dense: Outputs, candidate: Outputs, layout: str, score: float, nms: float, max_det: int,
-             agnostic: int, output: str | None):
-    """Per sample, the dense model's and the candidate's detections (``decode``)."""
-    for r, c in zip(_pick(dense, output), _pick(candidate, output), strict=True):
-        yield (decode(r, layout, score, nms, int(max_det), bool(agnostic)),
-               decode(c, layout, score, nms, int(max_det), bool(agnostic)))
-
-
-def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
-                    iou: float = 0.5, nms: float = 0.45, max_det: int = 300, agnostic: int = 0,
-                    output: str | None = None) -> dict:
+def detection_parts(dense: Outputs, candidate: Outputs, **options) -> dict:
     """A detector's fidelity part by part, so that a collapse of one cannot hide behind the F1:
 
     * ``detections``: counts, precision, recall and F1 of the candidate's detections against the dense
@@ -158,16 +167,16 @@ def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", 
     * ``classes``: mean and lowest R² of the class-score components, and on the class-agnostic matches the
       share whose class is the same.
     """
-    ref_out, cand_out = _pick(dense, output), _pick(candidate, output)
-    r2 = component_r2(ref_out, cand_out)
-    first_class = 4 if layout == "yolov8" else 5
+    det = Detection(**options)
+    r2 = component_r2(_pick(dense, det.output), _pick(candidate, det.output))
+    first_class = 4 if det.layout == "yolov8" else 5
     hits = n_ref = n_cand = box_hits = same_class = 0
     ious: list[float] = []
-    for ref, cand in _decoded(dense, candidate, layout, score, nms, max_det, agnostic, output):
-        hits += matched(ref, cand, iou)
+    for ref, cand in det.decoded(dense, candidate):
+        hits += matched(ref, cand, det.iou)
         n_ref, n_cand = n_ref + len(ref[0]), n_cand + len(cand[0])
         anyclass = (ref[0], np.zeros_like(ref[1]), ref[2]), (cand[0], np.zeros_like(cand[1]), cand[2])
-        for i, j, overlap in matched_pairs(*anyclass, iou):
+        for i, j, overlap in matched_pairs(*anyclass, det.iou):
             box_hits += 1
             same_class += int(ref[1][j] == cand[1][i])
             ious.append(overlap)
@@ -177,7 +186,7 @@ def detection_parts(dense: Outputs, candidate: Outputs, layout: str = "yolov8", 
                           "f1": 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)},
            "boxes": {"r2_mean": float(r2[:4].mean()), "r2_min": float(r2[:4].min()),
                      "matched_iou_mean": float(np.mean(ious)) if ious else None, "matched": box_hits}}
-    if layout == "yolov5":
+    if det.layout == "yolov5":
         out["objectness"] = {"r2": float(r2[4])}
     cls = r2[first_class:]
     out["classes"] = {"r2_mean": float(cls.mean()), "r2_min": float(cls.min()),

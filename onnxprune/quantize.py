@@ -52,10 +52,11 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from . import __version__
 from .calibration.readers import CalibrationSet, load_calibration
 from .errors import InputError, QualityGateError
-from .fidelity import classifier_outputs, compare, headline, run_all
+from .fidelity import HeldOut, compare, headline
 from .latency import measure_latency, ort_session
 from .modelio import load_model, output_folder, require_runnable, write_outputs
 from .passes.normalize import normalize
+from .quantize_tuning import BiasCorrector, fallback_search
 from .shapes import infer_shapes
 
 # What quantize_static quantizes when op_types_to_quantize is not given; the calibrator must see the same.
@@ -438,39 +439,62 @@ def timed(times: dict[str, float], stage: str) -> Iterator[None]:
         times[stage] = round(times.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
 
-def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str = "ort",
-                   calib_method: str = "minmax", per_channel: bool = True, max_drop: float | None = None,
-                   dense_reference: onnx.ModelProto | None = None, bias_correction: bool = True,
-                   exclude: Iterable[str] = (), latency_runs: int = 50,
-                   progress=None, dense_outputs: list[np.ndarray] | None = None,
-                   model_outputs: list[np.ndarray] | None = None, metric=None) -> tuple[onnx.ModelProto, dict]:
+@dataclass
+class QuantizeOptions:
+    """How the INT8 copy is built and checked: ``preset`` (``PRESETS``), onnxruntime's calibration method,
+    per-channel weights, the ``max_drop`` fallback goal, bias correction, node names always kept in float
+    (``exclude``), latency runs of the report (0: none) and the user's fidelity metric (``--metric-fn``)."""
+
+    preset: str = "ort"
+    calib_method: str = "minmax"
+    per_channel: bool = True
+    max_drop: float | None = None
+    bias_correction: bool = True
+    exclude: tuple[str, ...] = ()
+    latency_runs: int = 50
+    metric: object = None
+
+
+@dataclass
+class Known:
+    """Outputs the caller has already on the holdout slice (``compress`` has, from its own fidelity
+    check): the dense model's (and the model itself, to compare the INT8 copy with) and the model's."""
+
+    dense_model: onnx.ModelProto | None = None
+    dense_outputs: list[np.ndarray] | None = None
+    model_outputs: list[np.ndarray] | None = None
+
+
+@dataclass
+class Prepared:
+    """The float model as the quantizer reads it, and which of its nodes stay in float."""
+
+    path: Path
+    model: onnx.ModelProto
+    report: dict
+    layers: list[str]
+    forced: list[str]
+    settings: Preset
+
+
+def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, opts: QuantizeOptions | None = None,
+                   known: Known | None = None, progress=None) -> tuple[onnx.ModelProto, dict]:
     """INT8 QDQ version of ``model`` and a JSON-able report section.
 
-    ``calib`` calibrates (its ``calib`` slice) and verifies (its ``holdout`` slice). With ``max_drop``
-    set, the most sensitive weight layers are kept in float until the held-out headline metric (``metric``, the
-    user's ``--metric-fn``; else top-1 agreement with the FP32 model, or the lowest component-mean R²) drops
-    by at most ``max_drop``; the report's
-    ``quality_gate`` says whether that was reached (this function does not raise for it). ``exclude``:
-    node names always kept in float. ``progress(stage)`` is called as stages start. ``dense_outputs`` /
-    ``model_outputs``: the outputs of ``dense_reference`` / ``model`` on the holdout slice where the caller has
-    them already (``compress`` has, from its own fidelity check): they are not computed again.
+    ``calib`` calibrates (its ``calib`` slice) and verifies (its ``holdout`` slice). With ``opts.max_drop``
+    set, the most sensitive weight layers are kept in float until the held-out headline metric (the user's
+    ``--metric-fn``; else top-1 agreement with the FP32 model, or the lowest component-mean R²) drops by at
+    most ``max_drop``; the report's ``quality_gate`` says whether that was reached (this function does not
+    raise for it). ``progress(stage)`` is called as stages start.
     """
-    from .quantize_tuning import BiasCorrector, fallback_search
-
-    if preset not in PRESETS:
-        raise InputError(f"unknown quantization preset '{preset}' (choose from {', '.join(PRESETS)})")
-    if calib_method not in CALIB_METHODS:
-        raise InputError(f"unknown calibration method '{calib_method}' (choose from {', '.join(CALIB_METHODS)})")
-    if calib.n_calib() == 0:
-        raise InputError("quantization needs calibration samples; the calibration set is empty")
-    if max_drop is not None and not calib.n_holdout():
-        raise InputError("--max-drop needs held-out samples to verify against; give more calibration data")
-    settings = PRESETS[preset]
+    opts, known = opts or QuantizeOptions(), known or Known()
+    _check(opts, calib)
     notify = progress or (lambda stage: None)
     warnings = list(calib.warnings)
     upcast = upcast_float16(model)
     if upcast is not None:
         model, calib = upcast, calib.with_float_dtype(np.float32)
+        known = dataclasses.replace(known, model_outputs=None)
         warnings.append("float16 model: its INT8 QDQ copy is built from an exact float32 upcast "
                         "(float32 inputs and outputs)")
     log_records: list[str] = []
@@ -478,87 +502,117 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, *, preset: str
     with ort_quantizer_sandbox(log_records) as scratch:
         notify("prepare")
         with timed(times, "prepare"):
-            float_path = scratch / "prepared.onnx"
-            prepared, prep_report = prepare_float_model(model, float_path, warnings)
-            layers = weight_layers(prepared)
-            node_names = {n.name for n in prepared.graph.node}
-            forced = sorted(set(exclude) & node_names)
-            attention = attention_matmuls(prepared)
-            if attention:  # transformer: INT8 weight layers with INT8 inputs, everything else float
-                weights = set(layers)
-                forced = sorted(set(forced) | {n.name for n in prepared.graph.node if n.name not in weights})
-                settings = dataclasses.replace(settings, extra_options={
-                    **settings.extra_options, "OpTypesToExcludeOutputQuantization": sorted(
-                        set(settings.extra_options.get("OpTypesToExcludeOutputQuantization", [])) | set(WEIGHT_LAYER_OPS))})
-                warnings.append(f"attention graph ({len(attention)} MatMuls of two activations): only the inputs "
-                                f"and weights of its {len(weights)} weight layers are quantized; quantizing every "
-                                "activation (attention scores, Softmax, LayerNorm, residual Adds, layer outputs) "
-                                "wrecks transformers (all-MiniLM-L6-v2: embedding cosine 0.41, this way 0.99)")
-            grouped = grouped_conv_transposes(prepared) if per_channel else []
-            if grouped:
-                warnings.append(f"{len(grouped)} grouped ConvTranspose node(s) kept in float (onnxruntime's "
-                                f"per-channel quantizer cannot size their scales): {', '.join(grouped[:3])}")
-                forced = sorted(set(forced) | set(grouped))
-            unknown = sorted(set(exclude) - node_names)
-            if unknown:
-                warnings.append(f"excluded node(s) not in the normalized model: {', '.join(unknown[:5])}")
+            prep = _prepare(model, scratch, opts, warnings)
         notify("calibrate")
         with timed(times, "calibrate"):
             cache = scratch / "ranges.json"
-            calibrate_ranges(float_path, calib, calib_method, settings, cache)
-            overrides = shared_scale_overrides(prepared, cache) if preset == "tensorrt" else {}
-        builder = Int8Builder(float_path, cache, settings, calib_method, per_channel, overrides, scratch)
-        corrector = BiasCorrector(prepared, builder, calib) if bias_correction else None
+            calibrate_ranges(prep.path, calib, opts.calib_method, prep.settings, cache)
+            overrides = shared_scale_overrides(prep.model, cache) if opts.preset == "tensorrt" else {}
+        builder = Int8Builder(prep.path, cache, prep.settings, opts.calib_method, opts.per_channel, overrides,
+                              scratch)
+        corrector = BiasCorrector(prep.model, builder, calib) if opts.bias_correction else None
+        build = corrector.build if corrector else builder.build
         notify("quantize")
         with timed(times, "quantize"):
-            build = corrector.build if corrector else builder.build
-            int8 = build(forced)
-        holdout = calib.n_holdout() > 0
-        names = [o.name for o in model.graph.output]
-        scores = classifier_outputs(model)
-        fidelity: dict = {}
-        search: dict = {}
-        if holdout:
+            int8 = first_int8 = build(prep.forced)
+        held = None
+        if calib.n_holdout():
+            held = HeldOut.of(model, calib, opts.metric, known.model_outputs)
             notify("verify")
             with timed(times, "verify"):
-                fp32_out = model_outputs if model_outputs is not None and upcast is None else \
-                    run_all(model, calib.batches("holdout", 64))
-                int8_out = run_all(int8, calib.batches("holdout", 64))
-                fidelity = compare(fp32_out, int8_out, names, scores, metric)
-            first_int8 = int8
-            if max_drop is not None and 1.0 - headline(fidelity)[1] > max_drop:
-                notify("fallback")
-                with timed(times, "fallback"):
-                    found, found_fid, search = fallback_search(build, builder.build, forced, layers, calib,
-                                                               fp32_out, names, max_drop, scores, metric=metric)
-                if found is not None and headline(found_fid)[1] >= headline(fidelity)[1]:
-                    int8, fidelity = found, found_fid
-                else:
-                    search["excluded"], search["count"] = [], 0
+                first_out = held.run(int8)
+                fidelity = held.compare(first_out)
+            int8, fidelity, search = _fallback(held, build, builder, prep, (int8, fidelity), opts, notify, times)
         else:
+            fidelity, search = {}, {}
             warnings.append("no held-out samples: INT8 fidelity not measured")
     check_runnable(int8)
-    report = _report(model, int8, calib, settings, calib_method, per_channel, prep_report, layers,
-                     quantized_weight_layers(int8), fidelity, search, corrector, max_drop)
-    if (dense_reference is not None or dense_outputs is not None) and holdout:
+    report = _report(model, int8, calib, opts, prep, fidelity, search, corrector)
+    if held is not None and (known.dense_model is not None or known.dense_outputs is not None):
         with timed(times, "verify"):
-            dense_out = dense_outputs if dense_outputs is not None else \
-                run_all(dense_reference, calib.batches("holdout", 64))
-            if int8 is not first_int8:  # the fallback's model
-                int8_out = run_all(int8, calib.batches("holdout", 64))
-            report["fidelity"]["int8_vs_dense"] = compare(dense_out, int8_out, names, scores, metric)
-            report["fidelity"]["fp32_vs_dense"] = compare(dense_out, fp32_out, names, scores, metric)
-    if latency_runs:
+            int8_out = first_out if int8 is first_int8 else held.run(int8)
+            report["fidelity"].update(_against_dense(held, known, int8_out))
+    if opts.latency_runs:
         notify("latency")
         with timed(times, "latency"):
             variants = {"fp32": model, "int8": int8}
             if search.get("excluded"):
                 variants["int8_no_fallback"] = first_int8
-            report["latency_ms"] = latency_report(variants, calib, latency_runs)
+            report["latency_ms"] = latency_report(variants, calib, opts.latency_runs)
     report["warnings"] = warnings + _dedupe(log_records)
     report["timings_s"] = times
     report["versions"] = versions()
     return int8, report
+
+
+def _check(opts: QuantizeOptions, calib: CalibrationSet) -> None:
+    if opts.preset not in PRESETS:
+        raise InputError(f"unknown quantization preset '{opts.preset}' (choose from {', '.join(PRESETS)})")
+    if opts.calib_method not in CALIB_METHODS:
+        raise InputError(f"unknown calibration method '{opts.calib_method}' "
+                         f"(choose from {', '.join(CALIB_METHODS)})")
+    if calib.n_calib() == 0:
+        raise InputError("quantization needs calibration samples; the calibration set is empty")
+    if opts.max_drop is not None and not calib.n_holdout():
+        raise InputError("--max-drop needs held-out samples to verify against; give more calibration data")
+
+
+def _prepare(model: onnx.ModelProto, scratch: Path, opts: QuantizeOptions, warnings: list[str]) -> Prepared:
+    """The normalized, shape-inferred float model and the nodes kept in float: ``exclude``, every node but the
+    weight layers of an attention graph, grouped ConvTransposes."""
+    settings = PRESETS[opts.preset]
+    path = scratch / "prepared.onnx"
+    prepared, prep_report = prepare_float_model(model, path, warnings)
+    layers = weight_layers(prepared)
+    node_names = {n.name for n in prepared.graph.node}
+    forced = sorted(set(opts.exclude) & node_names)
+    attention = attention_matmuls(prepared)
+    if attention:  # transformer: INT8 weight layers with INT8 inputs, everything else float
+        weights = set(layers)
+        forced = sorted(set(forced) | {n.name for n in prepared.graph.node if n.name not in weights})
+        kept_out = settings.extra_options.get("OpTypesToExcludeOutputQuantization", [])
+        settings = dataclasses.replace(settings, extra_options={
+            **settings.extra_options,
+            "OpTypesToExcludeOutputQuantization": sorted(set(kept_out) | set(WEIGHT_LAYER_OPS))})
+        warnings.append(f"attention graph ({len(attention)} MatMuls of two activations): only the inputs "
+                        f"and weights of its {len(weights)} weight layers are quantized; quantizing every "
+                        "activation (attention scores, Softmax, LayerNorm, residual Adds, layer outputs) "
+                        "wrecks transformers (all-MiniLM-L6-v2: embedding cosine 0.41, this way 0.99)")
+    grouped = grouped_conv_transposes(prepared) if opts.per_channel else []
+    if grouped:
+        warnings.append(f"{len(grouped)} grouped ConvTranspose node(s) kept in float (onnxruntime's "
+                        f"per-channel quantizer cannot size their scales): {', '.join(grouped[:3])}")
+        forced = sorted(set(forced) | set(grouped))
+    unknown = sorted(set(opts.exclude) - node_names)
+    if unknown:
+        warnings.append(f"excluded node(s) not in the normalized model: {', '.join(unknown[:5])}")
+    return Prepared(path, prepared, prep_report, layers, forced, settings)
+
+
+def _fallback(held: HeldOut, build, builder, prep: Prepared, first: tuple[onnx.ModelProto, dict],
+              opts: QuantizeOptions, notify, times: dict) -> tuple[onnx.ModelProto, dict, dict]:
+    """(model, its held-out fidelity to the float model, the fallback's account): the ``first`` INT8 model and
+    its fidelity, or the fallback's model with layers kept in float where ``max_drop`` asks for it and it
+    scores better."""
+    int8, fidelity = first
+    if opts.max_drop is None or 1.0 - headline(fidelity)[1] <= opts.max_drop:
+        return int8, fidelity, {}
+    notify("fallback")
+    with timed(times, "fallback"):
+        found, found_fid, search = fallback_search(build, builder.build, prep.forced, prep.layers, held,
+                                                   opts.max_drop)
+    if found is not None and headline(found_fid)[1] >= headline(fidelity)[1]:
+        return found, found_fid, search
+    search["excluded"], search["count"] = [], 0
+    return int8, fidelity, search
+
+
+def _against_dense(held: HeldOut, known: Known, int8_out: list[np.ndarray]) -> dict:
+    """The INT8 and float copies' held-out outputs against the dense model they were pruned from."""
+    dense_out = known.dense_outputs if known.dense_outputs is not None else held.run(known.dense_model)
+    args = (held.names, held.classifier, held.metric)
+    return {"int8_vs_dense": compare(dense_out, int8_out, *args),
+            "fp32_vs_dense": compare(dense_out, held.outputs, *args)}
 
 
 def latency_report(models: Mapping[str, onnx.ModelProto], calib: CalibrationSet, runs: int) -> dict:
@@ -580,42 +634,43 @@ def _dedupe(lines: list[str], limit: int = 20) -> list[str]:
     return seen[:limit] + ([f"... {len(seen) - limit} more onnxruntime warnings"] if len(seen) > limit else [])
 
 
-def _report(model, int8, calib, settings, method, per_channel, prep_report, layers, quantized, fidelity, search,
-            corrector, max_drop) -> dict:
+def _report(model, int8, calib, opts: QuantizeOptions, prep: Prepared, fidelity, search, corrector) -> dict:
     """The JSON-able report section (fidelity, sizes, layers, gate); latency/timings are added by the caller."""
     fp32_bytes, int8_bytes, stored = model.ByteSize(), int8.ByteSize(), weight_storage_bytes(int8)
+    quantized = quantized_weight_layers(int8)
     report = {
-        "preset": settings.name,
-        "calib_method": method,
-        "per_channel": per_channel,
-        "settings": settings.describe(),
+        "preset": prep.settings.name,
+        "calib_method": opts.calib_method,
+        "per_channel": opts.per_channel,
+        "settings": prep.settings.describe(),
         "calibration": {"source": calib.source, "samples": calib.n_calib(), "holdout": calib.n_holdout()},
         "size_bytes": {"fp32": fp32_bytes, "int8_qdq": int8_bytes, "int8_weights_stored": stored,
                        "fp32_over_int8_weights_stored": round(fp32_bytes / max(stored, 1), 3)},
-        "layers": {"weight_layers": len(layers), "quantized": len(quantized),
-                   "float": sorted(set(layers) - set(quantized))},
+        "layers": {"weight_layers": len(prep.layers), "quantized": len(quantized),
+                   "float": sorted(set(prep.layers) - set(quantized))},
         "bias_correction": corrector.summary() if corrector else None,
         "fidelity": {"int8_vs_fp32": fidelity},
-        "preprocessing": prep_report,
+        "preprocessing": prep.report,
     }
     if search:
         report["fallback"] = search
-    if max_drop is not None and fidelity:
+    if opts.max_drop is not None and fidelity:
         key, value = headline(fidelity)
-        report["quality_gate"] = {"metric": key, "value": value, "max_drop": max_drop,
-                                  "passed": 1.0 - value <= max_drop}
+        report["quality_gate"] = {"metric": key, "value": value, "max_drop": opts.max_drop,
+                                  "passed": 1.0 - value <= opts.max_drop}
     return report
 
 
 def quantize_file(model_path: str | os.PathLike, outdir: str | os.PathLike, calib_spec: str, *,
                   calib_samples: int = 256, preprocess: str | None = None, input_size: int | None = None,
-                  progress=None, **options) -> dict:
+                  opts: QuantizeOptions | None = None, progress=None) -> dict:
     """``onnxprune quantize``: load, calibrate, quantize, write ``<stem>.int8.onnx`` + ``<stem>.int8.report.json``.
 
-    ``options`` go to :func:`quantize_model`. Both outputs are written (atomically, never over the
+    ``opts`` go to :func:`quantize_model`. Both outputs are written (atomically, never over the
     input) before a failed ``max_drop`` gate raises QualityGateError (exit 4).
     """
-    max_drop = options.get("max_drop")
+    opts = opts or QuantizeOptions()
+    max_drop = opts.max_drop
     if max_drop is not None and not 0.0 <= max_drop <= 1.0:
         raise InputError(f"--max-drop must be between 0 and 1, got {max_drop}")
     path = Path(model_path)
@@ -624,7 +679,7 @@ def quantize_file(model_path: str | os.PathLike, outdir: str | os.PathLike, cali
         require_runnable(model, path)
         calib = load_calibration(calib_spec, model, samples=calib_samples, preprocess=preprocess,
                                  input_size=input_size)
-        int8, section = quantize_model(model, calib, progress=progress, **options)
+        int8, section = quantize_model(model, calib, opts, progress=progress)
         stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
         report = {"model": str(path), "output": str(out / f"{stem}.int8.onnx"), **section}
         write_outputs([(out / f"{stem}.int8.onnx", int8),

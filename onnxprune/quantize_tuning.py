@@ -22,7 +22,7 @@ import onnx
 
 from .calibration.collect import stream
 from .calibration.readers import CalibrationSet
-from .fidelity import compare, headline, run_all
+from .fidelity import HeldOut, headline, run_all
 from .sensitivity import metric_measure, output_damage
 
 CORRECTED_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -160,10 +160,9 @@ def _fallback_counts(n: int) -> list[int]:
 
 def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
                     rank_build: Callable[[Sequence[str]], onnx.ModelProto], forced: Sequence[str],
-                    layers: Sequence[str], calib: CalibrationSet, fp32_out: list[np.ndarray], names: list[str],
-                    max_drop: float, classifier: Sequence[bool] | None = None,
-                    sensitivity_samples: int = 64, metric=None) -> tuple[onnx.ModelProto | None, dict, dict]:
-    """Keep the most sensitive layers in float until the headline drop is <= ``max_drop``.
+                    layers: Sequence[str], held: HeldOut, max_drop: float,
+                    sensitivity_samples: int = 64) -> tuple[onnx.ModelProto | None, dict, dict]:
+    """Keep the most sensitive layers in float until the headline drop against ``held`` is <= ``max_drop``.
 
     ``build(exclude)`` makes the final candidates (bias-corrected); ``rank_build`` the cheaper models
     the ranking measures (``layer_sensitivity`` on the first ``sensitivity_samples`` held-out samples).
@@ -171,10 +170,11 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
     model with the fewest float layers (else the best-scoring one; None if there was nothing to try),
     its held-out fidelity, and a JSON-able account of the search.
     """
+    calib, fp32_out, names, classifier = held.calib, held.outputs, held.names, held.classifier
     n_hold = calib.n_holdout()
     feeds = calib.first("holdout", min(sensitivity_samples, n_hold))
     n_feed = sum(len(next(iter(f.values()))) for f in feeds)
-    measure = metric_measure(metric, names, classifier or [True] * len(names))
+    measure = metric_measure(held.metric, names, classifier or [True] * len(names))
     ranking = layer_sensitivity(rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out], classifier,
                                 measure)
     order = [layer for layer, _ in ranking]
@@ -182,7 +182,7 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
 
     def passes(k: int) -> bool:
         model = build([*forced, *order[:k]])
-        fid = compare(fp32_out, run_all(model, calib.batches("holdout", 64)), names, classifier, metric)
+        fid = held.fidelity(model)
         tried[k] = (headline(fid)[1], model, fid)
         return 1.0 - tried[k][0] <= max_drop
 

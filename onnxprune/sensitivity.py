@@ -68,35 +68,13 @@ def metric_measure(metric, names: Sequence[str], classifier: Sequence[bool]) -> 
     return measure
 
 
-def trial_damage(model: onnx.ModelProto, trace: Trace, plan: dict, feeds: Feeds,
-                 dense: list[np.ndarray], classifier: Sequence[bool],
-                 compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                 start: tuple[tuple[list[int], list[str]], list[Mapping[str, np.ndarray]]] | None = None,
-                 measure: Measure | None = None) -> float:
-    """Output damage of ``model`` pruned by ``plan`` on ``feeds`` (a batch, or a list of batches: a model with
-    a static batch takes several) against the dense outputs ``dense`` (``classifier``:
-    ``fidelity.classifier_outputs(model)``, once per caller, not per trial); ``compensate(plan, pruned)``
-    edits the trial model in place before it runs. ``start``: (the cut below which the trial model is the dense one,
-    ``collect.downstream_cut``; the dense values it reads, per batch): only the nodes downstream of the plan's
-    edits run. ``measure(dense, pruned)`` replaces ``output_damage`` (``metric_measure``)."""
-    pruned = prune_channels(model, trace, plan, infer=False)
-    if compensate is not None:
-        compensate(plan, pruned)
-    if start is None:
-        out = run_all(pruned, as_batches(feeds))
-    else:
-        cut, values = start
-        out = run_all(suffix_model(pruned, cut, values[0]), [{t: v[t] for t in cut[1]} for v in values])
-    return measure(dense, out) if measure is not None else output_damage(dense, out, classifier)
-
-
 def as_batches(feeds: Feeds) -> list[Mapping[str, np.ndarray]]:
     return [feeds] if isinstance(feeds, Mapping) else list(feeds)
 
 
 def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup],
                  feeds: Feeds) -> dict[int, tuple]:
-    """Per group, where a trial model pruning it alone starts to differ from the dense one, for ``trial_damage``'s
+    """Per group, where a trial model pruning it alone starts to differ from the dense one, for ``Trials.run``'s
     ``start``: the nodes of every space holding the group's channels (pruning and compensation edit only
     those) and all below them, and the dense values on ``feeds`` that they read. One dense pass for all
     groups; a trial then runs only its suffix (the upstream part of every trial is the dense model)."""
@@ -137,8 +115,22 @@ class Trials:
             if self._starts is None:
                 self._starts = group_starts(self.model, self.trace, self.groups, self.feeds)
             start = self._starts.get(next(iter(plan)))
-        return trial_damage(self.model, self.trace, plan, self.feeds, self.dense, self.scores, self.compensate,
-                            start, self.measure)
+        return self.run(plan, start)
+
+    def run(self, plan: dict, start: tuple | None = None) -> float:
+        """Output damage of the model pruned by ``plan`` (and compensated in place) against the dense outputs.
+        ``start``: (the cut below which the trial model is the dense one, ``collect.downstream_cut``; the dense
+        values it reads, per batch): only the nodes downstream of the plan's edits run."""
+        pruned = prune_channels(self.model, self.trace, plan, infer=False)
+        if self.compensate is not None:
+            self.compensate(plan, pruned)
+        if start is None:
+            out = run_all(pruned, self.feeds)
+        else:
+            cut, values = start
+            out = run_all(suffix_model(pruned, cut, values[0]), [{t: v[t] for t in cut[1]} for v in values])
+        return self.measure(self.dense, out) if self.measure is not None else \
+            output_damage(self.dense, out, self.scores)
 
 
 def measured_rankings(trials: Trials, groups: list[ChannelGroup], rankings: Mapping[int, GroupRanking],

@@ -107,7 +107,7 @@ def test_channels_a_flatten_gemm_cannot_tell_apart_are_tested_as_whole_maps():
     is a combination of the others on the data; per channel (all 640 positions) a dead channel and a
     scaled duplicate are still exactly redundant, and nothing else is."""
     from onnxprune.channels import ChannelGroup
-    from onnxprune.criteria import _obs_consumer, free_channels
+    from onnxprune.criteria import RankData, _obs_consumer, free_channels
     from onnxprune.layers import LinearLayer
 
     rng = np.random.default_rng(1)
@@ -123,8 +123,9 @@ def test_channels_a_flatten_gemm_cannot_tell_apart_are_tested_as_whole_maps():
         spaces = [type("S", (), {"size": 6})()]
         segments = {0: [type("Seg", (), {"start": 0, "group": 0})()]}
 
-    member = type("M", (), {"space": 0, "outer": 1, "inner": 16, "groups": 1})()
-    c = _obs_consumer(layer, rng.normal(size=(5, 96)), h, _Trace(), group, member, 0.01, rows=40)
+    member = type("M", (), {"space": 0, "outer": 1, "inner": 16, "groups": 1, "node": "fc"})()
+    data = RankData(_Trace(), {"fc.weight": rng.normal(size=(5, 96))}, {}, {"fc": layer}, {"fc": h}, {"fc": 40})
+    c = _obs_consumer(data, group, member)
     assert c.exact is not None and not c.exact.features
     alive = np.ones(6, bool)
     assert sorted(free_channels([c], alive)) in ([2, 4], [4, 5])

@@ -115,9 +115,14 @@ class _FakeClock:
     def __init__(self, factor: float):
         self.factor, self.budgets = factor, []
 
-    def allocate(self, budget):
+    floor = 0.0
+
+    def plan(self, budget):
         self.budgets.append(budget)
         return {0: np.arange(max(1, int(budget * 1000)))}
+
+    def apply(self, plan):
+        return plan[0].tolist()
 
     def speedups(self, dense, pruned, batches, threads, shapes):
         budget = len(pruned) / 1000
@@ -127,10 +132,8 @@ class _FakeClock:
 def _meet(monkeypatch, factor, start_budget, target=2.0):
     clock = _FakeClock(factor)
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
-    plan = clock.allocate(start_budget)
-    pruned = plan[0].tolist()
-    out = lt.meet_speedup(None, plan, pruned, clock.allocate, lambda p: p[0].tolist(), start_budget, target,
-                          (1, 32), 0, None)
+    plan = clock.plan(start_budget)
+    out = lt.meet_speedup(None, clock, (plan, clock.apply(plan)), start_budget, lt.SpeedCheck(target, (1, 32)))
     return out, clock
 
 
@@ -150,8 +153,7 @@ def test_speedup_loop_gives_up_with_exit_3(monkeypatch):
     clock = _FakeClock(0.0001)
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
     with pytest.raises(TargetUnreachableError, match="latency target 2x not met"):
-        lt.meet_speedup(None, {0: np.arange(500)}, list(range(500)), clock.allocate, lambda p: p[0].tolist(),
-                        0.5, 2.0, (1,), 0, None)
+        lt.meet_speedup(None, clock, ({0: np.arange(500)}, list(range(500))), 0.5, lt.SpeedCheck(2.0, (1,)))
 
 
 class _FlooredClock(_FakeClock):
@@ -161,10 +163,10 @@ class _FlooredClock(_FakeClock):
         super().__init__(factor)
         self.floor = floor
 
-    def allocate(self, budget):
+    def plan(self, budget):
         if budget < self.floor:
             raise TargetUnreachableError(f"target unreachable: latency can go down to {self.floor:.3f} ms at most")
-        return super().allocate(budget)
+        return super().plan(budget)
 
 
 def test_speedup_loop_measures_the_table_floor_then_reports_the_shortfall(monkeypatch):
@@ -173,28 +175,25 @@ def test_speedup_loop_measures_the_table_floor_then_reports_the_shortfall(monkey
     the requested target and that measurement, not a tightened budget the user never asked for."""
     clock = _FlooredClock(0.8, floor=0.45)
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
-    plan = clock.allocate(0.5)
+    plan = clock.plan(0.5)
     with pytest.raises(TargetUnreachableError, match=r"latency target 2x not met: measured batch 1 1\.78x"):
-        lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(), 0.5, 2.0, (1,), 0,
-                        None, floor_ms=0.45)
+        lt.meet_speedup(None, clock, (plan, plan[0].tolist()), 0.5, lt.SpeedCheck(2.0, (1,)))
     assert clock.budgets == [0.5, 0.45, 0.45]
 
 
 def test_speedup_loop_meets_the_target_at_the_table_floor(monkeypatch):
     clock = _FlooredClock(0.92, floor=0.45)  # 1.84x at 0.5 ms; the floor's plan measures 2.04x
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
-    plan = clock.allocate(0.5)
-    _, pruned, report = lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(),
-                                        0.5, 2.0, (1,), 0, None, floor_ms=0.45)
+    plan = clock.plan(0.5)
+    _, pruned, report = lt.meet_speedup(None, clock, (plan, plan[0].tolist()), 0.5, lt.SpeedCheck(2.0, (1,)))
     assert len(pruned) == 450 and report["measured"]["batch 1"]["speedup"] >= 2.0
 
 
 def test_speedup_loop_keeps_a_plan_met_above_the_floor(monkeypatch):
     clock = _FlooredClock(1.05, floor=0.45)  # 2.1x measured at 0.5 ms: met within 10%, no further allocation
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
-    plan = clock.allocate(0.5)
-    _, pruned, report = lt.meet_speedup(None, plan, plan[0].tolist(), clock.allocate, lambda p: p[0].tolist(),
-                                        0.5, 2.0, (1,), 0, None, floor_ms=0.45)
+    plan = clock.plan(0.5)
+    _, pruned, report = lt.meet_speedup(None, clock, (plan, plan[0].tolist()), 0.5, lt.SpeedCheck(2.0, (1,)))
     assert len(pruned) == 500 and report["measured"]["batch 1"]["speedup"] >= 2.0 and clock.budgets == [0.5]
 
 

@@ -15,7 +15,7 @@ from onnxprune.calibration.readers import CalibrationSet, load_calibration
 import onnxprune.quantize as quantize_mod
 from models import synthetic
 from onnxprune.cli import main
-from onnxprune.quantize import quantize_model
+from onnxprune.quantize import QuantizeOptions, quantize_model
 from onnxprune.quantize_tuning import _fallback_counts, channel_means
 from tests.helpers import MODELS, digest, float16_copy, run_cli, run_ort
 
@@ -167,7 +167,7 @@ def test_pruned_and_2_4_zeros_stay_exactly_zero():
     model, masks = _prune_like(onnx.load(str(MODEL)))
     assert len(masks) >= 3
     calib = load_calibration(str(CALIB), model, samples=64, holdout=32)
-    int8, report = quantize_model(model, calib, latency_runs=0)
+    int8, report = quantize_model(model, calib, QuantizeOptions(latency_runs=0))
     weights = dequantized_weights(int8, {"input": calib.holdout["input"][:2]})
     assert len(weights) == report["layers"]["quantized"] == 9
     zero_after = nonzero_before = zero_both = 0
@@ -195,7 +195,7 @@ def _pair_scale(model: onnx.ModelProto, tensor: str) -> float:
 @pytest.mark.parametrize("graph", ["residual_add", "dense_concat"])
 def test_tensorrt_preset_zero_points_and_shared_scales(graph):
     model = synthetic.build(graph)
-    int8, report = quantize_model(model, random_calib(model), preset="tensorrt", latency_runs=0)
+    int8, report = quantize_model(model, random_calib(model), QuantizeOptions(preset="tensorrt", latency_runs=0))
     onnx.checker.check_model(int8, full_check=True)
     inits = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}
     qdq = [n for n in int8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -214,7 +214,7 @@ def test_tensorrt_preset_zero_points_and_shared_scales(graph):
 def test_ort_preset_scales_differ_across_add_inputs():
     """The shared scales above come from the preset, not from the graph: `ort` calibrates each input alone."""
     model = synthetic.build("residual_add")
-    int8, _ = quantize_model(model, random_calib(model), latency_runs=0)
+    int8, _ = quantize_model(model, random_calib(model), QuantizeOptions(latency_runs=0))
     add = next(n for n in int8.graph.node if n.op_type == "Add")
     assert len({_pair_scale(int8, t) for t in add.input}) == 2
 
@@ -224,7 +224,7 @@ def test_constant_node_weights_quantize(opset):
     model = synthetic.paddle_style_model(opset=opset)
     assert not model.graph.initializer and any(n.op_type == "Constant" for n in model.graph.node)
     calib = random_calib(model)
-    int8, report = quantize_model(model, calib, latency_runs=0)
+    int8, report = quantize_model(model, calib, QuantizeOptions(latency_runs=0))
     onnx.checker.check_model(int8, full_check=True)
     assert report["layers"]["quantized"] == report["layers"]["weight_layers"] >= 6
     assert report["preprocessing"]["normalization"]["constants_lowered"] > 0
@@ -240,7 +240,7 @@ def test_pre_process_failure_falls_back_with_warning(monkeypatch):
 
     monkeypatch.setattr(quantize_mod, "quant_pre_process", fail)
     model = synthetic.paddle_style_model()
-    int8, report = quantize_model(model, random_calib(model), latency_runs=0)
+    int8, report = quantize_model(model, random_calib(model), QuantizeOptions(latency_runs=0))
     onnx.checker.check_model(int8, full_check=True)
     assert report["preprocessing"]["shape_inference"].startswith("onnx shape inference")
     assert any("Incomplete symbolic shape inference" in w for w in report["warnings"])
@@ -267,7 +267,7 @@ def test_bias_correction_removes_mean_output_error():
     want = channel_means(model, {"y": "y"}, calib.batches("holdout", 16))["y"]
 
     def mean_error(bias_correction: bool) -> float:
-        int8, _ = quantize_model(model, calib, bias_correction=bias_correction, latency_runs=0)
+        int8, _ = quantize_model(model, calib, QuantizeOptions(bias_correction=bias_correction, latency_runs=0))
         got = channel_means(int8, {"y": "y"}, calib.batches("holdout", 16))["y"]
         return float(np.mean(np.abs(got - want)))
 
@@ -277,7 +277,7 @@ def test_bias_correction_removes_mean_output_error():
 
 def test_graph_outputs_stay_float():
     model = synthetic.build("residual_add")
-    int8, _ = quantize_model(model, random_calib(model), latency_runs=0)
+    int8, _ = quantize_model(model, random_calib(model), QuantizeOptions(latency_runs=0))
     producer = {o: n.op_type for n in int8.graph.node for o in n.output}
     assert all(producer[o.name] != "DequantizeLinear" for o in int8.graph.output)
 
@@ -296,7 +296,7 @@ def test_every_synthetic_graph_quantizes_to_a_valid_runnable_model(graph, opset)
     per-channel scales it sizes per group): prepare reshapes the one and keeps the other in float, saying so."""
     model = synthetic.build(graph, opset=opset)
     calib = random_calib(model)
-    int8, report = quantize_model(model, calib, latency_runs=0)
+    int8, report = quantize_model(model, calib, QuantizeOptions(latency_runs=0))
     onnx.checker.check_model(int8, full_check=True)
     out = run_ort(int8, calib.holdout)
     assert all(np.all(np.isfinite(o)) for o in out)
@@ -318,7 +318,7 @@ def test_percentile_calibration_clips_at_the_project_percentile(monkeypatch):
 
     monkeypatch.setattr(q, "create_calibrator", spy)
     model = synthetic.build("residual_add")
-    quantize_model(model, random_calib(model), calib_method="percentile", latency_runs=0)
+    quantize_model(model, random_calib(model), QuantizeOptions(calib_method="percentile", latency_runs=0))
     assert seen == {"symmetric": False, "percentile": q.PERCENTILE} and q.PERCENTILE == 99.99
 
 
@@ -329,7 +329,7 @@ def test_attention_graphs_quantize_weight_layers_only():
 
     model = synthetic.build("transformer_block")
     assert attention_matmuls(model)
-    int8, report = quantize_model(model, random_calib(model), latency_runs=0)
+    int8, report = quantize_model(model, random_calib(model), QuantizeOptions(latency_runs=0))
     onnx.checker.check_model(int8, full_check=True)
     assert any("attention graph" in w for w in report["warnings"])
     assert report["layers"]["quantized"] == report["layers"]["weight_layers"] > 0
@@ -344,7 +344,7 @@ def test_attention_graphs_quantize_weight_layers_only():
 
     cnn = synthetic.build("residual_add")
     assert not attention_matmuls(cnn)
-    int8, report = quantize_model(cnn, random_calib(cnn), latency_runs=0)
+    int8, report = quantize_model(cnn, random_calib(cnn), QuantizeOptions(latency_runs=0))
     dq_out = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
     assert any(n.op_type == "Add" and any(i in dq_out for i in n.input) for n in int8.graph.node)
     assert not any("attention graph" in w for w in report["warnings"])

@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 from onnxprune.passes.normalize import normalize
 
 from models import synthetic
-from onnxprune.criteria import GroupRanking, rank_groups
-from onnxprune.fidelity import classifier_outputs, run_all
-from onnxprune.layers import initializer_dict
+from onnxprune.criteria import GroupRanking, RankData, rank_groups
+from onnxprune.fidelity import classifier_outputs
 from onnxprune.sensitivity import (
     Trials,
     group_starts,
@@ -21,7 +20,6 @@ from onnxprune.sensitivity import (
     metric_measure,
     output_damage,
     raised_curve,
-    trial_damage,
 )
 from onnxprune.tracer import trace_channels
 from tests.helpers import run_ort
@@ -40,8 +38,7 @@ def _ranked(built: onnx.ModelProto):
     model, _ = normalize(built)
     trace = trace_channels(model)
     groups = trace.prunable_groups()
-    rankings, _ = rank_groups("magnitude", trace, groups, initializer_dict(model),
-                              {n.name: list(n.input) for n in model.graph.node})
+    rankings, _ = rank_groups("magnitude", groups, RankData.of(model, trace))
     return model, trace, groups, rankings
 
 
@@ -67,7 +64,6 @@ def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name)
         synthetic.paddle_style_model() if name == "paddle_convnet" else synthetic.build(name)
     model, trace, groups, rankings = _ranked(built)
     feeds = synthetic.random_inputs(model, batch=4)
-    dense, scores = run_all(model, [feeds]), classifier_outputs(model)
     starts = group_starts(model, trace, groups, feeds)
     assert set(starts) == {g.id for g in groups}
     assert any(len(cut[0]) < len(model.graph.node) for cut, _ in starts.values())  # some trials skip nodes
@@ -84,8 +80,8 @@ def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name)
     for g in groups:
         plan = {g.id: np.sort(rankings[g.id].order[g.size // 2:])}
         for comp in (None, halve):
-            whole = trial_damage(model, trace, plan, feeds, dense, scores, comp)
-            suffix = trial_damage(model, trace, plan, feeds, dense, scores, comp, starts.get(g.id))
+            trials = Trials(model, trace, groups, feeds, comp)
+            whole, suffix = trials.run(plan), trials.run(plan, starts.get(g.id))
             assert np.isclose(suffix, whole, rtol=1e-4, atol=1e-9), (g.id, whole, suffix)
             damages.append(whole)
     assert max(damages) > 0
@@ -115,11 +111,11 @@ def _quiet_group_curve(monkeypatch, damage):
     g = trace.prunable_groups()[0]
     fractions = []
 
-    def fake_trial(model, trace, plan, *args, **kwargs):
+    def fake_trial(self, plan, start=None):
         fractions.append(1 - len(plan[g.id]) / g.size)
         return damage(fractions[-1])
 
-    monkeypatch.setattr(sensitivity, "trial_damage", fake_trial)
+    monkeypatch.setattr(sensitivity.Trials, "run", fake_trial)
     ranking = {g.id: GroupRanking(g.id, np.arange(g.size), np.append(np.linspace(0, 1, g.size), np.inf))}
     feeds = synthetic.random_inputs(model, batch=4)
     with warnings.catch_warnings():
@@ -178,7 +174,6 @@ def _head_model(*ops: str) -> onnx.ModelProto:
                                          (("Gemm", "Flatten"), True), (("Gemm", "Relu"), False),
                                          (("MatMul+Add", "Div"), False), (("Gemm", "Add"), False), ((), False)])
 def test_classifier_outputs_are_class_scores_not_features(ops, scores):
-    from onnxprune.fidelity import classifier_outputs
 
     assert classifier_outputs(_head_model(*ops)) == [scores]
 
@@ -198,11 +193,11 @@ def test_features_get_standardized_error_and_no_top_k_even_when_2d():
 
 def test_sensitivity_halves_split_the_sources_and_build_each_halfs_mosaics_from_its_own_images():
     """The sensitivity's compensation is fitted on half A of the calibration sources and its damage
-    measured on half B (``pipeline._sensitivity_halves``): no source on both sides, each half's holdout
+    measured on half B (``stages.sensitivity_halves``): no source on both sides, each half's holdout
     is the other half, and a half's mosaics only hold crops of its own images."""
     from onnxprune.calibration.readers import CalibrationSet
 
-    from onnxprune.pipeline import _sensitivity_halves
+    from onnxprune.stages import sensitivity_halves as _sensitivity_halves
 
     groups = np.repeat(np.arange(6), 4)  # six sources, four samples each
     x = np.broadcast_to(np.arange(24, dtype=np.float32)[:, None, None, None], (24, 3, 16, 16)).copy()  # value = row

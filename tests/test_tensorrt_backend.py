@@ -224,13 +224,13 @@ def test_2_4_model_with_sparse_weights_reports_eligible_layers(gpu):
 def test_int8_qdq_graph_builds_with_the_int8_flag(gpu):
     from onnxprune.calibration.readers import CalibrationSet
 
-    from onnxprune.quantize import quantize_model
+    from onnxprune.quantize import QuantizeOptions, quantize_model
 
     model = sparse_model()
     rng = np.random.default_rng(0)
     calib = CalibrationSet(calib={"x": rng.standard_normal((32, 32, 16, 16)).astype(np.float32)},
                            holdout={"x": rng.standard_normal((8, 32, 16, 16)).astype(np.float32)}, source="random")
-    int8, _ = quantize_model(model, calib, preset="tensorrt", bias_correction=False, latency_runs=5)
+    int8, _ = quantize_model(model, calib, QuantizeOptions(preset="tensorrt", bias_correction=False, latency_runs=5))
     assert tb.precision_for(int8) == "int8"
     build = tb.build_engine(int8, precision="int8", sparse=True, batch=4)
     assert build.flags == ["INT8", "FP16", "SPARSE_WEIGHTS"]
