@@ -5,7 +5,7 @@
                                    [--backend ort|tensorrt] [--input-shape NAME:DxDx..]
 
 The four files of one model are measured in one process with interleaved rotating rounds
-(`onnxprune.bench.run_bench`, the code behind `onnxprune bench`), `--repeats` times; the table shows the
+(`onnxprune.backends.run_bench`, the code behind `onnxprune bench`), `--repeats` times; the table shows the
 median and the min of the per-repeat p50s, the speed-up of each variant over the dense model (ratio of
 median p50s, same batch) and the throughput at the median. Produce the files with
 `onnxprune compress MODEL --calib ... -o OUT` (pruned, pruned INT8) and `onnxprune quantize MODEL --calib
@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.common import machine
-from onnxprune.bench import parse_batches, run_bench
+from onnxprune.backends import run_bench
+from onnxprune.bench import BenchOptions, parse_batches
 from onnxprune.errors import OnnxPruneError
 from onnxprune.shapes import parse_input_shapes
 
@@ -57,9 +58,9 @@ def main() -> None:
           "samples/s | size MB |\n|---|---|---|---|---|---|---|---|---|")
     for key, *paths in args.model:
         try:
-            report = run_bench(paths, backend=args.backend, batches=batches, threads=args.threads, rounds=args.rounds,
-                               warmup=args.warmup, repeats=args.repeats,
-                               input_shapes=parse_input_shapes(args.input_shape))
+            opts = BenchOptions(batches, args.threads, args.rounds, args.warmup, args.repeats,
+                                parse_input_shapes(args.input_shape), args.backend)
+            report = run_bench(paths, opts)
         except OnnxPruneError as exc:
             print(f"| {key} | not measured: {exc} | | | | | | | |", flush=True)
             continue

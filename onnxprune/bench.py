@@ -19,20 +19,18 @@ Per model the run times (ms) give p50/p90/p99, min, mean and a throughput of bat
 median and the min of the R per-repeat p50s (p90/p99/min are over all runs).
 
 The onnxruntime backend lives here; ``onnxprune.tensorrt_backend`` plugs into the same loop
+(``onnxprune.backends.run_bench`` picks one)
 (:func:`bench_models`) with engines instead of sessions.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -40,7 +38,7 @@ from onnx import helper
 
 from .errors import InputError
 from .latency import ort_session
-from .modelio import load_model, require_runnable
+from .memory import peak_rss_growth, release_freed_memory
 from .shapes import Shape, declared_shape, graph_inputs, resolve_input_shapes
 
 MIN_ROUNDS = 5  # a time budget never cuts a measurement below this many rounds
@@ -182,47 +180,6 @@ def check_input_shape_names(models: Sequence[onnx.ModelProto], input_shapes: Map
             raise InputError(f"--input-shape names unknown input '{name}' (model inputs: {', '.join(sorted(known))})")
 
 
-# ---- memory -------------------------------------------------------------------------------------
-
-def _status_kb(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def peak_rss_growth(fn: Callable[[], object]) -> tuple[object, float | None]:
-    """``fn()``'s result and how far it raised the process's resident memory at its peak, in MB.
-
-    Linux: writing 5 to /proc/self/clear_refs resets the high-water mark VmHWM to the current RSS, so
-    VmHWM afterwards is this call's peak. Where that is refused, the RSS growth after the call is
-    reported instead (a lower bound); None where /proc is missing.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        peak_field = "VmHWM"
-    except OSError:
-        peak_field = "VmRSS"
-    before = _status_kb("VmRSS")
-    result = fn()
-    after = _status_kb(peak_field)
-    if before is None or after is None:
-        return result, None
-    return result, max(0, after - before) * 1024 / 1e6
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc), so the next model's growth is not hidden by reuse."""
-    libc = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(libc).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
 # ---- the measurement loop -----------------------------------------------------------------------
 
 @dataclass
@@ -270,13 +227,30 @@ class BenchRow:
 Prepare = Callable[[BenchModel, int, dict[str, np.ndarray]], Prepared]
 
 
-def bench_models(models: Sequence[BenchModel], prepare: Prepare, *, batches: Sequence[int], rounds: int, warmup: int,
-                 repeats: int = 1, threads: int = 0, input_shapes: Mapping[str, Shape] | None = None,
+@dataclass
+class BenchOptions:
+    """How models are measured: the batches, onnxruntime intra-op ``threads`` (0: one per core), ``rounds``
+    interleaved rounds after ``warmup`` ones, ``repeats`` times; dynamic dims from ``input_shapes``; the
+    ``backend`` (``ort`` or ``tensorrt``) and TensorRT's ``sparse`` weights."""
+
+    batches: Sequence[int] = (1,)
+    threads: int = 0
+    rounds: int = 30
+    warmup: int = 5
+    repeats: int = 1
+    input_shapes: Mapping[str, Shape] | None = None
+    backend: str = "ort"
+    sparse: bool = False
+
+
+def bench_models(models: Sequence[BenchModel], prepare: Prepare, opts: BenchOptions,
                  progress: Callable[[str], None] | None = None) -> list[BenchRow]:
     """For each batch: prepare every model in turn (alone, so its memory growth is its own), then time
     them all with :func:`interleave` — warm-up once, then ``repeats`` × ``rounds`` rounds. Models that
     cannot run at a batch (ModelSkipped) become skipped rows. Rows come batch by batch, in model order.
     """
+    batches, rounds, warmup, repeats = opts.batches, opts.rounds, opts.warmup, opts.repeats
+    threads, input_shapes = opts.threads, opts.input_shapes
     rows: list[BenchRow] = []
     for batch in batches:
         cache: dict = {}
@@ -393,38 +367,3 @@ def parse_batches(spec: str, option: str = "--batch") -> list[int]:
     except ValueError:
         raise InputError(f"bad {option} '{spec}': expected positive sizes separated by commas, e.g. 1,8,32") from None
     return list(dict.fromkeys(batches))
-
-
-def run_bench(paths: Sequence[str], *, backend: str = "ort", batches: Sequence[int] = (1,), threads: int = 0,
-              rounds: int = 30, warmup: int = 5, repeats: int = 1, input_shapes: Mapping[str, Shape] | None = None,
-              sparse: bool = False, progress: Callable[[str], None] | None = None) -> dict:
-    """``onnxprune bench``: load the models (exit 2 on an unusable file), measure them, return the report."""
-    import onnxruntime
-
-    if backend not in ("ort", "tensorrt"):
-        raise InputError(f"unknown backend '{backend}' (ort or tensorrt)")
-    if sparse and backend != "tensorrt":
-        raise InputError("--sparse applies to --backend tensorrt only")
-    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    if backend == "tensorrt":
-        from .tensorrt_backend import tensorrt_available
-
-        reason = tensorrt_available()
-        if reason:
-            raise InputError(f"--backend tensorrt: {reason}")
-    models = [BenchModel(str(p), m, m.ByteSize() / 1e6) for p, m in ((p, load_model(p)) for p in paths)]
-    for bm in models:
-        require_runnable(bm.model, bm.name)
-    check_input_shape_names([m.model for m in models], input_shapes)
-    if backend == "tensorrt":
-        from .tensorrt_backend import tensorrt_prepare, tensorrt_version
-
-        prepare, versions["tensorrt"] = tensorrt_prepare(input_shapes, sparse), tensorrt_version()
-    else:
-        prepare = ort_prepare(threads)
-    rows = bench_models(models, prepare, batches=batches, rounds=rounds, warmup=warmup, repeats=repeats,
-                        threads=threads, input_shapes=input_shapes, progress=progress)
-    return {"backend": backend, "models": [m.name for m in models], "batches": list(batches), "threads": threads,
-            "rounds": rounds, "warmup": warmup, "repeats": repeats,
-            "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
-            "results": [r.to_dict() for r in rows], "versions": versions}

@@ -1,7 +1,7 @@
 """Channel groups: which channels of a graph must be removed together (DESIGN.md, "Channel groups").
 
 A *channel space* is the channel axis of one tensor where it is born (a Conv's output channels, a
-MatMul's output features, a Concat's output). Op rules (``oprules.RULES``) say how each node moves
+MatMul's output features, a Concat's output). Op rules (``ops.REGISTRY``) say how each node moves
 channels between spaces: unify two spaces index by index, identify a range of one with another
 (Concat/Split/Slice offsets), or carry a space into another tensor axis (Transpose, Flatten blocks).
 A space can be identified with parts of several others, so spaces are cut into *segments* at every
@@ -15,6 +15,7 @@ group touching a blocked space is not prunable. Blocking is always correct.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -33,6 +34,17 @@ class View:
         return self.outer == 1 and self.inner == 1
 
 
+class Edit(str, Enum):
+    """What pruning edits at a member (``ops.EDITS`` holds one rule per kind)."""
+
+    PARAM = "param"  # slice a constant input along an axis
+    GROUP = "group"  # a depthwise conv's group count
+    RESHAPE = "reshape"  # a Reshape's constant target shape
+    RESIZE = "resize"  # a Resize's constant output sizes
+    SPLIT = "split"  # a Split's sizes
+    SLICE = "slice"  # a Slice's bounds
+
+
 @dataclass(frozen=True)
 class Member:
     """One node's relation to a space, and the edit pruning must make there.
@@ -45,7 +57,7 @@ class Member:
     node: str
     role: str  # producer | consumer | pass-through
     space: int
-    kind: str = "param"
+    kind: Edit = Edit.PARAM
     input_index: int = -1
     axis: int = 0
     outer: int = 1

@@ -183,15 +183,17 @@ def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON instead of a table.")
 def bench(models, batches, threads, rounds, warmup, repeats, backend, sparse, input_shapes, as_json) -> None:
     """Latency of MODELS side by side in one process, with ratios against the first model."""
-    from .bench import parse_batches, run_bench
+    from .backends import run_bench
+    from .bench import BenchOptions, parse_batches
     from .summary import print_bench
 
     console = Console(stderr=True)
     status = None if as_json else console.status("benchmarking")
     with status or contextlib.nullcontext():
-        report = run_bench(models, backend=backend, batches=parse_batches(batches), threads=threads, rounds=rounds,
-                           warmup=warmup, repeats=repeats, input_shapes=parse_input_shapes(input_shapes),
-                           sparse=sparse, progress=(lambda text: status.update(f"benchmarking: {text}")) if status else None)
+        opts = BenchOptions(parse_batches(batches), threads, rounds, warmup, repeats,
+                            parse_input_shapes(input_shapes), backend, sparse)
+        report = run_bench(models, opts,
+                           progress=(lambda text: status.update(f"benchmarking: {text}")) if status else None)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -1,7 +1,7 @@
 """Cost model: multiply-accumulates (MACs) and parameter counts per node and per model.
 
-MAC rules live in one table keyed by op type; each rule gets the node and the concrete tensor
-shapes at the analysed input shape and returns the node's MACs (None if a shape it needs is
+Each op's MAC formula lives in its registry entry (``ops.REGISTRY``); it gets the node and the concrete
+tensor shapes at the analysed input shape and returns the node's MACs (None if a shape it needs is
 unknown). Parameters are the elements of floating-point initializers, each counted once, at the
 first node that reads it.
 """
@@ -9,72 +9,13 @@ first node that reads it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import onnx
 
+from .ops import mac_rule
 from .shapes import FLOAT_TYPES, Shape, static_shapes
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _conv(node, sh):
-    """Conv: every output element is a dot product over (Cin/g)·k_h·k_w inputs; W is [Cout, Cin/g, k...]."""
-    return math.prod(sh[node.output[0]]) * math.prod(sh[node.input[1]][1:])
-
-
-def _conv_transpose(node, sh):
-    """ConvTranspose: every input element scatters into (Cout/g)·k_h·k_w outputs; W is [Cin, Cout/g, k...]."""
-    return math.prod(sh[node.input[0]]) * math.prod(sh[node.input[1]][1:])
-
-
-def _gemm(node, sh):
-    """Gemm: Y[M,N] = A'[M,K]·B'[K,N]  →  M·N·K."""
-    a = sh[node.input[0]]
-    k = a[0] if _attr(node, "transA", 0) else a[1]
-    return math.prod(sh[node.output[0]]) * k
-
-
-def _matmul(node, sh):
-    """MatMul (numpy semantics, batched or not, weights or activations): prod(output)·K, K = A's last dim."""
-    return math.prod(sh[node.output[0]]) * sh[node.input[0]][-1]
-
-
-def _recurrent(node, sh):
-    """LSTM/GRU/RNN: per step and direction, gates·(I + H) MACs; W is [dirs, gates·H, I], R is [dirs, gates·H, H]."""
-    x, w, r = sh[node.input[0]], sh[node.input[1]], sh[node.input[2]]
-    seq, batch = (x[1], x[0]) if _attr(node, "layout", 0) else (x[0], x[1])
-    return seq * batch * w[0] * w[1] * (w[2] + r[2])
-
-
-def _einsum(node, sh):
-    """Einsum: one multiply per point of the full index space (product of every distinct index's size)."""
-    lhs = _attr(node, "equation").decode().replace(" ", "").split("->")[0]
-    sizes: dict[str, int] = {}
-    for term, name in zip(lhs.split(","), node.input, strict=True):
-        if "..." in term:
-            return None
-        for letter, dim in zip(term, sh[name], strict=True):
-            sizes[letter] = dim
-    return math.prod(sizes.values())
-
-
-MAC_RULES: dict[str, Callable[[onnx.NodeProto, Mapping[str, Shape]], int | None]] = {
-    "Conv": _conv,
-    "ConvTranspose": _conv_transpose,
-    "Gemm": _gemm,
-    "MatMul": _matmul,
-    "LSTM": _recurrent,
-    "GRU": _recurrent,
-    "RNN": _recurrent,
-    "Einsum": _einsum,
-}
 
 
 @dataclass
@@ -125,7 +66,7 @@ def model_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None 
         weights = [n for n in node.input if n in floats]
         params = params_of.get(node.name, 0)
         macs = None
-        rule = MAC_RULES.get(node.op_type)
+        rule = mac_rule(node.op_type)
         if rule is not None:
             try:
                 macs = int(rule(node, shapes))

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from numpy.lib.stride_tricks import sliding_window_view
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
+
+from .graph import attrs
+from .ops import entry
 
 
 @dataclass
@@ -131,28 +134,10 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
     inits = {t.name: t for t in model.graph.initializer}
     out: dict[str, LinearLayer] = {}
     for node in model.graph.node:
-        attrs = node_attrs(node)
-        if node.op_type == "Conv" and node.input[1] in inits:
-            w = inits[node.input[1]]
-            nd = len(w.dims) - 2
-            out[node.name] = LinearLayer(
-                node.name, "Conv", node.input[0], node.output[0], node.input[1],
-                node.input[2] if len(node.input) > 2 and node.input[2] else None, int(attrs.get("group", 1)),
-                tuple(w.dims[2:]), tuple(attrs.get("strides", [1] * nd)), tuple(attrs.get("pads", [0] * 2 * nd)),
-                tuple(attrs.get("dilations", [1] * nd)), in_per_group=int(w.dims[1]))
-            if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                del out[node.name]  # implicit padding: not handled by the im2col view
-        elif node.op_type == "Gemm" and node.input[1] in inits and not attrs.get("transA", 0) \
-                and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0:
-            c = node.input[2] if len(node.input) > 2 and node.input[2] else None
-            if c is not None and (c not in inits or len(inits[c].dims) > 1 and inits[c].dims[0] != 1):
-                continue
-            out[node.name] = LinearLayer(node.name, "Gemm", node.input[0], node.output[0], node.input[1], c, 1,
-                                         trans_b=bool(attrs.get("transB", 0)))
-        elif node.op_type == "MatMul":
-            a, b = node.input
-            if b in inits and a not in inits and len(inits[b].dims) == 2:
-                out[node.name] = LinearLayer(node.name, "MatMul", a, node.output[0], b, None, 1)
+        e = entry(node.op_type, node.domain)
+        fields = e.linear(node, attrs(node), inits) if e is not None and e.linear is not None else None
+        if fields is not None:
+            out[node.name] = LinearLayer(**fields)
     graph = _GraphFacts(model, inits)
     for layer in out.values():
         if layer.op != "Conv" or (all(k == 1 for k in layer.kernel) and all(s == 1 for s in layer.strides)
@@ -180,15 +165,11 @@ class _GraphFacts:
         return None
 
 
-def node_attrs(node: onnx.NodeProto) -> dict:
-    """A node's attributes as {name: Python value}."""
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
 
 def _mean_over_all_spatial_axes(node: onnx.NodeProto, graph: _GraphFacts) -> bool:
     """ReduceMean over exactly the axes 2 … rank−1 of an [N, C, *spatial] map (e.g. torch's ``x.mean((2, 3))``)."""
     rank = graph.ranks.get(node.input[0])
-    axes = node_attrs(node).get("axes")
+    axes = attrs(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:  # opset 18: axes is an input
         axes = graph.constant(node.input[1])
     if rank is None or rank < 3 or axes is None:
@@ -200,16 +181,16 @@ def _mean_over_all_spatial_axes(node: onnx.NodeProto, graph: _GraphFacts) -> boo
 GLOBAL_POOLS = {"GlobalAveragePool": lambda node, graph: True,
                 "ReduceMean": _mean_over_all_spatial_axes}
 # Ops that hand a globally pooled [N, C, 1, ...] tensor on without mixing channels or samples.
-POOL_PASS_THROUGH = {"Flatten": lambda attrs: attrs.get("axis", 1) == 1,
-                     "Reshape": lambda attrs: True,
-                     "Squeeze": lambda attrs: True}
+POOL_PASS_THROUGH = {"Flatten": lambda a: a.get("axis", 1) == 1,
+                     "Reshape": lambda a: True,
+                     "Squeeze": lambda a: True}
 
 
 def pooled_input(tensor: str, graph: _GraphFacts) -> str | None:
     """The map that a ``GLOBAL_POOLS`` op reduced to ``tensor`` (through ``POOL_PASS_THROUGH`` ops), or None."""
     node = graph.producers.get(tensor)
     while node is not None and node.op_type in POOL_PASS_THROUGH:
-        if not POOL_PASS_THROUGH[node.op_type](node_attrs(node)):
+        if not POOL_PASS_THROUGH[node.op_type](attrs(node)):
             return None
         node = graph.producers.get(node.input[0])
     if node is not None and node.op_type in GLOBAL_POOLS and GLOBAL_POOLS[node.op_type](node, graph):
@@ -258,8 +239,8 @@ def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) ->
 
 def _clip_bounds(node: onnx.NodeProto, graph: _GraphFacts) -> tuple[float, float] | None:
     """Clip's [min, max]: attributes before opset 11, optional constant inputs after (absent: unbounded)."""
-    attrs = node_attrs(node)
-    bounds = [attrs.get("min", -np.inf), attrs.get("max", np.inf)]
+    node_attributes = attrs(node)
+    bounds = [node_attributes.get("min", -np.inf), node_attributes.get("max", np.inf)]
     for i, name in enumerate(node.input[1:3]):
         if name:
             value = graph.constant(name)

@@ -55,6 +55,7 @@ from .errors import InputError, QualityGateError
 from .fidelity import HeldOut, compare, headline
 from .latency import measure_latency, ort_session
 from .modelio import load_model, output_folder, require_runnable, write_outputs
+from .ops import WEIGHT_LAYER_OPS
 from .passes.normalize import normalize
 from .quantize_tuning import BiasCorrector, fallback_search
 from .shapes import infer_shapes
@@ -63,7 +64,6 @@ from .shapes import infer_shapes
 QUANTIZABLE_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                  "entropy": CalibrationMethod.Entropy}
-WEIGHT_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PERCENTILE = 99.99  # `percentile` calibration: the clipping percentile of each activation histogram
 CALIB_BATCH = 16  # the calibrator keeps every tapped tensor of a batch in memory: keep batches small
 

@@ -38,7 +38,8 @@ import scipy.linalg
 from onnx import numpy_helper
 
 from onnxprune.errors import InputError
-from onnxprune.layers import LinearLayer, node_attrs
+from onnxprune.graph import attrs
+from onnxprune.layers import LinearLayer
 
 MIN_WEIGHTS = 1024  # smaller layers are skipped: negligible memory and compute, sparse kernels do not pay off
 
@@ -287,12 +288,12 @@ def stored_weights(model: onnx.ModelProto) -> list[StoredWeight]:
 
     out = []
     for node in model.graph.node:
-        attrs = node_attrs(node)
+        node_attributes = attrs(node)
         candidates = []  # (weight input, axis of the reduction dimension in the stored weight)
         if node.op_type == "Conv":
             candidates = [(node.input[1], 1)]  # [K, C/g, R, S]
-        elif node.op_type == "Gemm" and not attrs.get("transA", 0):
-            candidates = [(node.input[1], 1 if attrs.get("transB", 0) else 0)]  # [N, K] or [K, N]
+        elif node.op_type == "Gemm" and not node_attributes.get("transA", 0):
+            candidates = [(node.input[1], 1 if node_attributes.get("transB", 0) else 0)]  # [N, K] or [K, N]
         elif node.op_type == "MatMul":
             candidates = [(node.input[1], -2), (node.input[0], -1)]  # B [.., K, N], else A [.., M, K]
         for tensor, axis in candidates:

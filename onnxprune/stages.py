@@ -40,6 +40,7 @@ from .errors import InputError, InternalError, TargetUnreachableError
 from .fidelity import classifier_outputs, compare, run_all
 from .latency_table import LATENCY_ROUND_TO, LatencyTable, build_table, latency_feeds
 from .layers import LinearLayer, initializer_dict, linear_layers
+from .memory import release_freed_memory
 from .metrics import Metric
 from .modelio import load_model, require_runnable
 from .options import DATA_CRITERIA, CompressOptions
@@ -70,15 +71,6 @@ class Timer:
         finally:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 3)
             release_freed_memory()
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS between stages (glibc keeps it, so a stage's temporaries
-    would stay in the process's resident set through the later stages). No-op off glibc."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Physically remove channels: apply a keep-plan {group id → kept channel indices} to a traced graph.
 
-Every member of every touched space is edited: parameter tensors are sliced (producer rows, consumer
-columns or C·H·W blocks, per-channel constants), Split sizes / Slice bounds / Reshape shapes / Resize
-sizes / depthwise group counts are rewritten. A tensor read by more than one node slot is copied
+Every member of every touched space is edited by its op's edit rule (``ops.EDITS``, per ``channels.Edit``
+kind): parameter tensors are sliced (producer rows, consumer columns or C·H·W blocks, per-channel
+constants), Split sizes / Slice bounds / Reshape shapes / Resize sizes / depthwise group counts are
+rewritten. A tensor read by more than one node slot is copied
 before slicing, so shared initializers never change under another reader. ``mask_channels`` builds the
 test oracle: the dense graph with the pruned channels' consumer weights zeroed.
 """
@@ -13,9 +14,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from onnxprune.channels import Member, Trace, weight_positions
+from onnxprune.ops import EDITS
 from onnxprune.shapes import infer_shapes
 
 Plan = Mapping[int, np.ndarray]
@@ -65,14 +67,6 @@ class _Editor:
         self.arrays.clear()
 
 
-def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
-    for i, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
-
-
 def prune_channels(model: onnx.ModelProto, trace: Trace, plan: Plan, infer: bool = True) -> onnx.ModelProto:
     """A new model with every channel not kept by ``plan`` removed (the input model is not modified).
 
@@ -83,48 +77,8 @@ def prune_channels(model: onnx.ModelProto, trace: Trace, plan: Plan, infer: bool
     touched = {s.id for s in trace.spaces if len(kept[s.id]) < s.size}
     edit = _Editor(out)
     for m in trace.members:
-        if m.space not in touched:
-            continue
-        size, k = trace.spaces[m.space].size, kept[m.space]
-        node = edit.nodes[m.node]
-        if m.kind == "param":
-            arr = edit.get(m.node, m.input_index)
-            edit.set(m.node, m.input_index, np.take(arr, _param_indices(m, k, size), axis=m.axis))
-        elif m.kind == "group":
-            _set_attr(node, "group", int(m.outer * len(k) * m.inner))
-        elif m.kind == "reshape":
-            shape = edit.get(m.node, m.input_index)
-            shape[m.axis] = m.outer * len(k) * m.inner
-        elif m.kind == "resize":
-            sizes = edit.get(m.node, m.input_index)
-            sizes[m.axis] = len(k)
-        elif m.kind == "split":
-            views = [trace.views[o] for o in node.output]
-            sizes = np.array([v.outer * len(kept[v.space]) * v.inner for v in views], np.int64)
-            if len(node.input) > 1 and node.input[1]:
-                edit.set(m.node, 1, sizes)
-            elif any(a.name == "split" for a in node.attribute):
-                _set_attr(node, "split", sizes.tolist())
-            else:  # equal split (or num_outputs): state the sizes explicitly
-                for i, a in enumerate(node.attribute):
-                    if a.name == "num_outputs":
-                        del node.attribute[i]
-                        break
-                name = f"{m.node}__split_sizes"
-                out.graph.initializer.append(numpy_helper.from_array(sizes, name))
-                del node.input[1:]
-                node.input.append(name)
-        elif m.kind == "slice":
-            starts, ends = edit.get(m.node, 1), edit.get(m.node, 2)
-            space_out = trace.space_of(node.output[0])
-            full = size
-            start = int(starts[m.axis]) + (full if starts[m.axis] < 0 else 0)
-            start = min(max(start, 0), full)
-            new_start = int(np.sum(k < start))
-            starts[m.axis] = new_start
-            ends[m.axis] = new_start + len(kept[space_out])
-        else:
-            raise AssertionError(f"unknown member kind {m.kind}")
+        if m.space in touched:
+            EDITS[m.kind](edit, trace, m, kept)
     edit.commit()
     del out.graph.value_info[:]
     return infer_shapes(out) if infer else out

@@ -312,9 +312,21 @@ def rectified_target(y_dense: np.ndarray, y_fit: np.ndarray, lo: float, hi: floa
     return t
 
 
-def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.ndarray, lam: float,
-                    bounds: tuple[float, float], rows: Callable[[], Iterable[tuple[np.ndarray, ...]]],
-                    bias: bool, steps: int | None = None, stride: int = 1) -> np.ndarray:
+@dataclass
+class RidgeProblem:
+    """A layer's fit: W (rows = outputs, bias last when ``bias``) reproducing the dense weights W_d, with the
+    fit's Gram matrix G = X̃ X̃ᵀ, the prior W_0 and the ridge λ."""
+
+    w_dense: np.ndarray
+    w0: np.ndarray
+    g: np.ndarray
+    lam: float
+    bias: bool
+
+
+def rectified_refit(w: np.ndarray, problem: RidgeProblem, bounds: tuple[float, float],
+                    rows: Callable[[], Iterable[tuple[np.ndarray, ...]]], steps: int | None = None,
+                    stride: int = 1) -> np.ndarray:
     """Refine a layer's fit W (rows = outputs, bias last when ``bias``) for the clamp y ↦ min(max(y, lo), hi)
     that reads its output: minimize dist(W X̃, S)² + λ‖W − W_0‖², S the outputs the clamp maps onto the dense
     ones (``rectified_target``), by alternating projections from the least-squares fit:
@@ -330,8 +342,9 @@ def rectified_refit(w: np.ndarray, w_dense: np.ndarray, w0: np.ndarray, g: np.nd
     ``RECTIFY_STEPS``).
     """
     lo, hi = bounds
+    g, lam, w0, bias = problem.g, problem.lam, problem.w0, problem.bias
     a = g + lam * np.eye(g.shape[0])
-    wd32 = np.asarray(w_dense, np.float32)
+    wd32 = np.asarray(problem.w_dense, np.float32)
     for _ in range(RECTIFY_STEPS if steps is None else steps):
         w32 = np.asarray(w, np.float32)
         correction = np.zeros_like(w, dtype=np.float64)
@@ -401,8 +414,8 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
             g = (total.kk if cand[0] == "local" else total.pp)[b]
             lam = ridge_lambda(g, ridge * cand[2], cand[1], g.shape[0], total.samples)
             stride = max(1, -(-total.rows // RECTIFY_ROWS))
-            w = rectified_refit(w, wds[b], w0s[b], g, lam, rectify[0], lambda: rectify[1](cand[0]), fit.bias,
-                                stride=stride)
+            w = rectified_refit(w, RidgeProblem(wds[b], w0s[b], g, lam, fit.bias), rectify[0],
+                                lambda: rectify[1](cand[0]), stride=stride)
         new_w[b] = w[:, :-1] if fit.bias else w
         new_b[b] = w[:, -1] if fit.bias else b0[b]
     inits = {t.name: t for t in model.graph.initializer}

@@ -18,11 +18,11 @@ from onnxprune.bench import (
     interleave,
     latency_stats,
     parse_batches,
-    peak_rss_growth,
     rotation,
     shapes_at_batch,
 )
 from onnxprune.errors import InputError
+from onnxprune.memory import peak_rss_growth
 from tests.helpers import run_cli
 
 

@@ -9,7 +9,14 @@ import onnxprune.passes.staged as staged_module
 import pytest
 from onnxprune.calibration.collect import Frontier, tapped_session
 from onnxprune.passes.normalize import normalize
-from onnxprune.passes.reconstruct import RefitInputs, _Fit, reconstruct, rectified_refit, rectified_target
+from onnxprune.passes.reconstruct import (
+    RefitInputs,
+    RidgeProblem,
+    _Fit,
+    reconstruct,
+    rectified_refit,
+    rectified_target,
+)
 from onnxprune.passes.staged import layer_stages, partner_drift, settled_partners
 
 from models import synthetic
@@ -335,7 +342,7 @@ def test_rectified_refit_lowers_the_error_after_the_relu_step_by_step():
     w0 = np.zeros_like(least_squares)
     errors = [_errors(least_squares, wd, xd, xp)]
     for steps in (1, 2, 4, 8):
-        w = rectified_refit(least_squares, wd, w0, g, 0.0, (0.0, np.inf), rows, bias=True, steps=steps)
+        w = rectified_refit(least_squares, RidgeProblem(wd, w0, g, 0.0, True), (0.0, np.inf), rows, steps=steps)
         errors.append(_errors(w, wd, xd, xp))
     distances = [d for d, _ in errors]
     assert all(b <= a * (1 + 1e-6) for a, b in zip(distances, distances[1:], strict=False))  # every step helps
@@ -348,8 +355,8 @@ def test_rectified_refit_without_clamping_is_the_least_squares_fit():
     x1 = np.hstack([xp, np.ones((len(xp), 1))])
     want = np.linalg.lstsq(x1, np.hstack([xd, np.ones((len(xd), 1))]) @ wd.T, rcond=None)[0].T
     start = want + 0.1 * rng.normal(size=want.shape)  # any start: nothing clamps, so one step is least squares
-    got = rectified_refit(start, wd, np.zeros_like(want), g, 0.0, (-np.inf, np.inf),
-                          lambda: iter([(xd, xp)]), bias=True, steps=1)
+    got = rectified_refit(start, RidgeProblem(wd, np.zeros_like(want), g, 0.0, True), (-np.inf, np.inf),
+                          lambda: iter([(xd, xp)]), steps=1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -413,7 +420,7 @@ def test_rectified_refit_reading_every_kth_row_stays_close_to_reading_all():
     x1 = np.hstack([xp, np.ones((len(xp), 1))])
     least_squares = np.linalg.lstsq(x1, np.hstack([xd, np.ones((len(xd), 1))]) @ wd.T, rcond=None)[0].T
     w0 = np.zeros_like(least_squares)
-    every, strided = (rectified_refit(least_squares, wd, w0, g, 0.0, (0.0, np.inf), lambda: iter([(xd, xp)]),
-                                      bias=True, steps=2, stride=k) for k in (1, 4))
+    every, strided = (rectified_refit(least_squares, RidgeProblem(wd, w0, g, 0.0, True), (0.0, np.inf),
+                                      lambda: iter([(xd, xp)]), steps=2, stride=k) for k in (1, 4))
     errors = [_errors(w, wd, xd, xp)[1] for w in (least_squares, every, strided)]
     assert errors[2] < errors[0] and abs(errors[2] - errors[1]) < 0.02 * errors[1]

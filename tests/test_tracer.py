@@ -11,7 +11,7 @@ from onnxprune.passes.normalize import normalize
 from models import synthetic
 from models.synthetic_builder import Builder
 from onnxprune.channels import View
-from onnxprune.oprules import map_reshape
+from onnxprune.ops.shape import map_reshape
 from onnxprune.tracer import trace_channels
 
 
