@@ -13,12 +13,14 @@ from .errors import InputError
 from .modelio import load_model, require_runnable
 from .tensorrt_backend import tensorrt_available, tensorrt_prepare, tensorrt_version
 
+BACKENDS = ("ort", "tensorrt")
+
 
 def run_bench(paths: Sequence[str], opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict:
     """``onnxprune bench``: load the models (exit 2 on an unusable file), measure them, return the report."""
     backend, sparse, input_shapes = opts.backend, opts.sparse, opts.input_shapes
 
-    if backend not in ("ort", "tensorrt"):
+    if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}' (ort or tensorrt)")
     if sparse and backend != "tensorrt":
         raise InputError("--sparse applies to --backend tensorrt only")

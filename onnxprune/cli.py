@@ -11,7 +11,12 @@ import click
 from rich.console import Console
 
 from . import __version__
+from .backends import BACKENDS
+from .calibration.readers import PREPROCESS
+from .criteria import CRITERIA
 from .errors import OnnxPruneError
+from .options import ALLOCATIONS, METRICS, STATS_DTYPES
+from .quantize import CALIB_METHODS, PRESETS
 from .shapes import parse_input_shapes
 
 input_shape_option = click.option(
@@ -48,7 +53,7 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("-o", "--output-dir", "outdir", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for <stem>.pruned.onnx and <stem>.report.json.")
 @click.option("--target", default="2x", show_default=True, help="Cost divisor, e.g. 2x halves the MACs.")
-@click.option("--metric", type=click.Choice(["macs", "params", "latency"]), default="macs", show_default=True,
+@click.option("--metric", type=click.Choice(METRICS), default="macs", show_default=True,
               help="What --target divides. latency: measured onnxruntime CPU time on this machine (a per-layer "
               "latency table, then a side-by-side check of the pruned model; the budget tightens until it holds).")
 @click.option("--calib", metavar="PATH", help="Calibration data: .npz/.npy, an image folder, or file.py:function "
@@ -56,11 +61,10 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 @click.option("--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out.")
 @click.option("--calib-mosaics", type=int, metavar="N", help="Also feed the layer statistics N synthetic 2x2 mosaics "
               "of calibration-image crops (default: one per calibration image for image inputs of 64 px or more; 0: none).")
-@click.option("--preprocess", type=click.Choice(["imagenet", "effnet", "raw"]), help="Image-folder preprocessing.")
+@click.option("--preprocess", type=click.Choice(PREPROCESS), help="Image-folder preprocessing.")
 @click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
-@click.option("--criterion", type=click.Choice(["obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation",
-                                                "apoz", "random"]), default="obs", show_default=True)
-@click.option("--allocation", type=click.Choice(["dp", "global", "uniform"]), default="dp", show_default=True,
+@click.option("--criterion", type=click.Choice(CRITERIA), default="obs", show_default=True)
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default="dp", show_default=True,
               help="dp: least summed measured damage for the target (SPDY-style); global: one ranking of every "
               "channel by its error alone, blind to what it saves (a baseline, like global magnitude pruning); "
               "uniform: every group loses the same fraction.")
@@ -82,13 +86,13 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
               "1.0 = identical (runs that Python file: only use code you trust).")
 @click.option("--metric-options", metavar="K=V,..", help="Options of --metric-fn, e.g. layout=yolov8,score=0.25.")
 @click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
-@click.option("--stats-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--stats-dtype", type=click.Choice(STATS_DTYPES), default="float64", show_default=True)
 @click.option("--sparsity", metavar="N:M|FRACTION", help="Also sparsify the linear weights: '2:4' (2 zeros in every "
               "4 input channels, TensorRT layout) or an unstructured fraction like 0.5 (SparseGPT with --calib).")
 @click.option("--int8/--no-int8", default=True, show_default=True,
               help="Also write <stem>.pruned.int8.onnx: QAT-ready INT8 QDQ of the pruned model (needs --calib).")
-@click.option("--quant-preset", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+@click.option("--quant-preset", type=click.Choice(list(PRESETS)), default="ort", show_default=True)
+@click.option("--calib-method", type=click.Choice(list(CALIB_METHODS)), default="minmax",
               show_default=True, help="INT8 activation range calibration.")
 @click.option("--seed", default=0, show_default=True)
 @input_shape_option
@@ -129,11 +133,11 @@ def compress(model, outdir, target, metric, calib, calib_samples, calib_mosaics,
 @click.option("-o", "--output-dir", "outdir", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for <stem>.int8.onnx and <stem>.int8.report.json.")
 @click.option("--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out.")
-@click.option("--preprocess", type=click.Choice(["imagenet", "effnet", "raw"]), help="Image-folder preprocessing.")
+@click.option("--preprocess", type=click.Choice(PREPROCESS), help="Image-folder preprocessing.")
 @click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
-@click.option("--preset", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="ort", show_default=True,
               help="ort: uint8 asymmetric activations for ORT CPU; tensorrt: symmetric int8, shared Add/Concat scales.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+@click.option("--calib-method", type=click.Choice(list(CALIB_METHODS)), default="minmax",
               show_default=True, help="How onnxruntime's calibrator picks activation ranges.")
 @click.option("--max-drop", type=float, help="Keep the most sensitive layers in float until top-1 agreement (or "
               "the lowest per-component R² of other outputs) with the FP32 model drops by at most X; exit 4 if "
@@ -176,7 +180,7 @@ def quantize(model, calib, outdir, calib_samples, preprocess, input_size, preset
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Untimed rounds first.")
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
               help="Repeat the interleaved rounds; the table shows the median and the min of the p50s.")
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True,
               help="ort: onnxruntime CPU; tensorrt: engines built on the GPU (needs tensorrt and a CUDA GPU).")
 @click.option("--sparse", is_flag=True, help="TensorRT: build with SPARSE_WEIGHTS (automatic for models with 2:4 weights).")
 @input_shape_option

@@ -14,6 +14,7 @@ from .sparsity import sparsity_option
 ALLOCATIONS = ("dp", "global", "uniform")
 METRICS = ("macs", "params", "latency")
 DATA_CRITERIA = ("obs", "woodfisher", "activation", "apoz")
+STATS_DTYPES = ("float64", "float32")
 
 
 @dataclass
