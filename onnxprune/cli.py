@@ -10,7 +10,7 @@ import sys
 import click
 from rich.console import Console
 
-from . import __version__
+from ._version import __version__
 from .backends import BACKENDS
 from .calibration.readers import PREPROCESS
 from .criteria import CRITERIA

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import __version__, stages
+from . import stages
+from ._version import __version__
 from .calibration.readers import CalibrationSet
 from .errors import QualityGateError
 from .fidelity import headline
@@ -58,8 +59,7 @@ def _compress(path: Path, outdir: Path, run: Run) -> dict:
     refit = stages.refit(run, loaded, traced, stats, plan, pruned)
     pruned, sparse_report = stages.sparsify_stage(run, loaded, scope, pruned, pattern)
     verified = stages.verify(run, loaded, pruned)
-    stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
-    pruned_path, int8_path = outdir / f"{stem}.pruned.onnx", outdir / f"{stem}.pruned.int8.onnx"
+    pruned_path, int8_path, report_path = output_paths(path, outdir)
     int8, int8_report = int8_stage(run, loaded, pruned, verified, int8_path)
     report = {
         "model": str(path), "output": str(pruned_path), "target": run.opts.target, "metric": run.opts.metric,
@@ -77,7 +77,13 @@ def _compress(path: Path, outdir: Path, run: Run) -> dict:
         "versions": versions(),
     }
     return write_report(run, path, report, [(pruned_path, pruned), *([(int8_path, int8)] if int8 else [])],
-                        outdir / f"{stem}.report.json")
+                        report_path)
+
+
+def output_paths(model_path: Path, outdir: Path) -> tuple[Path, Path, Path]:
+    """(``<stem>.pruned.onnx``, ``<stem>.pruned.int8.onnx``, ``<stem>.report.json``) in ``outdir``."""
+    stem = model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.name
+    return outdir / f"{stem}.pruned.onnx", outdir / f"{stem}.pruned.int8.onnx", outdir / f"{stem}.report.json"
 
 
 def meet_latency(run: Run, loaded: stages.Loaded, traced: stages.Traced, allocator: stages.Allocator,

@@ -49,7 +49,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-from . import __version__
+from ._version import __version__
 from .calibration.readers import CalibrationSet, load_calibration
 from .errors import InputError, QualityGateError
 from .fidelity import HeldOut, compare, headline

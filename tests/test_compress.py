@@ -199,3 +199,25 @@ def test_reduce_mean_pooling_compresses_like_global_average_pool(tmp_path, capsy
         x = np.load(CALIB)["input"][-64:]
         outputs[name] = run_ort(pruned, {pruned.graph.input[0].name: x})[0]
     np.testing.assert_allclose(outputs["mean"], outputs["gap"], rtol=1e-4, atol=1e-4)
+
+
+def test_python_api_returns_the_models_and_the_report_the_cli_writes(tmp_path, compressed):
+    """``onnxprune.compress`` on a ModelProto gives the same pruned model as the CLI on its file, the INT8 copy
+    and the report; with ``outdir`` the files are where ``paths`` says; an unknown option is a TypeError."""
+    import onnxprune
+    from onnxprune.errors import TargetUnreachableError
+
+    result = onnxprune.compress(onnx.load(str(MODEL)), target="2x", calib=str(CALIB), calib_samples=128)
+    cli_model = onnx.load(str(compressed / "fmnist_resnet.pruned.onnx"))
+    assert [onnx.numpy_helper.to_array(t).tobytes() for t in result.pruned.graph.initializer] == \
+        [onnx.numpy_helper.to_array(t).tobytes() for t in cli_model.graph.initializer]
+    assert result.int8 is not None and result.report["achieved"]["macs"] >= 2.0 and result.paths == {}
+    written = onnxprune.compress(MODEL, target=1.5, calib=str(CALIB), calib_samples=128, int8=False,
+                                 outdir=tmp_path / "o")
+    assert written.int8 is None and set(written.paths) == {"pruned", "report"}
+    assert json.loads(written.paths["report"].read_text())["target"] == 1.5
+    onnx.checker.check_model(onnx.load(str(written.paths["pruned"])), full_check=True)
+    with pytest.raises(TypeError):
+        onnxprune.compress(MODEL, target=2, calib=str(CALIB), no_such_option=1)
+    with pytest.raises(TargetUnreachableError):
+        onnxprune.compress(MODEL, target=1000, calib=str(CALIB), calib_samples=128, int8=False)
