@@ -209,11 +209,15 @@ def guard_deep_cuts(trials: Trials, groups: Sequence[ChannelGroup], rankings: di
     its channels is measured alone at its planned width (the same trial as the curves', ``trials``); where
     the damage exceeds the curve's prediction by more than ``GUARD_TOLERANCE``, the curve is raised through
     the measurement (``raised_curve``) in ``rankings`` and ``allocate()`` (which reads ``rankings``) plans
-    again. Up to ``rounds`` rounds; every measurement is
-    added to ``points``. Returns the plan and {"measurements": one record each, "unverified": the groups the
-    last re-plan cut that deep past their measurements (when ``rounds`` ran out)}."""
+    again. Up to ``rounds`` rounds; every measurement is added to ``points``.
+
+    Single-group damages do not add up, so a re-plan is only a proposal: each plan the rounds made is
+    measured whole (``trials.damage``) and the least damaging one is kept. Returns the plan and
+    {"measurements": one record each, "plans": the whole-plan damages (first: the plan given), "kept": the
+    index of the plan kept, "unverified": the groups the kept plan cuts that deep past their measurements}."""
     records: list[dict] = []
     plan = dict(plan)
+    plans = [plan]
     for rnd in range(rounds):
         raised = False
         for g in groups:
@@ -238,6 +242,10 @@ def guard_deep_cuts(trials: Trials, groups: Sequence[ChannelGroup], rankings: di
         if not raised:
             break
         plan = dict(allocate())
+        plans.append(plan)
+    damages = [trials.damage(p) for p in plans] if len(plans) > 1 else []
+    kept = int(np.argmin(damages)) if damages else 0
+    plan = plans[kept]
     unverified = [g.id for g in groups if g.id in plan and len(plan[g.id]) < GUARD_BELOW * g.size
                   and g.size - len(plan[g.id]) > max((m for m, _ in points.get(g.id, [])), default=0)]
-    return plan, {"measurements": records, "unverified": unverified}
+    return plan, {"measurements": records, "plans": damages, "kept": kept, "unverified": unverified}

@@ -79,10 +79,13 @@ def print_summary(console: Console, r: dict) -> None:
         ms = guard["measurements"]
         raised = sorted({m["group"] for m in ms if m["raised"]})
         unmeasured = ", ".join(map(str, guard["unverified"]))
+        whole = guard.get("plans") or []
+        kept = (f"; whole-plan damage {' → '.join(f'{d:.4g}' for d in whole)}: kept "
+                + ("the re-plan" if guard.get("kept") else "the first plan")) if whole else ""
         console.print(f"guard: {len(ms)} cut(s) to under a quarter past the trials measured at the planned "
                       "width; " + (f"curves raised for group(s) {', '.join(map(str, raised))} and the plan redone"
                                    if raised else "none worse than its curve")
-                      + (f"; still unmeasured: {unmeasured}" if unmeasured else ""))
+                      + kept + (f"; still unmeasured: {unmeasured}" if unmeasured else ""))
     blocked = [g for g in r["groups"] if not g["prunable"] and g["reason"] and g["channels"] > 1]
     if blocked:
         console.print(f"{len(blocked)} group(s) not pruned: " + "; ".join(

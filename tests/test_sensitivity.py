@@ -310,6 +310,29 @@ def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was
     assert len(plan[victim.id]) > 1 and guard["unverified"] == []
     for g in groups:  # every cut to under a quarter of the final plan is backed by a measurement as deep
         assert len(plan[g.id]) >= g.size / 4 or g.size - len(plan[g.id]) <= max(m for m, _ in points[g.id])
+    assert len(guard["plans"]) >= 2 and guard["plans"][guard["kept"]] == min(guard["plans"])
+    assert guard["plans"][guard["kept"]] == trials.damage(plan)
+
+
+def test_a_replan_that_measures_worse_as_a_whole_is_not_kept():
+    """The re-plan is a proposal: one that pays for the raised group by emptying the others measures worse
+    end to end than the plan it replaces, and the guard keeps the first plan."""
+    model, trace, groups, rankings = _ranked(synthetic.build("residual_add"))
+    trials = Trials(model, trace, groups, synthetic.random_inputs(model, batch=8))
+    points = {g.id: [(1, 0.0)] for g in groups}  # trials only one channel deep: every deeper cut is past them
+    victim = max(groups, key=lambda g: g.size)
+    first = {victim.id: np.arange(1)}  # the victim cut to one channel, everything else kept
+    flat = rankings[victim.id].error.copy()
+    flat[:-1] = 0.0  # the curve says that cut is free: the measurement will raise it
+    rankings[victim.id] = GroupRanking(victim.id, rankings[victim.id].order, flat)
+
+    def allocate():  # the victim whole, every other group down to its last channel
+        return {g.id: np.arange(g.size if g.id == victim.id else 1) for g in groups}
+
+    plan, guard = guard_deep_cuts(trials, groups, rankings, points, first, allocate, rounds=1)
+    assert guard["measurements"][0]["raised"]
+    assert guard["plans"][1] > guard["plans"][0] and guard["kept"] == 0
+    assert {k: v.tolist() for k, v in plan.items()} == {victim.id: [0]}
 
 
 def test_a_static_batch_model_is_measured_on_every_batch():
