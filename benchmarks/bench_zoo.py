@@ -34,15 +34,23 @@ def table_rows(key: str, report: dict) -> list[str]:
             out.append(f"{head} skipped: {r['skipped']} | | | | | |")
             continue
         speedup = "—" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        out.append(f"{head} {r['p50_median_ms']:.3f} | {r['p50_min_ms']:.3f} | {r['stats']['p99_ms']:.3f} | "
-                   f"{speedup} | {r['throughput']:.0f} | {r['size_mb']:.2f} |")
+        out.append(
+            f"{head} {r['p50_median_ms']:.3f} | {r['p50_min_ms']:.3f} | {r['stats']['p99_ms']:.3f} | "
+            f"{speedup} | {r['throughput']:.0f} | {r['size_mb']:.2f} |"
+        )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", nargs=5, action="append", required=True, metavar=("NAME", *VARIANTS),
-                    help="A model's name and its four ONNX files (repeatable).")
+    ap.add_argument(
+        "--model",
+        nargs=5,
+        action="append",
+        required=True,
+        metavar=("NAME", *VARIANTS),
+        help="A model's name and its four ONNX files (repeatable).",
+    )
     ap.add_argument("--batch", default="1", help="Batch sizes, comma-separated (default 1).")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core).")
     ap.add_argument("--repeats", type=int, default=5)
@@ -52,14 +60,26 @@ def main() -> None:
     ap.add_argument("--input-shape", action="append", default=[], metavar="NAME:DxDx..")
     args = ap.parse_args()
     batches = parse_batches(args.batch)
-    print(f"Machine: {machine()}; backend {args.backend}, threads {args.threads or 'default'}, "
-          f"{args.rounds} interleaved rounds × {args.repeats} repeats after {args.warmup} warm-up rounds\n")
-    print("| model | variant | batch | p50 ms (median of repeats) | p50 ms (min) | p99 ms | speed-up vs dense | "
-          "samples/s | size MB |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"Machine: {machine()}; backend {args.backend}, threads {args.threads or 'default'}, "
+        f"{args.rounds} interleaved rounds × {args.repeats} repeats after {args.warmup} warm-up rounds\n"
+    )
+    print(
+        "| model | variant | batch | p50 ms (median of repeats) | p50 ms (min) | p99 ms | speed-up vs dense "
+        "| "
+        "samples/s | size MB |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for key, *paths in args.model:
         try:
-            opts = BenchOptions(batches, args.threads, args.rounds, args.warmup, args.repeats,
-                                parse_input_shapes(args.input_shape), args.backend)
+            opts = BenchOptions(
+                batches,
+                args.threads,
+                args.rounds,
+                args.warmup,
+                args.repeats,
+                parse_input_shapes(args.input_shape),
+                args.backend,
+            )
             report = run_bench(paths, opts)
         except OnnxPruneError as exc:
             print(f"| {key} | not measured: {exc} | | | | | | | |", flush=True)

@@ -88,7 +88,9 @@ def without_blocks(model: onnx.ModelProto, removed: dict[str, tuple[str, tuple |
         else:
             add.op, add.attrs = "Conv", {}
             add.inputs.clear()
-            add.inputs.extend([tensors[skip], gs.Constant(f"{name}_W", conv[0]), gs.Constant(f"{name}_B", conv[1])])
+            add.inputs.extend(
+                [tensors[skip], gs.Constant(f"{name}_W", conv[0]), gs.Constant(f"{name}_B", conv[1])]
+            )
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     del out.opset_import[:]
@@ -113,7 +115,7 @@ def probe(key: str, fold: int, mix: float | None = None, drops: int = 1) -> None
         for t, v in outs.items():
             parts[t].append(v)
 
-    stream(dense, ({"input": x[i:i + 32]} for i in range(0, len(x), 32)), taps, keep)
+    stream(dense, ({"input": x[i : i + 32]} for i in range(0, len(x), 32)), taps, keep)
     acts = {t: np.concatenate(v) for t, v in parts.items()}
     macs = {n.name: n.macs or 0 for n in model_cost(dense).nodes}
     total = sum(macs.values())
@@ -125,8 +127,11 @@ def probe(key: str, fold: int, mix: float | None = None, drops: int = 1) -> None
         fit = quality(ref, run_batched(without_blocks(dense, {add: (skip, conv)}), {"input": held})[0])
         way = (skip, None) if drop[1] <= fit[1] else (skip, conv)
         rows.append((min(drop[1], fit[1]) / saved, add, way))
-        print(f"| {key} | {add} | {100 * saved:.1f}% | {drop[0]:.1f}% / {drop[1]:.3f} | {fit[0]:.1f}% / {fit[1]:.3f} |",
-              flush=True)
+        print(
+            f"| {key} | {add} | {100 * saved:.1f}% | {drop[0]:.1f}% / {drop[1]:.3f} | {fit[0]:.1f}% / "
+            f"{fit[1]:.3f} |",
+            flush=True,
+        )
     print(f"\n| {key} | blocks removed | MACs vs dense | top-1 agr. | KL |\n|---|---|---|---|---|")
     order = sorted(rows, key=lambda r: r[0])
     removed = {}
@@ -134,17 +139,26 @@ def probe(key: str, fold: int, mix: float | None = None, drops: int = 1) -> None
         removed[add] = way
         pruned = without_blocks(dense, removed)
         agr, kl = quality(ref, run_batched(pruned, {"input": held})[0])
-        print(f"| {key} | {len(removed)} | {total / model_cost(pruned).macs:.3f}x | {agr:.1f}% | {kl:.3f} |", flush=True)
+        print(
+            f"| {key} | {len(removed)} | {total / model_cost(pruned).macs:.3f}x | {agr:.1f}% | {kl:.3f} |",
+            flush=True,
+        )
     if mix:
         dropped = without_blocks(dense, {add: (skip, None) for _, add, (skip, _) in order[:drops]})
         onnx.save(dropped, f"{tmp.name}/dropped.onnx")
         factor = total / model_cost(dropped).macs
-        report = compress(f"{tmp.name}/dropped.onnx", f"{tmp.name}/out",
-                          CompressOptions(target=mix / factor, calib=str(calib), int8=False, calib_samples=CALIB_ROWS))
+        report = compress(
+            f"{tmp.name}/dropped.onnx",
+            f"{tmp.name}/out",
+            CompressOptions(target=mix / factor, calib=str(calib), int8=False, calib_samples=CALIB_ROWS),
+        )
         pruned = onnx.load(report["output"])
         agr, kl = quality(ref, run_batched(pruned, {"input": held})[0])
-        print(f"\n{key} fold {fold}: {drops} block(s) dropped ({factor:.3f}x), then channels: "
-              f"{total / model_cost(pruned).macs:.3f}x MACs, top-1 agr. {agr:.1f}%, KL {kl:.3f}", flush=True)
+        print(
+            f"\n{key} fold {fold}: {drops} block(s) dropped ({factor:.3f}x), then channels: "
+            f"{total / model_cost(pruned).macs:.3f}x MACs, top-1 agr. {agr:.1f}%, KL {kl:.3f}",
+            flush=True,
+        )
     tmp.cleanup()
 
 
@@ -156,7 +170,10 @@ def main() -> None:
     ap.add_argument("--drops", type=int, default=1)
     args = ap.parse_args()
     for key in args.models:
-        print("| model | residual Add | MACs of its branch | dropped: top-1 agr. / KL | fitted 1×1: top-1 agr. / KL |")
+        print(
+            "| model | residual Add | MACs of its branch | dropped: top-1 agr. / KL | fitted 1×1: top-1 "
+            "agr. / KL |"
+        )
         print("|---|---|---|---|---|")
         probe(key, args.fold, args.mix, args.drops)
         print()

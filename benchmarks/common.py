@@ -37,19 +37,26 @@ def quality_text(key: str, logits: np.ndarray, dense_logits: np.ndarray, labels:
     if key == "fmnist":
         return f"accuracy {100 * np.mean(logits.argmax(1) == labels):.2f}%"
     m = compare([dense_logits], [logits], ["logits"])["logits"]
-    return (f"top-1 agr. {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%, "
-            f"KL {m['kl_dense_to_pruned']:.3f}")
+    return (
+        f"top-1 agr. {100 * m['top1_agreement']:.1f}%, top-5 overlap {100 * m['top5_overlap']:.1f}%, "
+        f"KL {m['kl_dense_to_pruned']:.3f}"
+    )
 
 
 @contextlib.contextmanager
-def compressed(args: list[str], python: str = sys.executable,
-               cwd: str | None = None) -> Iterator[tuple[int, dict | None, str, float]]:
+def compressed(
+    args: list[str], python: str = sys.executable, cwd: str | None = None
+) -> Iterator[tuple[int, dict | None, str, float]]:
     """Run ``onnxprune compress ARGS --json -o DIR`` as a user would and yield (exit code, the report or None,
     stderr, wall seconds); DIR and the models in it live until the block ends."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        proc = subprocess.run([python, "-m", "onnxprune", "compress", *args, "--json", "-o", out],
-                              capture_output=True, text=True, cwd=cwd)
+        proc = subprocess.run(
+            [python, "-m", "onnxprune", "compress", *args, "--json", "-o", out],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+        )
         wall = time.perf_counter() - t0
         yield proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, proc.stderr, wall
 
@@ -57,7 +64,7 @@ def compressed(args: list[str], python: str = sys.executable,
 def run_batched(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
     """All outputs of ``model`` over feeds whose axis 0 is the sample axis, in chunks of ``batch``."""
     n = len(next(iter(feeds.values())))
-    return run_all(model, ({k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, n, batch)))
+    return run_all(model, ({k: v[i : i + batch] for k, v in feeds.items()} for i in range(0, n, batch)))
 
 
 def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Compression quality on the zoo: {magnitude+uniform, magnitude+global, obs+dp, obs+dp+reconstruction} × targets.
+"""Compression quality on the zoo: {magnitude+uniform, magnitude+global, obs+dp, obs+dp+reconstruction} ×
+targets.
 
     python -m benchmarks.compress_zoo [--models fmnist effnet mnv2] [--targets 1.5 2]
 
@@ -61,8 +62,22 @@ def main() -> None:
             for name in args.configs:
                 with tempfile.TemporaryDirectory() as out:
                     t0 = time.perf_counter()
-                    cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(calib),
-                           "--target", f"{target}x", "-o", out, "--json", "--no-int8", *CONFIGS[name]]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "onnxprune",
+                        "compress",
+                        str(model),
+                        "--calib",
+                        str(calib),
+                        "--target",
+                        f"{target}x",
+                        "-o",
+                        out,
+                        "--json",
+                        "--no-int8",
+                        *CONFIGS[name],
+                    ]
                     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
                         proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
                         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
@@ -76,8 +91,12 @@ def main() -> None:
                         continue
                     report = json.loads(stdout)
                     q = evaluate(key, model, Path(report["output"]), eval_npz)
-                    print(f"| {key} | {target}x | {name} | {q} | {report['achieved']['macs']:.2f}x | {wall:.0f} s | "
-                          f"{rss:.0f} MB |", flush=True)
+                    print(
+                        f"| {key} | {target}x | {name} | {q} | {report['achieved']['macs']:.2f}x | "
+                        f"{wall:.0f} s | "
+                        f"{rss:.0f} MB |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,14 @@ def row(name: str, path: Path, quality) -> dict | None:
     first = {k: v[:1] for k, v in feeds.items()}
     cost = model_cost(model, {k: v.shape for k, v in first.items()})
     latency = {t: measure_latency(model, first, threads=t, runs=100).median_ms for t in (1, 2)}
-    return {"model": name, "macs": cost.macs, "params": cost.params, "latency": latency, "quality": metric,
-            "inputs": {k: list(v.shape[1:]) for k, v in first.items()}}
+    return {
+        "model": name,
+        "macs": cost.macs,
+        "params": cost.params,
+        "latency": latency,
+        "quality": metric,
+        "inputs": {k: list(v.shape[1:]) for k, v in first.items()},
+    }
 
 
 def fmnist_quality(exported, model):
@@ -61,8 +67,11 @@ def imagenet_quality(npz: str):
         ref = run_batched(exported, feeds, 32)[0]
         got = run_batched(model, feeds, 32)[0]
         conf = float(softmax(ref.astype(np.float64)).max(1).mean())
-        return feeds, (f"top-1 agreement normalized vs exported {100 * top1_agreement(got, ref):.1f}%, "
-                       f"max |Δlogit| {np.abs(got - ref).max():.1e}, mean top-1 prob {conf:.2f}, n={len(ref)}")
+        return feeds, (
+            f"top-1 agreement normalized vs exported {100 * top1_agreement(got, ref):.1f}%, "
+            f"max |Δlogit| {np.abs(got - ref).max():.1e}, mean top-1 prob {conf:.2f}, n={len(ref)}"
+        )
+
     return quality
 
 
@@ -78,19 +87,25 @@ def minilm_quality(exported, model):
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
-    rows = [r for r in (
-        row("Fashion-MNIST ResNet", SHIPPED / "fmnist_resnet.onnx", fmnist_quality),
-        row("EfficientNet-Lite0", ZOO / "efficientnet_lite0.onnx", imagenet_quality("effnet_eval.npz")),
-        row("MobileNetV2", ZOO / "mobilenet_v2.onnx", imagenet_quality("imagenet_eval.npz")),
-        row("all-MiniLM-L6-v2", ZOO / "minilm_l6.onnx", minilm_quality),
-    ) if r]
+    rows = [
+        r
+        for r in (
+            row("Fashion-MNIST ResNet", SHIPPED / "fmnist_resnet.onnx", fmnist_quality),
+            row("EfficientNet-Lite0", ZOO / "efficientnet_lite0.onnx", imagenet_quality("effnet_eval.npz")),
+            row("MobileNetV2", ZOO / "mobilenet_v2.onnx", imagenet_quality("imagenet_eval.npz")),
+            row("all-MiniLM-L6-v2", ZOO / "minilm_l6.onnx", minilm_quality),
+        )
+        if r
+    ]
     print(f"Machine: {machine()}\n")
     print("| model | input (batch 1) | MACs | params | ORT latency b1, 1 / 2 threads | quality |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         shape = ", ".join("×".join(map(str, [1, *s])) for s in r["inputs"].values())
-        print(f"| {r['model']} | {shape} | {human(r['macs'])} | {human(r['params'])} | "
-              f"{r['latency'][1]:.2f} / {r['latency'][2]:.2f} ms | {r['quality']} |")
+        print(
+            f"| {r['model']} | {shape} | {human(r['macs'])} | {human(r['params'])} | "
+            f"{r['latency'][1]:.2f} / {r['latency'][2]:.2f} ms | {r['quality']} |"
+        )
 
 
 if __name__ == "__main__":

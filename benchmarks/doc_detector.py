@@ -29,8 +29,11 @@ OPTIONS = {"score": 0.3, "nms": 0.45, "agnostic": 1}
 
 def branch_floor(groups: list[dict], prefix: str) -> tuple[float, str]:
     """The lowest kept fraction among the groups whose producers lie under ``prefix``, with its width."""
-    fractions = [(g["kept"] / g["channels"], f"{g['kept']}/{g['channels']}") for g in groups
-                 if any(m["role"] == "producer" and m["node"].startswith(prefix) for m in g["members"])]
+    fractions = [
+        (g["kept"] / g["channels"], f"{g['kept']}/{g['channels']}")
+        for g in groups
+        if any(m["role"] == "producer" and m["node"].startswith(prefix) for m in g["members"])
+    ]
     return min(fractions) if fractions else (1.0, "-")
 
 
@@ -45,14 +48,27 @@ def main() -> None:
     dense = {"output0": run_batched(onnx.load(str(MODEL)), feeds, 1)[0]}
     base = detection_parts(dense, dense, **OPTIONS)["detections"]["dense"]
     print(f"Machine: {machine()}\n\n{len(feeds['images'])} evaluation pages, {base} dense detections\n")
-    print("| target | achieved MACs | held-out F1 (report) | eval F1 | precision / recall "
-          "| IoU of box matches "
-          "| same class | class-score R² (lowest) | narrowest cv3 / cv2 group | wall |")
+    print(
+        "| target | achieved MACs | held-out F1 (report) | eval F1 | precision / recall "
+        "| IoU of box matches "
+        "| same class | class-score R² (lowest) | narrowest cv3 / cv2 group | wall |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     options = ",".join(f"{k}={v}" for k, v in OPTIONS.items())
     for target in args.targets:
-        cmd = [str(MODEL), "--calib", str(CALIB), "--target", f"{target}x", "--metric-fn", "detection-f1",
-               "--metric-options", options, "--no-int8", *shlex.split(args.extra)]
+        cmd = [
+            str(MODEL),
+            "--calib",
+            str(CALIB),
+            "--target",
+            f"{target}x",
+            "--metric-fn",
+            "detection-f1",
+            "--metric-options",
+            options,
+            "--no-int8",
+            *shlex.split(args.extra),
+        ]
         with compressed(cmd) as (code, report, err, wall):
             if code:
                 print(f"| {target}x | failed: {err.strip()[-200:]} | | | | | | | | |")
@@ -62,11 +78,14 @@ def main() -> None:
             d, b, c = p["detections"], p["boxes"], p["classes"]
             cls = branch_floor(report["groups"], "/model.22/cv3")
             box = branch_floor(report["groups"], "/model.22/cv2")
-            print(f"| {target}x | {report['achieved']['macs']:.3f}x "
-                  f"| {report['fidelity']['metric_fn']['value']:.4f} "
-                  f"| {d['f1']:.4f} | {d['precision']:.3f} / {d['recall']:.3f} | {b['matched_iou_mean']:.3f} "
-                  f"| {100 * c['same_class_on_box_matches']:.1f}% | {c['r2_mean']:.3f} ({c['r2_min']:.3f}) "
-                  f"| {cls[1]} / {box[1]} | {wall:.0f} s |", flush=True)
+            print(
+                f"| {target}x | {report['achieved']['macs']:.3f}x "
+                f"| {report['fidelity']['metric_fn']['value']:.4f} "
+                f"| {d['f1']:.4f} | {d['precision']:.3f} / {d['recall']:.3f} | {b['matched_iou_mean']:.3f} "
+                f"| {100 * c['same_class_on_box_matches']:.1f}% | {c['r2_mean']:.3f} ({c['r2_min']:.3f}) "
+                f"| {cls[1]} / {box[1]} | {wall:.0f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ WINDOW = 1.05
 
 
 def run(python: str, cwd: str, model: Path, calib: Path, target: float) -> tuple[dict, float]:
-    with compressed([str(model), "--calib", str(calib), "--target", f"{target}x", "--no-int8"], python,
-                    cwd) as (code, report, err, wall):
+    with compressed(
+        [str(model), "--calib", str(calib), "--target", f"{target}x", "--no-int8"], python, cwd
+    ) as (code, report, err, wall):
         if code == 3:  # target unreachable: the report is the message
             return {"unreachable": err.strip()}, wall
         if code:
@@ -88,8 +89,16 @@ def main() -> None:
                         f" ({len(set(widths) - set(before))} new, {len(set(before) - set(widths))} gone)"
                     )
             inside = "yes" if target * (1 - 1e-9) <= achieved <= WINDOW * target else "**no**"
-            row = [key, f"{target}x", f"{achieved:.3f}x", inside, f"{name} {value:.4f}", quality, changed,
-                   f"{wall:.0f} s"]
+            row = [
+                key,
+                f"{target}x",
+                f"{achieved:.3f}x",
+                inside,
+                f"{name} {value:.4f}",
+                quality,
+                changed,
+                f"{wall:.0f} s",
+            ]
             print("| " + " | ".join(row) + " |", flush=True)
     if args.plans and earlier is None:
         Path(args.plans).write_text(json.dumps(plans, indent=1))

@@ -35,12 +35,17 @@ def rounds(key: str, fold: int, factors: list[float]) -> list[str]:
         ref = run_batched(dense, {"input": held})[0]
         src, total = str(model_path), 1.0
         for i, factor in enumerate(factors):
-            report = compress(src, f"{out}/round{i}", CompressOptions(target=factor, calib=str(calib), int8=False,
-                                                                      calib_samples=CALIB_ROWS))
+            report = compress(
+                src,
+                f"{out}/round{i}",
+                CompressOptions(target=factor, calib=str(calib), int8=False, calib_samples=CALIB_ROWS),
+            )
             src = report["output"]
             total *= report["achieved"]["macs"]
             agr, kl = quality(ref, run_batched(onnx.load(src), {"input": held})[0])
-            lines.append(f"| {key} | {fold} | {i + 1} / {len(factors)} | {total:.3f}x | {agr:.1f}% | {kl:.3f} |")
+            lines.append(
+                f"| {key} | {fold} | {i + 1} / {len(factors)} | {total:.3f}x | {agr:.1f}% | {kl:.3f} |"
+            )
             print(lines[-1], flush=True)
     return lines
 
@@ -49,8 +54,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["effnet"], choices=["effnet", "mnv2"])
     ap.add_argument("--fold", type=int, default=0, choices=[0, 1, 2, 3])
-    ap.add_argument("--rounds", nargs="+", type=float, default=[1.145, 1.145, 1.145],
-                    help="MACs factor of each round, relative to the previous round's model")
+    ap.add_argument(
+        "--rounds",
+        nargs="+",
+        type=float,
+        default=[1.145, 1.145, 1.145],
+        help="MACs factor of each round, relative to the previous round's model",
+    )
     args = ap.parse_args()
     print("| model | fold | round | MACs vs dense | top-1 agr. (held-back gcompris) | KL |")
     print("|---|---|---|---|---|---|")

@@ -6,7 +6,8 @@ Runs `compress` (defaults: obs + dp + reconstruction), then for each group it sh
 group of the dense (normalized) model to the same kept channels, without reconstruction, and measures
 top-1 agreement and KL against the dense model on the held-out eval crops, next to the MACs the group's
 pruning saves; then the same after OBS compensation of the group's consumers from the dense Hessians of
-the first 256 calibration rows and their 256 mosaics (``compensate_locally``, what the allocator's sensitivity measures). A
+the first 256 calibration rows and their 256 mosaics (``compensate_locally``, what the allocator's
+sensitivity measures). A
 markdown table per model goes to stdout.
 
 ``--fold F``: calibrate as ``benchmarks.unseen_photos`` does (the 256 calibration rows of that fold) and
@@ -63,8 +64,11 @@ def table(key: str, target: float, fold: int | None = None) -> str:
         else:
             calib, held = fold_data(calib, fold, out)
             feeds = {"input": held}
-        report = compress(str(model_path), out, CompressOptions(target=target, calib=str(calib), int8=False,
-                                                                calib_samples=CALIB_ROWS))
+        report = compress(
+            str(model_path),
+            out,
+            CompressOptions(target=target, calib=str(calib), int8=False, calib_samples=CALIB_ROWS),
+        )
         pruned = onnx.load(report["output"])
         own = np.load(calib)["input"][:CALIB_ROWS]  # the rows compress calibrated on
     dense, _ = normalize(load_model(model_path))
@@ -75,7 +79,9 @@ def table(key: str, target: float, fold: int | None = None) -> str:
     ref = run_batched(dense, feeds)[0]
     layers = linear_layers(dense)
     rows = np.concatenate([own, mosaics(own, len(own), np.random.default_rng(0))])  # as compress's statistics
-    stats = collect_statistics(dense, ({"input": rows[i:i + 16]} for i in range(0, len(rows), 16)), layers, {})
+    stats = collect_statistics(
+        dense, ({"input": rows[i : i + 16]} for i in range(0, len(rows), 16)), layers, {}
+    )
     hessians = {n: h.hessian() for n, h in stats.hessians.items()}
     counts = {n: h.n for n, h in stats.hessians.items()}
 
@@ -85,15 +91,25 @@ def table(key: str, target: float, fold: int | None = None) -> str:
         return quality(ref, run_batched(pruned_alone, feeds)[0])
 
     agr, kl = quality(ref, run_batched(pruned, feeds)[0])
-    where = "eval crops" if fold is None else f"fold {fold}'s held-back gcompris photos ({len(feeds['input'])} crops)"
-    head = f"### {key} at {target}x MACs, {where}: all groups with reconstruction: top-1 agr. {agr:.1f}%, KL {kl:.3f}"
+    where = (
+        "eval crops"
+        if fold is None
+        else f"fold {fold}'s held-back gcompris photos ({len(feeds['input'])} crops)"
+    )
+    head = (
+        f"### {key} at {target}x MACs, {where}: all groups with reconstruction: "
+        f"top-1 agr. {agr:.1f}%, KL {kl:.3f}"
+    )
     if fold is not None:
         a, k = quality(run_batched(dense, {"input": own})[0], run_batched(pruned, {"input": own})[0])
         head += f" (on its own 256 calibration rows: {a:.1f}%, KL {k:.3f})"
-    lines = [head, "",
-             "| group | first member | kept / channels | MACs saved | alone, sliced: agr. / KL "
-             "| alone, OBS-compensated: agr. / KL |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        head,
+        "",
+        "| group | first member | kept / channels | MACs saved | alone, sliced: agr. / KL "
+        "| alone, OBS-compensated: agr. / KL |",
+        "|---|---|---|---|---|---|",
+    ]
     plan_all = {}
     for row in report["groups"]:
         if row["kept"] == row["channels"]:
@@ -104,12 +120,16 @@ def table(key: str, target: float, fold: int | None = None) -> str:
         saved = 100 * (1 - trace.predict_macs(node_macs, plan) / base.macs)
         a, k = quality(ref, run_batched(prune_channels(dense, trace, plan), feeds)[0])
         ca, ck = compensated(plan)
-        lines.append(f"| {row['id']} | {row['members'][0]['node']} | {row['kept']} / {row['channels']} | "
-                     f"{saved:.1f}% | {a:.1f}% / {k:.3f} | {ca:.1f}% / {ck:.3f} |")
+        lines.append(
+            f"| {row['id']} | {row['members'][0]['node']} | {row['kept']} / {row['channels']} | "
+            f"{saved:.1f}% | {a:.1f}% / {k:.3f} | {ca:.1f}% / {ck:.3f} |"
+        )
     a, k = quality(ref, run_batched(prune_channels(dense, trace, plan_all), feeds)[0])
     ca, ck = compensated(plan_all)
-    lines.append(f"| all | | | {100 * (1 - 1 / report['achieved']['macs']):.1f}% | {a:.1f}% / {k:.3f} | "
-                 f"{ca:.1f}% / {ck:.3f} |")
+    lines.append(
+        f"| all | | | {100 * (1 - 1 / report['achieved']['macs']):.1f}% | {a:.1f}% / {k:.3f} | "
+        f"{ca:.1f}% / {ck:.3f} |"
+    )
     return "\n".join(lines)
 
 
@@ -117,8 +137,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["effnet", "mnv2"], choices=["effnet", "mnv2"])
     ap.add_argument("--target", type=float, default=1.5)
-    ap.add_argument("--fold", type=int, choices=range(HOLD_EVERY), default=None,
-                    help="calibrate on this unseen_photos fold, measure on its held-back gcompris photos")
+    ap.add_argument(
+        "--fold",
+        type=int,
+        choices=range(HOLD_EVERY),
+        default=None,
+        help="calibrate on this unseen_photos fold, measure on its held-back gcompris photos",
+    )
     args = ap.parse_args()
     for key in args.models:
         print(table(key, args.target, args.fold), flush=True)

@@ -2,7 +2,8 @@
 
     python -m benchmarks.plan_identity --save before.json [--models fmnist effnet mnv2] [--targets 1.5 2]
     python -m benchmarks.plan_identity --against before.json          # after a change, same machine
-    python -m benchmarks.plan_identity --save before.json --python OLD/.venv/bin/python --cwd OLD  # other code
+    python -m benchmarks.plan_identity --save before.json --python OLD/.venv/bin/python --cwd OLD  # other
+    code
 
 Runs the default `onnxprune compress MODEL --calib CALIB --target Xx --json` (INT8 included) as a user would
 and records, per model and target, the kept channel indices of every group (a group is known by its members,
@@ -28,7 +29,9 @@ def numbers(tree, prefix: str = "") -> dict[str, float]:
     if isinstance(tree, int | float):
         return {prefix: float(tree)}
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in numbers(sub, f"{prefix}/{key}".lstrip("/")).items()}
+        return {
+            k: v for key, sub in tree.items() for k, v in numbers(sub, f"{prefix}/{key}".lstrip("/")).items()
+        }
     if isinstance(tree, list):
         return {k: v for i, sub in enumerate(tree) for k, v in numbers(sub, f"{prefix}/{i}").items()}
     return {}
@@ -43,22 +46,28 @@ def record(report: dict) -> dict:
             pruned = set(g["pruned_indices"])
             kept[key] = [i for i in range(g["channels"]) if i not in pruned]
     int8 = (report.get("int8") or {}).get("fidelity") or {}
-    return {"kept": kept, "fidelity": numbers(report["fidelity"]), "int8": numbers(int8),
-            "achieved": report["achieved"]["macs"]}
+    return {
+        "kept": kept,
+        "fidelity": numbers(report["fidelity"]),
+        "int8": numbers(int8),
+        "achieved": report["achieved"]["macs"],
+    }
 
 
-def differences(before: dict, after: dict) -> tuple[int, float]:
-    """(groups whose kept indices differ or that appear on one side only, largest number difference)."""
+def differences(before: dict, after: dict) -> tuple[int, float, str]:
+    """(groups whose kept indices differ or that appear on one side only, largest number difference, the
+    number it was)."""
     groups = set(before["kept"]) | set(after["kept"])
     changed = sum(before["kept"].get(g) != after["kept"].get(g) for g in groups)
-    worst = 0.0
+    worst, where = abs(before["achieved"] - after["achieved"]), "achieved"
     for section in ("fidelity", "int8"):
         a, b = before[section], after[section]
         if set(a) != set(b):
-            return changed, float("inf")
-        worst = max([worst, *(abs(a[k] - b[k]) for k in a)])
-    worst = max(worst, abs(before["achieved"] - after["achieved"]))
-    return changed, worst
+            return changed, float("inf"), f"{section}: other numbers"
+        for k in a:
+            if abs(a[k] - b[k]) > worst:
+                worst, where = abs(a[k] - b[k]), f"{section}/{k}"
+    return changed, worst, where
 
 
 def main() -> None:
@@ -91,11 +100,13 @@ def main() -> None:
                 runs[name] = record(rep)
             cells = ["—", "—"]
             if name in earlier:
-                changed, worst = differences(earlier[name], runs[name])
+                changed, worst, where = differences(earlier[name], runs[name])
                 failed |= changed > 0 or worst > args.tolerance
-                cells = [str(changed), f"{worst:.1e}"]
-            print(f"| {key} | {target}x | {len(runs[name]['kept'])} | {' | '.join(cells)} | {wall:.0f} s |",
-                  flush=True)
+                cells = [str(changed), f"{worst:.1e}" + (f" ({where})" if worst else "")]
+            print(
+                f"| {key} | {target}x | {len(runs[name]['kept'])} | {' | '.join(cells)} | {wall:.0f} s |",
+                flush=True,
+            )
     if args.save:
         args.save.write_text(json.dumps(runs, indent=0))
     missing = set(earlier) - set(runs)

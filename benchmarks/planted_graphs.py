@@ -79,8 +79,11 @@ def main() -> None:
             run = lossless_run(seed, Path(folder))
         runs.append(run)
         if not passes(run):
-            print(f"seed {seed} {run['patterns']}: error {run['error']:.1e}, "
-                  f"achieved {run['achieved']:.3f}x for {run['target']:.3f}x", flush=True)
+            print(
+                f"seed {seed} {run['patterns']}: error {run['error']:.1e}, "
+                f"achieved {run['achieved']:.3f}x for {run['target']:.3f}x",
+                flush=True,
+            )
     by_pattern = defaultdict(list)
     for run in runs:
         for p in set(run["patterns"]):

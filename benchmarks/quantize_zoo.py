@@ -42,14 +42,22 @@ def plain_ptq(model: onnx.ModelProto, calib: CalibrationSet) -> onnx.ModelProto:
     normalized, _ = normalize(model)
     with ort_quantizer_sandbox([]) as scratch:
         names = {i.name for i in normalized.graph.input}
-        quantize_static(normalized, str(scratch / "plain.onnx"), FeedReader(calib.batches("calib", 32), names),
-                        quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            normalized,
+            str(scratch / "plain.onnx"),
+            FeedReader(calib.batches("calib", 32), names),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         return onnx.load(str(scratch / "plain.onnx"))
 
 
 def quality(key: str, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> str:
     m = compare([reference], [logits], ["logits"])["logits"]
-    text = (f"{100 * m['top1_agreement']:.1f}% | {100 * m['top5_overlap']:.1f}% | {m['kl_dense_to_pruned']:.4f}")
+    text = (
+        f"{100 * m['top1_agreement']:.1f}% | {100 * m['top5_overlap']:.1f}% | {m['kl_dense_to_pruned']:.4f}"
+    )
     if labels is not None:
         text += f" | {100 * np.mean(logits.argmax(1) == labels):.2f}%"
     return text
@@ -62,8 +70,10 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=256)
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
-    print("| model | method | float layers | top-1 agr. | top-5 overlap | KL | accuracy | FP32 ms | INT8 ms | "
-          "speed-up | time |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | method | float layers | top-1 agr. | top-5 overlap | KL | accuracy | FP32 ms | INT8 ms | "
+        "speed-up | time |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     for key in args.models:
         path, calib_path, eval_path = MODELS[key]
         if not path.exists():
@@ -78,8 +88,10 @@ def main() -> None:
         one = {"input": data["input"][:1]}
         fp32_ms = measure_latency(model, one).median_ms
         if labels is not None:
-            print(f"| {key} | FP32 | all | | | | {100 * np.mean(reference.argmax(1) == labels):.2f}% | "
-                  f"{fp32_ms:.3f} | | | |")
+            print(
+                f"| {key} | FP32 | all | | | | {100 * np.mean(reference.argmax(1) == labels):.2f}% | "
+                f"{fp32_ms:.3f} | | | |"
+            )
         t0 = time.perf_counter()
         plain = plain_ptq(model, calib)
         rows = [("plain quantize_static (MinMax)", plain, "0", time.perf_counter() - t0)]
@@ -96,9 +108,13 @@ def main() -> None:
         for label, int8, n_float, wall in rows:
             logits = run_batched(int8, feeds, 32)[0]
             int8_ms = measure_latency(int8, one).median_ms
-            print(f"| {key} | {label} | {n_float} | {quality(key, logits, reference, labels)}"
-                  f"{'' if labels is not None else ' | '} | {fp32_ms:.3f} | {int8_ms:.3f} | {fp32_ms / int8_ms:.2f}x | "
-                  f"{wall:.0f} s |", flush=True)
+            print(
+                f"| {key} | {label} | {n_float} | {quality(key, logits, reference, labels)}"
+                f"{'' if labels is not None else ' | '} | {fp32_ms:.3f} | {int8_ms:.3f} | "
+                f"{fp32_ms / int8_ms:.2f}x | "
+                f"{wall:.0f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,26 @@ MULTIPLES = (1, 2, 4, 8, 16, 32)
 
 
 def prune(model: Path, out: str, target: float, round_to: int) -> tuple[onnx.ModelProto, float]:
-    cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--target", f"{target}x", "--criterion",
-           "magnitude", "--allocation", "uniform", "--no-reconstruct", "--round-to", str(round_to), "-o", out,
-           "--json", "--no-int8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxprune",
+        "compress",
+        str(model),
+        "--target",
+        f"{target}x",
+        "--criterion",
+        "magnitude",
+        "--allocation",
+        "uniform",
+        "--no-reconstruct",
+        "--round-to",
+        str(round_to),
+        "-o",
+        out,
+        "--json",
+        "--no-int8",
+    ]
     report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     return onnx.load(report["output"]), report["achieved"]["macs"]
 
@@ -55,12 +72,17 @@ def main(argv=None) -> None:
                 macs.append(achieved)
         speed = {}
         for b in args.batches:
-            stats = compare_latency([dense, *variants], batch=b, threads=args.threads,
-                                    rounds=60 if b == 1 else 12, warmup=5)
+            stats = compare_latency(
+                [dense, *variants], batch=b, threads=args.threads, rounds=60 if b == 1 else 12, warmup=5
+            )
             speed[b] = [stats[0].p50_ms / s.p50_ms for s in stats[1:]]
         for i, r in enumerate(MULTIPLES):
-            print(f"| {key} | {r} | {macs[i]:.2f}x | " + " | ".join(f"{speed[b][i]:.2f}x" for b in args.batches)
-                  + " |", flush=True)
+            print(
+                f"| {key} | {r} | {macs[i]:.2f}x | "
+                + " | ".join(f"{speed[b][i]:.2f}x" for b in args.batches)
+                + " |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

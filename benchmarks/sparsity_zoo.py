@@ -6,7 +6,8 @@
                                       [--no-support-refit]
 
 Each model is loaded and normalized (BatchNorm folded) as `compress` does, then sparsified with
-calibration on the first 256 rows (--calib-rows) of its *_calib.npz. Fashion-MNIST ResNet: true accuracy on the 10k
+calibration on the first 256 rows (--calib-rows) of its *_calib.npz. Fashion-MNIST ResNet: true accuracy on
+the 10k
 test images. ImageNet models: top-1 agreement, top-5 overlap and KL(dense ‖ sparse) against the dense
 model on the 456 held-out photo crops. SparseGPT also reads ``--mosaics`` 2x2 mosaics of the calibration
 images after them, as `compress` does (default: one per row for image inputs of 64 px or more, i.e. not
@@ -47,22 +48,34 @@ def main() -> None:
     ap.add_argument("--shrink", type=float, default=0.25, help="pull of the corrected target toward W")
     ap.add_argument("--ridge", type=float, default=1e-3)
     ap.add_argument("--mosaics", type=int, help="SparseGPT mosaics (default: compress's)")
-    ap.add_argument("--no-support-refit", action="store_true",
-                    help="keep SparseGPT's lazy-update weights (no least-squares re-solve of each row's kept weights)")
+    ap.add_argument(
+        "--no-support-refit",
+        action="store_true",
+        help="keep SparseGPT's lazy-update weights (no least-squares re-solve of each row's kept weights)",
+    )
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
-    print("| model | pattern | criterion | quality | zeros in eligible / all linear weights | eligible layers "
-          "| wall |\n|---|---|---|---|---|---|---|")
+    print(
+        "| model | pattern | criterion | quality | zeros in eligible / all linear weights | eligible layers "
+        "| wall |\n|---|---|---|---|---|---|---|"
+    )
     for key in args.models:
         path, calib_npz, eval_npz = MODELS[key]
         if not path.exists():
             print(f"| {key} | — | — | not built (python models/build_zoo.py) | | | |")
             continue
         dense, _ = normalize(load_model(path))
-        calib = np.load(calib_npz)["input"][:args.calib_rows]
-        count = args.mosaics if args.mosaics is not None else \
-            len(calib) if image_input({"input": calib}, DEFAULT_MIN_SIDE) else 0
-        with_mosaics = np.concatenate([calib, mosaics(calib, count, np.random.default_rng(0))]) if count else calib
+        calib = np.load(calib_npz)["input"][: args.calib_rows]
+        count = (
+            args.mosaics
+            if args.mosaics is not None
+            else len(calib)
+            if image_input({"input": calib}, DEFAULT_MIN_SIDE)
+            else 0
+        )
+        with_mosaics = (
+            np.concatenate([calib, mosaics(calib, count, np.random.default_rng(0))]) if count else calib
+        )
         evaluation = np.load(eval_npz)
         feeds = {"input": evaluation["input"]}
         labels = evaluation["labels"] if "labels" in evaluation else None
@@ -71,18 +84,28 @@ def main() -> None:
             print(f"| {key} | dense | — | {quality_text(key, dense_logits, dense_logits, labels)} | | | |")
 
         def batches(rows=with_mosaics):
-            return ({"input": rows[i:i + BATCH]} for i in range(0, len(rows), BATCH))
+            return ({"input": rows[i : i + BATCH]} for i in range(0, len(rows), BATCH))
 
         def real_batches(rows=calib):  # magnitude reads calibration only for its report's output errors
             return batches(rows)
 
         for pattern in args.patterns:
-            runs = [(c, corr) for c in args.criteria for corr in (args.correct if c == "sparsegpt" else ["off"])]
+            runs = [
+                (c, corr) for c in args.criteria for corr in (args.correct if c == "sparsegpt" else ["off"])
+            ]
             for criterion, correct in runs:
                 t0 = time.perf_counter()
-                extra = dict(correct=correct, bias=args.bias, shrink=args.shrink, ridge=args.ridge,
-                             support_refit=not args.no_support_refit) \
-                    if criterion == "sparsegpt" else {}
+                extra = (
+                    dict(
+                        correct=correct,
+                        bias=args.bias,
+                        shrink=args.shrink,
+                        ridge=args.ridge,
+                        support_refit=not args.no_support_refit,
+                    )
+                    if criterion == "sparsegpt"
+                    else {}
+                )
                 opts = SparsifyOptions(pattern=pattern, criterion=criterion, percdamp=args.percdamp, **extra)
                 sparse, report = sparsify(dense, batches if criterion == "sparsegpt" else real_batches, opts)
                 wall = time.perf_counter() - t0
@@ -98,9 +121,12 @@ def main() -> None:
                     if correct == "validated":
                         chosen = Counter(e.get("correction") for e in report["layers"] if e["eligible"])
                         label += f" ({chosen['corrected']} corrected / {chosen['plain']} plain)"
-                print(f"| {key} | {pattern} | {label} | {q} | {100 * report['sparsity_eligible']:.1f}% / "
-                      f"{100 * report['sparsity_linear']:.1f}% | {report['eligible_layers']}/{total} | {wall:.0f} s |",
-                      flush=True)
+                print(
+                    f"| {key} | {pattern} | {label} | {q} | {100 * report['sparsity_eligible']:.1f}% / "
+                    f"{100 * report['sparsity_linear']:.1f}% | {report['eligible_layers']}/{total} | "
+                    f"{wall:.0f} s |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,18 @@ MODELS = {
 
 def orders(model, trace, groups, calib, dtype):
     layers = linear_layers(model)
-    wanted = {m.node for g in groups for m in trace.members_of(g.id) if m.role == "consumer" and m.node in layers}
-    stats = collect_statistics(model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, {}, dtype=dtype)
-    data = RankData.of(model, trace, hessians={n: h.hessian() for n, h in stats.hessians.items()},
-                       rows={n: h.n for n, h in stats.hessians.items()})
+    wanted = {
+        m.node for g in groups for m in trace.members_of(g.id) if m.role == "consumer" and m.node in layers
+    }
+    stats = collect_statistics(
+        model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, {}, dtype=dtype
+    )
+    data = RankData.of(
+        model,
+        trace,
+        hessians={n: h.hessian() for n, h in stats.hessians.items()},
+        rows={n: h.n for n, h in stats.hessians.items()},
+    )
     rankings, _ = rank_groups("obs", groups, data)
     return {gid: np.argsort(r.order) for gid, r in rankings.items()}  # channel → removal position
 
@@ -55,7 +63,10 @@ def main() -> None:
         trace = trace_channels(model)
         groups = trace.prunable_groups()
         calib = load_calibration(str(calib_path), model, samples=256, holdout=0)
-        o64, o32 = orders(model, trace, groups, calib, np.float64), orders(model, trace, groups, calib, np.float32)
+        o64, o32 = (
+            orders(model, trace, groups, calib, np.float64),
+            orders(model, trace, groups, calib, np.float32),
+        )
         rho = [spearmanr(o64[g.id], o32[g.id]).statistic for g in groups]
         same = sum(np.array_equal(o64[g.id], o32[g.id]) for g in groups)
         print(f"| {key} | {len(groups)} | {np.mean(rho):.4f} | {np.min(rho):.4f} | {same} |")

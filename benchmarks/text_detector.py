@@ -37,17 +37,35 @@ def main() -> None:
     print("| target | achieved MACs | held-out map IoU (report) | eval mask IoU | eval Pearson | wall |")
     print("|---|---|---|---|---|---|")
     for target in args.targets:
-        cmd = [str(MODEL), "--calib", str(CALIB), "--calib-samples", "96", "--input-shape", "x:1x3x320x320",
-               "--target", f"{target}x", "--metric-fn", "map-iou", "--metric-options", "threshold=0.3", "--no-int8",
-               *shlex.split(args.extra)]
+        cmd = [
+            str(MODEL),
+            "--calib",
+            str(CALIB),
+            "--calib-samples",
+            "96",
+            "--input-shape",
+            "x:1x3x320x320",
+            "--target",
+            f"{target}x",
+            "--metric-fn",
+            "map-iou",
+            "--metric-options",
+            "threshold=0.3",
+            "--no-int8",
+            *shlex.split(args.extra),
+        ]
         with compressed(cmd) as (code, report, err, wall):
             if code:
                 print(f"| {target}x | failed: {err.strip()[-200:]} | | | | |")
                 continue
             pruned = {"map": run_batched(onnx.load(report["output"]), feeds, 16)[0]}
-            print(f"| {target}x | {report['achieved']['macs']:.3f}x | {report['fidelity']['metric_fn']['value']:.4f} | "
-                  f"{map_iou(dense, pruned, threshold=0.3):.4f} | {map_pearson(dense, pruned):.4f} | {wall:.0f} s |",
-                  flush=True)
+            print(
+                f"| {target}x | {report['achieved']['macs']:.3f}x | "
+                f"{report['fidelity']['metric_fn']['value']:.4f} | "
+                f"{map_iou(dense, pruned, threshold=0.3):.4f} | {map_pearson(dense, pruned):.4f} | "
+                f"{wall:.0f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ MODELS = [
     ("Fashion-MNIST ResNet", SHIPPED / "fmnist_resnet.onnx", {"input": (1, 1, 28, 28)}),
     ("MobileNetV2", ZOO / "mobilenet_v2.onnx", {"input": (1, 3, 224, 224)}),
     ("EfficientNet-Lite0", ZOO / "efficientnet_lite0.onnx", {"input": (1, 3, 224, 224)}),
-    ("all-MiniLM-L6-v2", ZOO / "minilm_l6.onnx", {k: (1, 64) for k in ("input_ids", "attention_mask", "token_type_ids")}),
+    (
+        "all-MiniLM-L6-v2",
+        ZOO / "minilm_l6.onnx",
+        {k: (1, 64) for k in ("input_ids", "attention_mask", "token_type_ids")},
+    ),
 ]
 
 
@@ -45,11 +49,16 @@ def report(name, path, shapes) -> None:
     blocked = [g for g in trace.groups if not g.prunable]
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     outputs = {o.name for o in model.graph.output}
-    conv_ok = sum(trace.group_of(trace.space_of(c.output[0]), 0).prunable for c in convs if c.output[0] not in outputs)
+    conv_ok = sum(
+        trace.group_of(trace.space_of(c.output[0]), 0).prunable for c in convs if c.output[0] not in outputs
+    )
     print(f"\n### {name}\n")
-    print(f"{len(trace.groups)} groups, **{len(prunable)} prunable**, {len(blocked)} blocked; traced in {elapsed:.2f} s. "
-          f"Conv output channel sets in a prunable group: {conv_ok} of {len(convs)} "
-          f"(not counting model outputs).\n")
+    print(
+        f"{len(trace.groups)} groups, **{len(prunable)} prunable**, {len(blocked)} blocked; traced in "
+        f"{elapsed:.2f} s. "
+        f"Conv output channel sets in a prunable group: {conv_ok} of {len(convs)} "
+        f"(not counting model outputs).\n"
+    )
     print("| group | channels | producers | members | MACs controlled |\n|---|---|---|---|---|")
     for g in prunable:
         producers = [n for n, r in g.members if r == "producer"]
@@ -70,9 +79,12 @@ def report(name, path, shapes) -> None:
     ort_session(pruned).run(None, feeds)
     after = model_cost(pruned, shapes)
     predicted = trace.predict_macs(node_macs, plan)
-    print(f"\nEvery prunable group halved: MACs {human(cost.macs)} → {human(after.macs)} ({after.macs:,}; tracer "
-          f"predicted {predicted:,.0f}), params {human(cost.params)} → {human(after.params)}; full ONNX check "
-          "passes, runs in onnxruntime.")
+    print(
+        f"\nEvery prunable group halved: MACs {human(cost.macs)} → {human(after.macs)} ({after.macs:,}; "
+        "tracer "
+        f"predicted {predicted:,.0f}), params {human(cost.params)} → {human(after.params)}; full ONNX check "
+        "passes, runs in onnxruntime."
+    )
 
 
 def main() -> None:

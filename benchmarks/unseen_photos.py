@@ -1,13 +1,16 @@
 """Generalization inside the calibration domain: calibrate on most calibration photos, score on the rest.
 
     python -m benchmarks.unseen_photos [--models effnet mnv2] [--targets 1.5] [--photos 26 51 0]
-                                       [--configs obs+dp+reconstruct] [--folds 1] [--extra "--search-evals 32"]
+                                       [--configs obs+dp+reconstruct] [--folds 1] [--extra "--search-evals
+                                       32"]
 
 The zoo's calibration files hold 12 views of each of 391 photos and a ``groups`` key (the photo of each
 row): the 138 photos of sessions 3–9 first, then the 253 gcompris photos appended in session 10 (their
 indices, so the folds of the first 138, did not move). Every 4th photo (``--folds``: which of the four
-offsets, photo index % 4; a near-duplicate group — stereo or flow pair — goes with its first photo) is held back; compress calibrates on the first 256 rows (view-major) of the
-others (``--photos N``: only the first N of them; 0 = all 293; ``--calib-rows``: other than 256), exactly as a user would, through the CLI.
+offsets, photo index % 4; a near-duplicate group — stereo or flow pair — goes with its first photo) is held
+back; compress calibrates on the first 256 rows (view-major) of the
+others (``--photos N``: only the first N of them; 0 = all 293; ``--calib-rows``: other than 256), exactly
+as a user would, through the CLI.
 The pruned model is then scored against the dense one on
 
 * **unseen photos**: all 12 views of the held-back photos, split into the held-back photos of the first
@@ -63,8 +66,13 @@ def group_anchors(calib: Path, n_photos: int) -> np.ndarray:
     return np.array([first.setdefault(group[pid], i) for i, pid in enumerate(ids)])
 
 
-def split_rows(groups: np.ndarray, photos: int, fold: int = 1, calib_rows: int = CALIB_ROWS,
-               anchors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_rows(
+    groups: np.ndarray,
+    photos: int,
+    fold: int = 1,
+    calib_rows: int = CALIB_ROWS,
+    anchors: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibration rows, seen-photo rows compress does not read, unseen-photo rows) of a view-major file.
     A photo is held back when its group's first photo (``anchors``; default: itself) has index % 4 == fold."""
     anchors = np.arange(groups.max() + 1) if anchors is None else anchors
@@ -74,11 +82,12 @@ def split_rows(groups: np.ndarray, photos: int, fold: int = 1, calib_rows: int =
     if photos:
         kept_photos = kept_photos[:photos]
     seen = np.flatnonzero(np.isin(groups, kept_photos))
-    return seen[:calib_rows], seen[calib_rows:calib_rows + CALIB_ROWS], unseen
+    return seen[:calib_rows], seen[calib_rows : calib_rows + CALIB_ROWS], unseen
 
 
 def score(key: str, pruned: onnx.ModelProto, x: np.ndarray, ref: np.ndarray) -> str:
-    """Quality of ``pruned`` on ``x`` against the dense logits ``ref`` (run once per split, not per config)."""
+    """Quality of ``pruned`` on ``x`` against the dense logits ``ref`` (run once per split, not per
+    config)."""
     return quality_text(key, run_batched(pruned, {"input": x}, 64)[0], ref, None)
 
 
@@ -88,15 +97,29 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5])
     ap.add_argument("--photos", nargs="+", type=int, default=[0], help="calibration photos used (0: all 293)")
     ap.add_argument("--configs", nargs="+", default=["obs+dp+reconstruct"], choices=list(ALL_CONFIGS))
-    ap.add_argument("--extra", default="", help="more compress options for every config, e.g. '--search-evals 32'")
-    ap.add_argument("--calib-rows", type=int, default=CALIB_ROWS,
-                    help="calibration rows given to compress (--calib-samples); the next 256 are the seen views")
-    ap.add_argument("--folds", nargs="+", type=int, default=[1], choices=range(HOLD_EVERY),
-                    help="held-back photos: (index of the first photo of their group) %% 4 == fold")
+    ap.add_argument(
+        "--extra", default="", help="more compress options for every config, e.g. '--search-evals 32'"
+    )
+    ap.add_argument(
+        "--calib-rows",
+        type=int,
+        default=CALIB_ROWS,
+        help="calibration rows given to compress (--calib-samples); the next 256 are the seen views",
+    )
+    ap.add_argument(
+        "--folds",
+        nargs="+",
+        type=int,
+        default=[1],
+        choices=range(HOLD_EVERY),
+        help="held-back photos: (index of the first photo of their group) %% 4 == fold",
+    )
     args = ap.parse_args()
     print(f"Machine: {machine()}\n")
-    print("| model | target | config | fold | calibration photos | unseen photos, first 138 | "
-          "unseen photos, gcompris | seen photos, other views |")
+    print(
+        "| model | target | config | fold | calibration photos | unseen photos, first 138 | "
+        "unseen photos, gcompris | seen photos, other views |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for key in args.models:
         model, calib, _ = MODELS[key]
@@ -105,7 +128,9 @@ def main() -> None:
             continue
         with np.load(calib) as z:
             if "groups" not in z.files:
-                sys.exit(f"{calib} has no 'groups' key: rebuild it (python models/build_zoo.py --only calib_sets)")
+                sys.exit(
+                    f"{calib} has no 'groups' key: rebuild it (python models/build_zoo.py --only calib_sets)"
+                )
             x, groups = z["input"], z["groups"]
         dense = onnx.load(str(model))
         anchors = group_anchors(calib, int(groups.max()) + 1)
@@ -116,24 +141,47 @@ def main() -> None:
             refs = [run_batched(dense, {"input": x[rows]}, 64)[0] if len(rows) else None for rows in parts]
             with tempfile.TemporaryDirectory() as tmp:
                 data = Path(tmp) / "calib.npz"
-                np.savez(data, input=x[np.concatenate([cal, seen])], groups=groups[np.concatenate([cal, seen])])
+                np.savez(
+                    data, input=x[np.concatenate([cal, seen])], groups=groups[np.concatenate([cal, seen])]
+                )
                 for target in args.targets:
                     for config in args.configs:
                         name = f"{config} {args.extra}".strip()
-                        cmd = [sys.executable, "-m", "onnxprune", "compress", str(model), "--calib", str(data),
-                               "--target", f"{target}x", "-o", str(Path(tmp) / "out"), "--json", "--no-int8",
-                               "--calib-samples", str(len(cal)),
-                               *ALL_CONFIGS[config], *shlex.split(args.extra)]
+                        cmd = [
+                            sys.executable,
+                            "-m",
+                            "onnxprune",
+                            "compress",
+                            str(model),
+                            "--calib",
+                            str(data),
+                            "--target",
+                            f"{target}x",
+                            "-o",
+                            str(Path(tmp) / "out"),
+                            "--json",
+                            "--no-int8",
+                            "--calib-samples",
+                            str(len(cal)),
+                            *ALL_CONFIGS[config],
+                            *shlex.split(args.extra),
+                        ]
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         if proc.returncode:
-                            print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | failed: "
-                                  f"{proc.stderr.strip()[-200:]} | | |")
+                            print(
+                                f"| {key} | {target}x | {name} | {fold} | {n_photos} | failed: "
+                                f"{proc.stderr.strip()[-200:]} | | |"
+                            )
                             continue
                         pruned = onnx.load(json.loads(proc.stdout)["output"])
-                        cells = [f"{score(key, pruned, x[rows], ref)} ({len(rows)} crops)" if len(rows) else "—"
-                                 for rows, ref in zip(parts, refs, strict=True)]
-                        print(f"| {key} | {target}x | {name} | {fold} | {n_photos} | {' | '.join(cells)} |",
-                              flush=True)
+                        cells = [
+                            f"{score(key, pruned, x[rows], ref)} ({len(rows)} crops)" if len(rows) else "—"
+                            for rows, ref in zip(parts, refs, strict=True)
+                        ]
+                        print(
+                            f"| {key} | {target}x | {name} | {fold} | {n_photos} | {' | '.join(cells)} |",
+                            flush=True,
+                        )
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """Mosaics of calibration images: more distinct inputs for the layer statistics.
 
-The OBS scores and compensations are least-squares fits to the calibration inputs' second moments
-(H = (2/n) Σ x xᵀ per layer). With ~100 photos they fit those photos' correlations: on the zoo the
-compensated model agrees with the dense one on 70–80 % of new views of its calibration photos but on
-50 % of new photos (BENCHMARKS.md, ``benchmarks.unseen_photos``). More distinct photos are what helps, and
-a mosaic is a cheap stand-in: four crops, each a quarter of the image (H/2 × W/2 at full resolution,
-random position), of four different calibration images, tiled 2 × 2. Early layers see the photos' own
-local statistics; late layers and the global pool see feature combinations no single photo has.
+The OBS scores and compensations are least-squares fits to the calibration inputs' second moments (H = (2/n)
+Σ x xᵀ per layer). With ~100 photos they fit those photos' correlations, and a compensated model agrees with
+the dense one on new views of its calibration photos far more than on new photos. More distinct photos are
+what helps, and a mosaic is a cheap stand-in: four crops, each a quarter of the image (H/2 × W/2 at full
+resolution, random position), of four different calibration images, tiled 2 × 2. Early layers see the
+photos' own local statistics; late layers and the global pool see feature combinations no single photo has.
 
 Mosaics feed the statistics pass (Hessians and channel statistics) and SparseGPT's Hessians; the
-channel refit (measured: no gain from them), INT8 calibration and the fidelity check read the real samples.
+channel refit, INT8 calibration and the fidelity check read the real samples.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import numpy as np
 MAX_IMAGE_CHANNELS = 4  # gray, RGB, RGBA: a larger axis is spatial
 MIN_IMAGE_SIDE = 8
 # By default only photo-sized inputs get mosaics: a quarter of a 224-pixel photo is still a photo crop,
-# a quarter of a 28-pixel Fashion-MNIST item is a fragment (measured: 1.5x accuracy 91.83% → 91.76%).
+# a quarter of a 28-pixel Fashion-MNIST item is a fragment.
 DEFAULT_MIN_SIDE = 64
 
 
@@ -43,7 +42,11 @@ def image_input(arrays: Mapping[str, np.ndarray], min_side: int = MIN_IMAGE_SIDE
         return None
     name, arr = next(iter(arrays.items()))
     axes = spatial_axes(arr.shape)
-    if not np.issubdtype(arr.dtype, np.floating) or axes is None or min(arr.shape[a] for a in axes) < min_side:
+    if (
+        not np.issubdtype(arr.dtype, np.floating)
+        or axes is None
+        or min(arr.shape[a] for a in axes) < min_side
+    ):
         return None
     return name
 

@@ -17,8 +17,9 @@ from onnxprune.latency import ort_session
 from onnxprune.layers import LinearLayer
 
 
-def _sub_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-               outputs: list[str]) -> onnx.ModelProto:
+def _sub_model(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[str]
+) -> onnx.ModelProto:
     """A model of ``nodes`` (in order) with the initializers they read, ``inputs`` and ``outputs``."""
     sub = onnx.ModelProto()
     sub.ir_version, sub.producer_name = model.ir_version, model.producer_name
@@ -67,8 +68,11 @@ def downstream_cut(model: onnx.ModelProto, seeds: set[str]) -> tuple[list[int], 
     where a copy of ``model`` whose ``seeds`` were edited starts to compute differently. None when a node
     carries a subgraph (it may read outer-scope tensors that the walk does not see) or an output does not
     depend on ``seeds``."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for node in model.graph.node for a in node.attribute):
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in model.graph.node
+        for a in node.attribute
+    ):
         return None
     nodes, changed = downstream(model, seeds)
     if not all(o.name in changed for o in model.graph.output):
@@ -78,14 +82,19 @@ def downstream_cut(model: onnx.ModelProto, seeds: set[str]) -> tuple[list[int], 
     return nodes, sorted(reads)
 
 
-def suffix_model(model: onnx.ModelProto, cut: tuple[list[int], list[str]],
-                 values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+def suffix_model(
+    model: onnx.ModelProto, cut: tuple[list[int], list[str]], values: Mapping[str, np.ndarray]
+) -> onnx.ModelProto:
     """``model``'s nodes of ``cut`` (``downstream_cut``) as a model that takes the tensors it reads as inputs
     (types from ``values``) and computes ``model``'s outputs."""
     nodes, reads = cut
-    inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(values[t].dtype), values[t].shape)
-              for t in reads]
-    return _sub_model(model, [model.graph.node[i] for i in nodes], inputs, [o.name for o in model.graph.output])
+    inputs = [
+        helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(values[t].dtype), values[t].shape)
+        for t in reads
+    ]
+    return _sub_model(
+        model, [model.graph.node[i] for i in nodes], inputs, [o.name for o in model.graph.output]
+    )
 
 
 def tapped_session(model: onnx.ModelProto, taps: list[str], threads: int = 0):
@@ -108,7 +117,9 @@ class Frontier:
         self.values = [dict(b) for b in batches]
         self.done: set[str] = set()  # names of the nodes already run
 
-    def advance(self, model: onnx.ModelProto, taps: list[str], threads: int = 0) -> list[dict[str, np.ndarray]]:
+    def advance(
+        self, model: onnx.ModelProto, taps: list[str], threads: int = 0
+    ) -> list[dict[str, np.ndarray]]:
         graph = model.graph
         have = set(self.values[0]) if self.values else set()
         inits = {t.name for t in graph.initializer}
@@ -131,8 +142,10 @@ class Frontier:
             outs = sorted(t for t in produced if t in later)
             feeds = sorted({i for n in order for i in n.input if i in have})
             first = self.values[0]
-            inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(first[t].dtype), None)
-                      for t in feeds]
+            inputs = [
+                helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(first[t].dtype), None)
+                for t in feeds
+            ]
             sess = ort_session(_sub_model(model, order, inputs, outs), threads)
             for vals in self.values:
                 vals.update(zip(outs, sess.run(outs, {t: vals[t] for t in feeds}), strict=True))
@@ -142,8 +155,13 @@ class Frontier:
         return [{t: vals[t] for t in taps} for vals in self.values]
 
 
-def stream(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]], taps: list[str],
-           sink: Callable[[dict[str, np.ndarray]], None], progress: Callable[[int], None] | None = None) -> None:
+def stream(
+    model: onnx.ModelProto,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    taps: list[str],
+    sink: Callable[[dict[str, np.ndarray]], None],
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Run ``model`` over ``batches`` and hand each batch's tapped tensors to ``sink``."""
     sess, needed = tapped_session(model, taps)
     for feeds in batches:
@@ -280,25 +298,42 @@ class Statistics:
 
     def merge(self, other: Statistics) -> None:
         """Add ``other``'s stream in place (every accumulator is a sum or a keyed sample)."""
-        for mine, theirs in ((self.hessians, other.hessians), (self.channels, other.channels),
-                             (self.samples, other.samples)):
+        for mine, theirs in (
+            (self.hessians, other.hessians),
+            (self.channels, other.channels),
+            (self.samples, other.samples),
+        ):
             for k, acc in mine.items():
                 acc.merge(theirs[k])
 
 
-def collect_statistics(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
-                       layers: Mapping[str, LinearLayer], channel_axes: Mapping[str, int],
-                       dtype: type = np.float64, progress: Callable[[int], None] | None = None,
-                       sample_rows: int = 0, seed: int = 0) -> Statistics:
+def collect_statistics(
+    model: onnx.ModelProto,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    layers: Mapping[str, LinearLayer],
+    channel_axes: Mapping[str, int],
+    dtype: type = np.float64,
+    progress: Callable[[int], None] | None = None,
+    sample_rows: int = 0,
+    seed: int = 0,
+) -> Statistics:
     """One pass: input Hessian sums of ``layers`` (or, with ``sample_rows``, a row sample of each
     layer's input instead) and channel statistics of ``channel_axes`` tensors."""
-    return collect_split_statistics(model, [batches], layers, channel_axes, dtype, progress, sample_rows, seed)[0]
+    return collect_split_statistics(
+        model, [batches], layers, channel_axes, dtype, progress, sample_rows, seed
+    )[0]
 
 
-def collect_split_statistics(model: onnx.ModelProto, parts: list[Iterable[Mapping[str, np.ndarray]]],
-                             layers: Mapping[str, LinearLayer], channel_axes: Mapping[str, int],
-                             dtype: type = np.float64, progress: Callable[[int], None] | None = None,
-                             sample_rows: int = 0, seed: int = 0) -> list[Statistics]:
+def collect_split_statistics(
+    model: onnx.ModelProto,
+    parts: list[Iterable[Mapping[str, np.ndarray]]],
+    layers: Mapping[str, LinearLayer],
+    channel_axes: Mapping[str, int],
+    dtype: type = np.float64,
+    progress: Callable[[int], None] | None = None,
+    sample_rows: int = 0,
+    seed: int = 0,
+) -> list[Statistics]:
     """:func:`collect_statistics` of several streams of batches in one pass (one session): one
     ``Statistics`` per part, so a caller gets the statistics of disjoint halves and of the whole
     (``a.merge(b)``) for the price of one pass."""

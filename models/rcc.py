@@ -34,7 +34,7 @@ def read_rcc(path: Path) -> dict[str, bytes]:
 
     def name(offset: int) -> str:
         (n,) = struct.unpack_from(">H", b, names + offset)
-        return b[names + offset + 6: names + offset + 6 + 2 * n].decode("utf-16-be")
+        return b[names + offset + 6 : names + offset + 6 + 2 * n].decode("utf-16-be")
 
     files: dict[str, bytes] = {}
 
@@ -49,7 +49,7 @@ def read_rcc(path: Path) -> dict[str, bytes]:
             return
         (offset,) = struct.unpack_from(">I", b, base + 10)
         (size,) = struct.unpack_from(">I", b, data + offset)
-        blob = b[data + offset + 4: data + offset + 4 + size]
+        blob = b[data + offset + 4 : data + offset + 4 + size]
         if flags & _ZSTD:
             raise ValueError(f"{path}: {prefix + name(name_offset)} is zstd-compressed (not supported)")
         if flags & _ZLIB:

@@ -33,13 +33,25 @@ from onnx import external_data_helper, helper
 from .synthetic_builder import META_GRAPH, META_SEED, META_VARIANTS, MIN_OPSET, Builder, UnsupportedOpset
 
 __all__ = [
-    "GRAPHS", "MIN_OPSET", "Builder", "UnsupportedOpset", "build", "names", "output_shapes",
-    "paddle_style_model", "random_inputs", "with_constant_weights", "with_external_data",
-    "with_identity_noise", "with_opset", "with_static_batch",
+    "GRAPHS",
+    "MIN_OPSET",
+    "Builder",
+    "UnsupportedOpset",
+    "build",
+    "names",
+    "output_shapes",
+    "paddle_style_model",
+    "random_inputs",
+    "with_constant_weights",
+    "with_external_data",
+    "with_identity_noise",
+    "with_opset",
+    "with_static_batch",
 ]
 
 
 # ---- builders ------------------------------------------------------------------------------
+
 
 def residual_add(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """ResNet basic blocks: identity-shortcut Add and projection-shortcut (strided 1x1 Conv+BN) Add.
@@ -136,15 +148,34 @@ def split_slice(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     a, c = b.split(b.cba(x, 3, 12, name="stem"), [4, 8], axis=1, name="split")
     a = b.cba(a, 4, 4, name="branch_a")
     ch = b.const("axes.c", [1], np.int64)
-    lo = b.op("Slice", [c, b.const("slice_lo.starts", [0], np.int64), b.const("slice_lo.ends", [4], np.int64), ch],
-              "slice_lo")
-    hi = b.op("Slice", [c, b.const("slice_hi.starts", [4], np.int64),
-                        b.const("slice_hi.ends", [np.iinfo(np.int64).max], np.int64), ch,
-                        b.const("slice_hi.steps", [1], np.int64)], "slice_hi")
+    lo = b.op(
+        "Slice",
+        [c, b.const("slice_lo.starts", [0], np.int64), b.const("slice_lo.ends", [4], np.int64), ch],
+        "slice_lo",
+    )
+    hi = b.op(
+        "Slice",
+        [
+            c,
+            b.const("slice_hi.starts", [4], np.int64),
+            b.const("slice_hi.ends", [np.iinfo(np.int64).max], np.int64),
+            ch,
+            b.const("slice_hi.steps", [1], np.int64),
+        ],
+        "slice_hi",
+    )
     cat = b.op("Concat", [a, b.op("Add", [lo, hi], "slice_add")], "cat", axis=1)
     h = b.conv(cat, 8, 6, k=1, name="head")
-    h = b.op("Slice", [h, b.const("crop.starts", [1, 1], np.int64), b.const("crop.ends", [-1, -1], np.int64),
-                       b.const("crop.axes", [2, 3], np.int64)], "head/crop")
+    h = b.op(
+        "Slice",
+        [
+            h,
+            b.const("crop.starts", [1, 1], np.int64),
+            b.const("crop.ends", [-1, -1], np.int64),
+            b.const("crop.axes", [2, 3], np.int64),
+        ],
+        "head/crop",
+    )
     b.output(h, ["N", 6, 6, 6])
     return b.finish(split_slice)
 
@@ -160,7 +191,9 @@ def flatten_gemm(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     b = Builder(seed, opset)
     x = b.input("x", ["N", 3, 8, 8])
     c = b.cba(x, 3, 4, name="conv")
-    f = b.op("Flatten", [b.op("MaxPool", [c], "pool", kernel_shape=[2, 2], strides=[2, 2])], "flatten", axis=1)
+    f = b.op(
+        "Flatten", [b.op("MaxPool", [c], "pool", kernel_shape=[2, 2], strides=[2, 2])], "flatten", axis=1
+    )
     h = b.op("Relu", [b.gemm(f, 64, 16, "fc1", trans_b=1)], "fc1/relu")
     b.output(b.gemm(h, 16, 10, "fc2", trans_b=0), ["N", 10])
     return b.finish(flatten_gemm)
@@ -278,8 +311,9 @@ def lstm(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     p = b.op("Transpose", [b.linear(x, 8, 10, "proj")], "to_seq", perm=[1, 0, 2])
     w = b.weight("lstm.W", [1, 4 * hid, 10], fan_in=hid)
     r = b.weight("lstm.R", [1, 4 * hid, hid], fan_in=hid)
-    y, yh = b.op("LSTM", [p, w, r, b.bias("lstm.B", [1, 8 * hid])], "lstm", ["lstm.Y", "lstm.Y_h"],
-                 hidden_size=hid)
+    y, yh = b.op(
+        "LSTM", [p, w, r, b.bias("lstm.B", [1, 8 * hid])], "lstm", ["lstm.Y", "lstm.Y_h"], hidden_size=hid
+    )
     y = b.op("Transpose", [b.squeeze(y, [1], "lstm/squeeze_y")], "to_batch", perm=[1, 0, 2])
     b.output(b.linear(y, hid, 5, "seq_head"), ["N", 6, 5])
     b.output(b.gemm(b.squeeze(yh, [0], "lstm/squeeze_h"), hid, 4, "cls_head"), ["N", 4])
@@ -341,8 +375,9 @@ def conv_chain(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     c = b.cba(c, 8, 12, act="hardswish", name="conv3")
     c = b.op("MaxPool", [c], "maxpool", kernel_shape=[2, 2], strides=[2, 2])
     c = b.conv(b.op("Pad", [c, pads], "pad_reflect", mode="reflect"), 12, 12, pad=0, name="conv4")
-    c = b.op("PRelu", [c, b.param("prelu.slope", b.rng.uniform(0.05, 0.3, [12, 1, 1]).astype(np.float32))],
-             "prelu")
+    c = b.op(
+        "PRelu", [c, b.param("prelu.slope", b.rng.uniform(0.05, 0.3, [12, 1, 1]).astype(np.float32))], "prelu"
+    )
     c = b.op("LeakyRelu", [b.conv(c, 12, 8, dilation=2, name="conv5")], "leaky", alpha=0.1)
     b.output(b.op("AveragePool", [c], "avgpool", kernel_shape=[2, 2], strides=[2, 2]), ["N", 8, 4, 4])
     return b.finish(conv_chain)
@@ -360,11 +395,19 @@ def conv_transpose(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     x = b.input("x", ["N", 3, 8, 8])
     c = b.cba(x, 3, 8, stride=2, name="conv")
     w1 = b.weight("deconv1.weight", [8, 6, 2, 2], fan_in=8)
-    t = b.op("ConvTranspose", [c, w1, b.bias("deconv1.bias", [6])], "deconv1", kernel_shape=[2, 2], strides=[2, 2])
+    t = b.op(
+        "ConvTranspose", [c, w1, b.bias("deconv1.bias", [6])], "deconv1", kernel_shape=[2, 2], strides=[2, 2]
+    )
     t = b.op("Relu", [b.bn(t, 6, "deconv1/bn")], "deconv1/relu")
     w2 = b.weight("deconv2.weight", [6, 2, 3, 3], fan_in=27)
-    t = b.op("ConvTranspose", [t, w2, b.bias("deconv2.bias", [4])], "deconv2", kernel_shape=[3, 3],
-             pads=[1, 1, 1, 1], group=2)
+    t = b.op(
+        "ConvTranspose",
+        [t, w2, b.bias("deconv2.bias", [4])],
+        "deconv2",
+        kernel_shape=[3, 3],
+        pads=[1, 1, 1, 1],
+        group=2,
+    )
     b.output(t, ["N", 4, 8, 8])
     return b.finish(conv_transpose)
 
@@ -445,6 +488,7 @@ def build(name: str, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
 
 
 # ---- variants ------------------------------------------------------------------------------
+
 
 def _meta(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
@@ -527,8 +571,10 @@ def with_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """
     meta = _meta(model)
     if META_GRAPH not in meta:
-        raise ValueError("with_opset needs a model made by models.synthetic (metadata "
-                         f"{META_GRAPH!r} missing); convert foreign models with onnx.version_converter")
+        raise ValueError(
+            "with_opset needs a model made by models.synthetic (metadata "
+            f"{META_GRAPH!r} missing); convert foreign models with onnx.version_converter"
+        )
     out = build(meta[META_GRAPH], seed=int(meta[META_SEED]), opset=opset)
     for name, *args in json.loads(meta.get(META_VARIANTS, "[]")):
         out = _VARIANTS[name](out, *args)
@@ -536,9 +582,21 @@ def with_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 # (op type -> input indices) whose *values* onnx shape inference reads: these stay inline.
-_SHAPE_INPUTS = {"Reshape": {1}, "Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 3}, "Slice": {1, 2, 3, 4},
-                 "Split": {1}, "Squeeze": {1}, "Unsqueeze": {1}, "Expand": {1}, "Tile": {1},
-                 "ReduceMean": {1}, "ReduceSum": {1}, "ConstantOfShape": {0}}
+_SHAPE_INPUTS = {
+    "Reshape": {1},
+    "Resize": {1, 2, 3},
+    "Upsample": {1},
+    "Pad": {1, 3},
+    "Slice": {1, 2, 3, 4},
+    "Split": {1},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "Expand": {1},
+    "Tile": {1},
+    "ReduceMean": {1},
+    "ReduceSum": {1},
+    "ConstantOfShape": {0},
+}
 
 
 def with_external_data(model: onnx.ModelProto, path: str | Path, convert_attribute: bool = False) -> Path:
@@ -554,14 +612,21 @@ def with_external_data(model: onnx.ModelProto, path: str | Path, convert_attribu
     (path.parent / location).unlink(missing_ok=True)  # onnx appends to an existing data file
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    inline = {n.input[i] for n in copy.graph.node for i in _SHAPE_INPUTS.get(n.op_type, ()) if i < len(n.input)}
+    inline = {
+        n.input[i] for n in copy.graph.node for i in _SHAPE_INPUTS.get(n.op_type, ()) if i < len(n.input)
+    }
     for node in reversed(copy.graph.node):  # follow Identity chains back to the source tensor
         if node.op_type == "Identity" and node.output[0] in inline:
             inline.add(node.input[0])
     tensors = [t for t in copy.graph.initializer if t.name not in inline]
     if convert_attribute:
-        tensors += [a.t for n in copy.graph.node if n.op_type == "Constant" and n.output[0] not in inline
-                    for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+        tensors += [
+            a.t
+            for n in copy.graph.node
+            if n.op_type == "Constant" and n.output[0] not in inline
+            for a in n.attribute
+            if a.type == onnx.AttributeProto.TENSOR
+        ]
     for t in tensors:
         if t.HasField("raw_data"):
             external_data_helper.set_external_data(t, location)
@@ -575,6 +640,7 @@ def paddle_style_model(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
 
 
 # ---- feeds ---------------------------------------------------------------------------------
+
 
 def _shape(vi: onnx.ValueInfoProto, batch: int) -> tuple[int, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else batch for d in vi.type.tensor_type.shape.dim)

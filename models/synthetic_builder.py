@@ -79,13 +79,25 @@ class Builder:
         ins = [x, self.weight(f"{name}.weight", [cout, cin // group, k, k])]
         if bias:
             ins.append(self.bias(f"{name}.bias", [cout]))
-        return self.op("Conv", ins, name, kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4,
-                       dilations=[dilation] * 2, group=group)
+        return self.op(
+            "Conv",
+            ins,
+            name,
+            kernel_shape=[k, k],
+            strides=[stride] * 2,
+            pads=[pad] * 4,
+            dilations=[dilation] * 2,
+            group=group,
+        )
 
     def bn(self, x, c, name):
         r = self.rng
-        stats = {"scale": r.uniform(0.5, 1.5, c), "bias": r.normal(0, 0.2, c),
-                 "mean": r.normal(0, 0.2, c), "var": r.uniform(0.5, 2.0, c)}
+        stats = {
+            "scale": r.uniform(0.5, 1.5, c),
+            "bias": r.normal(0, 0.2, c),
+            "mean": r.normal(0, 0.2, c),
+            "var": r.uniform(0.5, 2.0, c),
+        }
         ins = [self.param(f"{name}.{k}", v.astype(np.float32)) for k, v in stats.items()]
         return self.op("BatchNormalization", [x, *ins], name, epsilon=1e-5)
 
@@ -155,10 +167,15 @@ class Builder:
             return self.op("LayerNormalization", [x, g, b], name, axis=-1, epsilon=1e-5)
         mean = self.op("ReduceMean", [x], f"{name}/mean", axes=[-1])
         dev = self.op("Sub", [x, mean], f"{name}/sub")
-        var = self.op("ReduceMean", [self.op("Pow", [dev, self.const("ln.two", 2.0)], f"{name}/pow")],
-                      f"{name}/var", axes=[-1])
-        std = self.op("Sqrt", [self.op("Add", [var, self.const("ln.eps", 1e-5)], f"{name}/add_eps")],
-                      f"{name}/sqrt")
+        var = self.op(
+            "ReduceMean",
+            [self.op("Pow", [dev, self.const("ln.two", 2.0)], f"{name}/pow")],
+            f"{name}/var",
+            axes=[-1],
+        )
+        std = self.op(
+            "Sqrt", [self.op("Add", [var, self.const("ln.eps", 1e-5)], f"{name}/add_eps")], f"{name}/sqrt"
+        )
         y = self.op("Mul", [self.op("Div", [dev, std], f"{name}/div"), g], f"{name}/mul")
         return self.op("Add", [y, b], name)
 
@@ -172,28 +189,47 @@ class Builder:
     def upsample2(self, x, name):
         """Resize nearest x2 as torch exports F.interpolate (empty roi + scales; valid from 11)."""
         roi, scales = self.const("resize.roi", []), self.const("resize.scales", [1, 1, 2, 2])
-        return self.op("Resize", [x, roi, scales], name, mode="nearest",
-                       coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return self.op(
+            "Resize",
+            [x, roi, scales],
+            name,
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        )
 
     def shuffle(self, x, groups: int, per_group: int, side: int, name: str = "shuffle"):
         """ShuffleNet's channel shuffle of a [N, groups·per_group, side, side] map as torch exports it:
         Reshape [N, g, C/g, H, W] -> Transpose [0, 2, 1, 3, 4] -> Reshape [N, C, H, W]
         (channel j·g + k ← k·C/g + j)."""
         split = self.const(f"{name}.shape5", [0, groups, per_group, side, side], np.int64)
-        x = self.op("Transpose", [self.op("Reshape", [x, split], f"{name}/reshape")], f"{name}/transpose",
-                    perm=[0, 2, 1, 3, 4])
+        x = self.op(
+            "Transpose",
+            [self.op("Reshape", [x, split], f"{name}/reshape")],
+            f"{name}/transpose",
+            perm=[0, 2, 1, 3, 4],
+        )
         merge = self.const(f"{name}.shape4", [0, -1, side, side], np.int64)
         return self.op("Reshape", [x, merge], f"{name}/merge")
 
     def finish(self, fn: Callable) -> onnx.ModelProto:
         inits = [numpy_helper.from_array(v, k) for k, v in self.params.items()]
-        graph = helper.make_graph(self.nodes, fn.__name__, self.inputs, self.outputs, inits,
-                                  doc_string=inspect.cleandoc(fn.__doc__ or ""))
+        graph = helper.make_graph(
+            self.nodes,
+            fn.__name__,
+            self.inputs,
+            self.outputs,
+            inits,
+            doc_string=inspect.cleandoc(fn.__doc__ or ""),
+        )
         opsets = [helper.make_opsetid("", self.opset)]
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxprune.synthetic",
-                                  ir_version=helper.find_min_ir_version_for(opsets))
-        helper.set_model_props(model, {META_GRAPH: fn.__name__, META_SEED: str(self.seed),
-                                       META_VARIANTS: "[]"})
+        model = helper.make_model(
+            graph,
+            opset_imports=opsets,
+            producer_name="onnxprune.synthetic",
+            ir_version=helper.find_min_ir_version_for(opsets),
+        )
+        helper.set_model_props(
+            model, {META_GRAPH: fn.__name__, META_SEED: str(self.seed), META_VARIANTS: "[]"}
+        )
         return model
-
-

@@ -33,13 +33,32 @@ LICENSES = Path("/usr/share/common-licenses")
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples")
 SPLIT = {
-    "calib": {"texts": ["GPL-3", "LGPL-2.1", "Apache-2.0", "GFDL-1.3"], "fonts": ["DejaVuSans.ttf", "DejaVuSerif.ttf"],
-              "photos": ["text/scenetext01.jpg", "text/scenetext02.jpg", "text/scenetext03.jpg",
-                         "data/text_defocus.jpg"], "pages": 96, "crops": 8, "seed": 1},
-    "eval": {"texts": ["BSD", "MPL-2.0", "Artistic", "CC0-1.0"],
-             "fonts": ["DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf"],
-             "photos": ["text/scenetext04.jpg", "text/scenetext05.jpg", "text/scenetext06.jpg",
-                        "data/text_motion.jpg"], "pages": 48, "crops": 4, "seed": 2},
+    "calib": {
+        "texts": ["GPL-3", "LGPL-2.1", "Apache-2.0", "GFDL-1.3"],
+        "fonts": ["DejaVuSans.ttf", "DejaVuSerif.ttf"],
+        "photos": [
+            "text/scenetext01.jpg",
+            "text/scenetext02.jpg",
+            "text/scenetext03.jpg",
+            "data/text_defocus.jpg",
+        ],
+        "pages": 96,
+        "crops": 8,
+        "seed": 1,
+    },
+    "eval": {
+        "texts": ["BSD", "MPL-2.0", "Artistic", "CC0-1.0"],
+        "fonts": ["DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf"],
+        "photos": [
+            "text/scenetext04.jpg",
+            "text/scenetext05.jpg",
+            "text/scenetext06.jpg",
+            "data/text_motion.jpg",
+        ],
+        "pages": 48,
+        "crops": 4,
+        "seed": 2,
+    },
 }
 
 
@@ -73,7 +92,7 @@ def page_crops(texts: list[str], fonts: list[str], count: int, rng: np.random.Ge
     for i in range(count):
         text = words[texts[i % len(texts)]]
         start = int(rng.integers(0, max(1, len(text) - 400)))
-        out.append(render_page(text[start:start + 400], FONTS / fonts[(i // len(texts)) % len(fonts)], rng))
+        out.append(render_page(text[start : start + 400], FONTS / fonts[(i // len(texts)) % len(fonts)], rng))
     return out
 
 
@@ -85,12 +104,13 @@ def photo_crops(paths: list[str], per_photo: int, rng: np.random.Generator) -> l
     for p in paths:
         image = Image.open(PHOTOS / p).convert("RGB")
         scale = 1.5 * SIDE / min(image.size)
-        image = image.resize((max(SIDE, round(image.width * scale)), max(SIDE, round(image.height * scale))),
-                             Image.BILINEAR)
+        image = image.resize(
+            (max(SIDE, round(image.width * scale)), max(SIDE, round(image.height * scale))), Image.BILINEAR
+        )
         a = np.asarray(image)
         for _ in range(per_photo):
             y, x = int(rng.integers(0, a.shape[0] - SIDE + 1)), int(rng.integers(0, a.shape[1] - SIDE + 1))
-            out.append(a[y:y + SIDE, x:x + SIDE])
+            out.append(a[y : y + SIDE, x : x + SIDE])
     return out
 
 

@@ -46,8 +46,18 @@ import numpy as np
 
 MEAN, STD = 0.2860, 0.3530
 DATA_DIR = Path(os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 EVAL_FLOAT_LIMIT = 12 * 1024 * 1024
 
 
@@ -59,7 +69,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     return arr.reshape(dims)
 
@@ -70,7 +80,7 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     lab = DATA_DIR / f"{prefix}-labels-idx1-ubyte.gz"
     if not img.exists():
         sys.exit(f"Fashion-MNIST not found at {DATA_DIR}: apt-get install dataset-fashion-mnist")
-    x = read_idx(img)[:, None, :, :]          # uint8 [N,1,28,28]
+    x = read_idx(img)[:, None, :, :]  # uint8 [N,1,28,28]
     y = read_idx(lab).astype(np.int64)
     return x, y
 
@@ -84,8 +94,9 @@ def build_model():
     from torch import nn
 
     def cbr(cin, cout, k, s=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     class ResBlock(nn.Module):
         def __init__(self, c):
@@ -129,6 +140,7 @@ def count_macs(model) -> int:
     """Conv/Linear multiply-accumulates for one 1x28x28 image (hooks, no extra deps)."""
     import torch
     from torch import nn
+
     total = 0
 
     def hook(mod, inp, out):
@@ -138,6 +150,7 @@ def count_macs(model) -> int:
             total += out.numel() * k
         elif isinstance(mod, nn.Linear):
             total += mod.in_features * mod.out_features
+
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
@@ -152,12 +165,13 @@ def count_macs(model) -> int:
 def augment(xb, gen):
     """Random 2-pixel shift (pad+crop) and horizontal flip, per sample, seeded."""
     import torch
+
     n = xb.shape[0]
     pad = torch.nn.functional.pad(xb, (2, 2, 2, 2), value=float((0 - MEAN) / STD))
     dx = torch.randint(0, 5, (n,), generator=gen)
     dy = torch.randint(0, 5, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(28)[None, :])            # [n,28]
-    cols = (dx[:, None] + torch.arange(28)[None, :])
+    rows = dy[:, None] + torch.arange(28)[None, :]  # [n,28]
+    cols = dx[:, None] + torch.arange(28)[None, :]
     out = pad[:, 0][torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]  # [n,28,28]
     flip = torch.rand(n, generator=gen) < 0.5
     out = torch.where(flip[:, None, None], out.flip(-1), out)
@@ -166,27 +180,40 @@ def augment(xb, gen):
 
 def evaluate(model, x, y, bs=1000) -> float:
     import torch
+
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), bs):
-            correct += (model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item()
+            correct += (model(x[i : i + bs]).argmax(1) == y[i : i + bs]).sum().item()
     return correct / len(x)
 
 
 def export_onnx(model, path: Path) -> None:
     import onnx
     import torch
+
     model.eval()
     dummy = torch.zeros(2, 1, 28, 28)
-    kwargs = dict(input_names=["input"], output_names=["logits"], opset_version=17,
-                  dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+    kwargs = dict(
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        dynamo=False,
+    )
     # TrainingMode.EVAL + constant folding fuses BN into the convs; PRESERVE keeps the
     # BatchNormalization nodes (the model is in eval mode, so they are inference-mode BN).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation + PRESERVE/folding notice
-        torch.onnx.export(model, (dummy,), str(path), do_constant_folding=True,
-                          training=torch.onnx.TrainingMode.PRESERVE, **kwargs)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.PRESERVE,
+            **kwargs,
+        )
     m = onnx.load(str(path))
     n_bn = sum(n.op_type == "BatchNormalization" for n in m.graph.node)
     if n_bn == 0:
@@ -200,9 +227,11 @@ def export_onnx(model, path: Path) -> None:
             modes = [a.i for a in n.attribute if a.name == "training_mode"]
             if any(modes) or len(n.output) != 1:
                 raise RuntimeError(f"BN node {n.name} exported in training mode")
-    m.doc_string = ("Fashion-MNIST residual CNN (onnxprune models/train_fmnist.py). Input: "
-                    "(pixels/255 - 0.2860)/0.3530, NCHW float32 [N,1,28,28]; output logits [N,10]. "
-                    "Classes: " + ", ".join(CLASSES))
+    m.doc_string = (
+        "Fashion-MNIST residual CNN (onnxprune models/train_fmnist.py). Input: "
+        "(pixels/255 - 0.2860)/0.3530, NCHW float32 [N,1,28,28]; output logits [N,10]. "
+        "Classes: " + ", ".join(CLASSES)
+    )
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, str(path))
 
@@ -238,10 +267,10 @@ def main() -> None:
 
     gen = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = (len(xtr) + args.batch_size - 1) // args.batch_size
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.25)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25
+    )
     lossf = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
     for ep in range(args.epochs):
         model.train()
@@ -249,7 +278,7 @@ def main() -> None:
         perm = torch.randperm(len(xtr), generator=gen)
         tot = 0.0
         for i in range(steps_per_epoch):
-            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
             xb = augment(xtr[idx], gen)
             loss = lossf(model(xb), ytr_t[idx])
             opt.zero_grad(set_to_none=True)
@@ -258,8 +287,11 @@ def main() -> None:
             sched.step()
             tot += loss.item() * len(idx)
         acc = evaluate(model, xte, yte_t)
-        print(f"epoch {ep + 1}/{args.epochs} loss {tot / len(xtr):.4f} test acc {acc:.4f} "
-              f"({time.time() - t0:.0f}s)", flush=True)
+        print(
+            f"epoch {ep + 1}/{args.epochs} loss {tot / len(xtr):.4f} test acc {acc:.4f} "
+            f"({time.time() - t0:.0f}s)",
+            flush=True,
+        )
 
     torch_acc = evaluate(model, xte, yte_t)
     out = args.out_dir
@@ -276,11 +308,12 @@ def main() -> None:
     so.intra_op_num_threads = args.threads
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     xte_np = xte.numpy()
-    logits = np.concatenate([sess.run(["logits"], {"input": xte_np[i:i + 1000]})[0]
-                             for i in range(0, len(xte_np), 1000)])
+    logits = np.concatenate(
+        [sess.run(["logits"], {"input": xte_np[i : i + 1000]})[0] for i in range(0, len(xte_np), 1000)]
+    )
     model.eval()
     with torch.no_grad():
-        ref = torch.cat([model(xte[i:i + 1000]) for i in range(0, len(xte), 1000)]).numpy()
+        ref = torch.cat([model(xte[i : i + 1000]) for i in range(0, len(xte), 1000)]).numpy()
     diff = float(np.abs(logits - ref).max())
     ort_acc = float((logits.argmax(1) == yte).mean())
     print(f"ORT vs torch max abs diff {diff:.3g}; test accuracy torch {torch_acc:.4f} ORT {ort_acc:.4f}")
@@ -291,8 +324,9 @@ def main() -> None:
 
     # Calibration set: first 512 of a fixed-seed permutation of the training set.
     perm = np.random.default_rng(args.seed).permutation(len(xtr_u8))[:512]
-    np.savez_compressed(out / "fmnist_calib.npz", input=normalize(xtr_u8[perm]),
-                        labels=ytr[perm].astype(np.int64))
+    np.savez_compressed(
+        out / "fmnist_calib.npz", input=normalize(xtr_u8[perm]), labels=ytr[perm].astype(np.int64)
+    )
     eval_path = out / "fmnist_eval.npz"
     np.savez_compressed(eval_path, input=xte_np, labels=yte.astype(np.int64))
     if eval_path.stat().st_size > EVAL_FLOAT_LIMIT:

@@ -2,7 +2,8 @@
 
 Costs couple neighbouring groups (a conv's MACs depend on its input and output widths), so every
 allocator proposes widths against a *linearized* saving and the exact cost of the proposal is then
-predicted by the tracer or the latency table (``cost_of``); the requested saving is tightened until the exact cost meets
+predicted by the tracer or the latency table (``cost_of``); the requested saving is tightened until the
+exact cost meets
 the budget. ``dp`` is SPDY-style: minimize Σ_g e_g(k_g) subject to Σ_g saving_g(k_g) ≥ S by dynamic
 programming over discretized savings.
 """
@@ -49,7 +50,7 @@ def plan_from_widths(choices: list[GroupChoice], widths: dict[int, int]) -> dict
     for c in choices:
         k = widths.get(c.group, c.size)
         if k < c.size:
-            plan[c.group] = np.sort(c.ranking.order[c.size - k:])
+            plan[c.group] = np.sort(c.ranking.order[c.size - k :])
     return plan
 
 
@@ -83,8 +84,9 @@ def allocate_global(choices: list[GroupChoice], saving: float) -> dict[int, int]
     return widths
 
 
-def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
-                weights: Mapping[int, float] | None = None) -> dict[int, int]:
+def allocate_dp(
+    choices: list[GroupChoice], saving: float, buckets: int = 2000, weights: Mapping[int, float] | None = None
+) -> dict[int, int]:
     """Min Σ c_g·error_g subject to Σ linearized saving ≥ ``saving`` (knapsack over discretized savings).
 
     best[t] is the least error reaching saving bucket t (bucket ``buckets`` means "at least the target";
@@ -102,8 +104,10 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
         ks = c.widths()
         errs = np.array([c.error(int(k)) for k in ks]) * (weights.get(c.group, 1.0) if weights else 1.0)
         lin = (c.size - ks) * c.saving_per_channel
-        # nearest bucket, not floor: flooring every group's gain loses up to a bucket per group, so a plan that
-        # meets the saving exactly (a lossless one) looked short of it; the caller checks the exact cost anyway
+        # nearest bucket, not floor: flooring every group's gain loses up to a bucket per group, so a plan
+        # that
+        # meets the saving exactly (a lossless one) looked short of it; the caller checks the exact cost
+        # anyway
         gains = np.minimum(np.floor(lin / unit + 0.5).astype(int), top)
         new = np.full(top + 1, np.inf)
         new_saved = np.zeros(top + 1)
@@ -137,8 +141,12 @@ def allocate_dp(choices: list[GroupChoice], saving: float, buckets: int = 2000,
     return widths
 
 
-def fill_budget(choices: list[GroupChoice], widths: dict[int, int],
-                cost_of: Callable[[dict[int, int]], float], budget: float) -> dict[int, int]:
+def fill_budget(
+    choices: list[GroupChoice],
+    widths: dict[int, int],
+    cost_of: Callable[[dict[int, int]], float],
+    budget: float,
+) -> dict[int, int]:
     """Give channels back while the exact cost stays within ``budget``: a plan that meets the target with
     room to spare is as good as the target allows only once no group can grow by one allowed step.
 
@@ -174,16 +182,25 @@ def fill_budget(choices: list[GroupChoice], widths: dict[int, int],
     return widths
 
 
-def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[[dict[int, int]], float],
-                  base_cost: float, budget: float, floor_cost: float, metric: str) -> tuple[dict[int, int], float]:
+def fit_to_target(
+    propose: Callable[[float], dict[int, int]],
+    cost_of: Callable[[dict[int, int]], float],
+    base_cost: float,
+    budget: float,
+    floor_cost: float,
+    metric: str,
+) -> tuple[dict[int, int], float]:
     """Tighten the requested linearized saving until the exact cost meets ``budget``."""
+
     def fmt(v: float) -> str:
         return f"{v:.3f} ms" if metric == "latency" else f"{v:,.0f}"
 
     if floor_cost > budget * (1 + 1e-9):
         raise TargetUnreachableError(
             f"target unreachable: {metric} can go down to {fmt(floor_cost)} at most "
-            f"({base_cost / max(floor_cost, 1e-12):.2f}x), the target needs {fmt(budget)} ({base_cost / budget:.2f}x)")
+            f"({base_cost / max(floor_cost, 1e-12):.2f}x), the target needs {fmt(budget)} "
+            f"({base_cost / budget:.2f}x)"
+        )
     saving = base_cost - budget
     best, previous, boost = None, None, 1.0
     for _ in range(40):
@@ -197,16 +214,26 @@ def fit_to_target(propose: Callable[[float], dict[int, int]], cost_of: Callable[
         previous = widths
         saving += max(cost - budget, 1e-6 * base_cost) * 1.05 * boost
     if best is None:
-        raise TargetUnreachableError(f"could not meet the {metric} target {fmt(budget)}; best reached {fmt(cost)}")
+        raise TargetUnreachableError(
+            f"could not meet the {metric} target {fmt(budget)}; best reached {fmt(cost)}"
+        )
     return best
 
 
-def allocate_to_budget(choices: list[GroupChoice], cost_of: Callable[[dict[int, int]], float],
-                       base_cost: float, budget: float, floor_cost: float, metric: str,
-                       allocation: str = "dp", weights: Mapping[int, float] | None = None) -> dict[int, int]:
+def allocate_to_budget(
+    choices: list[GroupChoice],
+    cost_of: Callable[[dict[int, int]], float],
+    base_cost: float,
+    budget: float,
+    floor_cost: float,
+    metric: str,
+    allocation: str = "dp",
+    weights: Mapping[int, float] | None = None,
+) -> dict[int, int]:
     """Widths whose exact cost meets ``budget`` and lies as close to it as the widths allow: ``allocation``'s
     proposal (``dp``: ``allocate_dp`` with ``weights``; ``global``: ``allocate_global``) tightened until the
     exact cost meets the budget (``fit_to_target``), then filled back up to it (``fill_budget``)."""
+
     def propose(saving):
         if allocation == "dp":
             return allocate_dp(choices, saving, weights=weights)
@@ -216,10 +243,16 @@ def allocate_to_budget(choices: list[GroupChoice], cost_of: Callable[[dict[int, 
     return fill_budget(choices, widths, cost_of, budget)
 
 
-def search_allocation(groups: list[int], propose: Callable[[dict[int, float]], dict[int, int]],
-                      damage: Callable[[dict[int, int]], float], evals: int, seed: int = 0,
-                      step: float = 1.0) -> tuple[dict[int, int], dict]:
-    """SPDY-style search: tune the per-group weights c_g of the DP objective Σ c_g·e_g(k_g) by the real damage.
+def search_allocation(
+    groups: list[int],
+    propose: Callable[[dict[int, float]], dict[int, int]],
+    damage: Callable[[dict[int, int]], float],
+    evals: int,
+    seed: int = 0,
+    step: float = 1.0,
+) -> tuple[dict[int, int], dict]:
+    """SPDY-style search: tune the per-group weights c_g of the DP objective Σ c_g·e_g(k_g) by the real
+    damage.
 
     The error curves are per group, measured or estimated one group at a time, and damages do not add up;
     so each candidate c (log c_g perturbed by N(0, ``step``²) on a random subset of groups, the subset

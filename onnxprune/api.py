@@ -35,8 +35,15 @@ class CompressResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def compress(model: str | os.PathLike | onnx.ModelProto, *, target: float | str = 2.0, calib: str | None = None,
-             outdir: str | os.PathLike | None = None, progress=None, **options) -> CompressResult:
+def compress(
+    model: str | os.PathLike | onnx.ModelProto,
+    *,
+    target: float | str = 2.0,
+    calib: str | None = None,
+    outdir: str | os.PathLike | None = None,
+    progress=None,
+    **options,
+) -> CompressResult:
     """Prune ``model`` (a path or a ModelProto) to ``target`` (a factor: 2.0 or "2x") with calibration data
     ``calib`` (as ``--calib``: .npz/.npy, an image folder or file.py:function). With ``outdir`` the files
     are written there as by the CLI; without, they go to a temporary folder removed before returning.

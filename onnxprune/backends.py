@@ -16,7 +16,9 @@ from .tensorrt_backend import tensorrt_available, tensorrt_prepare, tensorrt_ver
 BACKENDS = ("ort", "tensorrt")
 
 
-def run_bench(paths: Sequence[str], opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict:
+def run_bench(
+    paths: Sequence[str], opts: BenchOptions, progress: Callable[[str], None] | None = None
+) -> dict:
     """``onnxprune bench``: load the models (exit 2 on an unusable file), measure them, return the report."""
     backend, sparse, input_shapes = opts.backend, opts.sparse, opts.input_shapes
 
@@ -38,7 +40,15 @@ def run_bench(paths: Sequence[str], opts: BenchOptions, progress: Callable[[str]
     else:
         prepare = ort_prepare(opts.threads)
     rows = bench_models(models, prepare, opts, progress=progress)
-    return {"backend": backend, "models": [m.name for m in models], "batches": list(opts.batches),
-            "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "repeats": opts.repeats,
-            "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
-            "results": [r.to_dict() for r in rows], "versions": versions}
+    return {
+        "backend": backend,
+        "models": [m.name for m in models],
+        "batches": list(opts.batches),
+        "threads": opts.threads,
+        "rounds": opts.rounds,
+        "warmup": opts.warmup,
+        "repeats": opts.repeats,
+        "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+        "results": [r.to_dict() for r in rows],
+        "versions": versions,
+    }

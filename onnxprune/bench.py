@@ -10,9 +10,8 @@ this moment. Each run follows another model's run, so caches are not warm with t
 data as in a loop over one model: for sub-millisecond models that costs some speed, most for the fastest.
 
 Sessions are created with intra-op spinning off. With spinning on, the idle session's threads
-busy-wait after each run and steal the cores of the session that runs next; on 2 cores the same
-EfficientNet-Lite0 dense/pruned pair at batch 32 measured 1.97x or 1.53x depending only on which
-session was created first, and 1.97x / 1.96x either way with spinning off (both models faster too).
+busy-wait after each run and steal the cores of the session that runs next, so a ratio would depend
+on which session was created first.
 
 Per model the run times (ms) give p50/p90/p99, min, mean and a throughput of batch / p50.
 ``--repeats R`` repeats the interleaved rounds R times on the same sessions; the table then shows the
@@ -53,6 +52,7 @@ class ModelSkipped(InputError):
 
 # ---- statistics and schedule (pure) -------------------------------------------------------------
 
+
 @dataclass
 class LatencyStats:
     p50_ms: float
@@ -80,8 +80,17 @@ def latency_stats(times_ms: Sequence[float], *, batch: int = 1, threads: int = 0
     if t.size == 0:
         raise ValueError("no run times to summarize")
     p50, p90, p99 = (float(v) for v in np.percentile(t, [50, 90, 99]))
-    return LatencyStats(p50, p90, p99, float(t.min()), float(t.mean()), batch * 1000.0 / p50 if p50 > 0 else float("inf"),
-                        int(t.size), batch, threads)
+    return LatencyStats(
+        p50,
+        p90,
+        p99,
+        float(t.min()),
+        float(t.mean()),
+        batch * 1000.0 / p50 if p50 > 0 else float("inf"),
+        int(t.size),
+        batch,
+        threads,
+    )
 
 
 def rotation(n_models: int, round_index: int) -> list[int]:
@@ -89,8 +98,9 @@ def rotation(n_models: int, round_index: int) -> list[int]:
     return [(round_index + i) % n_models for i in range(n_models)]
 
 
-def interleave(runners: Sequence[Callable[[], float]], *, rounds: int, warmup: int = 0,
-               budget_s: float | None = None) -> list[list[float]]:
+def interleave(
+    runners: Sequence[Callable[[], float]], *, rounds: int, warmup: int = 0, budget_s: float | None = None
+) -> list[list[float]]:
     """Run every runner once per round in :func:`rotation` order; each call returns its own time in ms.
 
     ``warmup`` untimed rounds come first (same rotation). With ``budget_s``, rounds stop once that many
@@ -120,7 +130,10 @@ def interleave(runners: Sequence[Callable[[], float]], *, rounds: int, warmup: i
 
 # ---- inputs ---------------------------------------------------------------------------------------
 
-def shapes_at_batch(model: onnx.ModelProto, batch: int, input_shapes: Mapping[str, Shape] | None = None) -> dict[str, Shape]:
+
+def shapes_at_batch(
+    model: onnx.ModelProto, batch: int, input_shapes: Mapping[str, Shape] | None = None
+) -> dict[str, Shape]:
     """Concrete input shapes with the leading (batch) dim set to ``batch``.
 
     ``input_shapes`` (only the names this model has are used) settle the other dynamic dims; their
@@ -161,8 +174,9 @@ def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Shape], seed: int 
     return feeds
 
 
-def feeds_for(model: onnx.ModelProto, batch: int, input_shapes: Mapping[str, Shape] | None,
-              cache: dict) -> dict[str, np.ndarray]:
+def feeds_for(
+    model: onnx.ModelProto, batch: int, input_shapes: Mapping[str, Shape] | None, cache: dict
+) -> dict[str, np.ndarray]:
     """Random feeds at ``batch``; models with the same input names, dtypes and shapes get the very same
     arrays (through ``cache``), models whose inputs differ get their own."""
     shapes = shapes_at_batch(model, batch, input_shapes)
@@ -172,15 +186,20 @@ def feeds_for(model: onnx.ModelProto, batch: int, input_shapes: Mapping[str, Sha
     return cache[key]
 
 
-def check_input_shape_names(models: Sequence[onnx.ModelProto], input_shapes: Mapping[str, Shape] | None) -> None:
+def check_input_shape_names(
+    models: Sequence[onnx.ModelProto], input_shapes: Mapping[str, Shape] | None
+) -> None:
     """Every ``--input-shape`` name must be an input of at least one model (a typo is exit 2, not ignored)."""
     known = {vi.name for m in models for vi in graph_inputs(m)}
     for name in input_shapes or {}:
         if name not in known:
-            raise InputError(f"--input-shape names unknown input '{name}' (model inputs: {', '.join(sorted(known))})")
+            raise InputError(
+                f"--input-shape names unknown input '{name}' (model inputs: {', '.join(sorted(known))})"
+            )
 
 
 # ---- the measurement loop -----------------------------------------------------------------------
+
 
 @dataclass
 class Prepared:
@@ -216,11 +235,19 @@ class BenchRow:
         return statistics.median(self.p50_repeats_ms) if self.p50_repeats_ms else None
 
     def to_dict(self) -> dict:
-        d = {"model": self.model, "batch": self.batch, "size_mb": self.size_mb, "peak_mb": self.peak_mb,
-             "skipped": self.skipped, "stats": self.stats.to_dict() if self.stats else None,
-             "p50_repeats_ms": self.p50_repeats_ms, "p50_median_ms": self.p50_median_ms,
-             "p50_min_ms": min(self.p50_repeats_ms) if self.p50_repeats_ms else None, "speedup": self.speedup,
-             "throughput": self.batch * 1000.0 / self.p50_median_ms if self.p50_median_ms else None}
+        d = {
+            "model": self.model,
+            "batch": self.batch,
+            "size_mb": self.size_mb,
+            "peak_mb": self.peak_mb,
+            "skipped": self.skipped,
+            "stats": self.stats.to_dict() if self.stats else None,
+            "p50_repeats_ms": self.p50_repeats_ms,
+            "p50_median_ms": self.p50_median_ms,
+            "p50_min_ms": min(self.p50_repeats_ms) if self.p50_repeats_ms else None,
+            "speedup": self.speedup,
+            "throughput": self.batch * 1000.0 / self.p50_median_ms if self.p50_median_ms else None,
+        }
         return {**d, **self.extra}
 
 
@@ -243,8 +270,12 @@ class BenchOptions:
     sparse: bool = False
 
 
-def bench_models(models: Sequence[BenchModel], prepare: Prepare, opts: BenchOptions,
-                 progress: Callable[[str], None] | None = None) -> list[BenchRow]:
+def bench_models(
+    models: Sequence[BenchModel],
+    prepare: Prepare,
+    opts: BenchOptions,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
     """For each batch: prepare every model in turn (alone, so its memory growth is its own), then time
     them all with :func:`interleave` — warm-up once, then ``repeats`` × ``rounds`` rounds. Models that
     cannot run at a batch (ModelSkipped) become skipped rows. Rows come batch by batch, in model order.
@@ -272,9 +303,13 @@ def bench_models(models: Sequence[BenchModel], prepare: Prepare, opts: BenchOpti
                 if progress:
                     progress(f"batch {batch}: repeat {rep + 1}/{repeats}, {rounds} rounds")
                 # the sessions stay warm between repeats: warm-up rounds only before the first
-                per_repeat.append(interleave([p.run for _, p in ready], rounds=rounds, warmup=warmup if rep == 0 else 0))
+                per_repeat.append(
+                    interleave([p.run for _, p in ready], rounds=rounds, warmup=warmup if rep == 0 else 0)
+                )
             for k, (row, _) in enumerate(ready):
-                row.stats = latency_stats([t for rep in per_repeat for t in rep[k]], batch=batch, threads=threads)
+                row.stats = latency_stats(
+                    [t for rep in per_repeat for t in rep[k]], batch=batch, threads=threads
+                )
                 row.p50_repeats_ms = [latency_stats(rep[k]).p50_ms for rep in per_repeat]
         finally:
             for _, p in ready:
@@ -292,6 +327,7 @@ def bench_models(models: Sequence[BenchModel], prepare: Prepare, opts: BenchOpti
 
 # ---- onnxruntime ---------------------------------------------------------------------------------
 
+
 def ort_runner(session, feeds: Mapping[str, np.ndarray]) -> Callable[[], float]:
     """One ``session.run`` on fixed feeds, timed with the wall clock (ms)."""
     feeds = dict(feeds)
@@ -300,6 +336,7 @@ def ort_runner(session, feeds: Mapping[str, np.ndarray]) -> Callable[[], float]:
         t0 = time.perf_counter()
         session.run(None, feeds)
         return (time.perf_counter() - t0) * 1e3
+
     return run
 
 
@@ -307,11 +344,15 @@ def ort_runner(session, feeds: Mapping[str, np.ndarray]) -> Callable[[], float]:
 def _onnxruntime_started() -> None:
     """Create and run one trivial session, so that onnxruntime's process-wide setup (environment,
     default logger, kernel registries) is not charged to the first model's memory."""
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warm",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "warm",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)).run(
-        None, {"x": np.zeros(1, np.float32)})
+        None, {"x": np.zeros(1, np.float32)}
+    )
 
 
 def ort_prepare(threads: int) -> Prepare:
@@ -324,18 +365,27 @@ def ort_prepare(threads: int) -> Prepare:
             session = ort_session(m.model, threads, spinning=False)  # see the module docstring
             session.run(None, feeds)
             return session
+
         try:
             session, peak = peak_rss_growth(load_and_run)
         except Exception as exc:  # onnxruntime's own errors: unsupported op, bad shapes, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelSkipped(f"onnxruntime cannot run it at batch {batch}: {first}") from None
         return Prepared(ort_runner(session, feeds), peak)
+
     return prepare
 
 
-def compare_latency(models: Sequence[onnx.ModelProto], *, batch: int = 1, threads: int = 0,
-                    input_shapes: Mapping[str, tuple] | None = None, rounds: int = 30, warmup: int = 5,
-                    budget_s: float | None = None) -> list[LatencyStats]:
+def compare_latency(
+    models: Sequence[onnx.ModelProto],
+    *,
+    batch: int = 1,
+    threads: int = 0,
+    input_shapes: Mapping[str, tuple] | None = None,
+    rounds: int = 30,
+    warmup: int = 5,
+    budget_s: float | None = None,
+) -> list[LatencyStats]:
     """onnxruntime CPU latency of ``models`` measured side by side (one :func:`interleave` run).
 
     Every model gets random inputs at ``batch`` (shared when the models' inputs agree); ``input_shapes``
@@ -358,12 +408,16 @@ def compare_latency(models: Sequence[onnx.ModelProto], *, batch: int = 1, thread
 
 # ---- the command --------------------------------------------------------------------------------
 
+
 def parse_batches(spec: str, option: str = "--batch") -> list[int]:
-    """"1,8,32" → [1, 8, 32]; anything else (zero, negative, not a number) is an InputError naming ``option``."""
+    """ "1,8,32" → [1, 8, 32]; anything else (zero, negative, not a number) is an InputError naming
+    ``option``."""
     try:
         batches = [int(b) for b in spec.split(",") if b.strip()]
         if not batches or any(b <= 0 for b in batches):
             raise ValueError
     except ValueError:
-        raise InputError(f"bad {option} '{spec}': expected positive sizes separated by commas, e.g. 1,8,32") from None
+        raise InputError(
+            f"bad {option} '{spec}': expected positive sizes separated by commas, e.g. 1,8,32"
+        ) from None
     return list(dict.fromkeys(batches))

@@ -1,4 +1,4 @@
-"""Channel groups: which channels of a graph must be removed together (DESIGN.md, "Channel groups").
+"""Channel groups: which channels of a graph must be removed together.
 
 A *channel space* is the channel axis of one tensor where it is born (a Conv's output channels, a
 MatMul's output features, a Concat's output). Op rules (``ops.REGISTRY``) say how each node moves
@@ -98,8 +98,12 @@ class ChannelGroup:
 
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "channels": self.size, "prunable": self.prunable,
-            "reason": "; ".join(self.reasons) if self.reasons else ("single channel" if self.size <= 1 else None),
+            "id": self.id,
+            "channels": self.size,
+            "prunable": self.prunable,
+            "reason": "; ".join(self.reasons)
+            if self.reasons
+            else ("single channel" if self.size <= 1 else None),
             "members": [{"node": n, "role": r} for n, r in self.members],
             "segments": [{"space": s.space, "start": s.start, "length": s.length} for s in self.segments],
         }
@@ -128,13 +132,15 @@ def _refine(spaces: list[Space], links: list[tuple[int, int, int, int, int]]) ->
     return [sorted(c) for c in cuts]
 
 
-def build_groups(spaces: list[Space], links: list[tuple[int, int, int, int, int]],
-                 members: list[Member]) -> tuple[list[ChannelGroup], dict[int, list[Segment]]]:
+def build_groups(
+    spaces: list[Space], links: list[tuple[int, int, int, int, int]], members: list[Member]
+) -> tuple[list[ChannelGroup], dict[int, list[Segment]]]:
     """Union-find over refined segments → groups (ids in order of first appearance)."""
     cuts = _refine(spaces, links)
     segments: dict[int, list[Segment]] = {
-        s.id: [] if s.alias_of is not None else
-        [Segment(s.id, lo, hi - lo) for lo, hi in zip(cuts[s.id][:-1], cuts[s.id][1:], strict=True)]
+        s.id: []
+        if s.alias_of is not None
+        else [Segment(s.id, lo, hi - lo) for lo, hi in zip(cuts[s.id][:-1], cuts[s.id][1:], strict=True)]
         for s in spaces
     }
     flat = [seg for s in spaces for seg in segments[s.id]]
@@ -212,11 +218,17 @@ class Trace:
             if not g.prunable:
                 raise ValueError(f"group {gid} is not prunable: {'; '.join(g.reasons) or 'single channel'}")
             if k.size == 0 or k.size != np.unique(k).size or k.min() < 0 or k.max() >= g.size:
-                raise ValueError(f"group {gid}: kept indices must be distinct, in [0, {g.size}), and not empty")
+                raise ValueError(
+                    f"group {gid}: kept indices must be distinct, in [0, {g.size}), and not empty"
+                )
         out = {}
         for sid, segs in self.segments.items():
-            parts = [seg.start + np.sort(np.asarray(plan[seg.group])) if seg.group in plan
-                     else np.arange(seg.start, seg.start + seg.length) for seg in segs]
+            parts = [
+                seg.start + np.sort(np.asarray(plan[seg.group]))
+                if seg.group in plan
+                else np.arange(seg.start, seg.start + seg.length)
+                for seg in segs
+            ]
             out[sid] = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         return out
 
@@ -236,11 +248,15 @@ class Trace:
     def input_units(self, layers) -> dict[str, int]:
         """Per linear layer whose input is traced with whole channels in a row (no outer blocks), the
         positions along its input axis one channel spans (1, or a Flatten's H·W)."""
-        return {n: self.views[lay.input].inner for n, lay in layers.items()
-                if lay.input in self.views and self.views[lay.input].outer == 1}
+        return {
+            n: self.views[lay.input].inner
+            for n, lay in layers.items()
+            if lay.input in self.views and self.views[lay.input].outer == 1
+        }
 
     def predict_macs(self, node_macs: dict[str, int], plan: dict[int, np.ndarray]) -> float:
-        """MACs after applying ``plan``: each node's MACs times the kept fraction of the spaces it scales with."""
+        """MACs after applying ``plan``: each node's MACs times the kept fraction of the spaces it scales
+        with."""
         kept = self.kept_channels(plan)
         frac = {s.id: len(kept[s.id]) / s.size if s.size else 1.0 for s in self.spaces}
         total = 0.0
@@ -250,7 +266,8 @@ class Trace:
         return total
 
     def predict_params(self, param_sizes: dict[tuple[str, int], int], plan: dict[int, np.ndarray]) -> float:
-        """Parameters after ``plan``: each (node, input) tensor shrinks by the kept fraction of every space slicing it."""
+        """Parameters after ``plan``: each (node, input) tensor shrinks by the kept fraction of every space
+        slicing it."""
         kept = self.kept_channels(plan)
         frac = {s.id: len(kept[s.id]) / s.size if s.size else 1.0 for s in self.spaces}
         factor: dict[tuple[str, int], float] = {}
@@ -277,7 +294,8 @@ class Trace:
 
 
 def expand_indices(kept: np.ndarray, size: int, outer: int = 1, inner: int = 1) -> np.ndarray:
-    """Element indices along an axis of size outer·size·inner holding channels ``kept``: (o·C + c)·inner + r."""
+    """Element indices along an axis of size outer·size·inner holding channels ``kept``: (o·C + c)·inner +
+    r."""
     o = np.arange(outer)[:, None, None]
     r = np.arange(inner)[None, None, :]
     return ((o * size + np.asarray(kept)[None, :, None]) * inner + r).reshape(-1)

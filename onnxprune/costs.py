@@ -72,10 +72,22 @@ def model_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None 
                 macs = int(rule(node, shapes))
             except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                 unmeasured.append(node.name)
-        weight = node.input[1] if len(node.input) > 1 and node.input[1] in floats else (weights[0] if weights else None)
+        weight = (
+            node.input[1]
+            if len(node.input) > 1 and node.input[1] in floats
+            else (weights[0] if weights else None)
+        )
         out = shapes.get(node.output[0]) if node.output else None
-        nodes.append(NodeCost(node.name, node.op_type, macs, params,
-                              floats[weight] if weight else None, list(out) if out is not None else None))
+        nodes.append(
+            NodeCost(
+                node.name,
+                node.op_type,
+                macs,
+                params,
+                floats[weight] if weight else None,
+                list(out) if out is not None else None,
+            )
+        )
     return ModelCost(
         macs=sum(n.macs or 0 for n in nodes),
         params=sum(n.params for n in nodes),
@@ -93,4 +105,3 @@ def human(n: float | int | None, unit: str = "") -> str:
         if abs(n) >= div:
             return f"{n / div:.3g}{suffix}{unit}"
     return f"{n:g}{unit}"
-

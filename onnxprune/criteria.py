@@ -4,7 +4,7 @@
 allocator trades these curves against cost. Data-free scores (magnitude, BN scale, FPGM) and
 activation statistics are normalized per layer and summed over the group's coupled layers; their curve
 is the cumulative normalized score. ``obs`` removes channels greedily by structured Optimal Brain
-Surgeon over every consumer of the group (DESIGN.md):
+Surgeon over every consumer of the group:
 
     ΔE = Σ_consumers Σ_rows  w_F · ((H⁻¹)_FF)⁻¹ · w_Fᵀ     (F = the consumer features fed by the channel)
 
@@ -29,7 +29,17 @@ from .calibration.collect import row_hessian
 from .channels import ChannelGroup, Trace, weight_positions
 from .layers import LinearLayer, initializer_dict, linear_layers
 
-CRITERIA = ("obs", "woodfisher", "magnitude", "magnitude-l1", "bn-scale", "fpgm", "activation", "apoz", "random")
+CRITERIA = (
+    "obs",
+    "woodfisher",
+    "magnitude",
+    "magnitude-l1",
+    "bn-scale",
+    "fpgm",
+    "activation",
+    "apoz",
+    "random",
+)
 
 
 @dataclass
@@ -44,8 +54,13 @@ def _channel_positions(trace: Trace, group: ChannelGroup, space: int) -> list[np
     return [seg.start + np.arange(group.size) for seg in trace.segments[space] if seg.group == group.id]
 
 
-def _member_channel_values(trace: Trace, group: ChannelGroup, inits: Mapping[str, np.ndarray],
-                           node_inputs: Mapping[str, list[str]], roles=("producer", "consumer")):
+def _member_channel_values(
+    trace: Trace,
+    group: ChannelGroup,
+    inits: Mapping[str, np.ndarray],
+    node_inputs: Mapping[str, list[str]],
+    roles=("producer", "consumer"),
+):
     """For each param member of the group: (node, [size, ...] array of that member's weights per channel)."""
     out = []
     for m in trace.members:
@@ -59,8 +74,9 @@ def _member_channel_values(trace: Trace, group: ChannelGroup, inits: Mapping[str
             continue  # biases and per-channel constants say little about importance
         size = trace.spaces[m.space].size
         for pos in _channel_positions(trace, group, m.space):
-            rows = np.stack([w[weight_positions([p], size, m.outer, m.inner, m.groups)].reshape(-1)
-                             for p in pos])
+            rows = np.stack(
+                [w[weight_positions([p], size, m.outer, m.inner, m.groups)].reshape(-1) for p in pos]
+            )
             out.append((m.node, rows))
     return out
 
@@ -86,10 +102,12 @@ def magnitude_scores(rows_by_layer, p: int = 2) -> np.ndarray:
 
 def fpgm_scores(rows_by_layer) -> np.ndarray:
     """Filter Pruning via Geometric Median: a channel near the others' median is the most replaceable."""
+
     def dist(rows):
-        sq = (rows ** 2).sum(1)
+        sq = (rows**2).sum(1)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * rows @ rows.T, 0.0)
         return np.sqrt(d2).sum(1)
+
     return _per_layer_sum(rows_by_layer, dist)
 
 
@@ -162,7 +180,7 @@ def woodfisher_inverse(x: np.ndarray, lam: np.ndarray | float, block: int = 64) 
     lam = np.broadcast_to(np.asarray(lam, np.float64).reshape(-1), (g,))
     finv = np.eye(d)[None] / lam[:, None, None]
     for lo in range(0, n, block):
-        xb = x[:, lo:lo + block]  # [g, b, d]
+        xb = x[:, lo : lo + block]  # [g, b, d]
         fx = np.matmul(finv, np.swapaxes(xb, 1, 2))  # F⁻¹ X_bᵀ  [g, d, b]
         inner = (n / 2.0) * np.eye(xb.shape[1])[None] + np.matmul(xb, fx)
         finv = finv - np.matmul(fx, np.linalg.solve(inner, np.swapaxes(fx, 1, 2)))
@@ -341,9 +359,15 @@ class RankData:
 
     @classmethod
     def of(cls, model: onnx.ModelProto, trace: Trace, **stats) -> RankData:
-        """The data of ``model`` (weights, node inputs, linear layers) plus the given statistics (None: none)."""
-        return cls(trace, initializer_dict(model), {n.name: list(n.input) for n in model.graph.node},
-                   linear_layers(model), **{k: v for k, v in stats.items() if v is not None})
+        """The data of ``model`` (weights, node inputs, linear layers) plus the given statistics (None:
+        none)."""
+        return cls(
+            trace,
+            initializer_dict(model),
+            {n.name: list(n.input) for n in model.graph.node},
+            linear_layers(model),
+            **{k: v for k, v in stats.items() if v is not None},
+        )
 
 
 def _obs_group(g: ChannelGroup, data: RankData) -> GroupRanking | None:
@@ -357,8 +381,12 @@ def _obs_group(g: ChannelGroup, data: RankData) -> GroupRanking | None:
 
 
 def _bn_scores(g: ChannelGroup, data: RankData) -> np.ndarray | None:
-    vals = [np.abs(data.bn_scales[n])[pos] for n, r in g.members if r == "producer" and n in data.bn_scales
-            for pos in _producer_positions(data.trace, g, n)]
+    vals = [
+        np.abs(data.bn_scales[n])[pos]
+        for n, r in g.members
+        if r == "producer" and n in data.bn_scales
+        for pos in _producer_positions(data.trace, g, n)
+    ]
     return sum(v / max(v.mean(), 1e-30) for v in vals) if vals else None
 
 
@@ -382,13 +410,18 @@ def _fpgm_scores(g: ChannelGroup, data: RankData) -> np.ndarray | None:
 
 
 # criterion → per-channel scores of a group (None: no data for it, fall back to magnitude)
-SCORERS = {"bn-scale": _bn_scores, "activation": _activation_scores("activation"),
-           "apoz": _activation_scores("apoz"), "fpgm": _fpgm_scores}
+SCORERS = {
+    "bn-scale": _bn_scores,
+    "activation": _activation_scores("activation"),
+    "apoz": _activation_scores("apoz"),
+    "fpgm": _fpgm_scores,
+}
 MAGNITUDE_FALLBACK_SILENT = ("magnitude", "magnitude-l1", "obs", "woodfisher", "fpgm")
 
 
-def rank_groups(criterion: str, groups: list[ChannelGroup], data: RankData,
-                seed: int = 0) -> tuple[dict[int, GroupRanking], list[str]]:
+def rank_groups(
+    criterion: str, groups: list[ChannelGroup], data: RankData, seed: int = 0
+) -> tuple[dict[int, GroupRanking], list[str]]:
     """A ranking for every group under ``criterion``; returns (rankings, warnings about fallbacks).
 
     ``obs`` / ``woodfisher``: greedy structured OBS over the group's consumers (``obs_ranking``); the
@@ -413,8 +446,11 @@ def rank_groups(criterion: str, groups: list[ChannelGroup], data: RankData,
             if criterion not in MAGNITUDE_FALLBACK_SILENT:
                 warnings.append(f"group {g.id}: no data for '{criterion}', ranked by magnitude")
             members = _member_channel_values(data.trace, g, data.inits, data.node_inputs)
-            scores = magnitude_scores(members, p=1 if criterion == "magnitude-l1" else 2) if members \
+            scores = (
+                magnitude_scores(members, p=1 if criterion == "magnitude-l1" else 2)
+                if members
                 else rng.random(g.size)
+            )
         order, err = _curve(np.asarray(scores, np.float64))
         err[-1] = np.inf
         rankings[g.id] = GroupRanking(g.id, order, err)

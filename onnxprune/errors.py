@@ -33,6 +33,7 @@ class QualityGateError(OnnxPruneError):
 
 
 class InternalError(OnnxPruneError):
-    """A check of onnxprune's own promises failed (a bug; exit 1): e.g. a plan over the budget it was made for."""
+    """A check of onnxprune's own promises failed (a bug; exit 1): e.g. a plan over the budget it was made
+    for."""
 
     exit_code = 1

@@ -20,17 +20,23 @@ import onnx
 
 from .latency import ort_session
 
-_FLOAT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
-                "tensor(double)": np.dtype(np.float64)}
+_FLOAT_TYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+}
 
 
-def run_all(model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]],
-            optimize: bool = True) -> list[np.ndarray]:
+def run_all(
+    model: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]], optimize: bool = True
+) -> list[np.ndarray]:
     """Every output of ``model`` over ``batches`` (inputs it does not take are ignored), concatenated."""
     sess = ort_session(model, optimize=optimize)
     floats = {i.name: _FLOAT_TYPES.get(i.type) for i in sess.get_inputs()}
 
-    def feed(k: str, v: np.ndarray) -> np.ndarray:  # float16 <-> float32 inputs (e.g. an INT8 copy of an fp16 model)
+    def feed(
+        k: str, v: np.ndarray
+    ) -> np.ndarray:  # float16 <-> float32 inputs (e.g. an INT8 copy of an fp16 model)
         want = floats[k]
         return v.astype(want) if want is not None and v.dtype != want and v.dtype.kind == "f" else v
 
@@ -108,8 +114,13 @@ def component_r2(dense: np.ndarray, other: np.ndarray) -> np.ndarray:
     return 1.0 - np.mean((a - b) ** 2, axis=(0, 2)) / scale
 
 
-def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
-            classifier: Sequence[bool] | None = None, metric=None) -> dict:
+def compare(
+    dense: list[np.ndarray],
+    other: list[np.ndarray],
+    names: list[str],
+    classifier: Sequence[bool] | None = None,
+    metric=None,
+) -> dict:
     """Per output: cosine (per sample, mean and min), max |Δ|; classifiers (``classifier`` per output, from
     ``classifier_outputs``; by shape alone when None) also top-1/top-5 agreement and KL; other outputs their
     components' R² (mean, min, the five worst with their index). ``metric`` (a ``metrics.Metric``, the user's
@@ -119,25 +130,42 @@ def compare(dense: list[np.ndarray], other: list[np.ndarray], names: list[str],
     classifier = classifier if classifier is not None else [True] * len(names)
     for name, a, b, scores in zip(names, dense, other, classifier, strict=True):
         a64, b64 = a.astype(np.float64).reshape(len(a), -1), b.astype(np.float64).reshape(len(b), -1)
-        cos = np.sum(a64 * b64, 1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-30)
-        m = {"samples": len(a), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-             "max_abs_diff": float(np.abs(a64 - b64).max())}
+        cos = np.sum(a64 * b64, 1) / np.maximum(
+            np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-30
+        )
+        m = {
+            "samples": len(a),
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "max_abs_diff": float(np.abs(a64 - b64).max()),
+        }
         if is_classifier(a.shape, scores):
             m["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             top5 = min(5, a.shape[1])
             ta, tb = np.argsort(-a, 1)[:, :top5], np.argsort(-b, 1)[:, :top5]
-            m["top5_overlap"] = float(np.mean([len(set(x) & set(y)) / top5 for x, y in zip(ta, tb, strict=True)]))
+            m["top5_overlap"] = float(
+                np.mean([len(set(x) & set(y)) / top5 for x, y in zip(ta, tb, strict=True)])
+            )
             m["kl_dense_to_pruned"] = mean_kl(a64, b64)
         else:
             r2 = component_r2(a, b)
             worst = np.argsort(r2, kind="stable")[:5]
-            m.update(component_axis=component_axis(a.shape), components=len(r2), r2_mean=float(r2.mean()),
-                     r2_min=float(r2.min()), worst_components=[[int(i), float(r2[i])] for i in worst])
+            m.update(
+                component_axis=component_axis(a.shape),
+                components=len(r2),
+                r2_mean=float(r2.mean()),
+                r2_min=float(r2.min()),
+                worst_components=[[int(i), float(r2[i])] for i in worst],
+            )
         out[name] = m
     if metric is not None:
         a, b = dict(zip(names, dense, strict=True)), dict(zip(names, other, strict=True))
-        out["metric_fn"] = {"name": metric.name, "options": metric.options, "samples": len(dense[0]),
-                            "value": metric(a, b)}
+        out["metric_fn"] = {
+            "name": metric.name,
+            "options": metric.options,
+            "samples": len(dense[0]),
+            "value": metric(a, b),
+        }
         parts = metric.parts(a, b)
         if parts:
             out["metric_fn"]["parts"] = parts
@@ -179,7 +207,9 @@ class HeldOut:
     metric: object = None
 
     @classmethod
-    def of(cls, model: onnx.ModelProto, calib, metric=None, outputs: list[np.ndarray] | None = None) -> HeldOut:
+    def of(
+        cls, model: onnx.ModelProto, calib, metric=None, outputs: list[np.ndarray] | None = None
+    ) -> HeldOut:
         """``model``'s outputs on the holdout rows (``outputs`` where the caller has them already)."""
         if outputs is None:
             outputs = run_all(model, calib.batches("holdout", 64))

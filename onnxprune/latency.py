@@ -19,8 +19,13 @@ class Latency:
     threads: int
 
 
-def ort_session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True, spinning: bool = True,
-                quiet: bool = False):
+def ort_session(
+    model: onnx.ModelProto,
+    threads: int = 0,
+    optimize: bool = True,
+    spinning: bool = True,
+    quiet: bool = False,
+):
     """A CPU InferenceSession; ``threads`` 0 lets onnxruntime choose (one per core).
 
     ``spinning=False`` stops idle intra-op threads from busy-waiting after a run: needed when several
@@ -40,8 +45,16 @@ def ort_session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True,
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def measure_latency(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, runs: int = 50,
-                    warmup: int = 10, threads: int = 0, budget_s: float = 20.0, quiet: bool = False) -> Latency:
+def measure_latency(
+    model: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int = 0,
+    budget_s: float = 20.0,
+    quiet: bool = False,
+) -> Latency:
     """Median and 90th-percentile wall time of ``sess.run`` on ``feeds`` (stops early past ``budget_s``)."""
     sess = ort_session(model, threads, quiet=quiet)
     feeds = dict(feeds)
@@ -54,5 +67,6 @@ def measure_latency(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, 
         sess.run(None, feeds)
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    return Latency(statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], len(times),
-                   threads)
+    return Latency(
+        statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], len(times), threads
+    )

@@ -49,8 +49,13 @@ class NodeTable:
 
     def predict(self, kept: Mapping[int, int]) -> float:
         """Multilinear interpolation of ``ms`` at the kept widths (clamped to the probed range)."""
-        return float(_interp(self.ms, [np.asarray(w[::-1], float) for w in self.widths],
-                             [float(kept[s]) for s in self.spaces]))
+        return float(
+            _interp(
+                self.ms,
+                [np.asarray(w[::-1], float) for w in self.widths],
+                [float(kept[s]) for s in self.spaces],
+            )
+        )
 
     def to_dict(self) -> dict:
         return {"spaces": self.spaces, "widths": self.widths, "ms": self.ms.tolist()}
@@ -111,15 +116,29 @@ class LatencyTable:
         return self.rest_ms + self.scale * sum(t.predict(kept_sizes) for t in self.nodes.values())
 
     def summary(self) -> dict:
-        return {"batch": self.batch, "threads": self.threads, "nodes": len(self.nodes), "probes": self.probes,
-                "dense_ms": round(self.dense_ms, 4), "covered_ms": round(self.dense_ms - self.rest_ms, 4),
-                "seconds": round(self.seconds, 1), "cached": self.cached}
+        return {
+            "batch": self.batch,
+            "threads": self.threads,
+            "nodes": len(self.nodes),
+            "probes": self.probes,
+            "dense_ms": round(self.dense_ms, 4),
+            "covered_ms": round(self.dense_ms - self.rest_ms, 4),
+            "seconds": round(self.seconds, 1),
+            "cached": self.cached,
+        }
 
 
 # -- single-node probes ---------------------------------------------------------------------------
 
-def probe_model(model: onnx.ModelProto, trace: Trace, node: onnx.NodeProto, shapes: Mapping[str, Shape],
-                kept: Mapping[int, int], seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+
+def probe_model(
+    model: onnx.ModelProto,
+    trace: Trace,
+    node: onnx.NodeProto,
+    shapes: Mapping[str, Shape],
+    kept: Mapping[int, int],
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A one-node model of ``node`` with its spaces narrowed to ``kept`` channels, and random feeds.
 
     Data inputs shrink along their traced channel view, weights along every ``param`` member of the
@@ -129,8 +148,14 @@ def probe_model(model: onnx.ModelProto, trace: Trace, node: onnx.NodeProto, shap
     inits = {t.name: t for t in model.graph.initializer}
     members = [m for m in trace.members if m.node == node.name]
     # activations are of the weights' float type (a float16 model's probes must not feed float32)
-    act = next((inits[n].data_type for n in node.input if n in inits and inits[n].data_type in
-                (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)), onnx.TensorProto.FLOAT)
+    act = next(
+        (
+            inits[n].data_type
+            for n in node.input
+            if n in inits and inits[n].data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+        ),
+        onnx.TensorProto.FLOAT,
+    )
     proto = onnx.NodeProto()
     proto.CopyFrom(node)
     graph_inputs, initializers, feeds = [], [], {}
@@ -148,9 +173,13 @@ def probe_model(model: onnx.ModelProto, trace: Trace, node: onnx.NodeProto, shap
             shape = list(inits[name].dims)
             for m in members:
                 if m.kind == "param" and m.input_index == i:
-                    shape = narrowed(shape, m.axis, m.space, m.outer, m.inner, m.groups if m.role == "consumer" else 1)
+                    shape = narrowed(
+                        shape, m.axis, m.space, m.outer, m.inner, m.groups if m.role == "consumer" else 1
+                    )
             dtype = helper.tensor_dtype_to_np_dtype(inits[name].data_type)
-            initializers.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(dtype), name))
+            initializers.append(
+                numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(dtype), name)
+            )
         else:
             shape = list(shapes[name])
             view = trace.views.get(name)
@@ -163,21 +192,29 @@ def probe_model(model: onnx.ModelProto, trace: Trace, node: onnx.NodeProto, shap
             for a in proto.attribute:
                 if a.name == "group":
                     a.i = kept[m.space]
-    graph = helper.make_graph([proto], "probe", graph_inputs,
-                              [helper.make_tensor_value_info(o, act, None) for o in node.output if o],
-                              initializers)
+    graph = helper.make_graph(
+        [proto],
+        "probe",
+        graph_inputs,
+        [helper.make_tensor_value_info(o, act, None) for o in node.output if o],
+        initializers,
+    )
     probe = helper.make_model(graph, opset_imports=list(model.opset_import))
     probe.ir_version = model.ir_version
     return onnx.shape_inference.infer_shapes(probe), feeds
 
 
-def time_probe(probe: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int, runs: int = 15) -> float:
+def time_probe(
+    probe: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int, runs: int = 15
+) -> float:
     """Median milliseconds of one probe: ``measure_latency`` with a short budget (there are hundreds).
 
     Quiet: a grouped conv probed at a width its groups do not divide fails to run, and ``build_table``
     prices that point by MACs instead; onnxruntime need not print each such failure.
     """
-    return measure_latency(probe, feeds, runs=runs, warmup=3, threads=threads, budget_s=0.5, quiet=True).median_ms
+    return measure_latency(
+        probe, feeds, runs=runs, warmup=3, threads=threads, budget_s=0.5, quiet=True
+    ).median_ms
 
 
 def run_overhead_ms(threads: int) -> float:
@@ -185,8 +222,11 @@ def run_overhead_ms(threads: int) -> float:
     model pays it once, not once per layer."""
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 13)],
+        ir_version=8,
+    )
     return time_probe(model, {"x": np.zeros(1, np.float32)}, threads, runs=50)
 
 
@@ -207,6 +247,7 @@ def varying_spaces(trace: Trace, groups: set[int]) -> set[int]:
 
 # -- building, caching ----------------------------------------------------------------------------
 
+
 def cache_dir() -> Path:
     root = os.environ.get("ONNXPRUNE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "onnxprune")
     return Path(root) / "latency"
@@ -226,14 +267,35 @@ def table_key(model: onnx.ModelProto, batch: int, threads: int, round_to: int, g
     import onnxruntime
 
     h = hashlib.sha256(model.SerializeToString(deterministic=True))
-    h.update(json.dumps([TABLE_VERSION, onnxruntime.__version__, cpu_name(), os.cpu_count(), batch, threads,
-                         round_to, sorted(groups), GRID]).encode())
+    h.update(
+        json.dumps(
+            [
+                TABLE_VERSION,
+                onnxruntime.__version__,
+                cpu_name(),
+                os.cpu_count(),
+                batch,
+                threads,
+                round_to,
+                sorted(groups),
+                GRID,
+            ]
+        ).encode()
+    )
     return h.hexdigest()[:32]
 
 
-def build_table(model: onnx.ModelProto, trace: Trace, groups: set[int], feeds: Mapping[str, np.ndarray], *,
-                threads: int = 0, round_to: int = 1, use_cache: bool = True,
-                progress: Callable[[int, int], None] | None = None) -> LatencyTable:
+def build_table(
+    model: onnx.ModelProto,
+    trace: Trace,
+    groups: set[int],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    threads: int = 0,
+    round_to: int = 1,
+    use_cache: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> LatencyTable:
     """Measure (or load from the cache) the latency table of ``model`` for pruning ``groups``.
 
     ``feeds`` is one real input batch: it fixes the batch size and resolution of every probe and is
@@ -246,8 +308,15 @@ def build_table(model: onnx.ModelProto, trace: Trace, groups: set[int], feeds: M
     if use_cache and path.is_file():
         try:
             d = json.loads(path.read_text())
-            return LatencyTable({n: NodeTable.from_dict(t) for n, t in d["nodes"].items()}, d["dense_ms"],
-                                d["batch"], d["threads"], d["probes"], d["seconds"], cached=True)
+            return LatencyTable(
+                {n: NodeTable.from_dict(t) for n, t in d["nodes"].items()},
+                d["dense_ms"],
+                d["batch"],
+                d["threads"],
+                d["probes"],
+                d["seconds"],
+                cached=True,
+            )
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is simply measured again
     start = time.perf_counter()
@@ -280,9 +349,18 @@ def build_table(model: onnx.ModelProto, trace: Trace, groups: set[int], feeds: M
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"nodes": {n: t.to_dict() for n, t in nodes.items()}, "dense_ms": dense,
-                                       "batch": batch, "threads": threads, "probes": total,
-                                       "seconds": table.seconds}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "nodes": {n: t.to_dict() for n, t in nodes.items()},
+                        "dense_ms": dense,
+                        "batch": batch,
+                        "threads": threads,
+                        "probes": total,
+                        "seconds": table.seconds,
+                    }
+                )
+            )
             os.replace(tmp, path)
         except OSError:
             pass  # an unwritable cache only costs the next run the measurement
@@ -291,31 +369,51 @@ def build_table(model: onnx.ModelProto, trace: Trace, groups: set[int], feeds: M
 
 # -- meeting a measured speedup -------------------------------------------------------------------
 
-LATENCY_ROUND_TO = 16  # default --round-to for --metric latency: ORT's NCHWc block (BENCHMARKS.md, "--round-to")
+LATENCY_ROUND_TO = (
+    16  # default --round-to for --metric latency: ORT's NCHWc block (BENCHMARKS.md, "--round-to")
+)
 MAX_ATTEMPTS = 5
 
 
-def latency_feeds(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None, batch: int) -> dict[str, np.ndarray]:
-    """Random inputs at ``batch`` (timing does not depend on the values); dynamic dims from ``input_shapes``."""
+def latency_feeds(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None, batch: int
+) -> dict[str, np.ndarray]:
+    """Random inputs at ``batch`` (timing does not depend on the values); dynamic dims from
+    ``input_shapes``."""
     from .bench import random_feeds, shapes_at_batch
 
     return random_feeds(model, shapes_at_batch(model, batch, input_shapes))
 
 
-def measured_speedups(dense: onnx.ModelProto, pruned: onnx.ModelProto, batches: tuple[int, ...], threads: int,
-                      input_shapes: Mapping[str, Shape] | None) -> dict[str, dict]:
+def measured_speedups(
+    dense: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    batches: tuple[int, ...],
+    threads: int,
+    input_shapes: Mapping[str, Shape] | None,
+) -> dict[str, dict]:
     """Dense vs pruned median latency, measured side by side at every batch the model accepts."""
     from .bench import ModelSkipped, compare_latency
 
     out = {}
     for b in batches:
         try:
-            d, p = compare_latency([dense, pruned], batch=b, threads=threads, input_shapes=input_shapes,
-                                   rounds=40 if b == 1 else 12, warmup=3, budget_s=20.0)
+            d, p = compare_latency(
+                [dense, pruned],
+                batch=b,
+                threads=threads,
+                input_shapes=input_shapes,
+                rounds=40 if b == 1 else 12,
+                warmup=3,
+                budget_s=20.0,
+            )
         except ModelSkipped:
             continue  # a fixed batch dim: only the batch the model was exported with can run
-        out[f"batch {b}"] = {"dense_ms": round(d.p50_ms, 4), "pruned_ms": round(p.p50_ms, 4),
-                             "speedup": round(d.p50_ms / p.p50_ms, 3)}
+        out[f"batch {b}"] = {
+            "dense_ms": round(d.p50_ms, 4),
+            "pruned_ms": round(p.p50_ms, 4),
+            "speedup": round(d.p50_ms / p.p50_ms, 3),
+        }
     return out
 
 
@@ -364,8 +462,13 @@ class Planner(Protocol):
     def apply(self, plan: dict) -> onnx.ModelProto: ...
 
 
-def meet_speedup(dense: onnx.ModelProto, planner: Planner, first: tuple[dict, onnx.ModelProto], budget_ms: float,
-                 check: SpeedCheck):
+def meet_speedup(
+    dense: onnx.ModelProto,
+    planner: Planner,
+    first: tuple[dict, onnx.ModelProto],
+    budget_ms: float,
+    check: SpeedCheck,
+):
     """Measure the pruned model's real speedup and re-allocate until it meets ``check.target`` without much
     excess.
 
@@ -399,8 +502,10 @@ def meet_speedup(dense: onnx.ModelProto, planner: Planner, first: tuple[dict, on
         pruned = planner.apply(plan)
     if best is None:
         shown = ", ".join(f"{k} {v['speedup']:.2f}x" for k, v in speed.items())
-        raise TargetUnreachableError(f"latency target {target:g}x not met: measured {shown} after {len(attempts)} "
-                                     "allocations against the latency table (try a lower --target)")
+        raise TargetUnreachableError(
+            f"latency target {target:g}x not met: measured {shown} after {len(attempts)} "
+            "allocations against the latency table (try a lower --target)"
+        )
     _, plan, pruned, speed = best
     return plan, pruned, {"target": target, "measured": speed, "attempts": attempts}
 

@@ -39,20 +39,20 @@ class LinearLayer:
 
     @property
     def tap(self) -> str:
-        """The tensor whose rows give this layer's statistics: its input, or the map pooled into it (``GLOBAL_POOLS``).
+        """The tensor whose rows give this layer's statistics: its input, or the map pooled into it
+        (``GLOBAL_POOLS``).
 
         After global average pooling, W·mean_s(x_s) = mean_s(W·x_s): the layer is a 1x1 conv on the pooled map
         followed by the pooling. Its statistics then come from every position of the map (Σ_s x_s x_sᵀ)
         instead of one pooled row per sample — a fit must keep the outputs at every position, not only
-        their mean. On EfficientNet-Lite0 / MobileNetV2 2:4 the classifier fit this way lifted agreement
-        on unseen photos in 7 of 8 folds (BENCHMARKS.md, issue 7, session 8).
+        their mean.
         """
         return self.pooled_from or self.input
 
     def rows_per_sample(self, x: np.ndarray) -> int:
-        """Feature rows of ``x`` (this layer's ``tap``) that stand for one of its own input rows: a pooled map's
-        positions. Dampening and ridges that grow with features per row count samples, not positions:
-        the positions of one image are not independent rows (MobileNetV2 2:4, fold 0: 42.4 → 45.7%)."""
+        """Feature rows of ``x`` (this layer's ``tap``) that stand for one of its own input rows: a pooled
+        map's positions. Dampening and ridges that grow with features per row count samples, not positions:
+        the positions of one image are not independent rows."""
         return int(np.prod(x.shape[2:])) if self.pooled_from is not None and x.ndim > 2 else 1
 
     @property
@@ -79,7 +79,8 @@ class LinearLayer:
 
     # -- activations as feature rows -----------------------------------------------------------
     def output_rows(self, y: np.ndarray) -> np.ndarray:
-        """An output-shaped tensor → [rows, out], rows aligned with ``features`` (ungrouped, unpooled layers)."""
+        """An output-shaped tensor → [rows, out], rows aligned with ``features`` (ungrouped, unpooled
+        layers)."""
         if self.op == "Conv":
             return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
         return y.reshape(-1, y.shape[-1])
@@ -87,7 +88,9 @@ class LinearLayer:
     def features(self, x: np.ndarray) -> np.ndarray:
         """Input activation → [groups, rows, features] (conv: im2col patches, c-major then kernel offsets)."""
         if self.op != "Conv":
-            if self.pooled_from is not None and x.ndim > 2:  # the pooled map [N, C, *spatial]: one row per position
+            if (
+                self.pooled_from is not None and x.ndim > 2
+            ):  # the pooled map [N, C, *spatial]: one row per position
                 x = np.moveaxis(x, 1, -1)
             elif self.weight_is_a:  # Y = W·X: features on axis -2
                 x = np.swapaxes(x, -1, -2)
@@ -102,25 +105,39 @@ class LinearLayer:
             return np.stack(np.split(rows, self.groups, axis=1)) if self.groups > 1 else rows[None]
         span = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations, strict=True)]
         win = sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))
-        win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
-                  + (Ellipsis,) + tuple(slice(None, None, d) for d in self.dilations)]
+        win = win[
+            (slice(None), slice(None))
+            + tuple(slice(None, None, s) for s in self.strides)
+            + (Ellipsis,)
+            + tuple(slice(None, None, d) for d in self.dilations)
+        ]
         # win: [B, C, out..., k...] → rows [B·out..., C·k...] per group
         b, c = win.shape[:2]
-        out_dims = win.shape[2:2 + nd]
+        out_dims = win.shape[2 : 2 + nd]
         win = np.moveaxis(win, 1, 1 + nd)  # [B, out..., C, k...]
-        rows = win.reshape(b * int(np.prod(out_dims)), self.groups, c // self.groups * int(np.prod(self.kernel)))
+        rows = win.reshape(
+            b * int(np.prod(out_dims)), self.groups, c // self.groups * int(np.prod(self.kernel))
+        )
         return np.ascontiguousarray(np.swapaxes(rows, 0, 1))
 
     def feature_gram(self, x: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, int]:
-        """(Σ_rows f fᵀ of ``features(x)`` per group [groups, features, features], products in ``dtype``; rows).
+        """(Σ_rows f fᵀ of ``features(x)`` per group [groups, features, features], products in ``dtype``;
+        rows).
 
         A pointwise conv on a map with at least twice as many positions as channels takes Σ_n X_n X_nᵀ on the
         NCHW layout ([C, positions] per sample, no transposed copy; on fewer positions the batched products
         cost more than the copy); otherwise the rows are transposed in the activations' own precision and
         widened after. Both halve the cost of the float64 Hessian pass on EfficientNet-Lite0's high-resolution
         layers, where moving the float64 copy was most of it."""
-        if self.op == "Conv" and self.groups == 1 and x.ndim > 2 and all(k == 1 for k in self.kernel) \
-                and all(s == 1 for s in self.strides) and not any(self.pads) and x[0, 0].size >= 2 * x.shape[1]:
+        if (
+            self.op == "Conv"
+            and self.groups == 1
+            and x.ndim > 2
+            and all(k == 1 for k in self.kernel)
+            and all(s == 1 for s in self.strides)
+            and not any(self.pads)
+            and x[0, 0].size >= 2 * x.shape[1]
+        ):
             maps = x.astype(dtype).reshape(x.shape[0], x.shape[1], -1)
             return np.matmul(maps, np.swapaxes(maps, 1, 2)).sum(0)[None], maps.shape[0] * maps.shape[2]
         rows = self.features(x).astype(dtype, copy=False)
@@ -140,8 +157,9 @@ def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
             out[node.name] = LinearLayer(**fields)
     graph = _GraphFacts(model, inits)
     for layer in out.values():
-        if layer.op != "Conv" or (all(k == 1 for k in layer.kernel) and all(s == 1 for s in layer.strides)
-                                  and not any(layer.pads)):
+        if layer.op != "Conv" or (
+            all(k == 1 for k in layer.kernel) and all(s == 1 for s in layer.strides) and not any(layer.pads)
+        ):
             layer.pooled_from = None if layer.weight_is_a else pooled_input(layer.input, graph)
     return out
 
@@ -153,21 +171,29 @@ class _GraphFacts:
         g = model.graph
         self.producers = {o: n for n in g.node for o in n.output}
         self.constants = inits
-        self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*g.input, *g.value_info, *g.output)
-                      if v.type.tensor_type.HasField("shape")}
+        self.ranks = {
+            v.name: len(v.type.tensor_type.shape.dim)
+            for v in (*g.input, *g.value_info, *g.output)
+            if v.type.tensor_type.HasField("shape")
+        }
 
     def constant(self, name: str) -> np.ndarray | None:
         if name in self.constants:
             return numpy_helper.to_array(self.constants[name])
         node = self.producers.get(name)
-        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        if (
+            node is not None
+            and node.op_type == "Constant"
+            and node.attribute
+            and node.attribute[0].name == "value"
+        ):
             return numpy_helper.to_array(node.attribute[0].t)
         return None
 
 
-
 def _mean_over_all_spatial_axes(node: onnx.NodeProto, graph: _GraphFacts) -> bool:
-    """ReduceMean over exactly the axes 2 … rank−1 of an [N, C, *spatial] map (e.g. torch's ``x.mean((2, 3))``)."""
+    """ReduceMean over exactly the axes 2 … rank−1 of an [N, C, *spatial] map (e.g. torch's ``x.mean((2,
+    3))``)."""
     rank = graph.ranks.get(node.input[0])
     axes = attrs(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:  # opset 18: axes is an input
@@ -178,16 +204,18 @@ def _mean_over_all_spatial_axes(node: onnx.NodeProto, graph: _GraphFacts) -> boo
 
 
 # Global average pooling ops: does this node average its input [N, C, *spatial] over every spatial axis?
-GLOBAL_POOLS = {"GlobalAveragePool": lambda node, graph: True,
-                "ReduceMean": _mean_over_all_spatial_axes}
+GLOBAL_POOLS = {"GlobalAveragePool": lambda node, graph: True, "ReduceMean": _mean_over_all_spatial_axes}
 # Ops that hand a globally pooled [N, C, 1, ...] tensor on without mixing channels or samples.
-POOL_PASS_THROUGH = {"Flatten": lambda a: a.get("axis", 1) == 1,
-                     "Reshape": lambda a: True,
-                     "Squeeze": lambda a: True}
+POOL_PASS_THROUGH = {
+    "Flatten": lambda a: a.get("axis", 1) == 1,
+    "Reshape": lambda a: True,
+    "Squeeze": lambda a: True,
+}
 
 
 def pooled_input(tensor: str, graph: _GraphFacts) -> str | None:
-    """The map that a ``GLOBAL_POOLS`` op reduced to ``tensor`` (through ``POOL_PASS_THROUGH`` ops), or None."""
+    """The map that a ``GLOBAL_POOLS`` op reduced to ``tensor`` (through ``POOL_PASS_THROUGH`` ops), or
+    None."""
     node = graph.producers.get(tensor)
     while node is not None and node.op_type in POOL_PASS_THROUGH:
         if not POOL_PASS_THROUGH[node.op_type](attrs(node)):
@@ -217,8 +245,9 @@ def residual_partners(model: onnx.ModelProto, layers: dict[str, LinearLayer]) ->
     its input's only reader (not a graph output either), so the partner cannot be computed from the layer.
     """
     consumers = readers(model)
-    constants = {t.name for t in model.graph.initializer} | \
-        {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
     graph_outputs = {o.name for o in model.graph.output}
     out: dict[str, str] = {}
     for name, layer in layers.items():
@@ -252,15 +281,17 @@ def _clip_bounds(node: onnx.NodeProto, graph: _GraphFacts) -> tuple[float, float
 
 # Activations that clamp their input to [lo, hi] and pass it unchanged in between: the layer feeding one
 # needs its outputs right only inside the range (below lo any value ≤ lo gives the same activation).
-RECTIFIERS = {"Relu": lambda node, graph: (0.0, np.inf),
-              "Clip": _clip_bounds}
+RECTIFIERS = {"Relu": lambda node, graph: (0.0, np.inf), "Clip": _clip_bounds}
 
 
-def rectified_outputs(model: onnx.ModelProto,
-                      layers: dict[str, LinearLayer]) -> dict[str, tuple[float, float, str | None]]:
-    """Layer → (lo, hi, partner) of the ``RECTIFIERS`` op that alone reads its output — directly (partner None)
+def rectified_outputs(
+    model: onnx.ModelProto, layers: dict[str, LinearLayer]
+) -> dict[str, tuple[float, float, str | None]]:
+    """Layer → (lo, hi, partner) of the ``RECTIFIERS`` op that alone reads its output — directly (partner
+    None)
     or through the residual Add its output alone feeds (partner: the Add's other operand; ResNet's
-    conv → Add → ReLU), in which case the clamp reads the block output W·x + s. Ungrouped, unpooled layers only
+    conv → Add → ReLU), in which case the clamp reads the block output W·x + s. Ungrouped, unpooled layers
+    only
     (their ``output_rows`` align with the fit's feature rows); graph outputs are read as is and left out."""
     graph = _GraphFacts(model, {t.name: t for t in model.graph.initializer})
     consumers = readers(model)
@@ -271,13 +302,21 @@ def rectified_outputs(model: onnx.ModelProto,
             continue
         tensor, partner = layer.output, None
         users = consumers.get(tensor, [])
-        if len(users) == 1 and users[0].op_type == "Add" and len(set(users[0].input)) == 2 \
-                and tensor not in graph_outputs:
+        if (
+            len(users) == 1
+            and users[0].op_type == "Add"
+            and len(set(users[0].input)) == 2
+            and tensor not in graph_outputs
+        ):
             partner = next(i for i in users[0].input if i != tensor)
             tensor = users[0].output[0]
             users = consumers.get(tensor, [])
-        if tensor in graph_outputs or len(users) != 1 or users[0].op_type not in RECTIFIERS \
-                or users[0].input[0] != tensor:
+        if (
+            tensor in graph_outputs
+            or len(users) != 1
+            or users[0].op_type not in RECTIFIERS
+            or users[0].input[0] != tensor
+        ):
             continue
         bounds = RECTIFIERS[users[0].op_type](users[0], graph)
         if bounds is not None and bounds[0] < bounds[1]:

@@ -9,7 +9,8 @@ Shipped:
 
 * ``detection-f1``: the candidate's detections against the dense model's after each model's own decode and
   non-maximum suppression, F1 at IoU ≥ ``iou`` with the same class. ``layout``: ``yolov8`` (output
-  [N, 4 + classes, anchors]: cx, cy, w, h, class scores) or ``yolov5`` ([N, anchors, 5 + classes]: cx, cy, w, h,
+  [N, 4 + classes, anchors]: cx, cy, w, h, class scores) or ``yolov5`` ([N, anchors, 5 + classes]: cx, cy,
+  w, h,
   objectness, class scores; score = objectness × class score); ``score`` (0.25) the confidence threshold,
   ``nms`` (0.45) the suppression IoU, ``agnostic`` (0: per class; 1: across classes), ``max_det`` (300),
   ``output`` (default the first output).
@@ -71,8 +72,14 @@ def anchors(raw: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
     raise InputError(f"detection-f1: unknown layout '{layout}' (choose yolov8 or yolov5)")
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int,
-        agnostic: bool = False) -> np.ndarray:
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    iou: float,
+    max_det: int,
+    agnostic: bool = False,
+) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression, best score first: per class, or across classes when
     ``agnostic``."""
     order = np.argsort(-scores, kind="stable")
@@ -90,8 +97,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, 
     return np.array(keep, dtype=int)
 
 
-def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: int,
-           agnostic: bool = False) -> tuple[np.ndarray, ...]:
+def decode(
+    raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: int, agnostic: bool = False
+) -> tuple[np.ndarray, ...]:
     """One sample's detections (boxes x1 y1 x2 y2, classes, scores) from a YOLO head's raw output."""
     preds, cls_scores = anchors(raw, layout)
     classes = cls_scores.argmax(1)
@@ -102,8 +110,9 @@ def decode(raw: np.ndarray, layout: str, score: float, nms_iou: float, max_det: 
     return boxes[keep], classes[sel][keep], conf[sel][keep]
 
 
-def matched_pairs(ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...],
-                  iou: float) -> list[tuple[int, int, float]]:
+def matched_pairs(
+    ref: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...], iou: float
+) -> list[tuple[int, int, float]]:
     """(candidate, reference, IoU) of the candidate detections matching a reference detection of the same
     class at IoU ≥ ``iou``: each reference detection matched once, the candidates taken best score first."""
     if not len(ref[0]) or not len(cand[0]):
@@ -141,8 +150,10 @@ class Detection:
     def decoded(self, dense: Outputs, candidate: Outputs):
         """Per sample, the dense model's and the candidate's detections (``decode``)."""
         for r, c in zip(_pick(dense, self.output), _pick(candidate, self.output), strict=True):
-            yield (decode(r, self.layout, self.score, self.nms, int(self.max_det), bool(self.agnostic)),
-                   decode(c, self.layout, self.score, self.nms, int(self.max_det), bool(self.agnostic)))
+            yield (
+                decode(r, self.layout, self.score, self.nms, int(self.max_det), bool(self.agnostic)),
+                decode(c, self.layout, self.score, self.nms, int(self.max_det), bool(self.agnostic)),
+            )
 
 
 def detection_f1(dense: Outputs, candidate: Outputs, **options) -> float:
@@ -180,23 +191,42 @@ def detection_parts(dense: Outputs, candidate: Outputs, **options) -> dict:
             box_hits += 1
             same_class += int(ref[1][j] == cand[1][i])
             ious.append(overlap)
-    out = {"detections": {"dense": n_ref, "candidate": n_cand, "matched": hits,
-                          "precision": hits / n_cand if n_cand else 1.0,
-                          "recall": hits / n_ref if n_ref else 1.0,
-                          "f1": 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand)},
-           "boxes": {"r2_mean": float(r2[:4].mean()), "r2_min": float(r2[:4].min()),
-                     "matched_iou_mean": float(np.mean(ious)) if ious else None, "matched": box_hits}}
+    out = {
+        "detections": {
+            "dense": n_ref,
+            "candidate": n_cand,
+            "matched": hits,
+            "precision": hits / n_cand if n_cand else 1.0,
+            "recall": hits / n_ref if n_ref else 1.0,
+            "f1": 1.0 if n_ref + n_cand == 0 else 2.0 * hits / (n_ref + n_cand),
+        },
+        "boxes": {
+            "r2_mean": float(r2[:4].mean()),
+            "r2_min": float(r2[:4].min()),
+            "matched_iou_mean": float(np.mean(ious)) if ious else None,
+            "matched": box_hits,
+        },
+    }
     if det.layout == "yolov5":
         out["objectness"] = {"r2": float(r2[4])}
     cls = r2[first_class:]
-    out["classes"] = {"r2_mean": float(cls.mean()), "r2_min": float(cls.min()),
-                      "lowest_class": int(cls.argmin()),
-                      "same_class_on_box_matches": same_class / box_hits if box_hits else None}
+    out["classes"] = {
+        "r2_mean": float(cls.mean()),
+        "r2_min": float(cls.min()),
+        "lowest_class": int(cls.argmin()),
+        "same_class_on_box_matches": same_class / box_hits if box_hits else None,
+    }
     return out
 
 
-def detection_damage(dense: Outputs, candidate: Outputs, layout: str = "yolov8", score: float = 0.25,
-                     output: str | None = None, **_) -> float:
+def detection_damage(
+    dense: Outputs,
+    candidate: Outputs,
+    layout: str = "yolov8",
+    score: float = 0.25,
+    output: str | None = None,
+    **_,
+) -> float:
     """A smooth stand-in for 1 − ``detection_f1`` that sensitivity trials can price (F1 moves in steps of
     whole detections). On the anchors where either model's best score reaches half the threshold ``score`` —
     the ones that carry or nearly carry a detection, before NMS:
@@ -216,7 +246,8 @@ def detection_damage(dense: Outputs, candidate: Outputs, layout: str = "yolov8",
 
 
 def map_iou(dense: Outputs, candidate: Outputs, threshold: float = 0.5, output: str | None = None) -> float:
-    """Mean over samples of IoU(dense > threshold, candidate > threshold); 1.0 for a sample where both are empty."""
+    """Mean over samples of IoU(dense > threshold, candidate > threshold); 1.0 for a sample where both are
+    empty."""
     a, b = _pick(dense, output) > threshold, _pick(candidate, output) > threshold
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     union = np.sum(a | b, axis=1)
@@ -224,7 +255,8 @@ def map_iou(dense: Outputs, candidate: Outputs, threshold: float = 0.5, output: 
 
 
 def map_pearson(dense: Outputs, candidate: Outputs, output: str | None = None) -> float:
-    """Mean over samples of the Pearson correlation of the two maps (1.0 for a constant sample both agree on)."""
+    """Mean over samples of the Pearson correlation of the two maps (1.0 for a constant sample both agree
+    on)."""
     a = _pick(dense, output).astype(np.float64)
     b = _pick(candidate, output).astype(np.float64)
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
@@ -234,8 +266,11 @@ def map_pearson(dense: Outputs, candidate: Outputs, output: str | None = None) -
     return float(np.mean(np.where(norm > 0, np.sum(a * b, axis=1) / np.maximum(norm, 1e-300), same)))
 
 
-SHIPPED: dict[str, Callable[..., float]] = {"detection-f1": detection_f1, "map-iou": map_iou,
-                                            "map-pearson": map_pearson}
+SHIPPED: dict[str, Callable[..., float]] = {
+    "detection-f1": detection_f1,
+    "map-iou": map_iou,
+    "map-pearson": map_pearson,
+}
 # per-part fidelity shown beside a shipped metric's value (same options)
 DETAILS: dict[str, Callable[..., dict]] = {"detection-f1": detection_parts}
 # the smooth damage the sensitivity trials price for a shipped metric (same options)
@@ -259,8 +294,11 @@ class Metric:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's code: any failure is their input's
             raise InputError(f"--metric-fn {self.name} raised {type(exc).__name__}: {exc}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-                or not math.isfinite(float(value)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.floating, np.integer))
+            or not math.isfinite(float(value))
+        ):
             raise InputError(f"--metric-fn {self.name} returned {value!r}, expected a finite number")
         return float(value)
 
@@ -293,7 +331,9 @@ def load_metric(spec: str, options: str | None = None) -> Metric:
         return Metric(spec, SHIPPED[spec], kwargs, DETAILS.get(spec), DAMAGE.get(spec))
     path, sep, func = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not func:
-        raise InputError(f"bad --metric-fn '{spec}': expected {', '.join(SHIPPED)} or path/to/file.py:function")
+        raise InputError(
+            f"bad --metric-fn '{spec}': expected {', '.join(SHIPPED)} or path/to/file.py:function"
+        )
     if not os.path.isfile(path):
         raise InputError(f"--metric-fn script not found: {path}")
     with user_function(path, func, "--metric-fn script") as fn:

@@ -52,10 +52,15 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
         if not location:
             raise InputError(f"{what} has no location")
         if os.path.isabs(location) or Path(location).drive or location.startswith(("/", "\\")):
-            raise InputError(f"{what} points to absolute path '{location}': refusing, it must lie inside the model's folder")
+            raise InputError(
+                f"{what} points to absolute path '{location}': refusing, it must lie inside the model's "
+                "folder"
+            )
         target = (base_dir / location).resolve()
         if target != root and root not in target.parents:
-            raise InputError(f"{what} location '{location}' escapes the model's folder: refusing (path traversal)")
+            raise InputError(
+                f"{what} location '{location}' escapes the model's folder: refusing (path traversal)"
+            )
         if not target.is_file():
             raise InputError(f"{what}: file '{location}' not found next to the model in {base_dir}")
         offset = int(info.get("offset", 0) or 0)
@@ -63,12 +68,14 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
         size = target.stat().st_size
         if length is not None and offset + int(length) > size:
             raise InputError(
-                f"{what} in '{location}' is truncated: needs bytes {offset}..{offset + int(length)}, file has {size}"
+                f"{what} in '{location}' is truncated: needs bytes {offset}..{offset + int(length)}, file "
+                f"has {size}"
             )
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ``.onnx`` file (external data resolved next to it) and check it; raise InputError if unusable."""
+    """Read an ``.onnx`` file (external data resolved next to it) and check it; raise InputError if
+    unusable."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"model file not found: {p}")
@@ -86,7 +93,13 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as exc:  # protobuf raises DecodeError (or RuntimeError with some backends)
         raise InputError(f"{p} is not an ONNX model or is truncated (protobuf parse failed: {exc})") from None
     if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
-        missing = "ir_version" if model.ir_version <= 0 else "graph" if not model.HasField("graph") else "opset_import"
+        missing = (
+            "ir_version"
+            if model.ir_version <= 0
+            else "graph"
+            if not model.HasField("graph")
+            else "opset_import"
+        )
         raise InputError(f"{p} is not a complete ONNX model (no {missing}; not ONNX, or a truncated file)")
     if not model.graph.node:
         raise InputError(f"{p} has an empty graph (no nodes)")
@@ -105,8 +118,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise InputError(f"{p} is not a valid ONNX model: {first}") from None
     check_contents(model, p)
     limit = ort_max_ir_version()
-    if model.ir_version > limit >= helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True):
-        model.ir_version = limit  # onnx ≥ 1.23 writes IR 14 by default; onnxruntime refuses it even for old opsets
+    if (
+        model.ir_version
+        > limit
+        >= helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    ):
+        model.ir_version = (
+            limit  # onnx ≥ 1.23 writes IR 14 by default; onnxruntime refuses it even for old opsets
+        )
     return model
 
 
@@ -123,12 +142,18 @@ def check_contents(model: onnx.ModelProto, path: Path | str) -> None:
     newest = onnx.defs.onnx_opset_version()
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx") and not 1 <= op.version <= newest:
-            raise InputError(f"{path} imports opset {op.version} of the ONNX domain; this onnx "
-                             f"({onnx.__version__}) knows opsets 1 to {newest}")
+            raise InputError(
+                f"{path} imports opset {op.version} of the ONNX domain; this onnx "
+                f"({onnx.__version__}) knows opsets 1 to {newest}"
+            )
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-              onnx.TensorProto.BFLOAT16)
+    floats = (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+    )
     for tensor in _iter_tensors(graph):
         if tensor.data_type in floats and tensor.data_location != onnx.TensorProto.EXTERNAL:
             values = numpy_helper.to_array(tensor)
@@ -140,8 +165,10 @@ def check_contents(model: onnx.ModelProto, path: Path | str) -> None:
             for name in node.input[:2]:
                 t = inits.get(name)
                 if t is not None and 0 in t.dims:
-                    raise InputError(f"{path}: node '{node.name}' ({node.op_type}) has an empty weight "
-                                     f"'{name}' of shape {list(t.dims)}")
+                    raise InputError(
+                        f"{path}: node '{node.name}' ({node.op_type}) has an empty weight "
+                        f"'{name}' of shape {list(t.dims)}"
+                    )
     for vi in graph.input:
         check_declared_size(vi, f"{path}: input")
 
@@ -151,13 +178,21 @@ def check_declared_size(vi: onnx.ValueInfoProto, what: str) -> None:
     dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
     count = int(np.prod(np.array(dims, dtype=object))) if dims else 1
     if count > MAX_ELEMENTS:
-        raise InputError(f"{what} '{vi.name}' declares {count:,} elements ({_dims(vi)}), more than the "
-                         f"{MAX_ELEMENTS:,} onnxprune handles")
+        raise InputError(
+            f"{what} '{vi.name}' declares {count:,} elements ({_dims(vi)}), more than the "
+            f"{MAX_ELEMENTS:,} onnxprune handles"
+        )
 
 
 def _dims(vi: onnx.ValueInfoProto) -> str:
-    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
-                           for d in vi.type.tensor_type.shape.dim) + "]"
+    return (
+        "["
+        + ", ".join(
+            str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in vi.type.tensor_type.shape.dim
+        )
+        + "]"
+    )
 
 
 def require_runnable(model: onnx.ModelProto, path: Path | str) -> None:
@@ -184,9 +219,12 @@ def ort_max_ir_version() -> int:
     """The newest ONNX IR version the installed onnxruntime loads (probed once with an Identity model)."""
     import onnxruntime
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     for ir in range(onnx.IR_VERSION, 3, -1):
         probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir)
         try:
@@ -225,15 +263,22 @@ def save_model(
     return write_outputs([(path, model)], protect=protect, check=check)[0]
 
 
-def write_outputs(items: list[tuple[str | os.PathLike, onnx.ModelProto | str]], *,
-                  protect: tuple[str | os.PathLike, ...] = (), check: bool = True) -> list[Path]:
+def write_outputs(
+    items: list[tuple[str | os.PathLike, onnx.ModelProto | str]],
+    *,
+    protect: tuple[str | os.PathLike, ...] = (),
+    check: bool = True,
+) -> list[Path]:
     """Write several outputs (models, or texts) as one: each is staged in a temporary folder beside its
     destination (models checked there with the full ONNX checker), and only once every one is staged are
     they moved into place. A failure leaves none of them; nothing is written over a file in ``protect``."""
     outs = [Path(p) for p, _ in items]
     for out, (_, item) in zip(outs, items, strict=True):
-        extra = [out.parent / (out.name + ".data")] if isinstance(item, onnx.ModelProto) and \
-            item.ByteSize() > EXTERNAL_DATA_THRESHOLD else []
+        extra = (
+            [out.parent / (out.name + ".data")]
+            if isinstance(item, onnx.ModelProto) and item.ByteSize() > EXTERNAL_DATA_THRESHOLD
+            else []
+        )
         for target in (out, *extra):
             if _is_protected(target, protect):
                 raise InputError(f"refusing to overwrite the input file {target}")
@@ -264,8 +309,14 @@ def _stage(item: onnx.ModelProto | str, folder: Path, name: str, check: bool) ->
     if item.ByteSize() > EXTERNAL_DATA_THRESHOLD:
         copy = onnx.ModelProto()
         copy.CopyFrom(item)  # converting to external data mutates the proto in place
-        onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=0)
+        onnx.save_model(
+            copy,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=0,
+        )
         names = [data_name, name]
     else:
         onnx.save_model(item, str(path))

@@ -23,13 +23,17 @@ class CompressOptions:
     metric: str = "macs"
     calib: str | None = None
     calib_samples: int = 256
-    calib_mosaics: int | None = None  # synthetic 2x2 mosaics for the statistics (None: one per calibration image)
+    calib_mosaics: int | None = (
+        None  # synthetic 2x2 mosaics for the statistics (None: one per calibration image)
+    )
     criterion: str = "obs"
     allocation: str = "dp"
     reconstruct: bool = True
     round_to: int | None = None  # None: 1 for macs/params, LATENCY_ROUND_TO for latency
     max_drop: float | None = None
-    metric_fn: str | None = None  # --metric-fn: a shipped metric's name or file.py:function (metrics.load_metric)
+    metric_fn: str | None = (
+        None  # --metric-fn: a shipped metric's name or file.py:function (metrics.load_metric)
+    )
     metric_options: str | None = None  # --metric-options key=value,...
     exclude: str | None = None
     seed: int = 0
@@ -40,7 +44,8 @@ class CompressOptions:
     first_conv_cap: float = 0.5
     ridge: float = 1e-3  # reconstruction: λ = ridge·mean(diag G), pulling the refit toward the pruned weights
     damp: float = 0.01  # OBS: λ = damp·mean(diag H)
-    sensitivity: str = "scaled"  # allocation curves: criterion curve at the measured level ("scaled"), "measured", "estimated"
+    # allocation curves: the criterion's curve at the measured level ("scaled"), "measured", "estimated"
+    sensitivity: str = "scaled"
     sensitivity_samples: int = 32
     search_evals: int = 0  # SPDY-style search of the DP weights by the whole plan's measured damage (0: off)
     woodfisher_rows: int = 2048  # `woodfisher`: input rows sampled per consumer for the Woodbury inverse
@@ -50,7 +55,9 @@ class CompressOptions:
     quant_preset: str = "ort"
     calib_method: str = "minmax"
     threads: int = 0  # --metric latency: onnxruntime intra-op threads of every measurement (0: one per core)
-    latency_batches: tuple[int, ...] = ()  # table measured at the first, speedup checked at each; () = (1, 32) or the fixed batch
+    latency_batches: tuple[
+        int, ...
+    ] = ()  # table measured at the first, speedup checked at each; () = (1, 32) or the fixed batch
 
 
 def parse_target(text: str) -> float:

@@ -62,8 +62,11 @@ from .shapes import infer_shapes
 
 # What quantize_static quantizes when op_types_to_quantize is not given; the calibrator must see the same.
 QUANTIZABLE_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                 "entropy": CalibrationMethod.Entropy}
+CALIB_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
 PERCENTILE = 99.99  # `percentile` calibration: the clipping percentile of each activation histogram
 CALIB_BATCH = 16  # the calibrator keeps every tapped tensor of a batch in memory: keep batches small
 
@@ -78,24 +81,44 @@ class Preset:
     extra_options: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
-        return {"activation_type": self.activation_type.name, "weight_type": "QInt8",
-                "activation_symmetric": self.activation_symmetric, "extra_options": self.extra_options}
+        return {
+            "activation_type": self.activation_type.name,
+            "weight_type": "QInt8",
+            "activation_symmetric": self.activation_symmetric,
+            "extra_options": self.extra_options,
+        }
 
 
 PRESETS = {
     # ORT CPU: asymmetric uint8 activations x symmetric int8 weights is the U8S8 path the x86 kernels
     # (VNNI included) are built for; Relu/Clip fold into the activation range.
-    "ort": Preset("ort", QuantType.QUInt8, False, {
-        "ActivationSymmetric": False, "WeightSymmetric": True, "AddQDQPairToWeight": True,
-    }),
+    "ort": Preset(
+        "ort",
+        QuantType.QUInt8,
+        False,
+        {
+            "ActivationSymmetric": False,
+            "WeightSymmetric": True,
+            "AddQDQPairToWeight": True,
+        },
+    ),
     # TensorRT explicit quantization: symmetric int8 everywhere (all zero points 0), one dedicated Q/DQ
     # pair per consumer (TensorRT cannot share a pair between nodes), activations kept as ops, no
     # output Q/DQ on Concat/Reshape (data movement), float bias (TensorRT fuses it itself).
-    "tensorrt": Preset("tensorrt", QuantType.QInt8, True, {
-        "ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True,
-        "DedicatedQDQPair": True, "QDQKeepRemovableActivations": True, "QuantizeBias": False,
-        "OpTypesToExcludeOutputQuantization": ["Concat", "Reshape"],
-    }),
+    "tensorrt": Preset(
+        "tensorrt",
+        QuantType.QInt8,
+        True,
+        {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "AddQDQPairToWeight": True,
+            "DedicatedQDQPair": True,
+            "QDQKeepRemovableActivations": True,
+            "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": ["Concat", "Reshape"],
+        },
+    ),
 }
 
 
@@ -139,7 +162,9 @@ def ort_quantizer_sandbox(records: list[str]) -> Iterator[Path]:
             os.chdir(old_cwd)
 
 
-def prepare_float_model(model: onnx.ModelProto, path: Path, warnings: list[str]) -> tuple[onnx.ModelProto, dict]:
+def prepare_float_model(
+    model: onnx.ModelProto, path: Path, warnings: list[str]
+) -> tuple[onnx.ModelProto, dict]:
     """Normalize ``model``, give every Conv/Gemm a bias, run ORT's pre-processing; save to ``path``.
 
     Zero biases change nothing numerically; they give bias correction a place to write. ORT's graph
@@ -178,12 +203,16 @@ def upcast_float16(model: onnx.ModelProto) -> onnx.ModelProto | None:
     changed = 0
     for i, t in enumerate(graph.initializer):
         if t.data_type == f16:
-            graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+            graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
+            )
             changed += 1
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == f16:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+                attr.t.CopyFrom(
+                    numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name)
+                )
                 changed += 1
             elif node.op_type == "Cast" and attr.name == "to" and attr.i == f16:
                 attr.i = f32
@@ -224,16 +253,22 @@ def flatten_gemm_biases(model: onnx.ModelProto) -> int:
 
 def attention_matmuls(model: onnx.ModelProto) -> list[str]:
     """MatMul nodes with no constant input (query·keyᵀ, attention·value): the mark of a transformer."""
-    consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
-                                                           for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+    consts = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
+    return [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)
+    ]
 
 
 def grouped_conv_transposes(model: onnx.ModelProto) -> list[str]:
     """ConvTranspose nodes with group > 1: onnxruntime's per-channel quantizer gives their weight one scale
     per output channel *of a group* (axis 1 of [C, M/g, k...]) and then fails on the M-long bias."""
-    return [n.name for n in model.graph.node if n.op_type == "ConvTranspose"
-            and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "ConvTranspose" and next((a.i for a in n.attribute if a.name == "group"), 1) > 1
+    ]
 
 
 def add_zero_biases(model: onnx.ModelProto) -> int:
@@ -244,7 +279,11 @@ def add_zero_biases(model: onnx.ModelProto) -> int:
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
             continue
         weight = inits.get(node.input[1])
-        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or (len(node.input) > 2 and node.input[2]):
+        if (
+            weight is None
+            or weight.data_type != onnx.TensorProto.FLOAT
+            or (len(node.input) > 2 and node.input[2])
+        ):
             continue
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
@@ -252,7 +291,9 @@ def add_zero_biases(model: onnx.ModelProto) -> int:
         else:  # Conv weight [M, C/g, k...]; ConvTranspose weight [C, M/g, k...]
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             width = weight.dims[0] if node.op_type == "Conv" else weight.dims[1] * group
-        bias = onnx.numpy_helper.from_array(np.zeros(width, np.float32), _unique_name(inits, f"{node.name}.zero_bias"))
+        bias = onnx.numpy_helper.from_array(
+            np.zeros(width, np.float32), _unique_name(inits, f"{node.name}.zero_bias")
+        )
         model.graph.initializer.append(bias)
         inits[bias.name] = bias
         del node.input[2:]
@@ -269,19 +310,25 @@ def _unique_name(taken: Mapping[str, object], base: str) -> str:
     return name
 
 
-def calibrate_ranges(model_path: Path, calib: CalibrationSet, method: str, preset: Preset, cache: Path) -> None:
+def calibrate_ranges(
+    model_path: Path, calib: CalibrationSet, method: str, preset: Preset, cache: Path
+) -> None:
     """Run onnxruntime's calibrator over the calibration slice, one small batch at a time; save the ranges.
 
     Percentile ranges follow the preset's activation symmetry (ORT defaults them to symmetric, which
-    would waste half the uint8 range on post-ReLU tensors) and clip at the 99.99th percentile (ORT's
-    99.999 kept MobileNetV2 at 81.6% agreement on the zoo's eval crops, 99.99 gives 85.7%, EfficientNet-Lite0
-    94.3% → 95.0%; 99.9 clips too much: EfficientNet-Lite0 90.8%).
+    would waste half the uint8 range on post-ReLU tensors) and clip at the ``PERCENTILE``th percentile.
     """
-    options = {"symmetric": preset.activation_symmetric, "percentile": PERCENTILE} if method == "percentile" else {}
+    options = (
+        {"symmetric": preset.activation_symmetric, "percentile": PERCENTILE} if method == "percentile" else {}
+    )
     with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress to stdout
-        calibrator = create_calibrator(model_path, QUANTIZABLE_OP_TYPES,
-                                       augmented_model_path=str(cache.with_name("augmented.onnx")),
-                                       calibrate_method=CALIB_METHODS[method], extra_options=options)
+        calibrator = create_calibrator(
+            model_path,
+            QUANTIZABLE_OP_TYPES,
+            augmented_model_path=str(cache.with_name("augmented.onnx")),
+            calibrate_method=CALIB_METHODS[method],
+            extra_options=options,
+        )
         names = {i.name for i in calibrator.model.graph.input}
         for batch in calib.batches("calib", CALIB_BATCH):
             calibrator.collect_data(FeedReader([batch], names))
@@ -290,7 +337,8 @@ def calibrate_ranges(model_path: Path, calib: CalibrationSet, method: str, prese
 
 
 def shared_scale_overrides(model: onnx.ModelProto, cache: Path) -> dict[str, list[dict]]:
-    """TensorQuantOverrides giving all activation inputs of each Add and Concat (and a Concat's output) one range.
+    """TensorQuantOverrides giving all activation inputs of each Add and Concat (and a Concat's output) one
+    range.
 
     Tensors are unioned transitively (a residual stream feeding two Adds shares across both); each
     group gets the widest symmetric range of its members, so onnxruntime derives one identical scale
@@ -338,8 +386,11 @@ class Int8Builder:
     overrides: dict[str, list[dict]]
     scratch: Path
 
-    def build(self, exclude: Iterable[str] = (), float_model: onnx.ModelProto | None = None) -> onnx.ModelProto:
-        """The QDQ model of ``float_model`` (default: the prepared one; same tensor names) minus ``exclude``."""
+    def build(
+        self, exclude: Iterable[str] = (), float_model: onnx.ModelProto | None = None
+    ) -> onnx.ModelProto:
+        """The QDQ model of ``float_model`` (default: the prepared one; same tensor names) minus
+        ``exclude``."""
         source = self.float_path
         if float_model is not None:
             source = self.scratch / "float_variant.onnx"
@@ -348,10 +399,19 @@ class Int8Builder:
         options = dict(self.preset.extra_options)
         if self.overrides:
             options["TensorQuantOverrides"] = self.overrides
-        quantize_static(str(source), str(out), None, quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
-                        activation_type=self.preset.activation_type, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=sorted(exclude), calibrate_method=CALIB_METHODS[self.method],
-                        calibration_cache_path=str(self.cache), extra_options=options)
+        quantize_static(
+            str(source),
+            str(out),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=self.per_channel,
+            activation_type=self.preset.activation_type,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(exclude),
+            calibrate_method=CALIB_METHODS[self.method],
+            calibration_cache_path=str(self.cache),
+            extra_options=options,
+        )
         int8 = onnx.load(str(out))
         keep_outputs_float(int8)
         return int8
@@ -374,8 +434,12 @@ def keep_outputs_float(qdq: onnx.ModelProto) -> int:
         dq = producer.get(name)
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         source = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
-        if source is None or readers.get(q.input[0], 0) != 1 or readers.get(q.output[0], 0) != 1 \
-                or q.input[0] in outputs:
+        if (
+            source is None
+            or readers.get(q.input[0], 0) != 1
+            or readers.get(q.output[0], 0) != 1
+            or q.input[0] in outputs
+        ):
             continue
         source.output[list(source.output).index(q.input[0])] = name
         drop += [q, dq]
@@ -393,15 +457,21 @@ def keep_outputs_float(qdq: onnx.ModelProto) -> int:
 def weight_layers(model: onnx.ModelProto) -> list[str]:
     """Names of the Conv/ConvTranspose/Gemm/MatMul nodes whose weight (input 1) is a float initializer."""
     floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    return [n.name for n in model.graph.node if n.op_type in WEIGHT_LAYER_OPS and len(n.input) > 1
-            and n.input[1] in floats]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in WEIGHT_LAYER_OPS and len(n.input) > 1 and n.input[1] in floats
+    ]
 
 
 def quantized_weight_layers(qdq: onnx.ModelProto) -> list[str]:
     """Weight layers of a QDQ model whose weight arrives through a DequantizeLinear."""
     dq_outputs = {n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
-    return [n.name for n in qdq.graph.node if n.op_type in WEIGHT_LAYER_OPS and len(n.input) > 1
-            and n.input[1] in dq_outputs]
+    return [
+        n.name
+        for n in qdq.graph.node
+        if n.op_type in WEIGHT_LAYER_OPS and len(n.input) > 1 and n.input[1] in dq_outputs
+    ]
 
 
 def weight_storage_bytes(qdq: onnx.ModelProto) -> int:
@@ -412,8 +482,11 @@ def weight_storage_bytes(qdq: onnx.ModelProto) -> int:
     """
     inits = {t.name: t for t in qdq.graph.initializer}
     quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits}
-    saved = sum(3 * int(np.prod(inits[name].dims)) for name in quantized
-                if inits[name].data_type == onnx.TensorProto.FLOAT)
+    saved = sum(
+        3 * int(np.prod(inits[name].dims))
+        for name in quantized
+        if inits[name].data_type == onnx.TensorProto.FLOAT
+    )
     return qdq.ByteSize() - saved
 
 
@@ -426,8 +499,12 @@ def check_runnable(model: onnx.ModelProto) -> None:
 def versions() -> dict:
     import onnxruntime
 
-    return {"onnxprune": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__}
+    return {
+        "onnxprune": __version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
 
 
 @contextlib.contextmanager
@@ -477,8 +554,13 @@ class Prepared:
     settings: Preset
 
 
-def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, opts: QuantizeOptions | None = None,
-                   known: Known | None = None, progress=None) -> tuple[onnx.ModelProto, dict]:
+def quantize_model(
+    model: onnx.ModelProto,
+    calib: CalibrationSet,
+    opts: QuantizeOptions | None = None,
+    known: Known | None = None,
+    progress=None,
+) -> tuple[onnx.ModelProto, dict]:
     """INT8 QDQ version of ``model`` and a JSON-able report section.
 
     ``calib`` calibrates (its ``calib`` slice) and verifies (its ``holdout`` slice). With ``opts.max_drop``
@@ -495,8 +577,10 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, opts: Quantize
     if upcast is not None:
         model, calib = upcast, calib.with_float_dtype(np.float32)
         known = dataclasses.replace(known, model_outputs=None)
-        warnings.append("float16 model: its INT8 QDQ copy is built from an exact float32 upcast "
-                        "(float32 inputs and outputs)")
+        warnings.append(
+            "float16 model: its INT8 QDQ copy is built from an exact float32 upcast "
+            "(float32 inputs and outputs)"
+        )
     log_records: list[str] = []
     times: dict[str, float] = {}
     with ort_quantizer_sandbox(log_records) as scratch:
@@ -508,8 +592,9 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, opts: Quantize
             cache = scratch / "ranges.json"
             calibrate_ranges(prep.path, calib, opts.calib_method, prep.settings, cache)
             overrides = shared_scale_overrides(prep.model, cache) if opts.preset == "tensorrt" else {}
-        builder = Int8Builder(prep.path, cache, prep.settings, opts.calib_method, opts.per_channel, overrides,
-                              scratch)
+        builder = Int8Builder(
+            prep.path, cache, prep.settings, opts.calib_method, opts.per_channel, overrides, scratch
+        )
         corrector = BiasCorrector(prep.model, builder, calib) if opts.bias_correction else None
         build = corrector.build if corrector else builder.build
         notify("quantize")
@@ -522,7 +607,9 @@ def quantize_model(model: onnx.ModelProto, calib: CalibrationSet, opts: Quantize
             with timed(times, "verify"):
                 first_out = held.run(int8)
                 fidelity = held.compare(first_out)
-            int8, fidelity, search = _fallback(held, build, builder, prep, (int8, fidelity), opts, notify, times)
+            int8, fidelity, search = _fallback(
+                held, build, builder, prep, (int8, fidelity), opts, notify, times
+            )
         else:
             fidelity, search = {}, {}
             warnings.append("no held-out samples: INT8 fidelity not measured")
@@ -549,8 +636,9 @@ def _check(opts: QuantizeOptions, calib: CalibrationSet) -> None:
     if opts.preset not in PRESETS:
         raise InputError(f"unknown quantization preset '{opts.preset}' (choose from {', '.join(PRESETS)})")
     if opts.calib_method not in CALIB_METHODS:
-        raise InputError(f"unknown calibration method '{opts.calib_method}' "
-                         f"(choose from {', '.join(CALIB_METHODS)})")
+        raise InputError(
+            f"unknown calibration method '{opts.calib_method}' (choose from {', '.join(CALIB_METHODS)})"
+        )
     if calib.n_calib() == 0:
         raise InputError("quantization needs calibration samples; the calibration set is empty")
     if opts.max_drop is not None and not calib.n_holdout():
@@ -571,17 +659,25 @@ def _prepare(model: onnx.ModelProto, scratch: Path, opts: QuantizeOptions, warni
         weights = set(layers)
         forced = sorted(set(forced) | {n.name for n in prepared.graph.node if n.name not in weights})
         kept_out = settings.extra_options.get("OpTypesToExcludeOutputQuantization", [])
-        settings = dataclasses.replace(settings, extra_options={
-            **settings.extra_options,
-            "OpTypesToExcludeOutputQuantization": sorted(set(kept_out) | set(WEIGHT_LAYER_OPS))})
-        warnings.append(f"attention graph ({len(attention)} MatMuls of two activations): only the inputs "
-                        f"and weights of its {len(weights)} weight layers are quantized; quantizing every "
-                        "activation (attention scores, Softmax, LayerNorm, residual Adds, layer outputs) "
-                        "wrecks transformers (all-MiniLM-L6-v2: embedding cosine 0.41, this way 0.99)")
+        settings = dataclasses.replace(
+            settings,
+            extra_options={
+                **settings.extra_options,
+                "OpTypesToExcludeOutputQuantization": sorted(set(kept_out) | set(WEIGHT_LAYER_OPS)),
+            },
+        )
+        warnings.append(
+            f"attention graph ({len(attention)} MatMuls of two activations): only the inputs "
+            f"and weights of its {len(weights)} weight layers are quantized; quantizing every "
+            "activation (attention scores, Softmax, LayerNorm, residual Adds, layer outputs) "
+            "wrecks transformers (all-MiniLM-L6-v2: embedding cosine 0.41, this way 0.99)"
+        )
     grouped = grouped_conv_transposes(prepared) if opts.per_channel else []
     if grouped:
-        warnings.append(f"{len(grouped)} grouped ConvTranspose node(s) kept in float (onnxruntime's "
-                        f"per-channel quantizer cannot size their scales): {', '.join(grouped[:3])}")
+        warnings.append(
+            f"{len(grouped)} grouped ConvTranspose node(s) kept in float (onnxruntime's "
+            f"per-channel quantizer cannot size their scales): {', '.join(grouped[:3])}"
+        )
         forced = sorted(set(forced) | set(grouped))
     unknown = sorted(set(opts.exclude) - node_names)
     if unknown:
@@ -589,8 +685,16 @@ def _prepare(model: onnx.ModelProto, scratch: Path, opts: QuantizeOptions, warni
     return Prepared(path, prepared, prep_report, layers, forced, settings)
 
 
-def _fallback(held: HeldOut, build, builder, prep: Prepared, first: tuple[onnx.ModelProto, dict],
-              opts: QuantizeOptions, notify, times: dict) -> tuple[onnx.ModelProto, dict, dict]:
+def _fallback(
+    held: HeldOut,
+    build,
+    builder,
+    prep: Prepared,
+    first: tuple[onnx.ModelProto, dict],
+    opts: QuantizeOptions,
+    notify,
+    times: dict,
+) -> tuple[onnx.ModelProto, dict, dict]:
     """(model, its held-out fidelity to the float model, the fallback's account): the ``first`` INT8 model and
     its fidelity, or the fallback's model with layers kept in float where ``max_drop`` asks for it and it
     scores better."""
@@ -599,8 +703,9 @@ def _fallback(held: HeldOut, build, builder, prep: Prepared, first: tuple[onnx.M
         return int8, fidelity, {}
     notify("fallback")
     with timed(times, "fallback"):
-        found, found_fid, search = fallback_search(build, builder.build, prep.forced, prep.layers, held,
-                                                   opts.max_drop)
+        found, found_fid, search = fallback_search(
+            build, builder.build, prep.forced, prep.layers, held, opts.max_drop
+        )
     if found is not None and headline(found_fid)[1] >= headline(fidelity)[1]:
         return found, found_fid, search
     search["excluded"], search["count"] = [], 0
@@ -611,12 +716,15 @@ def _against_dense(held: HeldOut, known: Known, int8_out: list[np.ndarray]) -> d
     """The INT8 and float copies' held-out outputs against the dense model they were pruned from."""
     dense_out = known.dense_outputs if known.dense_outputs is not None else held.run(known.dense_model)
     args = (held.names, held.classifier, held.metric)
-    return {"int8_vs_dense": compare(dense_out, int8_out, *args),
-            "fp32_vs_dense": compare(dense_out, held.outputs, *args)}
+    return {
+        "int8_vs_dense": compare(dense_out, int8_out, *args),
+        "fp32_vs_dense": compare(dense_out, held.outputs, *args),
+    }
 
 
 def latency_report(models: Mapping[str, onnx.ModelProto], calib: CalibrationSet, runs: int) -> dict:
-    """ORT CPU median latency of each model on the same batch-1 feed (the model's batch if fixed), one process."""
+    """ORT CPU median latency of each model on the same batch-1 feed (the model's batch if fixed), one
+    process."""
     feed = next(calib.batches("calib", 1))
     out = {}
     for name, m in models.items():
@@ -631,11 +739,14 @@ def latency_report(models: Mapping[str, onnx.ModelProto], calib: CalibrationSet,
 
 def _dedupe(lines: list[str], limit: int = 20) -> list[str]:
     seen = list(dict.fromkeys(f"onnxruntime: {line}" for line in lines))
-    return seen[:limit] + ([f"... {len(seen) - limit} more onnxruntime warnings"] if len(seen) > limit else [])
+    return seen[:limit] + (
+        [f"... {len(seen) - limit} more onnxruntime warnings"] if len(seen) > limit else []
+    )
 
 
 def _report(model, int8, calib, opts: QuantizeOptions, prep: Prepared, fidelity, search, corrector) -> dict:
-    """The JSON-able report section (fidelity, sizes, layers, gate); latency/timings are added by the caller."""
+    """The JSON-able report section (fidelity, sizes, layers, gate); latency/timings are added by the
+    caller."""
     fp32_bytes, int8_bytes, stored = model.ByteSize(), int8.ByteSize(), weight_storage_bytes(int8)
     quantized = quantized_weight_layers(int8)
     report = {
@@ -644,10 +755,17 @@ def _report(model, int8, calib, opts: QuantizeOptions, prep: Prepared, fidelity,
         "per_channel": opts.per_channel,
         "settings": prep.settings.describe(),
         "calibration": {"source": calib.source, "samples": calib.n_calib(), "holdout": calib.n_holdout()},
-        "size_bytes": {"fp32": fp32_bytes, "int8_qdq": int8_bytes, "int8_weights_stored": stored,
-                       "fp32_over_int8_weights_stored": round(fp32_bytes / max(stored, 1), 3)},
-        "layers": {"weight_layers": len(prep.layers), "quantized": len(quantized),
-                   "float": sorted(set(prep.layers) - set(quantized))},
+        "size_bytes": {
+            "fp32": fp32_bytes,
+            "int8_qdq": int8_bytes,
+            "int8_weights_stored": stored,
+            "fp32_over_int8_weights_stored": round(fp32_bytes / max(stored, 1), 3),
+        },
+        "layers": {
+            "weight_layers": len(prep.layers),
+            "quantized": len(quantized),
+            "float": sorted(set(prep.layers) - set(quantized)),
+        },
         "bias_correction": corrector.summary() if corrector else None,
         "fidelity": {"int8_vs_fp32": fidelity},
         "preprocessing": prep.report,
@@ -656,15 +774,28 @@ def _report(model, int8, calib, opts: QuantizeOptions, prep: Prepared, fidelity,
         report["fallback"] = search
     if opts.max_drop is not None and fidelity:
         key, value = headline(fidelity)
-        report["quality_gate"] = {"metric": key, "value": value, "max_drop": opts.max_drop,
-                                  "passed": 1.0 - value <= opts.max_drop}
+        report["quality_gate"] = {
+            "metric": key,
+            "value": value,
+            "max_drop": opts.max_drop,
+            "passed": 1.0 - value <= opts.max_drop,
+        }
     return report
 
 
-def quantize_file(model_path: str | os.PathLike, outdir: str | os.PathLike, calib_spec: str, *,
-                  calib_samples: int = 256, preprocess: str | None = None, input_size: int | None = None,
-                  opts: QuantizeOptions | None = None, progress=None) -> dict:
-    """``onnxprune quantize``: load, calibrate, quantize, write ``<stem>.int8.onnx`` + ``<stem>.int8.report.json``.
+def quantize_file(
+    model_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    calib_spec: str,
+    *,
+    calib_samples: int = 256,
+    preprocess: str | None = None,
+    input_size: int | None = None,
+    opts: QuantizeOptions | None = None,
+    progress=None,
+) -> dict:
+    """``onnxprune quantize``: load, calibrate, quantize, write ``<stem>.int8.onnx`` +
+    ``<stem>.int8.report.json``.
 
     ``opts`` go to :func:`quantize_model`. Both outputs are written (atomically, never over the
     input) before a failed ``max_drop`` gate raises QualityGateError (exit 4).
@@ -677,17 +808,25 @@ def quantize_file(model_path: str | os.PathLike, outdir: str | os.PathLike, cali
     with output_folder(outdir, protect=(path,)) as out:
         model = load_model(path)
         require_runnable(model, path)
-        calib = load_calibration(calib_spec, model, samples=calib_samples, preprocess=preprocess,
-                                 input_size=input_size)
+        calib = load_calibration(
+            calib_spec, model, samples=calib_samples, preprocess=preprocess, input_size=input_size
+        )
         int8, section = quantize_model(model, calib, opts, progress=progress)
         stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
         report = {"model": str(path), "output": str(out / f"{stem}.int8.onnx"), **section}
-        write_outputs([(out / f"{stem}.int8.onnx", int8),
-                       (out / f"{stem}.int8.report.json", json.dumps(report, indent=2))], protect=(path,))
+        write_outputs(
+            [
+                (out / f"{stem}.int8.onnx", int8),
+                (out / f"{stem}.int8.report.json", json.dumps(report, indent=2)),
+            ],
+            protect=(path,),
+        )
     gate = report.get("quality_gate")
     if gate and not gate["passed"]:
         kept = report.get("fallback", {}).get("count", 0)
-        raise QualityGateError(f"quality gate failed: {gate['metric']} {gate['value']:.4f} dropped by "
-                               f"{1 - gate['value']:.4f} > --max-drop {gate['max_drop']} even with {kept} "
-                               "layer(s) kept in float")
+        raise QualityGateError(
+            f"quality gate failed: {gate['metric']} {gate['value']:.4f} dropped by "
+            f"{1 - gate['value']:.4f} > --max-drop {gate['max_drop']} even with {kept} "
+            "layer(s) kept in float"
+        )
     return report

@@ -28,7 +28,9 @@ from .sensitivity import metric_measure, output_damage
 CORRECTED_OPS = ("Conv", "ConvTranspose", "Gemm")
 
 
-def channel_means(model: onnx.ModelProto, taps: dict[str, str], batches: Iterable[dict]) -> dict[str, np.ndarray]:
+def channel_means(
+    model: onnx.ModelProto, taps: dict[str, str], batches: Iterable[dict]
+) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) mean of tapped tensors over all batches; ``taps`` maps a key to a tensor name."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(taps, 0)
@@ -51,12 +53,20 @@ def bias_slots(model: onnx.ModelProto) -> dict[str, str]:
     for node in model.graph.node:
         for t in node.input:
             readers[t] = readers.get(t, 0) + 1
-    return {n.name: n.input[2] for n in model.graph.node
-            if n.op_type in CORRECTED_OPS and len(n.input) > 2 and n.input[2] in inits
-            and inits[n.input[2]].data_type == onnx.TensorProto.FLOAT and readers[n.input[2]] == 1}
+    return {
+        n.name: n.input[2]
+        for n in model.graph.node
+        if n.op_type in CORRECTED_OPS
+        and len(n.input) > 2
+        and n.input[2] in inits
+        and inits[n.input[2]].data_type == onnx.TensorProto.FLOAT
+        and readers[n.input[2]] == 1
+    }
 
 
-def float_weight_probes(qdq: onnx.ModelProto, nodes: Iterable[str]) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
+def float_weight_probes(
+    qdq: onnx.ModelProto, nodes: Iterable[str]
+) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
     """``qdq`` plus, for each listed layer whose weight is Q/DQ'd, a clone reading the float weight.
 
     The clone sees the very same (quantized) input and bias, so the difference of the two outputs is
@@ -102,12 +112,15 @@ class BiasCorrector:
         self.last: dict = {}
 
     def build(self, exclude: Sequence[str] = ()) -> onnx.ModelProto:
-        """Quantize with ``exclude`` kept in float, measure each quantized layer's mean output error, requantize."""
+        """Quantize with ``exclude`` kept in float, measure each quantized layer's mean output error,
+        requantize."""
         int8 = self.builder.build(exclude)
         probe, pairs = float_weight_probes(int8, self.slots)
         if not pairs:
             return int8
-        taps = {f"{node}\0q": q for node, (q, _) in pairs.items()} | {f"{node}\0f": f for node, (_, f) in pairs.items()}
+        taps = {f"{node}\0q": q for node, (q, _) in pairs.items()} | {
+            f"{node}\0f": f for node, (_, f) in pairs.items()
+        }
         means = channel_means(probe, taps, self.batches)
         shift = {node: means[f"{node}\0f"] - means[f"{node}\0q"] for node in pairs}
         inits = {t.name: t for t in self.prepared.graph.initializer}
@@ -117,21 +130,36 @@ class BiasCorrector:
         for node, d in shift.items():
             name = self.slots[node]
             bias = onnx.numpy_helper.to_array(inits[name]).astype(np.float64) + d
-            model.graph.initializer[index[name]].CopyFrom(onnx.numpy_helper.from_array(bias.astype(np.float32), name))
+            model.graph.initializer[index[name]].CopyFrom(
+                onnx.numpy_helper.from_array(bias.astype(np.float32), name)
+            )
         level = np.mean([np.mean(np.abs(means[f"{node}\0f"])) for node in pairs])
-        self.last = {"layers": len(shift), "relative_shift": round(float(
-            np.mean([np.mean(np.abs(d)) for d in shift.values()]) / max(level, 1e-12)), 6)}
+        self.last = {
+            "layers": len(shift),
+            "relative_shift": round(
+                float(np.mean([np.mean(np.abs(d)) for d in shift.values()]) / max(level, 1e-12)), 6
+            ),
+        }
         return self.builder.build(exclude, float_model=model)
 
     def summary(self) -> dict:
-        return {"candidates": len(self.slots), "corrected": self.last.get("layers", 0),
-                "samples": sum(len(next(iter(b.values()))) for b in self.batches),
-                "mean_relative_shift": self.last.get("relative_shift", 0.0)}
+        return {
+            "candidates": len(self.slots),
+            "corrected": self.last.get("layers", 0),
+            "samples": sum(len(next(iter(b.values()))) for b in self.batches),
+            "mean_relative_shift": self.last.get("relative_shift", 0.0),
+        }
 
 
-def layer_sensitivity(build: Callable[[Sequence[str]], onnx.ModelProto], layers: Sequence[str],
-                      forced: Sequence[str], feeds: list[dict], reference: list[np.ndarray],
-                      classifier: Sequence[bool] | None = None, measure=None) -> list[tuple[str, float]]:
+def layer_sensitivity(
+    build: Callable[[Sequence[str]], onnx.ModelProto],
+    layers: Sequence[str],
+    forced: Sequence[str],
+    feeds: list[dict],
+    reference: list[np.ndarray],
+    classifier: Sequence[bool] | None = None,
+    measure=None,
+) -> list[tuple[str, float]]:
     """(layer, output damage with that layer alone kept in float), most damaging-when-quantized first.
 
     Damage is ``sensitivity.output_damage`` against the FP32 outputs (KL for classifiers, 1 − R² per output
@@ -158,10 +186,15 @@ def _fallback_counts(n: int) -> list[int]:
     return [*counts, n] if n else []
 
 
-def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
-                    rank_build: Callable[[Sequence[str]], onnx.ModelProto], forced: Sequence[str],
-                    layers: Sequence[str], held: HeldOut, max_drop: float,
-                    sensitivity_samples: int = 64) -> tuple[onnx.ModelProto | None, dict, dict]:
+def fallback_search(
+    build: Callable[[Sequence[str]], onnx.ModelProto],
+    rank_build: Callable[[Sequence[str]], onnx.ModelProto],
+    forced: Sequence[str],
+    layers: Sequence[str],
+    held: HeldOut,
+    max_drop: float,
+    sensitivity_samples: int = 64,
+) -> tuple[onnx.ModelProto | None, dict, dict]:
     """Keep the most sensitive layers in float until the headline drop against ``held`` is <= ``max_drop``.
 
     ``build(exclude)`` makes the final candidates (bias-corrected); ``rank_build`` the cheaper models
@@ -175,8 +208,9 @@ def fallback_search(build: Callable[[Sequence[str]], onnx.ModelProto],
     feeds = calib.first("holdout", min(sensitivity_samples, n_hold))
     n_feed = sum(len(next(iter(f.values()))) for f in feeds)
     measure = metric_measure(held.metric, names, classifier or [True] * len(names))
-    ranking = layer_sensitivity(rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out], classifier,
-                                measure)
+    ranking = layer_sensitivity(
+        rank_build, layers, forced, feeds, [o[:n_feed] for o in fp32_out], classifier, measure
+    )
     order = [layer for layer, _ in ranking]
     tried: dict[int, tuple[float, onnx.ModelProto, dict]] = {}
 

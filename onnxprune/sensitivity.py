@@ -39,11 +39,16 @@ QUIET = 1e-10
 QUIET_FRACTIONS = (0.75, 0.9)
 
 
-def output_damage(dense: list[np.ndarray], other: list[np.ndarray], classifier: Sequence[bool] | None = None) -> float:
-    """Summed over outputs: KL for class scores (``classifier`` per output, see ``fidelity.compare``), else the
+def output_damage(
+    dense: list[np.ndarray], other: list[np.ndarray], classifier: Sequence[bool] | None = None
+) -> float:
+    """Summed over outputs: KL for class scores (``classifier`` per output, see ``fidelity.compare``), else
+    the
     mean over the output's components of their standardized squared error 1 − R²_c."""
     total = 0.0
-    for a, b, scores in zip(dense, other, classifier if classifier is not None else [True] * len(dense), strict=True):
+    for a, b, scores in zip(
+        dense, other, classifier if classifier is not None else [True] * len(dense), strict=True
+    ):
         if is_classifier(a.shape, scores):
             total += mean_kl(a.astype(np.float64), b.astype(np.float64))
         else:
@@ -61,8 +66,9 @@ def metric_measure(metric, names: Sequence[str], classifier: Sequence[bool]) -> 
 
     def measure(dense: list[np.ndarray], other: list[np.ndarray]) -> float:
         rest = [(a, b, c) for n, a, b, c in zip(names, dense, other, classifier, strict=True) if n != used]
-        total = metric.damage(dict(zip(names, dense, strict=True)), dict(zip(names, other, strict=True)),
-                              **metric.options)
+        total = metric.damage(
+            dict(zip(names, dense, strict=True)), dict(zip(names, other, strict=True)), **metric.options
+        )
         return total + (output_damage(*map(list, zip(*rest, strict=True))) if rest else 0.0)
 
     return measure
@@ -72,9 +78,11 @@ def as_batches(feeds: Feeds) -> list[Mapping[str, np.ndarray]]:
     return [feeds] if isinstance(feeds, Mapping) else list(feeds)
 
 
-def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup],
-                 feeds: Feeds) -> dict[int, tuple]:
-    """Per group, where a trial model pruning it alone starts to differ from the dense one, for ``Trials.run``'s
+def group_starts(
+    model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup], feeds: Feeds
+) -> dict[int, tuple]:
+    """Per group, where a trial model pruning it alone starts to differ from the dense one, for
+    ``Trials.run``'s
     ``start``: the nodes of every space holding the group's channels (pruning and compensation edit only
     those) and all below them, and the dense values on ``feeds`` that they read. One dense pass for all
     groups; a trial then runs only its suffix (the upstream part of every trial is the dense model)."""
@@ -94,14 +102,21 @@ def group_starts(model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelG
 
 
 class Trials:
-    """Trials of ``model`` pruned on ``feeds`` against its dense outputs there, computed once and shared by the
+    """Trials of ``model`` pruned on ``feeds`` against its dense outputs there, computed once and shared by
+    the
     sensitivity curves, the guard and the search: ``compensate(plan, pruned)`` edits each trial model in place
     before it runs, ``measure`` replaces ``output_damage``; a single group's trial runs from its start
     (``group_starts``, found for ``groups`` on first use)."""
 
-    def __init__(self, model: onnx.ModelProto, trace: Trace, groups: Sequence[ChannelGroup], feeds: Feeds,
-                 compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
-                 measure: Measure | None = None):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        trace: Trace,
+        groups: Sequence[ChannelGroup],
+        feeds: Feeds,
+        compensate: Callable[[dict, onnx.ModelProto], object] | None = None,
+        measure: Measure | None = None,
+    ):
         self.model, self.trace, self.groups = model, trace, groups
         self.compensate, self.measure = compensate, measure
         self.feeds = as_batches(feeds)
@@ -119,7 +134,8 @@ class Trials:
 
     def run(self, plan: dict, start: tuple | None = None) -> float:
         """Output damage of the model pruned by ``plan`` (and compensated in place) against the dense outputs.
-        ``start``: (the cut below which the trial model is the dense one, ``collect.downstream_cut``; the dense
+        ``start``: (the cut below which the trial model is the dense one, ``collect.downstream_cut``; the
+        dense
         values it reads, per batch): only the nodes downstream of the plan's edits run."""
         pruned = prune_channels(self.model, self.trace, plan, infer=False)
         if self.compensate is not None:
@@ -129,14 +145,22 @@ class Trials:
         else:
             cut, values = start
             out = run_all(suffix_model(pruned, cut, values[0]), [{t: v[t] for t in cut[1]} for v in values])
-        return self.measure(self.dense, out) if self.measure is not None else \
-            output_damage(self.dense, out, self.scores)
+        return (
+            self.measure(self.dense, out)
+            if self.measure is not None
+            else output_damage(self.dense, out, self.scores)
+        )
 
 
-def measured_rankings(trials: Trials, groups: list[ChannelGroup], rankings: Mapping[int, GroupRanking],
-                      fractions: tuple[float, ...] | None = None, mode: str = "measured",
-                      progress: Callable[[int], None] | None = None,
-                      points: dict[int, list[tuple[int, float]]] | None = None) -> dict[int, GroupRanking]:
+def measured_rankings(
+    trials: Trials,
+    groups: list[ChannelGroup],
+    rankings: Mapping[int, GroupRanking],
+    fractions: tuple[float, ...] | None = None,
+    mode: str = "measured",
+    progress: Callable[[int], None] | None = None,
+    points: dict[int, list[tuple[int, float]]] | None = None,
+) -> dict[int, GroupRanking]:
     """Rankings with the same channel order and an error curve from measured damage (``trials``): interpolated
     (``measured``) or the criterion's own curve rescaled to the measured level (``scaled``). ``points``
     receives each group's measured (channels removed, damage) pairs."""
@@ -161,12 +185,17 @@ def measured_rankings(trials: Trials, groups: list[ChannelGroup], rankings: Mapp
         xs.append(1.0)
         ys.append(max(ys[-1] * 2.0, ys[-1] + 1e-9) if len(ys) > 1 else 1.0)  # emptying the group: worst
         curve = np.interp(np.arange(g.size + 1) / g.size, xs, np.maximum.accumulate(ys))
-        if mode == "scaled":  # the criterion's curve shape, at the measured level (mean ratio over the points)
+        if (
+            mode == "scaled"
+        ):  # the criterion's curve shape, at the measured level (mean ratio over the points)
             est = r.error[:-1]
             # only points with damage set the level: a quiet point would scale the whole curve to zero and
             # make every removal of the group look free; with none the criterion's own curve stands
-            ratios = [y / est[int(round(x * g.size))] for x, y in zip(xs[1:-1], ys[1:-1], strict=True)
-                      if est[int(round(x * g.size))] > 0 and y > QUIET]
+            ratios = [
+                y / est[int(round(x * g.size))]
+                for x, y in zip(xs[1:-1], ys[1:-1], strict=True)
+                if est[int(round(x * g.size))] > 0 and y > QUIET
+            ]
             curve = np.append(est * (float(np.mean(ratios)) if ratios else 1.0), np.inf)
         curve[-1] = np.inf
         out[g.id] = GroupRanking(g.id, r.order, curve)
@@ -197,10 +226,16 @@ def raised_curve(error: np.ndarray, deepest: int, removed: int, damage: float) -
     return out
 
 
-def guard_deep_cuts(trials: Trials, groups: Sequence[ChannelGroup], rankings: dict[int, GroupRanking],
-                    points: dict[int, list[tuple[int, float]]], plan: Mapping[int, np.ndarray],
-                    allocate: Callable[[], Mapping[int, np.ndarray]], rounds: int = 3,
-                    progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+def guard_deep_cuts(
+    trials: Trials,
+    groups: Sequence[ChannelGroup],
+    rankings: dict[int, GroupRanking],
+    points: dict[int, list[tuple[int, float]]],
+    plan: Mapping[int, np.ndarray],
+    allocate: Callable[[], Mapping[int, np.ndarray]],
+    rounds: int = 3,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict, dict]:
     """No group is cut to its last channels unless measured damage supports it.
 
     A plan may cut a group past its deepest sensitivity trial, where its curve is the criterion's shape
@@ -232,8 +267,17 @@ def guard_deep_cuts(trials: Trials, groups: Sequence[ChannelGroup], rankings: di
             r = rankings[g.id]
             predicted = float(r.error[removed])
             low = damage > predicted * (1 + GUARD_TOLERANCE) + QUIET
-            records.append({"round": rnd, "group": g.id, "kept": len(plan[g.id]), "channels": g.size,
-                            "predicted": predicted, "measured": damage, "raised": bool(low)})
+            records.append(
+                {
+                    "round": rnd,
+                    "group": g.id,
+                    "kept": len(plan[g.id]),
+                    "channels": g.size,
+                    "predicted": predicted,
+                    "measured": damage,
+                    "raised": bool(low),
+                }
+            )
             if low:
                 rankings[g.id] = GroupRanking(g.id, r.order, raised_curve(r.error, deepest, removed, damage))
                 raised = True
@@ -246,6 +290,11 @@ def guard_deep_cuts(trials: Trials, groups: Sequence[ChannelGroup], rankings: di
     damages = [trials.damage(p) for p in plans] if len(plans) > 1 else []
     kept = int(np.argmin(damages)) if damages else 0
     plan = plans[kept]
-    unverified = [g.id for g in groups if g.id in plan and len(plan[g.id]) < GUARD_BELOW * g.size
-                  and g.size - len(plan[g.id]) > max((m for m, _ in points.get(g.id, [])), default=0)]
+    unverified = [
+        g.id
+        for g in groups
+        if g.id in plan
+        and len(plan[g.id]) < GUARD_BELOW * g.size
+        and g.size - len(plan[g.id]) > max((m for m, _ in points.get(g.id, [])), default=0)
+    ]
     return plan, {"measurements": records, "plans": damages, "kept": kept, "unverified": unverified}

@@ -1,4 +1,5 @@
-"""Tensor shapes: ONNX shape inference that keeps symbolic dims, and concrete shapes at a given input shape."""
+"""Tensor shapes: ONNX shape inference that keeps symbolic dims, and concrete shapes at a given input
+shape."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def parse_input_shapes(specs: Iterable[str]) -> dict[str, Shape]:
             if any(d <= 0 for d in shape):
                 raise ValueError
         except ValueError:
-            raise InputError(f"bad --input-shape '{spec}': expected NAME:DxDx..., e.g. input:1x3x224x224") from None
+            raise InputError(
+                f"bad --input-shape '{spec}': expected NAME:DxDx..., e.g. input:1x3x224x224"
+            ) from None
         shapes[name] = shape
     return shapes
 
@@ -72,7 +75,9 @@ def static_batch(inputs: Iterable[onnx.ValueInfoProto]) -> int | None:
     return next((d[0] for d in map(declared_shape, inputs) if d and isinstance(d[0], int) and d[0] > 0), None)
 
 
-def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Shape] | None = None) -> dict[str, Shape]:
+def resolve_input_shapes(
+    model: onnx.ModelProto, given: Mapping[str, Shape] | None = None
+) -> dict[str, Shape]:
     """Concrete shape for every graph input: ``given`` wins, a dynamic leading (batch) dim becomes 1.
 
     Any other dynamic dim must be given explicitly; the error says which input and dim.
@@ -89,10 +94,15 @@ def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Shape] | No
         if vi.name in given:
             shape = given[vi.name]
             if dims and len(dims) != len(shape):
-                raise InputError(f"--input-shape for '{vi.name}' has rank {len(shape)}, model expects rank {len(dims)} {dims}")
+                raise InputError(
+                    f"--input-shape for '{vi.name}' has rank {len(shape)}, model expects rank {len(dims)} "
+                    f"{dims}"
+                )
             for have, want in zip(dims, shape, strict=False):
                 if isinstance(have, int) and have != want:
-                    raise InputError(f"--input-shape for '{vi.name}': got {list(shape)}, model fixes dims {dims}")
+                    raise InputError(
+                        f"--input-shape for '{vi.name}': got {list(shape)}, model fixes dims {dims}"
+                    )
             shapes[vi.name] = tuple(shape)
             continue
         resolved = []
@@ -104,7 +114,10 @@ def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Shape] | No
             else:
                 raise InputError(
                     f"input '{vi.name}' has dynamic dim {axis} ('{d or '?'}'): pass --input-shape {vi.name}:"
-                    + "x".join(str(x if isinstance(x, int) and x > 0 else 1 if i == 0 else "D") for i, x in enumerate(dims))
+                    + "x".join(
+                        str(x if isinstance(x, int) and x > 0 else 1 if i == 0 else "D")
+                        for i, x in enumerate(dims)
+                    )
                 )
         shapes[vi.name] = tuple(resolved)
     return shapes
@@ -128,8 +141,10 @@ def with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> on
 
 def _static(vi: onnx.ValueInfoProto) -> Shape | None:
     dims = declared_shape(vi)
-    if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") and all(
-        isinstance(d, int) and d >= 0 for d in dims
+    if (
+        vi.type.HasField("tensor_type")
+        and vi.type.tensor_type.HasField("shape")
+        and all(isinstance(d, int) and d >= 0 for d in dims)
     ):
         return tuple(int(d) for d in dims)
     return None
@@ -157,7 +172,9 @@ def _ort_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape], names: list
     return {n: tuple(np.asarray(v).shape) for n, v in zip(names, outs, strict=True)}
 
 
-def static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None) -> dict[str, Shape]:
+def static_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None
+) -> dict[str, Shape]:
     """Concrete shape of every tensor (inputs, initializers, node outputs) at the given input shapes.
 
     ONNX shape inference first; tensors it leaves unknown (data-dependent Reshapes, custom ops) are

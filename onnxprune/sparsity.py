@@ -46,6 +46,7 @@ MIN_WEIGHTS = 1024  # smaller layers are skipped: negligible memory and compute,
 
 # ---- patterns ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Pattern:
     """Either N:M (``n`` zeros in every ``m`` consecutive reduction-dimension weights) or unstructured."""
@@ -63,7 +64,7 @@ class Pattern:
 
 
 def parse_pattern(spec: str | float) -> Pattern:
-    """"2:4" → 2 zeros in every 4; "0.5" or 0.5 → 50 % unstructured. Raises ValueError otherwise."""
+    """ "2:4" → 2 zeros in every 4; "0.5" or 0.5 → 50 % unstructured. Raises ValueError otherwise."""
     text = str(spec).strip()
     if ":" in text:
         n_text, m_text = text.split(":", 1)
@@ -89,6 +90,7 @@ def sparsity_option(spec: str | None) -> Pattern | None:
 
 # ---- mask rules (shared by SparseGPT, the OBS reference and magnitude) -------------------------
 
+
 def nm_mask(scores: np.ndarray, n: int, m: int) -> np.ndarray:
     """Pruned entries (True) of [rows, k·M] scores: in every M consecutive columns of a row, the N lowest."""
     rows, cols = scores.shape
@@ -108,11 +110,13 @@ def lowest_fraction_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
 
 
 def obs_scores(w: np.ndarray, inv_diag: np.ndarray, dead: np.ndarray) -> np.ndarray:
-    """OBS cost of zeroing each entry: w² / [H_F⁻¹]_jj; 0 for dead features (input always 0: free to prune)."""
+    """OBS cost of zeroing each entry: w² / [H_F⁻¹]_jj; 0 for dead features (input always 0: free to
+    prune)."""
     return np.where(dead[None, :], 0.0, w**2 / inv_diag[None, :])
 
 
 # ---- Hessian preparation -------------------------------------------------------------------------
+
 
 def dampen(h: np.ndarray, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """H + λI with λ = percdamp·mean(diag H over live features); dead features (H_jj = 0) get H_jj = 1.
@@ -139,8 +143,17 @@ def inverse_upper_cholesky(h_damped: np.ndarray) -> np.ndarray:
 
 # ---- SparseGPT -----------------------------------------------------------------------------------
 
-def sparsegpt_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4, sparsity: float | None = None,
-                    blocksize: int = 128, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+
+def sparsegpt_prune(
+    w: np.ndarray,
+    h: np.ndarray,
+    *,
+    n: int = 2,
+    m: int = 4,
+    sparsity: float | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
     """SparseGPT on W [rows, columns] with input Hessian H [columns, columns] → (sparse W, pruned mask).
 
     ``sparsity`` None: N:M (``n`` zeros per ``m`` consecutive columns; columns % m == 0 and blocksize % m
@@ -163,11 +176,15 @@ def sparsegpt_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4, spa
         errors = np.zeros_like(block)
         block_mask = mask[:, start:stop]  # a view: choices land in ``mask``
         if not semi:
-            block_mask[:] = lowest_fraction_mask(obs_scores(block, u_diag[start:stop] ** 2, dead[start:stop]), sparsity)
+            block_mask[:] = lowest_fraction_mask(
+                obs_scores(block, u_diag[start:stop] ** 2, dead[start:stop]), sparsity
+            )
         for j in range(stop - start):
             if semi and j % m == 0:
                 cols_g = slice(j, j + m)
-                scores = obs_scores(block[:, cols_g], u_diag[start:stop][cols_g] ** 2, dead[start:stop][cols_g])
+                scores = obs_scores(
+                    block[:, cols_g], u_diag[start:stop][cols_g] ** 2, dead[start:stop][cols_g]
+                )
                 block_mask[:, cols_g] = nm_mask(scores, n, m)
             pruned = block_mask[:, j]
             err = np.where(pruned, block[:, j], 0.0) / u_block[j, j]
@@ -179,8 +196,16 @@ def sparsegpt_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4, spa
     return w, mask
 
 
-def obs_reference_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4, sparsity: float | None = None,
-                        blocksize: int = 128, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+def obs_reference_prune(
+    w: np.ndarray,
+    h: np.ndarray,
+    *,
+    n: int = 2,
+    m: int = 4,
+    sparsity: float | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
     """The same pruning done directly (slow, for tests): explicit H⁻¹, one OBS step per column, downdates.
 
     For column q = 0 … d−1 with the current inverse G (= H_{F_q}⁻¹ after the downdates so far), every
@@ -198,8 +223,10 @@ def obs_reference_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4,
         if q % window == 0:
             span = range(q, min(q + window, cols))
             inv_diag = np.array([np.linalg.inv(h_damped[j:, j:])[0, 0] for j in span])
-            scores = obs_scores(w[:, q:q + len(span)], inv_diag, dead[q:q + len(span)])
-            mask[:, q:q + len(span)] = nm_mask(scores, n, m) if semi else lowest_fraction_mask(scores, sparsity)
+            scores = obs_scores(w[:, q : q + len(span)], inv_diag, dead[q : q + len(span)])
+            mask[:, q : q + len(span)] = (
+                nm_mask(scores, n, m) if semi else lowest_fraction_mask(scores, sparsity)
+            )
         for r in np.flatnonzero(mask[:, q]):
             w[r] -= (w[r, q] / g[q, q]) * g[q]
             w[r, q] = 0.0
@@ -208,6 +235,7 @@ def obs_reference_prune(w: np.ndarray, h: np.ndarray, *, n: int = 2, m: int = 4,
 
 
 # ---- magnitude baselines -------------------------------------------------------------------------
+
 
 def magnitude_nm(w: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     """Zero the N smallest |w| in every M consecutive columns of each row (no compensation)."""
@@ -234,6 +262,7 @@ def relative_output_error(w: np.ndarray, w_new: np.ndarray, h: np.ndarray) -> fl
 
 
 # ---- layout ----------------------------------------------------------------------------------
+
 
 def tap_major_order(channels: int, taps: int) -> np.ndarray:
     """Permutation of im2col columns c·T + t (channel-major) into t·C + c (tap-major): new[i] = old[order[i]].
@@ -301,8 +330,11 @@ def stored_weights(model: onnx.ModelProto) -> list[StoredWeight]:
             if name is not None:
                 w = numpy_helper.to_array(inits[name])
                 if w.ndim >= 2:
-                    out.append(StoredWeight(node.name or f"node_of_{node.output[0]}", node.op_type, name, w,
-                                            axis % w.ndim))
+                    out.append(
+                        StoredWeight(
+                            node.name or f"node_of_{node.output[0]}", node.op_type, name, w, axis % w.ndim
+                        )
+                    )
                 break
     return out
 
@@ -316,8 +348,13 @@ def ineligible_reason(layer: LinearLayer, shape: tuple[int, ...], pattern: Patte
         return f"tiny layer ({size} weights < {MIN_WEIGHTS})"
     reduction = shape[reduction_axis(layer)]
     if pattern.semi_structured and reduction % pattern.m:
-        what = "input channels per group" if layer.op == "Conv" and layer.groups > 1 else \
-            "input channels" if layer.op == "Conv" else "reduction dimension"
+        what = (
+            "input channels per group"
+            if layer.op == "Conv" and layer.groups > 1
+            else "input channels"
+            if layer.op == "Conv"
+            else "reduction dimension"
+        )
         return f"{what} = {reduction} is not a multiple of M={pattern.m}"
     return None
 
@@ -352,8 +389,9 @@ def check_pattern(w: np.ndarray, reduction: int, n: int, m: int) -> dict:
 # prune is SparseGPT (same H_s) on the target W*, the unconstrained least-squares refit of the layer.
 
 
-def corrected_target(w: np.ndarray, cross: np.ndarray, h: np.ndarray, lam: float = 0.0,
-                     skip_cross: np.ndarray | None = None) -> np.ndarray:
+def corrected_target(
+    w: np.ndarray, cross: np.ndarray, h: np.ndarray, lam: float = 0.0, skip_cross: np.ndarray | None = None
+) -> np.ndarray:
     """The target W* that SparseGPT must approach on X_s so that Ŵ·X_s reproduces W·X_d (W [rows, features]).
 
     W* = W + (W·C − W·H_s + E)(H_s + λI)⁻¹  with C = Σ x_d x_sᵀ (``cross``) and H_s = Σ x_s x_sᵀ (``h``).
@@ -372,11 +410,18 @@ def corrected_target(w: np.ndarray, cross: np.ndarray, h: np.ndarray, lam: float
     return w + np.linalg.solve(a, rhs.T).T
 
 
-def masked_refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, keep: np.ndarray, lam: float,
-                 skip_cross: np.ndarray | None = None) -> np.ndarray:
+def masked_refit(
+    w: np.ndarray,
+    cross: np.ndarray,
+    h: np.ndarray,
+    keep: np.ndarray,
+    lam: float,
+    skip_cross: np.ndarray | None = None,
+) -> np.ndarray:
     """Each row's least-squares optimum on its kept weights S (``keep`` [rows, features], True = kept):
 
-        Ŵ_S = (W·C_{:,S} + E_{:,S} + λ·W_S)(H_SS + λI)⁻¹ = argmin ‖W X_d + Δ − Ŵ X_s‖² + λ‖Ŵ − W‖²,  Ŵ = 0 off S,
+        Ŵ_S = (W·C_{:,S} + E_{:,S} + λ·W_S)(H_SS + λI)⁻¹ = argmin ‖W X_d + Δ − Ŵ X_s‖² + λ‖Ŵ − W‖²,  Ŵ = 0
+        off S,
 
     C = Σ x_d x_sᵀ (``cross``; pass H_s for the layer's own output), H_s = Σ x_s x_sᵀ (``h``), λ > 0,
     E = Σ δ x_sᵀ the residual partner's drift (``skip_cross``, see ``corrected_target``; Δ = 0 without).
@@ -395,14 +440,24 @@ def masked_refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, keep: np.ndarr
         if len(s):
             a = h.take(s, 0).take(s, 1)  # row-then-column takes: far faster than 2-D fancy indexing
             a.flat[:: len(s) + 1] += lam
-            out[i, s] = scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False),
-                                               rhs[i, s], check_finite=False)
+            out[i, s] = scipy.linalg.cho_solve(
+                scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False),
+                rhs[i, s],
+                check_finite=False,
+            )
     return out
 
 
-def output_mismatch(w: np.ndarray, w_new: np.ndarray, cross: np.ndarray, h_s: np.ndarray,
-                    h_d: np.ndarray | None = None, skip_cross: np.ndarray | None = None) -> float:
-    """‖W·X_d + Δ − Ŵ·X_s‖² from sums: tr(Ŵ H_s Ŵᵀ) − 2 tr((W C + E) Ŵᵀ) [+ tr(W H_d Wᵀ) when ``h_d`` is given].
+def output_mismatch(
+    w: np.ndarray,
+    w_new: np.ndarray,
+    cross: np.ndarray,
+    h_s: np.ndarray,
+    h_d: np.ndarray | None = None,
+    skip_cross: np.ndarray | None = None,
+) -> float:
+    """‖W·X_d + Δ − Ŵ·X_s‖² from sums: tr(Ŵ H_s Ŵᵀ) − 2 tr((W C + E) Ŵᵀ) [+ tr(W H_d Wᵀ) when ``h_d`` is
+    given].
 
     Without ``h_d`` it is the mismatch up to a constant that does not depend on Ŵ (enough to compare fits);
     E = ``skip_cross`` as in ``corrected_target`` (the constant then also leaves out Δ's own terms).
@@ -414,16 +469,27 @@ def output_mismatch(w: np.ndarray, w_new: np.ndarray, cross: np.ndarray, h_s: np
     return err + float(np.sum((w @ h_d) * w)) if h_d is not None else err
 
 
-def bias_correction(w: np.ndarray, b: np.ndarray, w_new: np.ndarray, mean_d: np.ndarray,
-                    mean_s: np.ndarray, mean_skip: np.ndarray | float = 0.0) -> np.ndarray:
+def bias_correction(
+    w: np.ndarray,
+    b: np.ndarray,
+    w_new: np.ndarray,
+    mean_d: np.ndarray,
+    mean_s: np.ndarray,
+    mean_skip: np.ndarray | float = 0.0,
+) -> np.ndarray:
     """b' = b + W·E[x_d] − Ŵ·E[x_s] + E[δ]: the pruned layer's mean output (plus its residual partner's, whose
     drift is δ) equals the dense layer's on calibration data."""
-    return (np.asarray(b, np.float64) + np.asarray(w, np.float64) @ mean_d - np.asarray(w_new, np.float64) @ mean_s
-            + mean_skip)
+    return (
+        np.asarray(b, np.float64)
+        + np.asarray(w, np.float64) @ mean_d
+        - np.asarray(w_new, np.float64) @ mean_s
+        + mean_skip
+    )
 
 
-def corrected_sparsegpt(w: np.ndarray, cross: np.ndarray, h_s: np.ndarray, *, lam: float = 0.0,
-                        **kwargs) -> tuple[np.ndarray, np.ndarray]:
+def corrected_sparsegpt(
+    w: np.ndarray, cross: np.ndarray, h_s: np.ndarray, *, lam: float = 0.0, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
     """SparseGPT toward the dense outputs: ``sparsegpt_prune(corrected_target(W, C, H_s, λ), H_s, ...)``.
 
     Minimizes ‖W X_d − Ŵ X_s‖² under the mask (up to SparseGPT's greedy mask choice and dampening).

@@ -113,8 +113,14 @@ def load(run: Run, path: Path) -> Loaded:
     calib = None
     if opts.calib:
         with run.timer("load_calibration"):
-            calib = load_calibration(opts.calib, model, samples=opts.calib_samples, preprocess=opts.preprocess,
-                                     input_size=opts.input_size, seed=opts.seed)
+            calib = load_calibration(
+                opts.calib,
+                model,
+                samples=opts.calib_samples,
+                preprocess=opts.preprocess,
+                input_size=opts.input_size,
+                seed=opts.seed,
+            )
             run.warnings.extend(calib.warnings)
             require_finite_outputs(model, calib)
     else:
@@ -129,8 +135,10 @@ def require_finite_outputs(model: onnx.ModelProto, calib: CalibrationSet, sample
     batch = next(calib.batches("calib", samples))
     for name, values in zip(names, run_all(model, [batch]), strict=True):
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise InputError(f"the model computes NaN or infinite values in output '{name}' on the "
-                             f"calibration data (first {len(next(iter(batch.values())))} samples)")
+            raise InputError(
+                f"the model computes NaN or infinite values in output '{name}' on the "
+                f"calibration data (first {len(next(iter(batch.values())))} samples)"
+            )
 
 
 # -- trace -----------------------------------------------------------------------------------------
@@ -194,8 +202,12 @@ def select(run: Run, loaded: Loaded, traced: Traced) -> Scope:
     if opts.target == 1.0 and opts.metric != "latency":  # e.g. --sparsity alone: no channel statistics needed
         skipped.update({g.id: "--target 1x: no channel pruning asked for" for g in eligible})
         eligible = []
-    measured = bool(loaded.calib is not None and opts.sensitivity != "estimated" and opts.allocation != "uniform"
-                    and eligible)
+    measured = bool(
+        loaded.calib is not None
+        and opts.sensitivity != "estimated"
+        and opts.allocation != "uniform"
+        and eligible
+    )
     return Scope(eligible, skipped, criterion, measured)
 
 
@@ -228,7 +240,8 @@ class LayerStats:
 
 
 def collect_statistics(run: Run, loaded: Loaded, traced: Traced, scope: Scope) -> LayerStats:
-    """One onnxruntime pass over the calibration set (and its mosaics): what the criterion and the trials read."""
+    """One onnxruntime pass over the calibration set (and its mosaics): what the criterion and the trials
+    read."""
     opts, calib = run.opts, loaded.calib
     if calib is None or scope.criterion not in DATA_CRITERIA:
         return LayerStats(refit_samples=opts.refit_samples)
@@ -240,19 +253,31 @@ def collect_statistics(run: Run, loaded: Loaded, traced: Traced, scope: Scope) -
         if scope.measured and wanted and (calib.groups is not None or calib.mosaics):
             halves = sensitivity_halves(calib, calib.n_statistics() - calib.n_calib(), opts.seed)
         if halves is not None and calib.mosaics:  # the whole set's mosaics: each half's, from its own images
-            calib.mosaics = {k: np.concatenate([h.mosaics[k] for h in halves if h.mosaics]) for k in calib.mosaics}
+            calib.mosaics = {
+                k: np.concatenate([h.mosaics[k] for h in halves if h.mosaics]) for k in calib.mosaics
+            }
         parts = [h.batches("statistics", 16) for h in halves] if halves else [calib.batches("statistics", 16)]
         every = collect_split_statistics(
-            loaded.model, parts, {n: traced.layers[n] for n in wanted}, axes,
+            loaded.model,
+            parts,
+            {n: traced.layers[n] for n in wanted},
+            axes,
             dtype=np.float32 if opts.stats_dtype == "float32" else np.float64,
             progress=run.bar("calibration", calib.n_statistics()),
-            sample_rows=opts.woodfisher_rows if scope.criterion == "woodfisher" else 0, seed=opts.seed)
+            sample_rows=opts.woodfisher_rows if scope.criterion == "woodfisher" else 0,
+            seed=opts.seed,
+        )
         out = LayerStats()
         if halves:  # half A's Hessians price the sensitivity trials; the whole set's: A + B
             a = every[0].hessians | every[0].samples
-            out.half = HalfStats({n: acc.hessian() for n, acc in a.items()}, {n: acc.samples for n, acc in a.items()},
-                                 [{k: v.copy() for k, v in b.items()}
-                                  for b in halves[0].first("holdout", opts.sensitivity_samples)])
+            out.half = HalfStats(
+                {n: acc.hessian() for n, acc in a.items()},
+                {n: acc.samples for n, acc in a.items()},
+                [
+                    {k: v.copy() for k, v in b.items()}
+                    for b in halves[0].first("holdout", opts.sensitivity_samples)
+                ],
+            )
             every[0].merge(every.pop())
             del halves, a  # their arrays and mosaics are no longer needed
         stats = every.pop()
@@ -281,16 +306,25 @@ def _add_mosaics(run: Run, calib: CalibrationSet) -> None:
 
 
 def _tapped(traced: Traced, scope: Scope) -> tuple[set[str], dict[str, int]]:
-    """(consumer layers whose input Hessians are summed, tensors whose channel statistics are taken → axis)."""
+    """(consumer layers whose input Hessians are summed, tensors whose channel statistics are taken →
+    axis)."""
     trace, layers = traced.trace, traced.layers
-    wanted = {m.node for g in scope.groups for m in trace.members_of(g.id)
-              if m.role == "consumer" and m.node in layers}
+    wanted = {
+        m.node
+        for g in scope.groups
+        for m in trace.members_of(g.id)
+        if m.role == "consumer" and m.node in layers
+    }
     if scope.criterion not in ("activation", "apoz"):
         return wanted, {}
     ids = {g.id for g in scope.groups}
-    axes = {name: view.axis for name, view in trace.views.items()
-            if view.plain and any(s.group in ids for s in trace.segments[view.space])
-            and any(name == layers[c].input for c in wanted)}
+    axes = {
+        name: view.axis
+        for name, view in trace.views.items()
+        if view.plain
+        and any(s.group in ids for s in trace.segments[view.space])
+        and any(name == layers[c].input for c in wanted)
+    }
     return set(), axes
 
 
@@ -304,13 +338,18 @@ def sensitivity_halves(calib: CalibrationSet, mosaics: int, seed: int) -> list[C
     half A and measuring on half B prices what it does on new inputs. The statistics pass reads the halves as
     two streams (``collect_split_statistics``), so half A's Hessians cost no second pass.
     """
-    side = validation_halves([calib.n_calib()], calib.groups)[0] if calib.groups is not None else \
-        np.arange(calib.n_calib()) % 2
+    side = (
+        validation_halves([calib.n_calib()], calib.groups)[0]
+        if calib.groups is not None
+        else np.arange(calib.n_calib()) % 2
+    )
     if side.min() == side.max():
         return None
     a, b = ({k: v[side == s] for k, v in calib.calib.items()} for s in (0, 1))
-    halves = [replace(calib, calib=a, holdout=b, groups=None, mosaics={}),
-              replace(calib, calib=b, holdout=a, groups=None, mosaics={})]  # shared arrays: no second copy
+    halves = [
+        replace(calib, calib=a, holdout=b, groups=None, mosaics={}),
+        replace(calib, calib=b, holdout=a, groups=None, mosaics={}),
+    ]  # shared arrays: no second copy
     if calib.fixed_batch and min(h.n_calib() for h in halves) < calib.fixed_batch:
         return None
     first = round(mosaics * halves[0].n_calib() / calib.n_calib())
@@ -337,11 +376,22 @@ def determined_samples(sums, n_samples: int, least: int) -> int:
 # -- rank, sensitivity -----------------------------------------------------------------------------
 
 
-def rank(run: Run, loaded: Loaded, traced: Traced, scope: Scope, stats: LayerStats) -> dict[int, GroupRanking]:
+def rank(
+    run: Run, loaded: Loaded, traced: Traced, scope: Scope, stats: LayerStats
+) -> dict[int, GroupRanking]:
     """Each eligible group's removal order and error curve under the criterion."""
-    data = RankData(traced.trace, traced.inits, {n.name: list(n.input) for n in loaded.model.graph.node},
-                    traced.layers, stats.hessians or {}, stats.rows or {}, stats.inverses or {},
-                    loaded.norm.bn_scales or {}, stats.channels or {}, run.opts.damp)
+    data = RankData(
+        traced.trace,
+        traced.inits,
+        {n.name: list(n.input) for n in loaded.model.graph.node},
+        traced.layers,
+        stats.hessians or {},
+        stats.rows or {},
+        stats.inverses or {},
+        loaded.norm.bn_scales or {},
+        stats.channels or {},
+        run.opts.damp,
+    )
     with run.timer("score"):
         rankings, warnings = rank_groups(scope.criterion, scope.groups, data, seed=run.opts.seed)
     run.warnings.extend(warnings)
@@ -388,14 +438,25 @@ def make_trials(run: Run, loaded: Loaded, traced: Traced, scope: Scope, stats: L
     return Trials(model, traced.trace, scope.groups, feeds, comp, measure)
 
 
-def sensitivity(run: Run, scope: Scope, trials: Trials | None, rankings: dict[int, GroupRanking],
-                points: dict[int, list[tuple[int, float]]]) -> dict[int, GroupRanking]:
+def sensitivity(
+    run: Run,
+    scope: Scope,
+    trials: Trials | None,
+    rankings: dict[int, GroupRanking],
+    points: dict[int, list[tuple[int, float]]],
+) -> dict[int, GroupRanking]:
     """Error curves through the measured damage of trial cuts (their points added to ``points``)."""
     if not scope.measured:
         return rankings
     with run.timer("sensitivity"):
-        return measured_rankings(trials, scope.groups, rankings, mode=run.opts.sensitivity, points=points,
-                                 progress=run.bar("sensitivity", len(scope.groups)))
+        return measured_rankings(
+            trials,
+            scope.groups,
+            rankings,
+            mode=run.opts.sensitivity,
+            points=points,
+            progress=run.bar("sensitivity", len(scope.groups)),
+        )
 
 
 # -- allocate --------------------------------------------------------------------------------------
@@ -441,11 +502,19 @@ def cost_model(run: Run, loaded: Loaded, traced: Traced, scope: Scope, step: int
     if opts.metric == "latency":
         with run.timer("latency_table"):
             feeds = latency_feeds(model, traced.shapes, latency_batches(opts, model)[0])
-            table = build_table(model, traced.trace, {g.id for g in scope.groups}, feeds, threads=opts.threads,
-                                round_to=step, progress=run.bar("latency table"))
+            table = build_table(
+                model,
+                traced.trace,
+                {g.id for g in scope.groups},
+                feeds,
+                threads=opts.threads,
+                round_to=step,
+                progress=run.bar("latency table"),
+            )
     dense = table.dense_ms if table is not None else base.macs if opts.metric == "macs" else base.params
-    return CostModel(opts.metric, traced.trace, {n.name: n.macs or 0 for n in base.nodes}, param_slots(model),
-                     table, dense)
+    return CostModel(
+        opts.metric, traced.trace, {n.name: n.macs or 0 for n in base.nodes}, param_slots(model), table, dense
+    )
 
 
 class Allocator:
@@ -453,8 +522,14 @@ class Allocator:
     DP's weights searched by measured damage with ``--search-evals``. The guard re-plans with raised curves
     (``rerank``); the latency loop re-plans at other budgets."""
 
-    def __init__(self, opts: CompressOptions, choices: list[GroupChoice], cost: CostModel,
-                 trials: Trials | None, search: bool):
+    def __init__(
+        self,
+        opts: CompressOptions,
+        choices: list[GroupChoice],
+        cost: CostModel,
+        trials: Trials | None,
+        search: bool,
+    ):
         self.opts, self.choices, self.cost, self.trials = opts, choices, cost, trials
         self.search = search and trials is not None and bool(choices)
         self.searches: list[dict] = []
@@ -469,19 +544,33 @@ class Allocator:
 
     def propose(self, budget: float, weights: dict[int, float] | None = None) -> dict[int, int]:
         opts = self.opts
-        return allocate_to_budget(self.choices, self.cost_of, self.cost.base, budget, self.floor, opts.metric,
-                                  opts.allocation, weights)
+        return allocate_to_budget(
+            self.choices,
+            self.cost_of,
+            self.cost.base,
+            budget,
+            self.floor,
+            opts.metric,
+            opts.allocation,
+            weights,
+        )
 
     def plan(self, budget: float) -> Plan:
         opts = self.opts
         if opts.target <= 1.0:  # nothing to remove (e.g. --sparsity alone): keep every channel
             return {}
         if opts.allocation == "uniform":
-            widths, _ = fit_uniform(self.choices, self.cost_of, budget, self.floor, self.cost.base, opts.metric)
+            widths, _ = fit_uniform(
+                self.choices, self.cost_of, budget, self.floor, self.cost.base, opts.metric
+            )
         elif self.search:
-            widths, record = search_allocation([c.group for c in self.choices],
-                                               lambda w: self.propose(budget, w), self.damage, opts.search_evals,
-                                               opts.seed)
+            widths, record = search_allocation(
+                [c.group for c in self.choices],
+                lambda w: self.propose(budget, w),
+                self.damage,
+                opts.search_evals,
+                opts.seed,
+            )
             self.searches.append(record)
         else:
             widths = self.propose(budget)
@@ -491,8 +580,15 @@ class Allocator:
         self.choices[:] = [dataclasses.replace(c, ranking=rankings[c.group]) for c in self.choices]
 
 
-def allocate(run: Run, loaded: Loaded, scope: Scope, rankings: dict[int, GroupRanking], cost: CostModel,
-             step: int, trials: Trials | None) -> tuple[Allocator, Plan]:
+def allocate(
+    run: Run,
+    loaded: Loaded,
+    scope: Scope,
+    rankings: dict[int, GroupRanking],
+    cost: CostModel,
+    step: int,
+    trials: Trials | None,
+) -> tuple[Allocator, Plan]:
     """The allocator over the eligible groups and its plan at ``base / target``."""
     opts, model = run.opts, loaded.model
     with run.timer("allocate"):
@@ -504,7 +600,9 @@ def allocate(run: Run, loaded: Loaded, scope: Scope, rankings: dict[int, GroupRa
             if first_conv and any(n == first_conv and r == "producer" for n, r in g.members):
                 min_keep = math.ceil(g.size * (1 - opts.first_conv_cap))
             min_keep = max(min_keep, min(step, g.size))
-            choices.append(GroupChoice(g.id, g.size, min_keep, step, controlled[g.id] / g.size, rankings[g.id]))
+            choices.append(
+                GroupChoice(g.id, g.size, min_keep, step, controlled[g.id] / g.size, rankings[g.id])
+            )
         allocator = Allocator(opts, choices, cost, trials, searching(run, loaded))
         return allocator, allocator.plan(allocator.budget)
 
@@ -534,8 +632,15 @@ def fit_uniform(choices, cost_of, budget, floor, base, metric):
     return best, cost_of(best)
 
 
-def guard(run: Run, scope: Scope, trials: Trials | None, rankings: dict[int, GroupRanking],
-          points: dict[int, list[tuple[int, float]]], allocator: Allocator, plan: Plan) -> tuple[Plan, dict | None]:
+def guard(
+    run: Run,
+    scope: Scope,
+    trials: Trials | None,
+    rankings: dict[int, GroupRanking],
+    points: dict[int, list[tuple[int, float]]],
+    allocator: Allocator,
+    plan: Plan,
+) -> tuple[Plan, dict | None]:
     """Measure every cut past a group's trials to its last channels; raise the curves it beats and re-plan."""
     if not (scope.measured and plan):
         return plan, None
@@ -545,7 +650,9 @@ def guard(run: Run, scope: Scope, trials: Trials | None, rankings: dict[int, Gro
         return allocator.plan(allocator.budget)
 
     with run.timer("guard"):
-        return guard_deep_cuts(trials, scope.groups, rankings, points, plan, replan, progress=run.bar("guard"))
+        return guard_deep_cuts(
+            trials, scope.groups, rankings, points, plan, replan, progress=run.bar("guard")
+        )
 
 
 @dataclass
@@ -576,8 +683,9 @@ def apply(run: Run, loaded: Loaded, traced: Traced, plan: Plan) -> onnx.ModelPro
         return prune_channels(loaded.model, traced.trace, plan)
 
 
-def check_budget(run: Run, traced: Traced, allocator: Allocator, pruned: onnx.ModelProto,
-                 scope: Scope, plan: Plan) -> ModelCost:
+def check_budget(
+    run: Run, traced: Traced, allocator: Allocator, pruned: onnx.ModelProto, scope: Scope, plan: Plan
+) -> ModelCost:
     """The pruned model's cost, recounted from the graph; it must meet the budget the allocator promised."""
     opts = run.opts
     with run.timer("cost"):
@@ -585,14 +693,16 @@ def check_budget(run: Run, traced: Traced, allocator: Allocator, pruned: onnx.Mo
     if allocator.cost.table is None:
         real = after.macs if opts.metric == "macs" else after.params
         if real > allocator.budget * (1 + 1e-6):
-            raise InternalError(f"pruned {opts.metric} {real} exceed the budget {allocator.budget:.0f} the "
-                                "allocator promised")
+            raise InternalError(
+                f"pruned {opts.metric} {real} exceed the budget {allocator.budget:.0f} the allocator promised"
+            )
     off_block = [g.id for g in scope.groups if g.id in plan and len(plan[g.id]) % LATENCY_ROUND_TO]
     if off_block and opts.metric != "latency":
         run.warnings.append(
             f"{len(off_block)} pruned group(s) keep widths that are not multiples of {LATENCY_ROUND_TO}: "
             "onnxruntime's CPU convolutions are blocked by 16 channels, so fewer MACs can run slower "
-            f"(--round-to {LATENCY_ROUND_TO} or --metric latency keep the speed)")
+            f"(--round-to {LATENCY_ROUND_TO} or --metric latency keep the speed)"
+        )
     return after
 
 
@@ -601,8 +711,9 @@ def refit_feeds(calib: CalibrationSet, samples: int):
     return iter(calib.first("calib", min(samples, calib.n_calib()), 32))
 
 
-def refit(run: Run, loaded: Loaded, traced: Traced, stats: LayerStats, plan: Plan,
-          pruned: onnx.ModelProto) -> dict[str, str]:
+def refit(
+    run: Run, loaded: Loaded, traced: Traced, stats: LayerStats, plan: Plan, pruned: onnx.ModelProto
+) -> dict[str, str]:
     """Least-squares refit of every changed layer, stage by stage (``reconstruct``); with
     ``--no-reconstruct`` OBS's own compensation from the Hessians. Returns layer → what was done."""
     opts, calib, trace = run.opts, loaded.calib, traced.trace
@@ -616,8 +727,15 @@ def refit(run: Run, loaded: Loaded, traced: Traced, stats: LayerStats, plan: Pla
             shrunk = {s for s in kept if len(kept[s]) < trace.spaces[s].size}
             changed = {m.node for m in trace.members if m.space in shrunk}
             inputs = RefitInputs(kept_out, kept_in, trace.input_units(traced.layers), calib.groups)
-            return reconstruct(loaded.model, pruned, changed, lambda: refit_feeds(calib, stats.refit_samples),
-                               inputs, ridge=opts.ridge, progress=run.stage_bar("reconstruction"))
+            return reconstruct(
+                loaded.model,
+                pruned,
+                changed,
+                lambda: refit_feeds(calib, stats.refit_samples),
+                inputs,
+                ridge=opts.ridge,
+                progress=run.stage_bar("reconstruction"),
+            )
     if stats.hessians:  # --no-reconstruct: still OBS's own compensation (no calibration pass needed)
         with run.timer("compensate"):
             comp = Compensation(loaded.model, traced, stats.hessians, stats.rows)
@@ -625,8 +743,9 @@ def refit(run: Run, loaded: Loaded, traced: Traced, stats: LayerStats, plan: Pla
     return {}
 
 
-def sparsify_stage(run: Run, loaded: Loaded, scope: Scope, pruned: onnx.ModelProto,
-                   pattern: Pattern | None) -> tuple[onnx.ModelProto, dict | None]:
+def sparsify_stage(
+    run: Run, loaded: Loaded, scope: Scope, pruned: onnx.ModelProto, pattern: Pattern | None
+) -> tuple[onnx.ModelProto, dict | None]:
     """N:M or unstructured sparsity on the pruned model (SparseGPT with calibration data, else magnitude)."""
     opts, calib = run.opts, loaded.calib
     if pattern is None:
@@ -638,11 +757,23 @@ def sparsify_stage(run: Run, loaded: Loaded, scope: Scope, pruned: onnx.ModelPro
         feeds, groups = None, None
         if calib is not None:  # SparseGPT's Hessians also read the mosaics
             n_real = min(opts.refit_samples, calib.n_calib())
-            feeds = (lambda: refit_feeds(calib, opts.refit_samples)) if how != "sparsegpt" else \
-                (lambda: itertools.chain(refit_feeds(calib, opts.refit_samples), calib.batches("mosaics", 32)))
+            feeds = (
+                (lambda: refit_feeds(calib, opts.refit_samples))
+                if how != "sparsegpt"
+                else (
+                    lambda: itertools.chain(
+                        refit_feeds(calib, opts.refit_samples), calib.batches("mosaics", 32)
+                    )
+                )
+            )
             groups = calib.groups_with_mosaics(n_real) if how == "sparsegpt" else calib.groups
-        return sparsify(pruned, feeds, SparsifyOptions(pattern=pattern, criterion=how), groups,
-                        progress=run.stage_bar("sparsity"))
+        return sparsify(
+            pruned,
+            feeds,
+            SparsifyOptions(pattern=pattern, criterion=how),
+            groups,
+            progress=run.stage_bar("sparsity"),
+        )
 
 
 @dataclass
@@ -661,8 +792,11 @@ def verify(run: Run, loaded: Loaded, pruned: onnx.ModelProto) -> Verified:
         dense_out = run_all(model, calib.batches("holdout", 16))
         pruned_out = run_all(pruned, calib.batches("holdout", 16))
         names = [o.name for o in model.graph.output]
-        return Verified(compare(dense_out, pruned_out, names, classifier_outputs(model), run.metric),
-                        dense_out, pruned_out)
+        return Verified(
+            compare(dense_out, pruned_out, names, classifier_outputs(model), run.metric),
+            dense_out,
+            pruned_out,
+        )
 
 
 def sparsity_pattern(opts: CompressOptions) -> Pattern | None:

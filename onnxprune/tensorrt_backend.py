@@ -43,7 +43,9 @@ from .shapes import Shape
 from .sparsity import check_pattern, stored_weights
 
 NOT_INSTALLED = "tensorrt is not installed (pip install 'onnxprune[tensorrt]')"
-NO_CUDA_BINDINGS = "the TensorRT backend needs cuda-python or torch to drive the GPU (pip install cuda-python)"
+NO_CUDA_BINDINGS = (
+    "the TensorRT backend needs cuda-python or torch to drive the GPU (pip install cuda-python)"
+)
 NO_GPU = "no CUDA GPU visible"
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -53,6 +55,7 @@ class EngineBuildError(ModelSkipped):
 
 
 # ---- availability ---------------------------------------------------------------------------------
+
 
 def _import_tensorrt():
     import tensorrt
@@ -82,6 +85,7 @@ def tensorrt_version() -> str:
 
 # ---- CUDA runtime, from cuda-python or torch ---------------------------------------------------------
 
+
 class CudaPython:
     """The calls the backend needs, on cuda-python's runtime bindings (every call returns (err, ...))."""
 
@@ -107,7 +111,9 @@ class CudaPython:
 
     def upload(self, ptr: int, array: np.ndarray) -> None:
         array = np.ascontiguousarray(array)
-        self._check(self.rt.cudaMemcpy(ptr, array, array.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice))
+        self._check(
+            self.rt.cudaMemcpy(ptr, array, array.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice)
+        )
 
     def free(self, ptr: int) -> None:
         self._check(self.rt.cudaFree(ptr))
@@ -193,8 +199,9 @@ def cuda_api() -> CudaPython | TorchCuda | None:
 
 # ---- what to build --------------------------------------------------------------------------------
 
+
 def precision_for(model: onnx.ModelProto) -> str:
-    """"int8" for QDQ graphs (they hold QuantizeLinear nodes), else "fp16"."""
+    """ "int8" for QDQ graphs (they hold QuantizeLinear nodes), else "fp16"."""
     return "int8" if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "fp16"
 
 
@@ -213,6 +220,7 @@ def nodes_with_nm_weights(model: onnx.ModelProto, n: int = 2, m: int = 4) -> lis
 
 
 # ---- building ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class EngineBuild:
@@ -248,19 +256,28 @@ def _logger():
 
 
 def _asymmetric_qdq_hint(model: onnx.ModelProto) -> str:
-    """A hint when Q/DQ zero points are uint8 or nonzero (the ort preset): TensorRT takes symmetric int8 only."""
+    """A hint when Q/DQ zero points are uint8 or nonzero (the ort preset): TensorRT takes symmetric int8
+    only."""
     inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
             zp = numpy_helper.to_array(inits[node.input[2]])
             if zp.dtype != np.int8 or np.any(zp != 0):
-                return " (its Q/DQ zero points are not symmetric int8, which TensorRT requires: quantize with " \
-                       "--preset tensorrt / --quant-preset tensorrt)"
+                return (
+                    " (its Q/DQ zero points are not symmetric int8, which TensorRT requires: quantize with "
+                    "--preset tensorrt / --quant-preset tensorrt)"
+                )
     return ""
 
 
-def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", sparse: bool = False, batch: int = 1,
-                 input_shapes: Mapping[str, Shape] | None = None) -> EngineBuild:
+def build_engine(
+    model: str | onnx.ModelProto,
+    *,
+    precision: str = "fp16",
+    sparse: bool = False,
+    batch: int = 1,
+    input_shapes: Mapping[str, Shape] | None = None,
+) -> EngineBuild:
     """Parse ``model`` (a path or a ModelProto) with TensorRT's ONNX parser and build a serialized engine.
 
     ``precision`` sets the builder flags (:func:`precision_flags`); dynamic dims are pinned to the
@@ -283,7 +300,9 @@ def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", spars
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     for flag in flags:
         if not hasattr(trt.BuilderFlag, flag):
-            raise EngineBuildError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (strongly typed networks only)")
+            raise EngineBuildError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (strongly typed networks only)"
+            )
         config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
     dynamic = False
@@ -300,16 +319,28 @@ def build_engine(model: str | onnx.ModelProto, *, precision: str = "fp16", spars
     build_s = time.perf_counter() - start
     if serialized is None:
         errors = [msg for sev, msg in logger.messages[first_message:] if sev <= int(trt.Logger.ERROR)]
-        raise EngineBuildError("TensorRT could not build an engine: " + ("; ".join(errors[-2:]) or "see its log")
-                               + _asymmetric_qdq_hint(proto))
+        raise EngineBuildError(
+            "TensorRT could not build an engine: "
+            + ("; ".join(errors[-2:]) or "see its log")
+            + _asymmetric_qdq_hint(proto)
+        )
     engine_bytes = bytes(serialized)
     runtime = trt.Runtime(logger)  # a runtime must outlive the engines it deserialized: keep it named
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     inspector = engine.create_engine_inspector()
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     del inspector, engine, runtime  # in that order
-    return EngineBuild(engine_bytes, build_s, json.loads(info, strict=False), precision, sparse, flags, batch,
-                       shapes, [msg for _, msg in logger.messages[first_message:]])
+    return EngineBuild(
+        engine_bytes,
+        build_s,
+        json.loads(info, strict=False),
+        precision,
+        sparse,
+        flags,
+        batch,
+        shapes,
+        [msg for _, msg in logger.messages[first_message:]],
+    )
 
 
 # ---- which layers went sparse ------------------------------------------------------------------------
@@ -326,7 +357,9 @@ def _log_names(log: Iterable[str], marker: str) -> list[str] | None:
     return None
 
 
-def sparse_layers(layer_info: dict | str, model: onnx.ModelProto | None = None, log: Iterable[str] = ()) -> dict:
+def sparse_layers(
+    layer_info: dict | str, model: onnx.ModelProto | None = None, log: Iterable[str] = ()
+) -> dict:
     """Which layers could use 2:4 sparse math and which got a sparse tactic.
 
     * ``eligible``: ONNX nodes whose weights hold the 2:4 pattern (from ``model``, computed by us);
@@ -352,14 +385,27 @@ def sparse_layers(layer_info: dict | str, model: onnx.ModelProto | None = None, 
         is_sparse = "sparse" in tactic.lower()
         holds = sorted(wanted.intersection(nodes))
         if holds or is_sparse:
-            rows.append({"layer": name, "onnx_nodes": nodes, "tactic": tactic, "eligible": bool(holds),
-                         "sparse": is_sparse})
-    return {"eligible": eligible, "eligible_tensorrt": _log_names(log, _LOG_ELIGIBLE),
-            "picked_tensorrt": _log_names(log, _LOG_PICKED),
-            "sparse_tactic": [r["layer"] for r in rows if r["sparse"]], "detailed": detailed, "layers": rows}
+            rows.append(
+                {
+                    "layer": name,
+                    "onnx_nodes": nodes,
+                    "tactic": tactic,
+                    "eligible": bool(holds),
+                    "sparse": is_sparse,
+                }
+            )
+    return {
+        "eligible": eligible,
+        "eligible_tensorrt": _log_names(log, _LOG_ELIGIBLE),
+        "picked_tensorrt": _log_names(log, _LOG_PICKED),
+        "sparse_tactic": [r["layer"] for r in rows if r["sparse"]],
+        "detailed": detailed,
+        "layers": rows,
+    }
 
 
 # ---- running ------------------------------------------------------------------------------------------
+
 
 class EngineRunner:
     """A deserialized engine with its inputs on the GPU; calling it times one ``execute_async_v3`` (ms).
@@ -383,8 +429,13 @@ class EngineRunner:
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             shape = tuple(build.input_shapes[name])
             given = (feeds or {}).get(name)
-            data = np.asarray(given, dtype=dtype) if given is not None else (
-                rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype))
+            data = (
+                np.asarray(given, dtype=dtype)
+                if given is not None
+                else (
+                    rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+                )
+            )
             self.context.set_input_shape(name, data.shape)
             ptr = self._alloc(data.nbytes)
             self.cuda.upload(ptr, data)
@@ -396,7 +447,9 @@ class EngineRunner:
             if any(d < 0 for d in shape):
                 self.close()
                 raise EngineBuildError(f"output '{name}' has a data-dependent shape {list(shape)}: not timed")
-            self.context.set_tensor_address(name, self._alloc(int(np.prod(shape)) * self.engine.get_tensor_dtype(name).itemsize))
+            self.context.set_tensor_address(
+                name, self._alloc(int(np.prod(shape)) * self.engine.get_tensor_dtype(name).itemsize)
+            )
         self.device_mb = (free_before - self.cuda.free_bytes()) / 1e6
 
     def _alloc(self, nbytes: int) -> int:
@@ -423,8 +476,14 @@ class EngineRunner:
         self.runtime = None
 
 
-def time_engine(build: EngineBuild, feeds: Mapping[str, np.ndarray] | None = None, *, rounds: int = 30,
-                warmup: int = 5, budget_s: float | None = None) -> LatencyStats:
+def time_engine(
+    build: EngineBuild,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    *,
+    rounds: int = 30,
+    warmup: int = 5,
+    budget_s: float | None = None,
+) -> LatencyStats:
     """Latency of one engine alone (GPU time per run); ``feeds`` default to random inputs."""
     runner = EngineRunner(build, feeds)
     try:
@@ -442,11 +501,19 @@ def tensorrt_prepare(input_shapes: Mapping[str, Shape] | None, sparse: bool) -> 
     def prepare(m: BenchModel, batch: int, feeds: dict[str, np.ndarray]) -> Prepared:
         precision = precision_for(m.model)
         use_sparse = sparse or bool(nodes_with_nm_weights(m.model))
-        build = build_engine(m.model, precision=precision, sparse=use_sparse, batch=batch, input_shapes=input_shapes)
+        build = build_engine(
+            m.model, precision=precision, sparse=use_sparse, batch=batch, input_shapes=input_shapes
+        )
         runner = EngineRunner(build, feeds, cuda)
-        extra = {"precision": precision, "sparse": use_sparse, "flags": build.flags,
-                 "engine_mb": len(build.engine) / 1e6, "build_s": round(build.build_s, 2)}
+        extra = {
+            "precision": precision,
+            "sparse": use_sparse,
+            "flags": build.flags,
+            "engine_mb": len(build.engine) / 1e6,
+            "build_s": round(build.build_s, 2),
+        }
         if use_sparse:
             extra["sparse_layers"] = sparse_layers(build.layer_info, m.model, build.log)
         return Prepared(runner, runner.device_mb, extra, runner.close)
+
     return prepare

@@ -1,4 +1,5 @@
-"""Walk a normalized graph once, applying each op's trace rule (``ops.REGISTRY``), and build its channel groups."""
+"""Walk a normalized graph once, applying each op's trace rule (``ops.REGISTRY``), and build its channel
+groups."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ def trace_channels(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | N
     for proto in model.graph.node:
         node = Node(proto)
         rule = trace_rule(node.op, node.domain)
-        unknown = [t for t in node.inputs + node.outputs
-                   if t and ctx.shape(t) is None and (t in node.outputs or ctx.view(t) is not None)]
+        unknown = [
+            t
+            for t in node.inputs + node.outputs
+            if t and ctx.shape(t) is None and (t in node.outputs or ctx.view(t) is not None)
+        ]
         if rule is not None and unknown:
             # Rules reason from shapes; without them nothing can be proven, so nothing is traced on.
             for t in node.inputs:

@@ -104,16 +104,25 @@ class TraceContext:
         left empty (an alias). Returns the joint view, or None when A is not plain, is linked to other spaces,
         or the extents differ."""
         a, b = plain.space, other.space
-        if a == b or not plain.plain or other.plain or plain.axis != other.axis or other.outer != 1 \
-                or self.spaces[a].size != self.spaces[b].size * other.inner \
-                or any(a in (link[0], link[2]) for link in self.links):
+        if (
+            a == b
+            or not plain.plain
+            or other.plain
+            or plain.axis != other.axis
+            or other.outer != 1
+            or self.spaces[a].size != self.spaces[b].size * other.inner
+            or any(a in (link[0], link[2]) for link in self.links)
+        ):
             return None
         g = other.inner
         self.members = [replace(m, space=b, inner=m.inner * g) if m.space == a else m for m in self.members]
-        self.views = {t: View(b, v.axis, v.outer, v.inner * g) if v.space == a else v
-                      for t, v in self.views.items()}
-        self.mac_scaling = {n: [(share, tuple(b if s == a else s for s in sp)) for share, sp in terms]
-                            for n, terms in self.mac_scaling.items()}
+        self.views = {
+            t: View(b, v.axis, v.outer, v.inner * g) if v.space == a else v for t, v in self.views.items()
+        }
+        self.mac_scaling = {
+            n: [(share, tuple(b if s == a else s for s in sp)) for share, sp in terms]
+            for n, terms in self.mac_scaling.items()
+        }
         for reason in self.spaces[a].reasons:
             self.block(b, reason)
         self.spaces[a].alias_of = b
@@ -132,6 +141,7 @@ def probe_shapes(model: onnx.ModelProto, given: Mapping[str, Shape] | None = Non
     for vi in graph_inputs(model):
         if vi.name not in shapes:
             dims = declared_shape(vi)
-            shapes[vi.name] = tuple(d if isinstance(d, int) and d > 0 else (2 if i == 0 else 7)
-                                    for i, d in enumerate(dims))
+            shapes[vi.name] = tuple(
+                d if isinstance(d, int) and d > 0 else (2 if i == 0 else 7) for i, d in enumerate(dims)
+            )
     return shapes

@@ -70,7 +70,9 @@ def upgrade_opset(model: onnx.ModelProto, report: NormalizeReport) -> onnx.Model
         converted = version_converter.convert_version(model, MIN_OPSET)
         onnx.checker.check_model(converted)
     except Exception as exc:
-        report.notes.append(f"opset {report.opset_before} kept: version converter failed ({str(exc).splitlines()[0]})")
+        report.notes.append(
+            f"opset {report.opset_before} kept: version converter failed ({str(exc).splitlines()[0]})"
+        )
         return model
     return converted
 
@@ -103,7 +105,12 @@ def remove_identities(graph: gs.Graph) -> int:
         src, dst = node.inputs[0], node.outputs[0]
         if dst in outputs:
             # Keep the graph output's name: rename the source tensor, when that is safe.
-            if not isinstance(src, gs.Variable) or src in graph.inputs or src in outputs or len(src.inputs) != 1:
+            if (
+                not isinstance(src, gs.Variable)
+                or src in graph.inputs
+                or src in outputs
+                or len(src.inputs) != 1
+            ):
                 continue
             outputs[outputs.index(dst)] = src
             name, dst.name = dst.name, dst.name + "_bypassed"
@@ -130,13 +137,19 @@ def _bn_params(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _fold_conv(node: gs.Node, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     w = np.asarray(node.inputs[1].values, dtype=np.float64)
-    b = np.asarray(node.inputs[2].values, dtype=np.float64) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
+    b = (
+        np.asarray(node.inputs[2].values, dtype=np.float64)
+        if len(node.inputs) > 2 and node.inputs[2] is not None
+        else 0.0
+    )
     if node.op == "Conv":
         w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
     else:  # ConvTranspose: W is [Cin, Cout/g, k...]; output channel o = group·(Cout/g) + j
         g = int(node.attrs.get("group", 1))
         cin, cout_g = w.shape[0], w.shape[1]
-        w = (w.reshape((g, cin // g, cout_g) + w.shape[2:]) * s.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
+        w = (
+            w.reshape((g, cin // g, cout_g) + w.shape[2:]) * s.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))
+        ).reshape(w.shape)
     return w, b * s + t
 
 
@@ -168,7 +181,11 @@ def fold_batchnorms(graph: gs.Graph, report: NormalizeReport) -> None:
             and len(x.outputs) == 1
             and x not in graph.outputs
             and isinstance(producer.inputs[1], gs.Constant)
-            and (len(producer.inputs) < 3 or producer.inputs[2] is None or isinstance(producer.inputs[2], gs.Constant))
+            and (
+                len(producer.inputs) < 3
+                or producer.inputs[2] is None
+                or isinstance(producer.inputs[2], gs.Constant)
+            )
             and np.issubdtype(np.asarray(producer.inputs[1].values).dtype, np.floating)
         )
         if params is not None:
@@ -204,14 +221,17 @@ def _spatial_zero_pads(pad: gs.Node) -> list[int] | None:
         return None
     if len(pad.inputs) < 2 or not isinstance(pad.inputs[1], gs.Constant):
         return None
-    if len(pad.inputs) > 2 and pad.inputs[2] is not None and not (
-            isinstance(pad.inputs[2], gs.Constant) and np.all(np.asarray(pad.inputs[2].values) == 0)):
+    if (
+        len(pad.inputs) > 2
+        and pad.inputs[2] is not None
+        and not (isinstance(pad.inputs[2], gs.Constant) and np.all(np.asarray(pad.inputs[2].values) == 0))
+    ):
         return None
     pads = np.asarray(pad.inputs[1].values).astype(int).ravel()
     rank = len(pads) // 2
     if rank < 3 or np.any(pads < 0) or np.any(pads[[0, 1, rank, rank + 1]] != 0):
         return None
-    return [int(v) for v in np.concatenate([pads[2:rank], pads[rank + 2:]])]
+    return [int(v) for v in np.concatenate([pads[2:rank], pads[rank + 2 :]])]
 
 
 def fold_pads(graph: gs.Graph, report: NormalizeReport) -> None:
@@ -224,9 +244,17 @@ def fold_pads(graph: gs.Graph, report: NormalizeReport) -> None:
         extra = _spatial_zero_pads(pad)
         y = pad.outputs[0]
         consumers = list(y.outputs)
-        if extra is None or not consumers or y in graph.outputs or any(
-                c.op != "Conv" or c.inputs[0] is not y or c.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
-                for c in consumers):
+        if (
+            extra is None
+            or not consumers
+            or y in graph.outputs
+            or any(
+                c.op != "Conv"
+                or c.inputs[0] is not y
+                or c.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
+                for c in consumers
+            )
+        ):
             continue
         for conv in consumers:
             own = list(conv.attrs.get("pads", [0] * len(extra)))
@@ -264,8 +292,9 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, NormalizeReport]
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # folding failures are expected and harmless
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     try:
-        graph.toposort().fold_constants(partitioning="basic", error_ok=True, size_threshold=FOLD_LIMIT) \
-            .cleanup(remove_unused_graph_inputs=False)
+        graph.toposort().fold_constants(
+            partitioning="basic", error_ok=True, size_threshold=FOLD_LIMIT
+        ).cleanup(remove_unused_graph_inputs=False)
     finally:
         gs.logger.G_LOGGER.severity = level
     report.identities_removed = remove_identities(graph)

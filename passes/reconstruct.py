@@ -43,8 +43,16 @@ from onnxprune.layers import LinearLayer, initializer_dict, linear_layers, recti
 from onnxprune.sparsity import output_mismatch
 
 
-def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.ndarray, ridge: float,
-                rows: int | None = None, shrink: float = 1.0, skip_cross: np.ndarray | None = None) -> np.ndarray:
+def solve_refit(
+    w_dense: np.ndarray,
+    g_dp: np.ndarray,
+    g_pp: np.ndarray,
+    w0: np.ndarray,
+    ridge: float,
+    rows: int | None = None,
+    shrink: float = 1.0,
+    skip_cross: np.ndarray | None = None,
+) -> np.ndarray:
     """(W_d G_dp + E + λ W_0)(G_pp + λ I)⁻¹ for one block (rows = outputs).
 
     λ = (ridge + shrink·features/rows)·mean(diag G_pp): the fewer calibration rows per feature, the harder
@@ -61,8 +69,15 @@ def solve_refit(w_dense: np.ndarray, g_dp: np.ndarray, g_pp: np.ndarray, w0: np.
     return np.linalg.solve(a, rhs.T).T
 
 
-def fold_channels(w_dense: np.ndarray, g_kk: np.ndarray, g_dk: np.ndarray, kept: np.ndarray, gone: np.ndarray,
-                  block: int, bias: bool) -> np.ndarray:
+def fold_channels(
+    w_dense: np.ndarray,
+    g_kk: np.ndarray,
+    g_dk: np.ndarray,
+    kept: np.ndarray,
+    gone: np.ndarray,
+    block: int,
+    bias: bool,
+) -> np.ndarray:
     """The removed input channels folded into the kept ones with one coefficient per pair, the same at every
     position: channel r ≈ Σ_c a_rc·channel c over the dense inputs (a least-squares fit on the channel Gram
     matrices Gc_cc' = Σ_t G[c·b + t, c'·b + t], b = ``block`` features per channel), then
@@ -74,9 +89,9 @@ def fold_channels(w_dense: np.ndarray, g_kk: np.ndarray, g_dk: np.ndarray, kept:
     the local fit's Gram matrices (kept features of the dense inputs, all dense × kept features)."""
     n = len(kept)
     t = np.arange(block)
-    kk = g_kk[:n * block, :n * block].reshape(n, block, n, block)[:, t, :, t].sum(0)  # [kept, kept]
+    kk = g_kk[: n * block, : n * block].reshape(n, block, n, block)[:, t, :, t].sum(0)  # [kept, kept]
     rows = (gone[:, None] * block + t).reshape(-1)
-    rk = g_dk[rows][:, :n * block].reshape(len(gone), block, n, block)[:, t, :, t].sum(0)  # [gone, kept]
+    rk = g_dk[rows][:, : n * block].reshape(len(gone), block, n, block)[:, t, :, t].sum(0)  # [gone, kept]
     lam = 1e-9 * max(float(np.mean(np.diag(kk))), 1e-30)
     a = np.linalg.solve(kk + lam * np.eye(n), rk.T)  # [kept, gone]: channel r ≈ Σ_c a[c, r]·channel c
     w = np.asarray(w_dense, np.float64)
@@ -87,18 +102,15 @@ def fold_channels(w_dense: np.ndarray, g_kk: np.ndarray, g_dk: np.ndarray, kept:
     return np.concatenate([out, w[:, -1:]], axis=1) if bias else out
 
 
-# Alternating-projection steps of ``rectified_refit`` for layers read by a clamp (ReLU, ReLU6). Four steps
-# instead of two moved EfficientNet-Lite0 1.5x / MobileNetV2 2x (fold 0) by 0.1–0.4 points, KL −1 to −2 %.
+# Alternating-projection steps of ``rectified_refit`` for layers read by a clamp (ReLU, ReLU6).
 RECTIFY_STEPS = 2
-# Rows a step's correction reads at most (every k-th of a layer's rows): EfficientNet-Lite0's 112 × 112 expand
-# conv has 3.2 M of them, and alone took 4.3 s of the 8.6 s the refinement cost at 2x with every row.
+# Rows a step's correction reads at most (every k-th of a layer's rows, scaled to all).
 RECTIFY_ROWS = 1 << 19
 
 # (fit, shrink multiplier, ridge multiplier) tried per layer; "local" fits on dense inputs of the kept
-# channels. Stronger shrinkage (8x) won the layer-wise validation often on EfficientNet-Lite0 but lost end
-# to end (38.6% vs 41.9% agreement, KL 1.17 vs 0.82 at 1.5x), so none is offered. The unregularized fits
-# (shrink 0, ridge ~0) are there for layers the calibration data determine exactly: a removed channel that
-# was a combination of kept ones is folded back without the ridge's pull toward the sliced weights.
+# channels. The unregularized fits (shrink 0, ridge ~0) are there for layers the calibration data determine
+# exactly: a removed channel that was a combination of kept ones is folded back without the ridge's pull
+# toward the sliced weights.
 CANDIDATES = (("correcting", 1.0, 1.0), ("local", 1.0, 1.0), ("correcting", 0.0, 1e-6), ("local", 0.0, 1e-6))
 # Offered to layers whose validation halves hold fewer rows than features (``_Fit.fold_layout``).
 FOLD = ("fold", 0.0, 0.0)
@@ -108,27 +120,47 @@ TIE = 1e-6  # relative difference of two candidates' validation errors below whi
 class _Fit:
     """Accumulators for one layer (per block), kept separately for the two calibration halves."""
 
-    def __init__(self, dense: LinearLayer, pruned: LinearLayer, dense_blocks: np.ndarray, bias: bool,
-                 kept_in: np.ndarray | None, kept_out: np.ndarray | None = None, outputs: int = 0,
-                 in_unit: int | None = None):
+    def __init__(
+        self,
+        dense: LinearLayer,
+        pruned: LinearLayer,
+        dense_blocks: np.ndarray,
+        bias: bool,
+        kept_in: np.ndarray | None,
+        kept_out: np.ndarray | None = None,
+        outputs: int = 0,
+        in_unit: int | None = None,
+    ):
         self.dense, self.pruned, self.blocks, self.bias = dense, pruned, dense_blocks, bias
         self.kept_in, self.kept_out, self.outputs = kept_in, kept_out, outputs
         self.in_unit = in_unit  # input positions per channel (a Flatten's H·W), for the channel fold
         self.halves = (GramSums(), GramSums())
         self.local = True  # the local candidate exists (dense inputs map onto the pruned layer's inputs)
 
-    def add(self, x_dense: np.ndarray, x_pruned: np.ndarray, half: int,
-            partner: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+    def add(
+        self,
+        x_dense: np.ndarray,
+        x_pruned: np.ndarray,
+        half: int,
+        partner: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> bool:
         """Fold one batch into its half: float32 products through BLAS, summed into float64. ``partner``: the
-        residual partner (dense, pruned) of the batch; returns whether its drift was taken (``partner_drift``)."""
+        residual partner (dense, pruned) of the batch; returns whether its drift was taken
+        (``partner_drift``)."""
         fd, fp, fk = self.rows(x_dense, x_pruned)
-        drift = partner_drift(self.dense, *partner, (fp.shape[1], self.outputs), self.kept_out) if partner else None
+        drift = (
+            partner_drift(self.dense, *partner, (fp.shape[1], self.outputs), self.kept_out)
+            if partner
+            else None
+        )
         self.halves[half].add(fd, fp, fk, self.bias, self.pruned.rows_per_sample(x_pruned), drift)
         return drift is not None
 
-    def rows(self, x_dense: np.ndarray, x_pruned: np.ndarray,
-             only: str | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Feature rows [blocks, rows, features] of one batch: dense (the layer's blocks kept), pruned, and the
+    def rows(
+        self, x_dense: np.ndarray, x_pruned: np.ndarray, only: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Feature rows [blocks, rows, features] of one batch: dense (the layer's blocks kept), pruned, and
+        the
         dense inputs of the kept channels (the local candidate's; None where it does not exist). ``only``:
         "correcting" or "local" leaves out the other fit's rows (None)."""
         if x_dense.dtype == np.float16:  # a float16 model: numpy's float16 matmul has no BLAS (100x slower)
@@ -137,15 +169,19 @@ class _Fit:
         fp = self.pruned.features(x_pruned) if only != "local" else None
         fk = None
         if self.local and only != "correcting":
-            axis = 1 if self.dense.op == "Conv" or x_dense.ndim > 2 and self.dense.pooled_from else \
-                (-2 if self.dense.weight_is_a else -1)
+            axis = (
+                1
+                if self.dense.op == "Conv" or x_dense.ndim > 2 and self.dense.pooled_from
+                else (-2 if self.dense.weight_is_a else -1)
+            )
             xk = x_dense if self.kept_in is None else np.take(x_dense, self.kept_in, axis=axis)
             self.local = xk.shape == x_pruned.shape
             fk = self.pruned.features(xk) if self.local else None
         return fd, fp, fk
 
     def choose(self, wd: list[np.ndarray], w0: list[np.ndarray], ridge: float) -> tuple[str, float, float]:
-        """The candidate with the least two-fold held-out error ‖W_d X̃_d + Δ − W' X̃_p‖² (``output_mismatch``,
+        """The candidate with the least two-fold held-out error ‖W_d X̃_d + Δ − W' X̃_p‖²
+        (``output_mismatch``,
         Δ the residual partner's drift where there is one; summed over blocks)."""
         if not all(h.rows for h in self.halves):
             return CANDIDATES[0]
@@ -158,8 +194,9 @@ class _Fit:
                 for b in range(len(wd)):
                     w = self.solve(self.halves[fit], b, wd[b], w0[b], ridge, cand)
                     v = self.halves[val]
-                    err += output_mismatch(wd[b], w, v.dp[b], v.pp[b],
-                                           skip_cross=v.ep[b] if v.ep is not None else None)
+                    err += output_mismatch(
+                        wd[b], w, v.dp[b], v.pp[b], skip_cross=v.ep[b] if v.ep is not None else None
+                    )
             errors[cand] = err
         # errors are ‖·‖² less a large constant, from Gram matrices of float32 products: candidates within
         # TIE of the best are equally good, and the least regularized of them is the least-squares fit (a
@@ -173,9 +210,14 @@ class _Fit:
         layer has one block, lost whole input channels, and too few rows in a validation half to determine a
         least-squares fit on its features (then the fold's one coefficient per kept and removed channel pair
         is what the data can still tell)."""
-        if self.kept_in is None or not self.in_unit or len(self.blocks) != 1 or self.dense.groups != 1 \
-                or any(h.kk is None for h in self.halves) \
-                or min(h.rows for h in self.halves) >= self.halves[0].kk.shape[-1]:
+        if (
+            self.kept_in is None
+            or not self.in_unit
+            or len(self.blocks) != 1
+            or self.dense.groups != 1
+            or any(h.kk is None for h in self.halves)
+            or min(h.rows for h in self.halves) >= self.halves[0].kk.shape[-1]
+        ):
             return None
         taps = int(np.prod(self.dense.kernel)) if self.dense.op == "Conv" else 1
         unit = self.in_unit
@@ -189,8 +231,15 @@ class _Fit:
         gone = np.setdiff1d(np.arange(features // (unit * taps)), kept)
         return (kept, gone, unit * taps) if gone.size else None
 
-    def solve(self, sums: GramSums, b: int, wd: np.ndarray, w0: np.ndarray, ridge: float,
-              cand: tuple[str, float, float]):
+    def solve(
+        self,
+        sums: GramSums,
+        b: int,
+        wd: np.ndarray,
+        w0: np.ndarray,
+        ridge: float,
+        cand: tuple[str, float, float],
+    ):
         mode, shrink, ridge = cand[0], cand[1], ridge * cand[2]
         if mode == "fold":
             return fold_channels(wd, sums.kk[b], sums.dk[b], *self.fold_layout(), self.bias)
@@ -212,10 +261,16 @@ class RefitInputs:
     groups: np.ndarray | None = None
 
 
-def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, changed_nodes: set[str],
-                batches: Callable[[], Iterable[Mapping[str, np.ndarray]]], inputs: RefitInputs,
-                ridge: float = 1e-3, progress: Callable[[str, int, int], None] | None = None,
-                chunk: int = 8) -> dict[str, str]:
+def reconstruct(
+    dense: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    changed_nodes: set[str],
+    batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+    inputs: RefitInputs,
+    ridge: float = 1e-3,
+    progress: Callable[[str, int, int], None] | None = None,
+    chunk: int = 8,
+) -> dict[str, str]:
     """Refit (in place) every linear layer of ``pruned`` whose input differs from the dense model's
     (``changed_nodes``: the nodes pruning edited). Returns, in order, each refitted layer with the fit
     validation chose for it (e.g. ``"local, shrink 0"``; ``", residual block output"`` is added where the
@@ -225,7 +280,11 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, changed_nodes: 
     _, changed = downstream(pruned, changed_nodes)  # tensors whose values differ between the two models
     # Depthwise convs pass channels through: the pointwise layer after them absorbs their drift, and
     # their per-channel im2col statistics would cost more than the rest of the refit together.
-    todo = {n for n, lay in p_layers.items() if lay.input in changed and n in d_layers and not d_layers[n].depthwise}
+    todo = {
+        n
+        for n, lay in p_layers.items()
+        if lay.input in changed and n in d_layers and not d_layers[n].depthwise
+    }
     walk = StagedWalk(dense, pruned, p_layers, todo, list(batches()), inputs.groups, chunk, d_layers)
     policy = _Refit(walk, d_layers, inputs, ridge)
     walk.run(policy, progress)
@@ -235,11 +294,15 @@ def reconstruct(dense: onnx.ModelProto, pruned: onnx.ModelProto, changed_nodes: 
 class _Refit:
     """The least-squares refit as a ``StagePolicy``: a ``_Fit`` per layer, chosen by validation, written."""
 
-    def __init__(self, walk: StagedWalk, d_layers: Mapping[str, LinearLayer], inputs: RefitInputs, ridge: float):
+    def __init__(
+        self, walk: StagedWalk, d_layers: Mapping[str, LinearLayer], inputs: RefitInputs, ridge: float
+    ):
         self.walk, self.d_layers, self.inputs, self.ridge = walk, d_layers, inputs, ridge
         self.d_inits = initializer_dict(walk.dense)
         todo = {n for stage in walk.stages for n in stage}
-        self.clamps = rectified_outputs(walk.edited, {n: walk.layers[n] for n in todo}) if RECTIFY_STEPS else {}
+        self.clamps = (
+            rectified_outputs(walk.edited, {n: walk.layers[n] for n in todo}) if RECTIFY_STEPS else {}
+        )
         self.done: dict[str, str] = {}
         self.fits: dict[str, _Fit] = {}
         self.p_inits: dict[str, np.ndarray] = {}
@@ -250,51 +313,84 @@ class _Refit:
         for name in stage:
             dl, pl = self.d_layers[name], self.walk.layers[name]
             kept_out = self.inputs.kept_out.get(name)
-            out_kept = np.asarray(kept_out if kept_out is not None else np.arange(_out_channels(dl, self.d_inits)))
-            if dl.op == "Conv" and dl.groups > 1 and pl.groups != dl.groups:  # depthwise: blocks follow channels
+            out_kept = np.asarray(
+                kept_out if kept_out is not None else np.arange(_out_channels(dl, self.d_inits))
+            )
+            if (
+                dl.op == "Conv" and dl.groups > 1 and pl.groups != dl.groups
+            ):  # depthwise: blocks follow channels
                 blocks = out_kept
             else:
                 blocks = np.arange(dl.groups)
-            self.fits[name] = _Fit(dl, pl, blocks, bias=dl.op != "MatMul", kept_in=self.inputs.kept_in.get(name),
-                                   kept_out=kept_out, outputs=_out_channels(pl, self.p_inits),
-                                   in_unit=self.inputs.in_units.get(name))
+            self.fits[name] = _Fit(
+                dl,
+                pl,
+                blocks,
+                bias=dl.op != "MatMul",
+                kept_in=self.inputs.kept_in.get(name),
+                kept_out=kept_out,
+                outputs=_out_channels(pl, self.p_inits),
+                in_unit=self.inputs.in_units.get(name),
+            )
         return {name: fit.add for name, fit in self.fits.items()}
 
     def finish(self, stage: list[str], d_vals: list[dict], p_vals: list[dict]) -> None:
         partners, chunk = self.walk.partners, self.walk.chunk
         for name, fit in self.fits.items():
             rectify, clamp = None, self.clamps.get(name)
-            # through a residual Add only where the fit keeps the block output (a settled, non-broadcast partner)
+            # through a residual Add only where the fit keeps the block output (a settled, non-broadcast
+            # partner)
             if clamp is not None and len(fit.blocks) == 1 and clamp[2] == partners.get(name):
                 taps = (self.d_layers[name].tap, self.walk.layers[name].tap)
-                rectify = (clamp[:2], lambda mode, fit=fit, t=taps, s=clamp[2]: _stage_rows(
-                    fit, *t, d_vals, p_vals, chunk, mode, s))
-            mode, shrink, _ = _apply(self.walk.edited, fit, self.d_inits, self.p_inits,
-                                     self.inputs.kept_out.get(name), self.ridge, rectify)
+                rectify = (
+                    clamp[:2],
+                    lambda mode, fit=fit, t=taps, s=clamp[2]: _stage_rows(
+                        fit, *t, d_vals, p_vals, chunk, mode, s
+                    ),
+                )
+            mode, shrink, _ = _apply(
+                self.walk.edited,
+                fit,
+                self.d_inits,
+                self.p_inits,
+                self.inputs.kept_out.get(name),
+                self.ridge,
+                rectify,
+            )
             block = ", residual block output" if mode == "correcting" and name in partners else ""
             self.done[name] = f"{mode}, shrink {shrink:g}{block}"
 
 
-def _stage_rows(fit: _Fit, d_tap: str, p_tap: str, d_vals: list[dict], p_vals: list[dict], chunk: int,
-                mode: str, partner: str | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+def _stage_rows(
+    fit: _Fit,
+    d_tap: str,
+    p_tap: str,
+    d_vals: list[dict],
+    p_vals: list[dict],
+    chunk: int,
+    mode: str,
+    partner: str | None = None,
+) -> Iterator[tuple[np.ndarray, ...]]:
     """(dense feature rows, the fit's input rows: pruned, or the kept channels' dense ones for ``local``, and
     the residual partner's output rows each side adds before the clamp, or None) of one ungrouped layer over a
     stage's batches, in chunks of ``chunk`` samples. The local fit takes the dense inputs for the pruned ones,
     so its side adds the dense partner as well."""
     for xd, xp in zip(d_vals, p_vals, strict=True):
         for lo in range(0, len(xd[d_tap]), chunk):
-            fd, fp, fk = fit.rows(xd[d_tap][lo:lo + chunk], xp[p_tap][lo:lo + chunk], only=mode)
+            fd, fp, fk = fit.rows(xd[d_tap][lo : lo + chunk], xp[p_tap][lo : lo + chunk], only=mode)
             s_dense = s_fit = None
             if partner is not None:
-                s_dense, s_fit = partner_rows(fit.dense, xd[partner][lo:lo + chunk], xp[partner][lo:lo + chunk],
-                                              fit.kept_out)
+                s_dense, s_fit = partner_rows(
+                    fit.dense, xd[partner][lo : lo + chunk], xp[partner][lo : lo + chunk], fit.kept_out
+                )
                 if mode == "local":
                     s_fit = s_dense
             yield fd[0], (fk if mode == "local" else fp)[0], s_dense, s_fit
 
 
 def rectified_target(y_dense: np.ndarray, y_fit: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """The nearest output to ``y_fit`` that a clamp to [lo, hi] maps where the dense output goes: y_d inside the
+    """The nearest output to ``y_fit`` that a clamp to [lo, hi] maps where the dense output goes: y_d inside
+    the
     range; below it any value ≤ lo does (min(ŷ, lo)), above it any value ≥ hi (max(ŷ, hi))."""
     # clip(y_d) + [y_d < lo]·(min(ŷ, lo) − lo) + [y_d > hi]·(max(ŷ, hi) − hi): arithmetic only, twice as fast
     # as np.where over the millions of outputs of a high-resolution layer
@@ -324,9 +420,14 @@ class RidgeProblem:
     bias: bool
 
 
-def rectified_refit(w: np.ndarray, problem: RidgeProblem, bounds: tuple[float, float],
-                    rows: Callable[[], Iterable[tuple[np.ndarray, ...]]], steps: int | None = None,
-                    stride: int = 1) -> np.ndarray:
+def rectified_refit(
+    w: np.ndarray,
+    problem: RidgeProblem,
+    bounds: tuple[float, float],
+    rows: Callable[[], Iterable[tuple[np.ndarray, ...]]],
+    steps: int | None = None,
+    stride: int = 1,
+) -> np.ndarray:
     """Refine a layer's fit W (rows = outputs, bias last when ``bias``) for the clamp y ↦ min(max(y, lo), hi)
     that reads its output: minimize dist(W X̃, S)² + λ‖W − W_0‖², S the outputs the clamp maps onto the dense
     ones (``rectified_target``), by alternating projections from the least-squares fit:
@@ -353,8 +454,8 @@ def rectified_refit(w: np.ndarray, problem: RidgeProblem, bounds: tuple[float, f
             seen += len(f)
             fd, f = fd[::stride], f[::stride]
             used += len(f)
-            y_dense = fd @ wd32[:, :fd.shape[1]].T
-            y_fit = f @ w32[:, :f.shape[1]].T
+            y_dense = fd @ wd32[:, : fd.shape[1]].T
+            y_fit = f @ w32[:, : f.shape[1]].T
             if bias:
                 y_dense += wd32[:, -1]
                 y_fit += w32[:, -1]
@@ -363,7 +464,7 @@ def rectified_refit(w: np.ndarray, problem: RidgeProblem, bounds: tuple[float, f
                 y_fit += added[1][::stride]
             r = rectified_target(y_dense, y_fit, lo, hi)
             r -= y_fit
-            correction[:, :f.shape[1]] += (r.T @ f).astype(np.float64)
+            correction[:, : f.shape[1]] += (r.T @ f).astype(np.float64)
             if bias:
                 correction[:, -1] += r.sum(0, dtype=np.float64)
         cross = w @ g + correction * (seen / max(used, 1))
@@ -376,8 +477,15 @@ def _out_channels(layer: LinearLayer, inits: Mapping[str, np.ndarray]) -> int:
     return m.shape[0] * m.shape[1]
 
 
-def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray | None,
-           ridge: float, rectify: tuple[tuple[float, float], Callable] | None = None) -> tuple[str, float, float]:
+def _apply(
+    model: onnx.ModelProto,
+    fit: _Fit,
+    d_inits,
+    p_inits,
+    kept: np.ndarray | None,
+    ridge: float,
+    rectify: tuple[tuple[float, float], Callable] | None = None,
+) -> tuple[str, float, float]:
     """Choose the layer's fit by validation, solve it on all rows and write it into ``model``. ``rectify``:
     (the bounds of the clamp that reads the layer's output, mode → the layer's feature rows) to refine the fit
     for that clamp (``rectified_refit``)."""
@@ -385,10 +493,14 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
     wd_all = dl.matrix(d_inits[dl.weight]).astype(np.float64)  # [blocks, out/b, f]
     n_out = wd_all.shape[0] * wd_all.shape[1]
     kept = np.arange(n_out) if kept is None else np.asarray(kept)
-    bd = (d_inits[dl.bias].reshape(-1).astype(np.float64) if dl.bias else np.zeros(n_out))
+    bd = d_inits[dl.bias].reshape(-1).astype(np.float64) if dl.bias else np.zeros(n_out)
     bd = np.broadcast_to(bd, (n_out,)).reshape(wd_all.shape[0], wd_all.shape[1])
     w0_all = pl.matrix(p_inits[pl.weight]).astype(np.float64)
-    b0 = p_inits[pl.bias].reshape(-1).astype(np.float64) if pl.bias else np.zeros(w0_all.shape[0] * w0_all.shape[1])
+    b0 = (
+        p_inits[pl.bias].reshape(-1).astype(np.float64)
+        if pl.bias
+        else np.zeros(w0_all.shape[0] * w0_all.shape[1])
+    )
     b0 = np.broadcast_to(b0, (w0_all.shape[0] * w0_all.shape[1],)).reshape(w0_all.shape[:2])
     per_block_out = wd_all.shape[1]
     wds, w0s = [], []
@@ -414,13 +526,20 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
             g = (total.kk if cand[0] == "local" else total.pp)[b]
             lam = ridge_lambda(g, ridge * cand[2], cand[1], g.shape[0], total.samples)
             stride = max(1, -(-total.rows // RECTIFY_ROWS))
-            w = rectified_refit(w, RidgeProblem(wds[b], w0s[b], g, lam, fit.bias), rectify[0],
-                                lambda: rectify[1](cand[0]), stride=stride)
+            w = rectified_refit(
+                w,
+                RidgeProblem(wds[b], w0s[b], g, lam, fit.bias),
+                rectify[0],
+                lambda: rectify[1](cand[0]),
+                stride=stride,
+            )
         new_w[b] = w[:, :-1] if fit.bias else w
         new_b[b] = w[:, -1] if fit.bias else b0[b]
     inits = {t.name: t for t in model.graph.initializer}
     stored = p_inits[pl.weight]
-    inits[pl.weight].CopyFrom(numpy_helper.from_array(pl.unmatrix(new_w, stored).astype(stored.dtype), pl.weight))
+    inits[pl.weight].CopyFrom(
+        numpy_helper.from_array(pl.unmatrix(new_w, stored).astype(stored.dtype), pl.weight)
+    )
     if fit.bias:
         flat = new_b.reshape(-1).astype(stored.dtype)
         if pl.bias:
@@ -434,9 +553,16 @@ def _apply(model: onnx.ModelProto, fit: _Fit, d_inits, p_inits, kept: np.ndarray
     return cand
 
 
-def compensate_locally(dense: onnx.ModelProto, pruned: onnx.ModelProto, hessians: Mapping[str, np.ndarray],
-                       rows: Mapping[str, int], kept_in: Mapping[str, np.ndarray],
-                       kept_out: Mapping[str, np.ndarray], ridge: float = 1e-3, shrink: float = 1.0) -> list[str]:
+def compensate_locally(
+    dense: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    hessians: Mapping[str, np.ndarray],
+    rows: Mapping[str, int],
+    kept_in: Mapping[str, np.ndarray],
+    kept_out: Mapping[str, np.ndarray],
+    ridge: float = 1e-3,
+    shrink: float = 1.0,
+) -> list[str]:
     """OBS compensation of every layer that lost input channels, from the dense Hessians alone (no ORT pass).
 
     For such a layer with kept input features K (conv: each kept channel's kernel taps) and dense Hessian H,
@@ -467,12 +593,15 @@ def compensate_locally(dense: onnx.ModelProto, pruned: onnx.ModelProto, hessians
             wd = wd[np.asarray(kept_out[name])]
         h = np.asarray(hessians[name][0], np.float64)
         h_kk = h[np.ix_(cols, cols)]
-        lam = (ridge + shrink * len(cols) / max(rows.get(name, 1), 1)) * max(float(np.mean(np.diag(h_kk))), 1e-12)
+        lam = (ridge + shrink * len(cols) / max(rows.get(name, 1), 1)) * max(
+            float(np.mean(np.diag(h_kk))), 1e-12
+        )
         new = np.linalg.solve(h_kk + lam * np.eye(len(cols)), (wd @ h[:, cols]).T).T
         stored = numpy_helper.to_array(p_tensors[pl.weight])
         if pl.matrix(stored).shape != (1, *new.shape):
             continue
-        p_tensors[pl.weight].CopyFrom(numpy_helper.from_array(pl.unmatrix(new[None], stored).astype(stored.dtype),
-                                                              pl.weight))
+        p_tensors[pl.weight].CopyFrom(
+            numpy_helper.from_array(pl.unmatrix(new[None], stored).astype(stored.dtype), pl.weight)
+        )
         done.append(name)
     return done

@@ -7,9 +7,8 @@ own: the dense model advances beside the sparsified one, and SparseGPT approache
 W* = W + (W·C − W·H_s)(H_s + λI)⁻¹ (C = Σ x_d x_sᵀ), so each layer corrects the drift that earlier
 layers left in its input instead of passing it on. A layer whose output only feeds a residual Add also
 takes up the drift of the Add's other operand (target W·x_d + s_d − s_s, ``layers.residual_partners``):
-otherwise the skip path carries every block's leftover past the layers that could correct it (four
-unseen-photo folds, 2:4: KL to the dense model −10 % on EfficientNet-Lite0 and MobileNetV2, MobileNetV2
-agreement 43.7 → 45.5%). The math is in ``onnxprune.sparsity``.
+otherwise the skip path carries every block's leftover past the layers that could correct it. The math is
+in ``onnxprune.sparsity``; the stage loop is ``passes.staged.StagedWalk``.
 """
 
 from __future__ import annotations
@@ -66,13 +65,18 @@ class SparsifyOptions:
     chunk: int = 8
 
 
-def sparsify(model: onnx.ModelProto, batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None,
-             opts: SparsifyOptions, groups: np.ndarray | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> tuple[onnx.ModelProto, dict]:
+def sparsify(
+    model: onnx.ModelProto,
+    batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None,
+    opts: SparsifyOptions,
+    groups: np.ndarray | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[onnx.ModelProto, dict]:
     """A sparsified copy of ``model`` and a report of every linear layer (eligible or skipped + reason).
 
     ``opts.criterion``: "sparsegpt" (needs ``batches``) or "magnitude" (``batches`` optional: with them the
-    report carries each layer's relative output error too). ``batches()`` yields feed dicts (axis 0 = samples).
+    report carries each layer's relative output error too). ``batches()`` yields feed dicts (axis 0 =
+    samples).
 
     SparseGPT only — ``correct`` (see ``CORRECTIONS``): "off" prunes each layer toward its own output on the
     sparsified model's inputs (‖W X_s − Ŵ X_s‖²); "fixed" (default) toward the *dense* model's output
@@ -113,8 +117,10 @@ class _Sparsifier:
         self.out.CopyFrom(model)
         self.layers = linear_layers(self.out)
         self.weights = initializer_dict(self.out)
-        self.entries = {name: _entry(self.out, layer, self.weights[layer.weight], self.pat)
-                        for name, layer in self.layers.items()}
+        self.entries = {
+            name: _entry(self.out, layer, self.weights[layer.weight], self.pat)
+            for name, layer in self.layers.items()
+        }
         self.eligible = {name for name, e in self.entries.items() if e["eligible"]}
 
     def finish(self, name: str, new: np.ndarray, hessian: np.ndarray | None) -> None:
@@ -128,17 +134,27 @@ class _Sparsifier:
         _set_initializer(self.out, layer.weight, new_stored)
         entry["sparsity"] = float(np.mean(new_stored == 0))
         if self.pat.semi_structured:
-            entry["pattern_ok"] = check_pattern(new_stored, reduction_axis(layer), self.pat.n, self.pat.m)["compliant"]
+            entry["pattern_ok"] = check_pattern(new_stored, reduction_axis(layer), self.pat.n, self.pat.m)[
+                "compliant"
+            ]
 
     def prune(self, name: str, hessian: np.ndarray | None) -> None:
         """Prune toward the layer's own output (magnitude, or SparseGPT with ``hessian``)."""
         layer, opts = self.layers[name], self.opts
-        new = _prune_matrix(layer.matrix(self.weights[layer.weight]).astype(np.float64), hessian, layer, self.pat,
-                            opts.criterion, opts.blocksize, opts.percdamp)
+        new = _prune_matrix(
+            layer.matrix(self.weights[layer.weight]).astype(np.float64),
+            hessian,
+            layer,
+            self.pat,
+            opts.criterion,
+            opts.blocksize,
+            opts.percdamp,
+        )
         self.finish(name, new, hessian)
 
     def prune_on_own_inputs(self, feeds: list, progress) -> None:
-        """Stage by stage, each layer pruned with the Hessian of its inputs in the already sparsified model."""
+        """Stage by stage, each layer pruned with the Hessian of its inputs in the already sparsified
+        model."""
         stages = layer_stages(self.out, self.layers, self.eligible)
         front = Frontier(feeds)
         for index, stage in enumerate(stages):
@@ -149,7 +165,7 @@ class _Sparsifier:
                 for name, acc in sums.items():
                     x = values[self.layers[name].tap]
                     for lo in range(0, len(x), self.opts.chunk):
-                        acc.add(x[lo:lo + self.opts.chunk])
+                        acc.add(x[lo : lo + self.opts.chunk])
             for name, acc in sums.items():
                 self.prune(name, acc.hessian())
 
@@ -164,8 +180,16 @@ class _Correcting:
     def __init__(self, job: _Sparsifier, walk: StagedWalk):
         opts = job.opts
         self.job, self.walk = job, walk
-        self.fit = _CorrectedFit(job.pat, opts.blocksize, opts.percdamp, opts.correct, opts.bias, opts.ridge,
-                                 opts.shrink, opts.support_refit)
+        self.fit = _CorrectedFit(
+            job.pat,
+            opts.blocksize,
+            opts.percdamp,
+            opts.correct,
+            opts.bias,
+            opts.ridge,
+            opts.shrink,
+            opts.support_refit,
+        )
         self.halves: dict[str, tuple[GramSums, GramSums]] = {}
 
     def start(self, stage: list[str]) -> dict:
@@ -179,8 +203,14 @@ class _Correcting:
         def add(x_dense: np.ndarray, x_sparse: np.ndarray, half: int, partner) -> bool:
             f_s = lay.features(x_sparse.astype(np.float64))
             drift = partner_drift(lay, *partner, (f_s.shape[1], outputs)) if partner else None
-            sums[half].add(lay.features(x_dense.astype(np.float64)), f_s, None, True, lay.rows_per_sample(x_sparse),
-                           drift)
+            sums[half].add(
+                lay.features(x_dense.astype(np.float64)),
+                f_s,
+                None,
+                True,
+                lay.rows_per_sample(x_sparse),
+                drift,
+            )
             return drift is not None
 
         return add
@@ -212,8 +242,17 @@ class _CorrectedFit:
     the other, both ways.
     """
 
-    def __init__(self, pat: Pattern, blocksize: int, percdamp: float, correct: str, bias: bool, ridge: float,
-                 shrink: float, support_refit: bool = True):
+    def __init__(
+        self,
+        pat: Pattern,
+        blocksize: int,
+        percdamp: float,
+        correct: str,
+        bias: bool,
+        ridge: float,
+        shrink: float,
+        support_refit: bool = True,
+    ):
         self.pat, self.blocksize, self.percdamp = pat, blocksize, percdamp
         self.correct, self.bias, self.ridge, self.shrink = correct, bias, ridge, shrink
         self.support_refit = support_refit
@@ -221,8 +260,9 @@ class _CorrectedFit:
     def bias_for(self, layer: LinearLayer) -> bool:
         return self.bias and layer.op != "MatMul"
 
-    def layer(self, layer: LinearLayer, mat: np.ndarray, b0: np.ndarray,
-              halves: tuple[GramSums, GramSums]) -> tuple[np.ndarray, np.ndarray, str]:
+    def layer(
+        self, layer: LinearLayer, mat: np.ndarray, b0: np.ndarray, halves: tuple[GramSums, GramSums]
+    ) -> tuple[np.ndarray, np.ndarray, str]:
         """(pruned [groups, rows, features], bias [groups, rows], the candidate used)."""
         refit_bias = self.bias_for(layer)
         order = layer_columns_order(layer, layer.in_per_group, mat.shape[2])
@@ -240,8 +280,13 @@ class _CorrectedFit:
                             v = halves[val]
                             w_aug = np.concatenate([mat[g], b0[g][:, None]], 1)
                             hat_aug = np.concatenate([w_hat, b_hat[:, None]], 1)
-                            err += output_mismatch(w_aug, hat_aug, v.dp[g], v.pp[g],
-                                                   skip_cross=v.ep[g] if v.ep is not None else None)
+                            err += output_mismatch(
+                                w_aug,
+                                hat_aug,
+                                v.dp[g],
+                                v.pp[g],
+                                skip_cross=v.ep[g] if v.ep is not None else None,
+                            )
                     errs[cand] = err
                 choice = min(errs, key=errs.get)
         total = halves[0] + halves[1]
@@ -250,8 +295,16 @@ class _CorrectedFit:
             new[g], new_b[g] = self.group(mat[g], b0[g], total, g, choice, refit_bias, order)
         return new, new_b, choice
 
-    def group(self, w: np.ndarray, b: np.ndarray, sums: GramSums, g: int, cand: str, refit_bias: bool,
-              order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def group(
+        self,
+        w: np.ndarray,
+        b: np.ndarray,
+        sums: GramSums,
+        g: int,
+        cand: str,
+        refit_bias: bool,
+        order: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         pp, dp, n, samples = sums.pp[g], sums.dp[g], sums.rows, max(sums.samples, 1)
         h, cross = pp[:-1, :-1], dp[:-1, :-1]
         sum_s, sum_d = pp[:-1, -1], dp[:-1, -1]
@@ -264,9 +317,15 @@ class _CorrectedFit:
         pat = self.pat
         w_hat = np.empty_like(w)
         pruned = np.empty(w.shape, bool)
-        w_hat[:, order], pruned[:, order] = sparsegpt_prune(target[:, order], h[np.ix_(order, order)], n=pat.n, m=pat.m,
-                                                            sparsity=pat.sparsity, blocksize=self.blocksize,
-                                                            percdamp=self.percdamp)
+        w_hat[:, order], pruned[:, order] = sparsegpt_prune(
+            target[:, order],
+            h[np.ix_(order, order)],
+            n=pat.n,
+            m=pat.m,
+            sparsity=pat.sparsity,
+            blocksize=self.blocksize,
+            percdamp=self.percdamp,
+        )
         if self.support_refit:  # λ as for the target, with the kept count as the feature count
             keep = ~pruned
             lam_s = ridge_lambda(h, self.ridge, self.shrink, float(keep.sum(1).mean()), samples)
@@ -283,7 +342,9 @@ def _bias_matrix(layer: LinearLayer, weights: Mapping[str, np.ndarray], shape: t
     return np.broadcast_to(b, (n_out,)).reshape(shape[0], shape[1]).copy()
 
 
-def _set_bias(model: onnx.ModelProto, layer: LinearLayer, weights: Mapping[str, np.ndarray], value: np.ndarray) -> None:
+def _set_bias(
+    model: onnx.ModelProto, layer: LinearLayer, weights: Mapping[str, np.ndarray], value: np.ndarray
+) -> None:
     """Write a refit bias: in place when the layer owns a full-size bias, else as a new initializer."""
     dtype = weights[layer.weight].dtype
     old = weights[layer.bias] if layer.bias else None
@@ -300,32 +361,56 @@ def _set_bias(model: onnx.ModelProto, layer: LinearLayer, weights: Mapping[str, 
         node.input.append(name)
 
 
-def _prune_matrix(mat: np.ndarray, hessians: np.ndarray | None, layer: LinearLayer, pat: Pattern, criterion: str,
-                  blocksize: int, percdamp: float) -> np.ndarray:
+def _prune_matrix(
+    mat: np.ndarray,
+    hessians: np.ndarray | None,
+    layer: LinearLayer,
+    pat: Pattern,
+    criterion: str,
+    blocksize: int,
+    percdamp: float,
+) -> np.ndarray:
     """Prune [groups, rows, features] group by group in TensorRT's column order (taps-major for convs)."""
     order = layer_columns_order(layer, layer.in_per_group, mat.shape[2])
     new = mat.copy()
     for g in range(mat.shape[0]):
         w = mat[g][:, order]
         if criterion == "magnitude":
-            pruned = magnitude_nm(w, pat.n, pat.m)[0] if pat.semi_structured else \
-                magnitude_unstructured(w, pat.sparsity)[0]
+            pruned = (
+                magnitude_nm(w, pat.n, pat.m)[0]
+                if pat.semi_structured
+                else magnitude_unstructured(w, pat.sparsity)[0]
+            )
         else:
             h = hessians[g][np.ix_(order, order)]
-            pruned = sparsegpt_prune(w, h, n=pat.n, m=pat.m, sparsity=pat.sparsity,
-                                     blocksize=blocksize, percdamp=percdamp)[0]
+            pruned = sparsegpt_prune(
+                w, h, n=pat.n, m=pat.m, sparsity=pat.sparsity, blocksize=blocksize, percdamp=percdamp
+            )[0]
         new[g][:, order] = pruned
     return new
 
 
 def _entry(model: onnx.ModelProto, layer: LinearLayer, w: np.ndarray, pat: Pattern) -> dict:
     uses = Counter(i for node in model.graph.node for i in node.input)[layer.weight]
-    reason = (f"weight {layer.weight!r} is shared by {uses} nodes" if uses > 1
-              else f"weight dtype {w.dtype} is not floating point" if w.dtype not in FLOAT_WEIGHTS
-              else ineligible_reason(layer, w.shape, pat))
-    return {"node": layer.node, "op": layer.op, "weight": layer.weight, "shape": list(w.shape),
-            "eligible": reason is None, "reason": reason, "sparsity": float(np.mean(w == 0)),
-            "pattern_ok": None, "relative_output_error": None, "residual_partner": None}
+    reason = (
+        f"weight {layer.weight!r} is shared by {uses} nodes"
+        if uses > 1
+        else f"weight dtype {w.dtype} is not floating point"
+        if w.dtype not in FLOAT_WEIGHTS
+        else ineligible_reason(layer, w.shape, pat)
+    )
+    return {
+        "node": layer.node,
+        "op": layer.op,
+        "weight": layer.weight,
+        "shape": list(w.shape),
+        "eligible": reason is None,
+        "reason": reason,
+        "sparsity": float(np.mean(w == 0)),
+        "pattern_ok": None,
+        "relative_output_error": None,
+        "residual_partner": None,
+    }
 
 
 def _summary(entries: Mapping[str, dict], pat: Pattern, criterion: str, samples: int) -> dict:
@@ -334,10 +419,16 @@ def _summary(entries: Mapping[str, dict], pat: Pattern, criterion: str, samples:
     zeros_eligible = sum(e["sparsity"] * size[e["node"]] for e in rows if e["eligible"])
     size_eligible = sum(size[e["node"]] for e in rows if e["eligible"])
     zeros_all = sum(e["sparsity"] * size[e["node"]] for e in rows)
-    return {"pattern": str(pat), "criterion": criterion, "calibration_samples": samples,
-            "eligible_layers": sum(e["eligible"] for e in rows), "skipped_layers": sum(not e["eligible"] for e in rows),
-            "sparsity_eligible": zeros_eligible / size_eligible if size_eligible else 0.0,
-            "sparsity_linear": zeros_all / max(sum(size.values()), 1), "layers": rows}
+    return {
+        "pattern": str(pat),
+        "criterion": criterion,
+        "calibration_samples": samples,
+        "eligible_layers": sum(e["eligible"] for e in rows),
+        "skipped_layers": sum(not e["eligible"] for e in rows),
+        "sparsity_eligible": zeros_eligible / size_eligible if size_eligible else 0.0,
+        "sparsity_linear": zeros_all / max(sum(size.values()), 1),
+        "layers": rows,
+    }
 
 
 def _set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
@@ -349,9 +440,21 @@ def pattern_report(model: onnx.ModelProto, n: int = 2, m: int = 4) -> dict:
     """Per Conv/Gemm/MatMul weight (``stored_weights``: also behind Q/DQ): does it hold ≥ n zeros per m along
     the reduction dimension (TensorRT layout), and its sparsity; plus the overall sparsity of those weights
     (like `polygraphy inspect sparsity`)."""
-    rows = [{"node": sw.node, "op": sw.op, "weight": sw.weight, "shape": list(sw.array.shape),
-             **check_pattern(sw.array, sw.axis, n, m)} for sw in stored_weights(model)]
+    rows = [
+        {
+            "node": sw.node,
+            "op": sw.op,
+            "weight": sw.weight,
+            "shape": list(sw.array.shape),
+            **check_pattern(sw.array, sw.axis, n, m),
+        }
+        for sw in stored_weights(model)
+    ]
     total = sum(int(np.prod(r["shape"])) for r in rows)
     zeros = sum(r["sparsity"] * int(np.prod(r["shape"])) for r in rows)
-    return {"pattern": f"{n}:{m}", "layers": rows, "compliant_layers": sum(r["compliant"] for r in rows),
-            "sparsity": zeros / total if total else 0.0}
+    return {
+        "pattern": f"{n}:{m}",
+        "layers": rows,
+        "compliant_layers": sum(r["compliant"] for r in rows),
+        "sparsity": zeros / total if total else 0.0,
+    }

@@ -1,10 +1,12 @@
 """The dense model beside the edited one, stage by stage: what the least-squares refit and SparseGPT share.
 
-Layers are visited in stages (``layer_stages``: a stage's inputs depend only on layers of earlier stages). Both
+Layers are visited in stages (``layer_stages``: a stage's inputs depend only on layers of earlier stages).
+Both
 models advance from their last boundary (``Frontier``: every node runs once per model), and each layer of the
 stage receives, chunk by chunk, its dense and edited input rows, the calibration half they belong to
 (``validation_halves``) and, for a layer whose output only feeds a residual Add, the Add's other operand in
-both models (``settled_partners``). A policy (``StagePolicy``) accumulates what it needs from them (``GramSums``)
+both models (``settled_partners``). A policy (``StagePolicy``) accumulates what it needs from them
+(``GramSums``)
 and edits the stage's layers before the walk runs the next stage on the edited model.
 """
 
@@ -39,8 +41,9 @@ def validation_halves(batch_rows: Sequence[int], groups: np.ndarray | None = Non
     total = int(sum(batch_rows))
     if len(groups) < total:
         raise ValueError(f"{len(groups)} groups for {total} calibration rows")
-    _, first, inverse, counts = np.unique(np.asarray(groups)[:total], return_index=True, return_inverse=True,
-                                          return_counts=True)
+    _, first, inverse, counts = np.unique(
+        np.asarray(groups)[:total], return_index=True, return_inverse=True, return_counts=True
+    )
     side, size = np.zeros(len(first), int), [0, 0]
     for u in np.argsort(first, kind="stable"):
         side[u] = int(size[1] < size[0])
@@ -51,7 +54,7 @@ def validation_halves(batch_rows: Sequence[int], groups: np.ndarray | None = Non
 def half_chunks(halves: np.ndarray, chunk: int) -> Iterator[tuple[slice | np.ndarray, int]]:
     """(rows, half) over one batch in chunks of at most ``chunk`` rows (bounding the im2col copies)."""
     for lo in range(0, len(halves), chunk):
-        part = halves[lo:lo + chunk]
+        part = halves[lo : lo + chunk]
         for half in (0, 1):
             rows = np.flatnonzero(part == half)
             if len(rows) == len(part):
@@ -60,8 +63,11 @@ def half_chunks(halves: np.ndarray, chunk: int) -> Iterator[tuple[slice | np.nda
                 yield lo + rows, half
 
 
-def layer_stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo: set[str]) -> list[list[str]]:
-    """``todo`` layers in stages: a layer's input depends only on layers of earlier stages (topological levels)."""
+def layer_stages(
+    model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo: set[str]
+) -> list[list[str]]:
+    """``todo`` layers in stages: a layer's input depends only on layers of earlier stages (topological
+    levels)."""
     level: dict[str, int] = {}
     stages: dict[int, list[str]] = {}
     for node in model.graph.node:
@@ -74,7 +80,9 @@ def layer_stages(model: onnx.ModelProto, layers: Mapping[str, LinearLayer], todo
     return [stages[k] for k in sorted(stages)]
 
 
-def settled_partners(model: onnx.ModelProto, partners: Mapping[str, str], stages: list[list[str]]) -> dict[str, str]:
+def settled_partners(
+    model: onnx.ModelProto, partners: Mapping[str, str], stages: list[list[str]]
+) -> dict[str, str]:
     """The residual partners (``layers.residual_partners``) computed from layers of earlier stages only.
 
     Tapping a partner runs every node up to it: one downstream of a layer still to be fit (of the same or a
@@ -101,7 +109,8 @@ class GramSums:
     """Gram accumulators of one calibration half: pp = X̃_p X̃_pᵀ, dp = X̃_d X̃_pᵀ, kk, dk likewise for X_k;
     ep = Δ X̃_pᵀ for a layer with a residual partner (Δ: the partner's drift, dense − pruned, rows = outputs).
 
-    ``rows`` feature rows summed; ``samples`` the rows as ridges count them (``LinearLayer.rows_per_sample``)."""
+    ``rows`` feature rows summed; ``samples`` the rows as ridges count them
+    (``LinearLayer.rows_per_sample``)."""
 
     KEYS = ("pp", "dp", "kk", "dk", "ep")
 
@@ -109,8 +118,15 @@ class GramSums:
         self.pp = self.dp = self.kk = self.dk = self.ep = None
         self.rows = self.samples = 0
 
-    def add(self, fd: np.ndarray, fp: np.ndarray, fk: np.ndarray | None, bias: bool, per_sample: int = 1,
-            drift: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        fd: np.ndarray,
+        fp: np.ndarray,
+        fk: np.ndarray | None,
+        bias: bool,
+        per_sample: int = 1,
+        drift: np.ndarray | None = None,
+    ) -> None:
         self.rows += fp.shape[1]
         self.samples += fp.shape[1] // per_sample
         sd, sp, sk = ((f.sum(1, dtype=np.float64) if bias and f is not None else None) for f in (fd, fp, fk))
@@ -118,7 +134,7 @@ class GramSums:
         if fk is not None:
             parts.update(kk=_gram(fk, fk, bias, sk, sk), dk=_gram(fd, fk, bias, sd, sk))
         if drift is not None:  # [rows, outputs] of an ungrouped layer
-            parts["ep"] = _gram(drift[None], fp, bias, sum_b=sp)[:, :drift.shape[1]]
+            parts["ep"] = _gram(drift[None], fp, bias, sum_b=sp)[:, : drift.shape[1]]
         for key, val in parts.items():
             old = getattr(self, key)
             setattr(self, key, val if old is None else old + val)
@@ -128,13 +144,17 @@ class GramSums:
         out.rows, out.samples = self.rows + other.rows, self.samples + other.samples
         for key in self.KEYS:
             a, b = getattr(self, key), getattr(other, key)
-            setattr(out, key, b if a is None else a if b is None else a + b)  # one batch: the second half is empty
+            setattr(
+                out, key, b if a is None else a if b is None else a + b
+            )  # one batch: the second half is empty
         return out
 
 
-def _gram(a: np.ndarray, b: np.ndarray, bias: bool, sum_a: np.ndarray | None = None,
-          sum_b: np.ndarray | None = None) -> np.ndarray:
-    """[a 1]ᵀ[b 1] per block without materializing the ones column: [[aᵀb, Σa], [Σb, n]] (``sum_a`` / ``sum_b``:
+def _gram(
+    a: np.ndarray, b: np.ndarray, bias: bool, sum_a: np.ndarray | None = None, sum_b: np.ndarray | None = None
+) -> np.ndarray:
+    """[a 1]ᵀ[b 1] per block without materializing the ones column: [[aᵀb, Σa], [Σb, n]] (``sum_a`` /
+    ``sum_b``:
     Σa / Σb over the rows in float64, where the caller has them: one array enters several Gram matrices)."""
     core = np.matmul(np.swapaxes(a, 1, 2), b).astype(np.float64)
     if not bias:
@@ -148,8 +168,13 @@ def _gram(a: np.ndarray, b: np.ndarray, bias: bool, sum_a: np.ndarray | None = N
     return out
 
 
-def partner_drift(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray, shape: tuple[int, int],
-                  kept: np.ndarray | None = None) -> np.ndarray | None:
+def partner_drift(
+    layer: LinearLayer,
+    s_dense: np.ndarray,
+    s_pruned: np.ndarray,
+    shape: tuple[int, int],
+    kept: np.ndarray | None = None,
+) -> np.ndarray | None:
     """Rows of the residual partner's drift s_d − s_p (the dense partner's channels ``kept`` when the pruned
     one has fewer) if they are the layer's output rows, ``shape`` = (feature rows, outputs); None when the
     Add broadcasts. In the activations' precision (float16 as float32), as the Gram products are taken."""
@@ -157,8 +182,9 @@ def partner_drift(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray,
     return d - p if d.shape == p.shape == tuple(shape) else None
 
 
-def partner_rows(layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray,
-                 kept: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def partner_rows(
+    layer: LinearLayer, s_dense: np.ndarray, s_pruned: np.ndarray, kept: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The residual partner's dense and pruned values as the layer's output rows (the dense partner's channels
     ``kept`` when the pruned one has fewer), in the activations' precision (float16 as float32)."""
     d = layer.output_rows(s_dense.astype(np.promote_types(s_dense.dtype, np.float32)))
@@ -186,15 +212,24 @@ class StagedWalk:
     they are not the same) in stages beside ``dense``. Rows come in chunks of ``chunk`` samples (bounding the
     im2col copies); ``groups``: the source of each calibration row (``validation_halves``)."""
 
-    def __init__(self, dense: onnx.ModelProto, edited: onnx.ModelProto, layers: Mapping[str, LinearLayer],
-                 todo: set[str], feeds: list[Mapping[str, np.ndarray]], groups: np.ndarray | None = None,
-                 chunk: int = 8, dense_layers: Mapping[str, LinearLayer] | None = None):
+    def __init__(
+        self,
+        dense: onnx.ModelProto,
+        edited: onnx.ModelProto,
+        layers: Mapping[str, LinearLayer],
+        todo: set[str],
+        feeds: list[Mapping[str, np.ndarray]],
+        groups: np.ndarray | None = None,
+        chunk: int = 8,
+        dense_layers: Mapping[str, LinearLayer] | None = None,
+    ):
         self.dense, self.edited, self.layers, self.feeds, self.chunk = dense, edited, layers, feeds, chunk
         self.dense_taps = {n: (dense_layers or layers)[n].tap for n in todo}
         self.halves = validation_halves([len(next(iter(f.values()))) for f in feeds], groups)
         self.stages = layer_stages(edited, layers, todo)
-        self.partners = settled_partners(edited, residual_partners(edited, {n: layers[n] for n in todo}),
-                                         self.stages)
+        self.partners = settled_partners(
+            edited, residual_partners(edited, {n: layers[n] for n in todo}), self.stages
+        )
 
     def run(self, policy: StagePolicy, progress: Callable[[str, int, int], None] | None = None) -> None:
         d_front, e_front = Frontier(self.feeds), Frontier(self.feeds)
@@ -202,7 +237,9 @@ class StagedWalk:
             if progress:
                 progress("stage", si, len(self.stages))
             sinks = policy.start(stage)
-            taps = sorted({self.dense_taps[n] for n in stage} | {self.partners[n] for n in stage if n in self.partners})
+            taps = sorted(
+                {self.dense_taps[n] for n in stage} | {self.partners[n] for n in stage if n in self.partners}
+            )
             d_vals, e_vals = d_front.advance(self.dense, taps), e_front.advance(self.edited, taps)
             for bi, (xd, xe) in enumerate(zip(d_vals, e_vals, strict=True)):
                 for rows, half in half_chunks(self.halves[bi], self.chunk):

@@ -52,7 +52,9 @@ def float16_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     for i, t in enumerate(out.graph.initializer):
         if t.data_type == onnx.TensorProto.FLOAT:
-            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+            out.graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+            )
     for vi in (*out.graph.input, *out.graph.output, *out.graph.value_info):
         if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
             vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16

@@ -44,7 +44,9 @@ def test_paddle_style_constant_weights_same_cost_as_initializers(tmp_path):
     assert (a["totals"]["macs"], a["totals"]["params"]) == (b["totals"]["macs"], b["totals"]["params"])
     # parameters are counted after BatchNorm folding: every float initializer of the normalized graph once
     normalized, _ = normalize(synthetic.build("paddle_convnet"))
-    assert a["totals"]["params"] == sum(int(np.prod(t.dims)) for t in normalized.graph.initializer if t.data_type == 1)
+    assert a["totals"]["params"] == sum(
+        int(np.prod(t.dims)) for t in normalized.graph.initializer if t.data_type == 1
+    )
 
 
 def test_analyze_table_and_external_data(tmp_path, capsys):
@@ -59,7 +61,7 @@ def test_batch_from_input_shape_scales_macs(tmp_path, capsys):
     onnx.save_model(synthetic.build("transformer_block"), str(path))
     one = analyze_model(path)
     seq = one["input_shapes"]
-    (name, shape), = seq.items()
+    ((name, shape),) = seq.items()
     four = analyze_model(path, {name: (4, *shape[1:])})
     assert four["totals"]["macs"] == 4 * one["totals"]["macs"]
 
@@ -72,7 +74,9 @@ def test_dynamic_non_batch_dim_needs_input_shape(tmp_path, capsys):
     code, _, err = run_cli(capsys, "analyze", str(path))
     assert code == 2 and "dynamic dim 1 ('S')" in err and "--input-shape" in err
     s = model.graph.input[0].type.tensor_type.shape.dim
-    code, out, err = run_cli(capsys, "analyze", str(path), "--json", "--input-shape", f"x:1x12x{s[2].dim_value}")
+    code, out, err = run_cli(
+        capsys, "analyze", str(path), "--json", "--input-shape", f"x:1x12x{s[2].dim_value}"
+    )
     assert code == 0, err
 
 

@@ -61,11 +61,16 @@ def test_mosaics_are_seeded():
 def test_image_input_detection():
     assert image_input({"x": np.zeros((2, 3, 224, 224), np.float32)}) == "x"
     assert image_input({"x": np.zeros((2, 224, 224, 3), np.float32)}) == "x"
-    assert image_input({"x": np.zeros((2, 1, 28, 28), np.float32)}, min_side=64) is None  # too small by default
+    assert (
+        image_input({"x": np.zeros((2, 1, 28, 28), np.float32)}, min_side=64) is None
+    )  # too small by default
     assert image_input({"x": np.zeros((2, 3, 224, 224), np.int64)}) is None
     assert image_input({"ids": np.zeros((2, 128), np.int64)}) is None
     assert image_input({"x": np.zeros((2, 16, 32, 32), np.float32)}) is None  # 16 channels: a feature map
-    assert image_input({"a": np.zeros((2, 3, 32, 32), np.float32), "b": np.zeros((2, 3, 32, 32), np.float32)}) is None
+    assert (
+        image_input({"a": np.zeros((2, 3, 32, 32), np.float32), "b": np.zeros((2, 3, 32, 32), np.float32)})
+        is None
+    )
     with pytest.raises(ValueError, match="not a batch of images"):
         mosaics(np.zeros((4, 10), np.float32), 1, np.random.default_rng(0))
 
@@ -87,8 +92,22 @@ def test_statistics_batches_read_calibration_then_mosaics():
 
 
 def _report(tmp_path, capsys, *args):
-    code, out, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--calib", MODELS / "fmnist_calib.npz",
-                             "--calib-samples", "64", "--target", "1.2x", "--no-int8", "-o", tmp_path, "--json", *args)
+    code, out, err = run_cli(
+        capsys,
+        "compress",
+        MODELS / "fmnist_resnet.onnx",
+        "--calib",
+        MODELS / "fmnist_calib.npz",
+        "--calib-samples",
+        "64",
+        "--target",
+        "1.2x",
+        "--no-int8",
+        "-o",
+        tmp_path,
+        "--json",
+        *args,
+    )
     assert code == 0, err
     return json.loads(out)
 
@@ -100,23 +119,63 @@ def test_compress_mosaics_default_explicit_and_reported(tmp_path, capsys):
 
 
 def test_compress_mosaics_bad_count_and_non_image_input(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--calib", MODELS / "fmnist_calib.npz",
-                           "--calib-mosaics", "-1", "-o", tmp_path)
+    code, _, err = run_cli(
+        capsys,
+        "compress",
+        MODELS / "fmnist_resnet.onnx",
+        "--calib",
+        MODELS / "fmnist_calib.npz",
+        "--calib-mosaics",
+        "-1",
+        "-o",
+        tmp_path,
+    )
     assert code == 2 and "--calib-mosaics must be ≥ 0" in err and len(err.strip().splitlines()) == 1
     # a Gemm model fed [N, 16] vectors: mosaics are asked for, not possible, and the report says so
-    w = helper.make_tensor("w", TensorProto.FLOAT, [16, 8], np.random.default_rng(0).standard_normal(128).tolist())
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-                               helper.make_node("MatMul", ["r", "w2"], ["y"])], "mlp",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-                              [w, helper.make_tensor("w2", TensorProto.FLOAT, [8, 4],
-                                                     np.random.default_rng(1).standard_normal(32).tolist())])
+    w = helper.make_tensor(
+        "w", TensorProto.FLOAT, [16, 8], np.random.default_rng(0).standard_normal(128).tolist()
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [
+            w,
+            helper.make_tensor(
+                "w2", TensorProto.FLOAT, [8, 4], np.random.default_rng(1).standard_normal(32).tolist()
+            ),
+        ],
+    )
     model = tmp_path / "mlp.onnx"
-    model.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString())
+    model.write_bytes(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9
+        ).SerializeToString()
+    )
     data = tmp_path / "x.npz"
     np.savez(data, x=np.random.default_rng(2).standard_normal((96, 16)).astype(np.float32))
-    code, out, err = run_cli(capsys, "compress", model, "--calib", data, "--calib-samples", "64", "--target", "1.2x",
-                             "--calib-mosaics", "16", "--no-int8", "-o", tmp_path / "out", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "compress",
+        model,
+        "--calib",
+        data,
+        "--calib-samples",
+        "64",
+        "--target",
+        "1.2x",
+        "--calib-mosaics",
+        "16",
+        "--no-int8",
+        "-o",
+        tmp_path / "out",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["calibration"]["mosaics"] == 0

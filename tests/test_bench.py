@@ -33,8 +33,12 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     dynamic_hw = synthetic.build("conv_chain")
     dims = dynamic_hw.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "H", "W"
-    models = {"chain": synthetic.build("conv_chain"), "residual": synthetic.build("residual_add"),
-              "fixed": synthetic.with_static_batch(synthetic.build("conv_chain"), 1), "dynamic_hw": dynamic_hw}
+    models = {
+        "chain": synthetic.build("conv_chain"),
+        "residual": synthetic.build("residual_add"),
+        "fixed": synthetic.with_static_batch(synthetic.build("conv_chain"), 1),
+        "dynamic_hw": dynamic_hw,
+    }
     paths = {}
     for name, m in models.items():
         paths[name] = d / f"{name}.onnx"
@@ -43,6 +47,7 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
 
 
 # ---- statistics and schedule ----------------------------------------------------------------------
+
 
 def test_latency_stats_on_known_times():
     s = latency_stats(np.arange(1, 101, dtype=float)[::-1], batch=4, threads=2)  # order must not matter
@@ -68,7 +73,9 @@ def _recording_runners(n: int, calls: list[int]):
         def run():
             calls.append(i)
             return float(10 * i + len(calls))  # distinct per call: checks which call lands where
+
         return run
+
     return [make(i) for i in range(n)]
 
 
@@ -97,6 +104,7 @@ def test_parse_batches():
 
 
 # ---- inputs and memory ------------------------------------------------------------------------------
+
 
 def test_shapes_at_batch(model_files):
     chain = onnx.load(str(model_files["chain"]))
@@ -128,6 +136,7 @@ def test_peak_rss_growth_sees_memory_freed_before_returning():
 
 # ---- compare_latency -------------------------------------------------------------------------------
 
+
 def test_compare_latency_on_two_models():
     models = [synthetic.build("conv_chain"), synthetic.build("residual_add")]
     stats = compare_latency(models, batch=2, rounds=7, warmup=1)
@@ -154,9 +163,11 @@ def test_compare_latency_refuses_a_model_fixed_to_another_batch():
 
 # ---- command line ----------------------------------------------------------------------------------
 
+
 def test_cli_table(model_files, capsys):
-    code, out, err = run_cli(capsys, "bench", model_files["chain"], model_files["residual"], "--rounds", "5",
-                             "--warmup", "1")
+    code, out, err = run_cli(
+        capsys, "bench", model_files["chain"], model_files["residual"], "--rounds", "5", "--warmup", "1"
+    )
     assert code == 0, err
     assert "chain.onnx" in out and "residual.onnx" in out and "1.00x" in out
     for header in ("p50", "p99", "samples/s", "vs first", "peak MB"):
@@ -164,15 +175,36 @@ def test_cli_table(model_files, capsys):
 
 
 def test_cli_json_batches_and_repeats(model_files, capsys):
-    code, out, err = run_cli(capsys, "bench", model_files["chain"], model_files["residual"], model_files["fixed"],
-                             "--batch", "1,4", "--rounds", "5", "--warmup", "1", "--repeats", "2", "--threads", "1",
-                             "--json")
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        model_files["chain"],
+        model_files["residual"],
+        model_files["fixed"],
+        "--batch",
+        "1,4",
+        "--rounds",
+        "5",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["backend"] == "ort" and report["batches"] == [1, 4] and report["repeats"] == 2
     rows = report["results"]
     assert [(Path(r["model"]).stem, r["batch"]) for r in rows] == [
-        ("chain", 1), ("residual", 1), ("fixed", 1), ("chain", 4), ("residual", 4), ("fixed", 4)]
+        ("chain", 1),
+        ("residual", 1),
+        ("fixed", 1),
+        ("chain", 4),
+        ("residual", 4),
+        ("fixed", 4),
+    ]
     for r in rows[:5]:
         assert r["skipped"] is None and r["stats"]["runs"] == 10 and r["stats"]["threads"] == 1
         assert len(r["p50_repeats_ms"]) == 2 and r["p50_min_ms"] <= r["p50_median_ms"]
@@ -181,32 +213,64 @@ def test_cli_json_batches_and_repeats(model_files, capsys):
     assert rows[0]["speedup"] == rows[3]["speedup"] == 1.0
     assert rows[1]["speedup"] == pytest.approx(rows[0]["p50_median_ms"] / rows[1]["p50_median_ms"])
     fixed4 = rows[5]
-    assert fixed4["stats"] is None and fixed4["speedup"] is None and "fixed batch of 1, not 4" in fixed4["skipped"]
+    assert (
+        fixed4["stats"] is None
+        and fixed4["speedup"] is None
+        and "fixed batch of 1, not 4" in fixed4["skipped"]
+    )
 
 
 def test_cli_skipped_row_is_a_warning_not_a_failure(model_files, capsys):
-    code, out, _ = run_cli(capsys, "bench", model_files["chain"], model_files["fixed"], "--batch", "2",
-                           "--rounds", "5", "--warmup", "0")
+    code, out, _ = run_cli(
+        capsys,
+        "bench",
+        model_files["chain"],
+        model_files["fixed"],
+        "--batch",
+        "2",
+        "--rounds",
+        "5",
+        "--warmup",
+        "0",
+    )
     assert code == 0
-    assert "skipped" in out and "fixed.onnx skipped at batch 2: input 'x' has a fixed batch of 1, not 2" in out
+    assert (
+        "skipped" in out and "fixed.onnx skipped at batch 2: input 'x' has a fixed batch of 1, not 2" in out
+    )
 
 
 def test_cli_dynamic_dims_need_input_shape(model_files, capsys):
     code, out, err = run_cli(capsys, "bench", model_files["dynamic_hw"], "--rounds", "5")
     assert code == 2 and not out
     assert err.strip() == "error: input 'x' has dynamic dim 2 ('H'): pass --input-shape x:1x3xDxD"
-    code, out, err = run_cli(capsys, "bench", model_files["dynamic_hw"], model_files["chain"], "--input-shape",
-                             "x:1x3x16x16", "--batch", "2", "--rounds", "5", "--warmup", "0", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        model_files["dynamic_hw"],
+        model_files["chain"],
+        "--input-shape",
+        "x:1x3x16x16",
+        "--batch",
+        "2",
+        "--rounds",
+        "5",
+        "--warmup",
+        "0",
+        "--json",
+    )
     assert code == 0, err
     assert [r["stats"]["runs"] for r in json.loads(out)["results"]] == [5, 5]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing.onnx"], "error: model file not found: missing.onnx"),
-    (["{chain}", "--batch", "0"], "error: bad --batch '0'"),
-    (["{chain}", "--sparse"], "error: --sparse applies to --backend tensorrt only"),
-    (["{chain}", "--input-shape", "y:1x3"], "error: --input-shape names unknown input 'y'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.onnx"], "error: model file not found: missing.onnx"),
+        (["{chain}", "--batch", "0"], "error: bad --batch '0'"),
+        (["{chain}", "--sparse"], "error: --sparse applies to --backend tensorrt only"),
+        (["{chain}", "--input-shape", "y:1x3"], "error: --input-shape names unknown input 'y'"),
+    ],
+)
 def test_cli_bad_input_exit_2(model_files, capsys, args, message):
     code, out, err = run_cli(capsys, "bench", *[a.format(chain=model_files["chain"]) for a in args])
     assert code == 2 and not out

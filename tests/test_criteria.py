@@ -47,7 +47,9 @@ def test_row_samples_of_two_streams_merge_to_a_sample_of_both():
     layer = LinearLayer("g", "Gemm", "x", "y", "w", None, groups=1, trans_b=True)
     a, b = RowSample(layer, limit=100, seed=3, part=0), RowSample(layer, limit=100, seed=3, part=1)
     for i in range(20):
-        (a if i < 10 else b).add(np.arange(i * 100, (i + 1) * 100, dtype=np.float64)[:, None] * np.ones((1, 4)))
+        (a if i < 10 else b).add(
+            np.arange(i * 100, (i + 1) * 100, dtype=np.float64)[:, None] * np.ones((1, 4))
+        )
     a.merge(b)
     both = a
     assert both.rows.shape == (1, 100, 4) and both.n == 2000
@@ -57,9 +59,22 @@ def test_row_samples_of_two_streams_merge_to_a_sample_of_both():
 
 
 def test_compress_with_woodfisher_criterion(tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1.5x", "--calib",
-                           MODELS / "fmnist_calib.npz", "--calib-samples", "64", "--criterion", "woodfisher",
-                           "-o", tmp_path, "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "compress",
+        MODELS / "fmnist_resnet.onnx",
+        "--target",
+        "1.5x",
+        "--calib",
+        MODELS / "fmnist_calib.npz",
+        "--calib-samples",
+        "64",
+        "--criterion",
+        "woodfisher",
+        "-o",
+        tmp_path,
+        "--json",
+    )
     assert code == 0
     report = json.loads(out)
     assert report["criterion"] == "woodfisher" and not any("magnitude" in w for w in report["warnings"])
@@ -124,7 +139,9 @@ def test_channels_a_flatten_gemm_cannot_tell_apart_are_tested_as_whole_maps():
         segments = {0: [type("Seg", (), {"start": 0, "group": 0})()]}
 
     member = type("M", (), {"space": 0, "outer": 1, "inner": 16, "groups": 1, "node": "fc"})()
-    data = RankData(_Trace(), {"fc.weight": rng.normal(size=(5, 96))}, {}, {"fc": layer}, {"fc": h}, {"fc": 40})
+    data = RankData(
+        _Trace(), {"fc.weight": rng.normal(size=(5, 96))}, {}, {"fc": layer}, {"fc": h}, {"fc": 40}
+    )
     c = _obs_consumer(data, group, member)
     assert c.exact is not None and not c.exact.features
     alive = np.ones(6, bool)

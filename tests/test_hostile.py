@@ -534,24 +534,27 @@ CASES = [
         ("could be decoded",),
     ),
     # -- options --------------------------------------------------------------------------------
-    *(Case(name, _option_case(*args), 2, (word,)) for name, args, word in (
-        ("target word", ("--target", "fast"), "--target"),
-        ("target below 1", ("--target", "0.5x"), "--target"),
-        ("target nan", ("--target", "nan"), "--target"),
-        ("target inf", ("--target", "inf"), "--target"),
-        ("calib samples word", ("--calib-samples", "abc"), "--calib-samples"),
-        ("calib samples zero", ("--calib-samples", "0"), "--calib-samples"),
-        ("unknown metric", ("--metric", "joules"), "--metric"),
-        ("bad exclude regex", ("--exclude", "(("), "--exclude"),
-        ("round-to zero", ("--round-to", "0"), "--round-to"),
-        ("sparsity 5:4", ("--sparsity", "5:4"), "sparsity"),
-        ("sparsity 1.5", ("--sparsity", "1.5"), "sparsity"),
-        ("input shape garbage", ("--input-shape", "x:axb"), "--input-shape"),
-        ("search evals negative", ("--search-evals", "-1"), "--search-evals"),
-        ("max drop word", ("--max-drop", "lots"), "--max-drop"),
-        ("latency batches word", ("--metric", "latency", "--latency-batches", "x"), "--latency-batches"),
-        ("unknown option", ("--frobnicate",), "--frobnicate"),
-    )),
+    *(
+        Case(name, _option_case(*args), 2, (word,))
+        for name, args, word in (
+            ("target word", ("--target", "fast"), "--target"),
+            ("target below 1", ("--target", "0.5x"), "--target"),
+            ("target nan", ("--target", "nan"), "--target"),
+            ("target inf", ("--target", "inf"), "--target"),
+            ("calib samples word", ("--calib-samples", "abc"), "--calib-samples"),
+            ("calib samples zero", ("--calib-samples", "0"), "--calib-samples"),
+            ("unknown metric", ("--metric", "joules"), "--metric"),
+            ("bad exclude regex", ("--exclude", "(("), "--exclude"),
+            ("round-to zero", ("--round-to", "0"), "--round-to"),
+            ("sparsity 5:4", ("--sparsity", "5:4"), "sparsity"),
+            ("sparsity 1.5", ("--sparsity", "1.5"), "sparsity"),
+            ("input shape garbage", ("--input-shape", "x:axb"), "--input-shape"),
+            ("search evals negative", ("--search-evals", "-1"), "--search-evals"),
+            ("max drop word", ("--max-drop", "lots"), "--max-drop"),
+            ("latency batches word", ("--metric", "latency", "--latency-batches", "x"), "--latency-batches"),
+            ("unknown option", ("--frobnicate",), "--frobnicate"),
+        )
+    ),
     Case("quantize without calib", lambda t: ["quantize", _save(t, _conv_model())], 2, ("--calib",)),
     Case(
         "bench rounds zero", lambda t: ["bench", _save(t, _conv_model()), "--rounds", "0"], 2, ("--rounds",)

@@ -19,7 +19,9 @@ from tests.helpers import MODELS, float16_copy, run_cli, run_ort
 
 def _traced(name: str):
     model, _ = normalize(synthetic.build(name))
-    shapes = {model.graph.input[0].name: synthetic.random_inputs(model, batch=1)[model.graph.input[0].name].shape}
+    shapes = {
+        model.graph.input[0].name: synthetic.random_inputs(model, batch=1)[model.graph.input[0].name].shape
+    }
     return model, trace_channels(model, shapes), shapes
 
 
@@ -133,7 +135,9 @@ def _meet(monkeypatch, factor, start_budget, target=2.0):
     clock = _FakeClock(factor)
     monkeypatch.setattr(lt, "measured_speedups", clock.speedups)
     plan = clock.plan(start_budget)
-    out = lt.meet_speedup(None, clock, (plan, clock.apply(plan)), start_budget, lt.SpeedCheck(target, (1, 32)))
+    out = lt.meet_speedup(
+        None, clock, (plan, clock.apply(plan)), start_budget, lt.SpeedCheck(target, (1, 32))
+    )
     return out, clock
 
 
@@ -157,7 +161,8 @@ def test_speedup_loop_gives_up_with_exit_3(monkeypatch):
 
 
 class _FlooredClock(_FakeClock):
-    """A table that cannot allocate below ``floor`` ms: the allocator's own exit-3 error, as fit_to_target raises."""
+    """A table that cannot allocate below ``floor`` ms: the allocator's own exit-3 error, as fit_to_target
+    raises."""
 
     def __init__(self, factor: float, floor: float):
         super().__init__(factor)
@@ -165,7 +170,9 @@ class _FlooredClock(_FakeClock):
 
     def plan(self, budget):
         if budget < self.floor:
-            raise TargetUnreachableError(f"target unreachable: latency can go down to {self.floor:.3f} ms at most")
+            raise TargetUnreachableError(
+                f"target unreachable: latency can go down to {self.floor:.3f} ms at most"
+            )
         return super().plan(budget)
 
 
@@ -199,9 +206,25 @@ def test_speedup_loop_keeps_a_plan_met_above_the_floor(monkeypatch):
 
 def test_compress_metric_latency_reports_measured_speedups(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
-    code, out, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1.3x", "--metric",
-                             "latency", "--calib", MODELS / "fmnist_calib.npz", "--calib-samples", "64",
-                             "--latency-batches", "1,8", "--no-int8", "-o", tmp_path, "--json")
+    code, out, err = run_cli(
+        capsys,
+        "compress",
+        MODELS / "fmnist_resnet.onnx",
+        "--target",
+        "1.3x",
+        "--metric",
+        "latency",
+        "--calib",
+        MODELS / "fmnist_calib.npz",
+        "--calib-samples",
+        "64",
+        "--latency-batches",
+        "1,8",
+        "--no-int8",
+        "-o",
+        tmp_path,
+        "--json",
+    )
     if code == 3:  # a noisy machine can keep the measurement short of the target: then it must say so
         assert "latency target 1.3x not met: measured batch 1" in err
         return
@@ -217,8 +240,17 @@ def test_compress_metric_latency_reports_measured_speedups(tmp_path, capsys, mon
 
 
 def test_bad_latency_batches_exit_2(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--metric", "latency",
-                           "--latency-batches", "1,0", "-o", tmp_path)
+    code, _, err = run_cli(
+        capsys,
+        "compress",
+        MODELS / "fmnist_resnet.onnx",
+        "--metric",
+        "latency",
+        "--latency-batches",
+        "1,0",
+        "-o",
+        tmp_path,
+    )
     assert code == 2 and err.count("\n") == 1 and "bad --latency-batches '1,0'" in err
 
 

@@ -26,7 +26,8 @@ from tests.helpers import MODELS, run_cli
 
 
 def yolov8(boxes, classes, scores, num_classes=3, anchors=20) -> np.ndarray:
-    """One sample's raw YOLOv8 head [4 + classes, anchors]: the given boxes (cx, cy, w, h) in the first anchors,
+    """One sample's raw YOLOv8 head [4 + classes, anchors]: the given boxes (cx, cy, w, h) in the first
+    anchors,
     the rest below any threshold."""
     out = np.zeros((4 + num_classes, anchors), np.float32)
     out[:4] = 10.0
@@ -69,7 +70,9 @@ def test_detection_f1_counts_matched_detections_of_the_same_class():
 
 def test_detection_f1_yolov5_layout_multiplies_objectness():
     v8 = yolov8([(20, 20, 10, 10), (60, 60, 20, 20)], [0, 1], [0.9, 0.8])
-    v5 = np.concatenate([v8[:4], np.ones((1, v8.shape[1]), np.float32), v8[4:]]).T[None]  # [1, anchors, 5 + C]
+    v5 = np.concatenate([v8[:4], np.ones((1, v8.shape[1]), np.float32), v8[4:]]).T[
+        None
+    ]  # [1, anchors, 5 + C]
     dimmed = v5.copy()
     dimmed[0, 1, 4] = 0.2  # objectness 0.2 × class score 0.8 < 0.25
     assert detection_f1({"o": v5}, {"o": v5}, layout="yolov5") == 1.0
@@ -81,15 +84,21 @@ def test_detection_f1_yolov5_layout_multiplies_objectness():
 def test_detection_parts_separate_boxes_and_classes():
     boxes = [(20, 20, 10, 10), (60, 60, 20, 20), (100, 30, 8, 8)]
     rng = np.random.default_rng(0)
-    dense = np.stack([yolov8(boxes, [0, 1, 2], [0.9, 0.8, 0.7]) + rng.uniform(0, 0.01, (7, 20))
-                      for _ in range(4)])
+    dense = np.stack(
+        [yolov8(boxes, [0, 1, 2], [0.9, 0.8, 0.7]) + rng.uniform(0, 0.01, (7, 20)) for _ in range(4)]
+    )
     # the class of every sample's second detection changes; boxes stay where they are
     swapped = dense.copy()
     swapped[:, [5, 6], 1] = swapped[:, [6, 5], 1]
     parts = detection_parts({"o": dense}, {"o": swapped})
-    assert parts["detections"] == {"dense": 12, "candidate": 12, "matched": 8,
-                                   "precision": pytest.approx(8 / 12), "recall": pytest.approx(8 / 12),
-                                   "f1": pytest.approx(8 / 12)}
+    assert parts["detections"] == {
+        "dense": 12,
+        "candidate": 12,
+        "matched": 8,
+        "precision": pytest.approx(8 / 12),
+        "recall": pytest.approx(8 / 12),
+        "f1": pytest.approx(8 / 12),
+    }
     assert parts["boxes"]["r2_mean"] == 1.0 and parts["boxes"]["matched_iou_mean"] == pytest.approx(1.0)
     assert parts["classes"]["same_class_on_box_matches"] == pytest.approx(8 / 12)
     assert parts["classes"]["r2_min"] < 0.9 and parts["classes"]["lowest_class"] in (1, 2)
@@ -133,7 +142,9 @@ def test_detection_damage_prices_what_decodes_and_ignores_the_background():
 def test_map_metrics():
     rng = np.random.default_rng(0)
     prob = rng.random((4, 1, 16, 16))
-    assert map_iou({"m": prob}, {"m": prob}) == 1.0 and map_pearson({"m": prob}, {"m": prob}) == pytest.approx(1.0)
+    assert map_iou({"m": prob}, {"m": prob}) == 1.0 and map_pearson(
+        {"m": prob}, {"m": prob}
+    ) == pytest.approx(1.0)
     half = prob.copy()
     half[:, :, :8] = 0.0
     inter = np.sum((prob > 0.5) & (half > 0.5), axis=(1, 2, 3))
@@ -143,7 +154,11 @@ def test_map_metrics():
 
 
 def test_options_and_specs():
-    assert parse_options("layout=yolov8,score=0.3,max_det=100") == {"layout": "yolov8", "score": 0.3, "max_det": 100}
+    assert parse_options("layout=yolov8,score=0.3,max_det=100") == {
+        "layout": "yolov8",
+        "score": 0.3,
+        "max_det": 100,
+    }
     with pytest.raises(InputError, match="bad --metric-options"):
         parse_options("score")
     with pytest.raises(InputError, match="bad --metric-fn"):
@@ -154,8 +169,21 @@ def test_a_user_metric_is_the_reports_fidelity_and_the_gate(tmp_path, capsys):
     script = tmp_path / "metric.py"
     script.write_text("def half(dense, pruned, bias=0.0):\n    return 0.5 + bias\n")
     out = tmp_path / "out"
-    args = ["compress", MODELS / "fmnist_resnet.onnx", "--calib", MODELS / "fmnist_calib.npz", "--calib-samples", "64",
-            "--no-int8", "--target", "1.2x", "-o", out, "--metric-fn", f"{script}:half"]
+    args = [
+        "compress",
+        MODELS / "fmnist_resnet.onnx",
+        "--calib",
+        MODELS / "fmnist_calib.npz",
+        "--calib-samples",
+        "64",
+        "--no-int8",
+        "--target",
+        "1.2x",
+        "-o",
+        out,
+        "--metric-fn",
+        f"{script}:half",
+    ]
     code, _, err = run_cli(capsys, *args, "--metric-options", "bias=0.25", "--max-drop", "0.2", "--json")
     assert code == 4 and "quality gate failed" in err and f"{script}:half 0.7500" in err
     report = json.loads((out / "fmnist_resnet.report.json").read_text())
@@ -164,20 +192,33 @@ def test_a_user_metric_is_the_reports_fidelity_and_the_gate(tmp_path, capsys):
     assert code == 0, err
 
 
-@pytest.mark.parametrize("body, words", [
-    ("def m(a, b):\n    return 'good'\n", "expected a finite number"),
-    ("def m(a, b):\n    return float('nan')\n", "expected a finite number"),
-    ("def m(a, b):\n    raise KeyError('logits')\n", "raised KeyError"),
-    ("raise SystemExit(2)\n", "raised SystemExit"),
-    ("x = 1\n", "has no function 'm'"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("def m(a, b):\n    return 'good'\n", "expected a finite number"),
+        ("def m(a, b):\n    return float('nan')\n", "expected a finite number"),
+        ("def m(a, b):\n    raise KeyError('logits')\n", "raised KeyError"),
+        ("raise SystemExit(2)\n", "raised SystemExit"),
+        ("x = 1\n", "has no function 'm'"),
+    ],
+)
 def test_a_broken_user_metric_is_one_line_exit_2(tmp_path, capsys, body, words):
     (tmp_path / "metric.py").write_text(body)
     model = tmp_path / "m.onnx"
     model.write_bytes(synthetic.build("conv_chain").SerializeToString())
     np.savez(tmp_path / "c.npz", **synthetic.random_inputs(synthetic.build("conv_chain"), batch=24))
-    code, _, err = run_cli(capsys, "compress", model, "--calib", tmp_path / "c.npz", "--no-int8", "-o",
-                           tmp_path / "out", "--metric-fn", f"{tmp_path / 'metric.py'}:m")
+    code, _, err = run_cli(
+        capsys,
+        "compress",
+        model,
+        "--calib",
+        tmp_path / "c.npz",
+        "--no-int8",
+        "-o",
+        tmp_path / "out",
+        "--metric-fn",
+        f"{tmp_path / 'metric.py'}:m",
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and words in lines[0], err
     assert not (tmp_path / "out").exists()
@@ -185,11 +226,26 @@ def test_a_broken_user_metric_is_one_line_exit_2(tmp_path, capsys, body, words):
 
 def test_quantize_reports_the_user_metric_and_gates_on_it(tmp_path, capsys):
     script = tmp_path / "metric.py"
-    script.write_text("import numpy as np\n\ndef agree(dense, int8):\n"
-                      "    return float(np.mean(dense['logits'].argmax(1) == int8['logits'].argmax(1)))\n")
+    script.write_text(
+        "import numpy as np\n\ndef agree(dense, int8):\n"
+        "    return float(np.mean(dense['logits'].argmax(1) == int8['logits'].argmax(1)))\n"
+    )
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "quantize", MODELS / "fmnist_resnet.onnx", "--calib", MODELS / "fmnist_calib.npz",
-                           "--calib-samples", "64", "-o", out, "--metric-fn", f"{script}:agree", "--max-drop", "0.5")
+    code, _, err = run_cli(
+        capsys,
+        "quantize",
+        MODELS / "fmnist_resnet.onnx",
+        "--calib",
+        MODELS / "fmnist_calib.npz",
+        "--calib-samples",
+        "64",
+        "-o",
+        out,
+        "--metric-fn",
+        f"{script}:agree",
+        "--max-drop",
+        "0.5",
+    )
     assert code == 0, err
     report = json.loads((out / "fmnist_resnet.int8.report.json").read_text())
     got = report["fidelity"]["int8_vs_fp32"]

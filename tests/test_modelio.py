@@ -24,9 +24,12 @@ def tiny_model() -> onnx.ModelProto:
     w = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])], "tiny",
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], [w, b])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [w, b],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -35,7 +38,9 @@ def tiny_model() -> onnx.ModelProto:
 def external_model(folder: Path, location: str = "weights.bin") -> Path:
     """Save tiny_model with its weights as external data, then point them at ``location``."""
     path = folder / "ext.onnx"
-    onnx.save_model(tiny_model(), str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        tiny_model(), str(path), save_as_external_data=True, location="weights.bin", size_threshold=0
+    )
     if location != "weights.bin":
         m = onnx.load_model(str(path), load_external_data=False)
         for t in m.graph.initializer:
@@ -109,7 +114,9 @@ def test_truncated_external_data(tmp_path, capsys):
     assert_refused(capsys, p, "truncated")
 
 
-@pytest.mark.parametrize("location", ["../outside.bin", "sub/../../outside.bin", "/etc/passwd", "/tmp/outside.bin"])
+@pytest.mark.parametrize(
+    "location", ["../outside.bin", "sub/../../outside.bin", "/etc/passwd", "/tmp/outside.bin"]
+)
 def test_external_data_path_traversal(tmp_path, capsys, location):
     inner = tmp_path / "model"
     inner.mkdir()
@@ -138,8 +145,12 @@ def test_external_data_inside_folder_loads(tmp_path):
 def test_bad_input_shape_spec(tmp_path, capsys):
     p = tmp_path / "tiny.onnx"
     onnx.save_model(tiny_model(), str(p))
-    for spec, word in (("x:1x3xAx8", "bad --input-shape"), ("nope:1x3x8x8", "unknown input 'nope'"),
-                       ("x:1x3x8", "rank"), ("x:1x4x8x8", "model fixes dims")):
+    for spec, word in (
+        ("x:1x3xAx8", "bad --input-shape"),
+        ("nope:1x3x8x8", "unknown input 'nope'"),
+        ("x:1x3x8", "rank"),
+        ("x:1x4x8x8", "model fixes dims"),
+    ):
         code, _, err = run_cli(capsys, "analyze", str(p), "--input-shape", spec)
         assert code == 2 and len(err.strip().splitlines()) == 1 and word in err, (spec, err)
 
@@ -182,8 +193,14 @@ def test_save_switches_to_external_data_above_threshold(tmp_path, monkeypatch):
 def test_console_script_exit_code(tmp_path):
     p = tmp_path / "bad.onnx"
     p.write_text("garbage")
-    proc = subprocess.run([sys.executable, "-m", "onnxprune", "analyze", str(p)], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "analyze", str(p)], capture_output=True, text=True
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.startswith("error: ")
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_newest_ir_version_runs_in_every_command(tmp_path, capsys):
@@ -198,10 +215,24 @@ def test_newest_ir_version_runs_in_every_command(tmp_path, capsys):
     before = digest(path)
     calib = MODELS / "fmnist_calib.npz"
     assert modelio.load_model(path).ir_version == min(onnx.IR_VERSION, modelio.ort_max_ir_version())
-    for args in (("analyze", path), ("compress", path, "--calib", calib, "--calib-samples", "32", "--target", "1.2x",
-                                     "--no-int8", "-o", tmp_path / "c"),
-                 ("quantize", path, "--calib", calib, "--calib-samples", "32", "-o", tmp_path / "q"),
-                 ("bench", path, "--batch", "1", "--rounds", "2", "--warmup", "1")):
+    for args in (
+        ("analyze", path),
+        (
+            "compress",
+            path,
+            "--calib",
+            calib,
+            "--calib-samples",
+            "32",
+            "--target",
+            "1.2x",
+            "--no-int8",
+            "-o",
+            tmp_path / "c",
+        ),
+        ("quantize", path, "--calib", calib, "--calib-samples", "32", "-o", tmp_path / "q"),
+        ("bench", path, "--batch", "1", "--rounds", "2", "--warmup", "1"),
+    ):
         code, _, err = run_cli(capsys, *args)
         assert code == 0, (args[0], err)
     assert digest(path) == before

@@ -21,17 +21,28 @@ def _t(name, *shape, positive=False):
 
 
 def _bn(prefix, c):
-    return [_t(f"{prefix}_g", c, positive=True), _t(f"{prefix}_b", c), _t(f"{prefix}_m", c), _t(f"{prefix}_v", c, positive=True)]
+    return [
+        _t(f"{prefix}_g", c, positive=True),
+        _t(f"{prefix}_b", c),
+        _t(f"{prefix}_m", c),
+        _t(f"{prefix}_v", c, positive=True),
+    ]
 
 
 def _bn_node(prefix, x, y):
-    return helper.make_node("BatchNormalization", [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"], [y],
-                            name=prefix, epsilon=1e-3)
+    return helper.make_node(
+        "BatchNormalization",
+        [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"],
+        [y],
+        name=prefix,
+        epsilon=1e-3,
+    )
 
 
 def _model(nodes, inputs, outputs, inits, opset=17):
-    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
-                          opset_imports=[helper.make_opsetid("", opset)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", opset)]
+    )
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     return m
@@ -66,8 +77,18 @@ def test_bn_folds_into_conv_grouped_convtranspose_and_gemm():
         helper.make_node("Gemm", ["h1", "w4"], ["g2"], name="gemm_plain"),
         _bn_node("bn4", "g2", "y"),
     ]
-    inits = [_t("w1", 8, 3, 3, 3), _t("b1", 8), _t("w2", 8, 3, 2, 2), _t("w3", 10, 6), _t("b3", 10), _t("w4", 10, 5),
-             *_bn("bn1", 8), *_bn("bn2", 6), *_bn("bn3", 10), *_bn("bn4", 5)]
+    inits = [
+        _t("w1", 8, 3, 3, 3),
+        _t("b1", 8),
+        _t("w2", 8, 3, 2, 2),
+        _t("w3", 10, 6),
+        _t("b3", 10),
+        _t("w4", 10, 5),
+        *_bn("bn1", 8),
+        *_bn("bn2", 6),
+        *_bn("bn3", 10),
+        *_bn("bn4", 5),
+    ]
     model = _model(nodes, [_vi("x", ["N", 3, 8, 8])], [_vi("y", ["N", 5])], inits)
     out, report = assert_equivalent(model, {"x": RNG.normal(size=(3, 3, 8, 8)).astype(np.float32)})
     assert "BatchNormalization" not in ops(out)
@@ -113,7 +134,9 @@ def test_constants_identity_dropout_removed_and_output_name_kept():
     assert ops(out) == ["Conv", "Relu"]
     assert [o.name for o in out.graph.output] == ["y"]
     assert report.constants_lowered == 1 and report.identities_removed >= 2
-    assert all(n.name for n in out.graph.node) and len({n.name for n in out.graph.node}) == len(out.graph.node)
+    assert all(n.name for n in out.graph.node) and len({n.name for n in out.graph.node}) == len(
+        out.graph.node
+    )
 
 
 def test_opset11_is_upgraded_and_equivalent():
@@ -123,8 +146,11 @@ def test_opset11_is_upgraded_and_equivalent():
         helper.make_node("Clip", ["a", "lo", "hi"], ["ac"], name="clip"),
         helper.make_node("Concat", ["ac", "b"], ["y"], name="cat", axis=1),
     ]
-    inits = [_t("w", 4, 3, 1, 1), numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
-             numpy_helper.from_array(np.array(0.5, np.float32), "hi")]
+    inits = [
+        _t("w", 4, 3, 1, 1),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "hi"),
+    ]
     model = _model(nodes, [_vi("x", ["N", 3, 4, 4])], [_vi("y", ["N", 4, 4, 4])], inits, opset=11)
     out, report = assert_equivalent(model, {"x": RNG.normal(size=(2, 3, 4, 4)).astype(np.float32)})
     assert report.opset_before == 11 and report.opset_after == 13
@@ -134,7 +160,9 @@ def test_opset11_is_upgraded_and_equivalent():
 
 def test_input_model_not_modified():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), _bn_node("bn", "c", "y")]
-    model = _model(nodes, [_vi("x", ["N", 3, 4, 4])], [_vi("y", ["N", 4, 4, 4])], [_t("w", 4, 3, 1, 1), *_bn("bn", 4)])
+    model = _model(
+        nodes, [_vi("x", ["N", 3, 4, 4])], [_vi("y", ["N", 4, 4, 4])], [_t("w", 4, 3, 1, 1), *_bn("bn", 4)]
+    )
     before = model.SerializeToString()
     normalize(model)
     assert model.SerializeToString() == before
@@ -175,14 +203,17 @@ def _pad_conv_model(pads, mode="constant", conv_pads=(1, 0, 1, 0), extra_consume
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     p = numpy_helper.from_array(np.array(pads, np.int64), "p")
-    nodes = [helper.make_node("Pad", ["x", "p"], ["xp"], name="pad", mode=mode),
-             helper.make_node("Conv", ["xp", "w"], ["y"], name="conv", pads=list(conv_pads), strides=[2, 2])]
+    nodes = [
+        helper.make_node("Pad", ["x", "p"], ["xp"], name="pad", mode=mode),
+        helper.make_node("Conv", ["xp", "w"], ["y"], name="conv", pads=list(conv_pads), strides=[2, 2]),
+    ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if extra_consumer:
         nodes.append(helper.make_node("Relu", ["xp"], ["r"], name="relu"))
         outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
-                              outputs, [w, p])
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])], outputs, [w, p]
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -191,17 +222,25 @@ def test_spatial_zero_pad_folds_into_conv():
     out, report = normalize(model)
     assert report.pads_folded == 1 and not [n for n in out.graph.node if n.op_type == "Pad"]
     conv = next(n for n in out.graph.node if n.op_type == "Conv")
-    assert list(helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))) == [1, 1, 2, 2]
+    assert list(helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))) == [
+        1,
+        1,
+        2,
+        2,
+    ]
     x = {"x": np.random.default_rng(1).standard_normal((1, 3, 9, 9)).astype(np.float32)}
     assert rel_error(run_ort(out, x)[0], run_ort(model, x)[0]) < 1e-6
     onnx.checker.check_model(out, full_check=True)
 
 
-@pytest.mark.parametrize("pads, mode, extra", [
-    ([1, 0, 0, 0, 0, 0, 0, 0], "constant", False),  # pads the batch axis: not a conv padding
-    ([0, 0, 1, 1, 0, 0, 1, 1], "reflect", False),   # not zeros
-    ([0, 0, 1, 1, 0, 0, 1, 1], "constant", True),   # the padded tensor is also read elsewhere
-])
+@pytest.mark.parametrize(
+    "pads, mode, extra",
+    [
+        ([1, 0, 0, 0, 0, 0, 0, 0], "constant", False),  # pads the batch axis: not a conv padding
+        ([0, 0, 1, 1, 0, 0, 1, 1], "reflect", False),  # not zeros
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", True),  # the padded tensor is also read elsewhere
+    ],
+)
 def test_pad_kept_where_it_is_not_a_conv_padding(pads, mode, extra):
     model = _pad_conv_model(pads, mode, extra_consumer=extra)
     out, report = normalize(model)

@@ -19,13 +19,18 @@ from onnxprune.ops import EDITS, REGISTRY, WEIGHT_LAYER_OPS, entry, mac_rule, tr
 from onnxprune.tracer import trace_channels
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = {"onnxprune": REPO / "onnxprune", "onnxprune.passes": REPO / "passes",
-                "onnxprune.calibration": REPO / "calibration"}
+PACKAGE_DIRS = {
+    "onnxprune": REPO / "onnxprune",
+    "onnxprune.passes": REPO / "passes",
+    "onnxprune.calibration": REPO / "calibration",
+}
 
 
 def test_every_edit_kind_has_one_rule_and_every_entry_is_complete():
     assert set(EDITS) == set(Edit)
-    owners = {kind: [op for op, e in REGISTRY.items() if kind in e.edits] for kind in Edit if kind != Edit.PARAM}
+    owners = {
+        kind: [op for op, e in REGISTRY.items() if kind in e.edits] for kind in Edit if kind != Edit.PARAM
+    }
     assert all(owners.values()), owners  # each special edit belongs to the op that records it
     for op, e in REGISTRY.items():
         assert callable(e.trace), op
@@ -43,13 +48,22 @@ def test_lookups_respect_the_domain():
 def _gemm_chain(op_between: str, domain: str = "") -> onnx.ModelProto:
     """x [N, 8] → Gemm(8→6) → op → Gemm(6→4)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "w2")]
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node(op_between, ["h"], ["a"], name="mid", domain=domain),
-             helper.make_node("Gemm", ["a", "w2"], ["y"], name="fc2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node(op_between, ["h"], ["a"], name="mid", domain=domain),
+        helper.make_node("Gemm", ["a", "w2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     return helper.make_model(graph, opset_imports=opsets)
 
@@ -87,7 +101,7 @@ def _imports(path: Path, module: str, known: set[str]) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                target = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+                target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
             out |= {f"{target}.{a.name}" if f"{target}.{a.name}" in known else target for a in node.names}
@@ -105,7 +119,7 @@ def test_the_package_has_no_import_cycle():
         state[m] = 1
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*path[path.index(d):], d]))
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(d) :], d]))
             if not state.get(d):
                 visit(d, [*path, d])
         state[m] = 2

@@ -36,12 +36,14 @@ NEW_DAMAGE = sensitivity.output_damage
 
 
 def old_damage(dense, other, classifier=None) -> float:
-    """The measure before components: relative squared error of the whole tensor (the large part dominates)."""
+    """The measure before components: relative squared error of the whole tensor (the large part
+    dominates)."""
     return float(sum(np.sum((a - b) ** 2) / np.sum(a**2) for a, b in zip(dense, other, strict=True)))
 
 
-@pytest.mark.parametrize("shape, axis", [((4, 84, 8400), 1), ((4, 25200, 85), 2), ((4, 1, 32, 32), 1),
-                                         ((4, 384), 1), ((4,), None)])
+@pytest.mark.parametrize(
+    "shape, axis", [((4, 84, 8400), 1), ((4, 25200, 85), 2), ((4, 1, 32, 32), 1), ((4, 384), 1), ((4,), None)]
+)
 def test_component_axis_of_common_layouts(shape, axis):
     assert component_axis(shape) == axis
 
@@ -53,7 +55,9 @@ def test_a_small_component_counts_as_much_as_a_large_one():
     small_gone[:, 1] = 0.0  # the small component lost entirely
     big_off[:, 0] *= 0.9  # the large one 10% off
     assert old_damage([y], [small_gone]) < 1e-7 < old_damage([y], [big_off])  # the old measure misses it
-    assert sensitivity.output_damage([y], [small_gone], [False]) > sensitivity.output_damage([y], [big_off], [False])
+    assert sensitivity.output_damage([y], [small_gone], [False]) > sensitivity.output_damage(
+        [y], [big_off], [False]
+    )
     # 0: no better than its mean
     np.testing.assert_allclose(component_r2(y, small_gone), [1.0, 0.0], atol=0.1)
 
@@ -64,8 +68,11 @@ def _compress(tmp_path, monkeypatch, damage) -> tuple[dict, float]:
     onnx.save(model, tmp_path / "m.onnx")
     feeds = {"x": np.random.default_rng(1).normal(size=(512, 3, 8, 8)).astype(np.float32)}
     np.savez(tmp_path / "calib.npz", **feeds)
-    report = compress(tmp_path / "m.onnx", tmp_path / "out", CompressOptions(target=1.6, calib=str(tmp_path / "calib.npz"),
-                                                                             int8=False))
+    report = compress(
+        tmp_path / "m.onnx",
+        tmp_path / "out",
+        CompressOptions(target=1.6, calib=str(tmp_path / "calib.npz"), int8=False),
+    )
     kept = {g["members"][0]["node"]: g["kept"] for g in report["groups"] if g["prunable"]}
     test = {"x": np.random.default_rng(2).normal(size=(64, 3, 8, 8)).astype(np.float32)}
     r2 = component_r2(run_ort(model, test)[0], run_ort(onnx.load(report["output"]), test)[0])

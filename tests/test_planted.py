@@ -27,8 +27,9 @@ def _tapped(model: onnx.ModelProto, tensors: list[str], feeds) -> dict[str, np.n
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                          for t in tensors if t not in have)
+    m.graph.output.extend(
+        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors if t not in have
+    )
     names = [o.name for o in m.graph.output]
     return dict(zip(names, run_ort(m, feeds), strict=True))
 
@@ -51,7 +52,10 @@ def test_valid_and_runs(name):
     for model in (p.model, p.reduced):
         onnx.checker.check_model(model, full_check=True)
         assert model.opset_import[0].version == planted.OPSET
-        assert all(i.type.tensor_type.shape.dim[0].dim_param == "N" for i in [*model.graph.input, *model.graph.output])
+        assert all(
+            i.type.tensor_type.shape.dim[0].dim_param == "N"
+            for i in [*model.graph.input, *model.graph.output]
+        )
         outs = run_ort(model, planted.random_inputs(model, batch=2))
         assert all(o.dtype == np.float32 and np.isfinite(o).all() for o in outs)
     meta = {m.key: m.value for m in p.reduced.metadata_props}
@@ -105,9 +109,14 @@ def test_nothing_else_redundant(name):
     unplanted layer (node ``<layer>/relu`` etc.), is zero or proportional to another channel."""
     p = _build(name)
     feeds = planted.random_inputs(p.model, batch=16, seed=2)
-    free = {n.output[0]: n.name for n in p.model.graph.node
-            if n.op_type in ("Relu", "LeakyRelu", "PRelu") and "/" in n.name
-            and n.name.rsplit("/", 1)[0] not in p.taps and n.output[0] not in p.taps.values()}
+    free = {
+        n.output[0]: n.name
+        for n in p.model.graph.node
+        if n.op_type in ("Relu", "LeakyRelu", "PRelu")
+        and "/" in n.name
+        and n.name.rsplit("/", 1)[0] not in p.taps
+        and n.output[0] not in p.taps.values()
+    }
     got = _tapped(p.model, sorted({*p.taps.values(), *free}), feeds)
     for node, tap in p.taps.items():
         pairs = [(t, d) for t, d, _ in p.duplicates[node]]
@@ -138,8 +147,10 @@ def test_reduced_has_fewer_macs(name):
 
 
 def test_coupled_producers_share_indices():
-    coupled = {"residual_add": [("stem", "b1.conv2"), ("b2.conv2", "b2.proj")],
-               "se_block": [("stem", "dw", "se/fc2")]}
+    coupled = {
+        "residual_add": [("stem", "b1.conv2"), ("b2.conv2", "b2.proj")],
+        "se_block": [("stem", "dw", "se/fc2")],
+    }
     for name, groups in coupled.items():
         p = _build(name)
         for group in groups:

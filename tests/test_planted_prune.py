@@ -89,9 +89,16 @@ def test_compress_at_the_lossless_target_is_lossless(tmp_path, name):
     before = src.read_bytes()
     np.savez(tmp_path / "calib.npz", **planted.random_inputs(p.model, batch=1280, seed=7))
     reduced = model_cost(p.reduced).macs
-    report = compress(src, tmp_path / "out", CompressOptions(target=model_cost(p.model).macs / reduced,
-                                                             calib=str(tmp_path / "calib.npz"), calib_samples=1024,
-                                                             int8=False))
+    report = compress(
+        src,
+        tmp_path / "out",
+        CompressOptions(
+            target=model_cost(p.model).macs / reduced,
+            calib=str(tmp_path / "calib.npz"),
+            calib_samples=1024,
+            int8=False,
+        ),
+    )
     pruned = onnx.load(report["output"])
     onnx.checker.check_model(pruned, full_check=True)
     # at least the planted channels go; in se_block more are exactly redundant and go too: pw's 16 output

@@ -64,8 +64,12 @@ def _property(name: str, examples: int):
     if not trace.prunable_groups():
         pytest.skip("no prunable group")
 
-    @settings(max_examples=examples, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(plan=keep_plans(trace))
     def run(plan):
         check_plan(name, plan)
@@ -115,6 +119,7 @@ def test_shared_weight_is_copied_not_sliced_under_another_reader():
 
     def shared_weight():
         pass
+
     model, _ = normalize(b.finish(shared_weight))
     trace = trace_channels(model)
     g = trace.group_of(trace.space_of("conv_a"), 0)
@@ -124,8 +129,11 @@ def test_shared_weight_is_copied_not_sliced_under_another_reader():
     got, want = run_ort(pruned, feeds), run_ort(mask_channels(model, trace, plan), feeds)
     assert rel_error(got[0], want[0]) <= 1e-5
     np.testing.assert_array_equal(got[1], run_ort(model, feeds)[1])  # conv_b still reads the full weight
-    dims = {n.name: [t.dims for t in pruned.graph.initializer if t.name == n.input[1]][0]
-            for n in pruned.graph.node if n.name in ("conv_a", "conv_b")}
+    dims = {
+        n.name: [t.dims for t in pruned.graph.initializer if t.name == n.input[1]][0]
+        for n in pruned.graph.node
+        if n.name in ("conv_a", "conv_b")
+    }
     assert dims == {"conv_a": [3, 3, 3, 3], "conv_b": [6, 3, 3, 3]}
 
 
@@ -135,13 +143,18 @@ def test_unfolded_batchnorm_and_prelu_params_are_sliced():
     h = b.conv(x, 3, 8, name="c1")
     s = b.op("Add", [h, b.conv(x, 3, 8, name="c2")], "sum")
     s = b.bn(s, 8, name="bn_after_add")  # cannot fold: its input comes from an Add
-    s = b.op("PRelu", [s, b.param("slope", np.linspace(0.1, 0.4, 8, dtype=np.float32).reshape(8, 1, 1))], "prelu")
-    s = b.op("Mul", [s, b.param("scale", np.linspace(1, 2, 8, dtype=np.float32).reshape(1, 8, 1, 1))], "mul_scale")
+    s = b.op(
+        "PRelu", [s, b.param("slope", np.linspace(0.1, 0.4, 8, dtype=np.float32).reshape(8, 1, 1))], "prelu"
+    )
+    s = b.op(
+        "Mul", [s, b.param("scale", np.linspace(1, 2, 8, dtype=np.float32).reshape(1, 8, 1, 1))], "mul_scale"
+    )
     y = b.conv(s, 8, 4, name="head")
     b.output(y, ["N", 4, 8, 8])
 
     def bn_prelu():
         pass
+
     model, report = normalize(b.finish(bn_prelu))
     assert report.bn_kept == ["bn_after_add"]
     trace = trace_channels(model)
@@ -171,14 +184,25 @@ def _more_ops_graph():
     b = Builder(1, 17)
     x = b.input("x", ["N", 3, 8, 8])
     h = b.conv(x, 3, 6, name="c1")
-    h = b.op("InstanceNormalization", [h, b.param("in.scale", np.linspace(0.5, 1.5, 6, dtype=np.float32)),
-                                        b.param("in.bias", np.linspace(-1, 1, 6, dtype=np.float32))], "inorm")
-    h = b.op("Resize", [h, "", "", b.param("sizes", np.array([2, 6, 16, 16], np.int64))], "up", mode="nearest")
+    h = b.op(
+        "InstanceNormalization",
+        [
+            h,
+            b.param("in.scale", np.linspace(0.5, 1.5, 6, dtype=np.float32)),
+            b.param("in.bias", np.linspace(-1, 1, 6, dtype=np.float32)),
+        ],
+        "inorm",
+    )
+    h = b.op(
+        "Resize", [h, "", "", b.param("sizes", np.array([2, 6, 16, 16], np.int64))], "up", mode="nearest"
+    )
     h = b.op("Pad", [h, b.param("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], "pad")
     h = b.op("Sub", [h, b.param("mean", np.arange(6, dtype=np.float32).reshape(6, 1, 1))], "sub")
     h = b.op("Div", [h, b.param("std", np.linspace(1, 2, 6, dtype=np.float32).reshape(6, 1, 1))], "div")
     h = b.op("Max", [h, b.param("floor", np.full((1, 6, 1, 1), -0.5, np.float32))], "max")
-    h = b.op("Cast", [b.op("Cast", [h], "to16", to=onnx.TensorProto.FLOAT16)], "to32", to=onnx.TensorProto.FLOAT)
+    h = b.op(
+        "Cast", [b.op("Cast", [h], "to16", to=onnx.TensorProto.FLOAT16)], "to32", to=onnx.TensorProto.FLOAT
+    )
     h = b.op("Unsqueeze", [h, b.param("ax", np.array([2], np.int64))], "unsq")
     h = b.op("Squeeze", [h, b.param("ax", np.array([2], np.int64))], "sq")
     h = b.op("ReduceMean", [h], "gap", axes=[2, 3], keepdims=1)
@@ -187,6 +211,7 @@ def _more_ops_graph():
 
     def more_ops():
         pass
+
     model = b.finish(more_ops)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # Resize sizes fix the batch
     return model
@@ -217,6 +242,7 @@ def test_pad_on_channel_axis_blocks():
 
     def pad_channels():
         pass
+
     model, _ = normalize(b.finish(pad_channels))
     trace = trace_channels(model)
     g = trace.group_of(trace.space_of("c1"), 0)

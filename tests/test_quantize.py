@@ -27,19 +27,31 @@ def random_calib(model: onnx.ModelProto, n: int = 48, seed: int = 0) -> Calibrat
     """Calibration (first 2/3) and held-out (last 1/3) slices of N(0,1) inputs for a synthetic graph."""
     feeds = synthetic.random_inputs(model, batch=n, seed=seed)
     cut = 2 * n // 3
-    return CalibrationSet({k: v[:cut] for k, v in feeds.items()}, {k: v[cut:] for k, v in feeds.items()}, "random")
+    return CalibrationSet(
+        {k: v[:cut] for k, v in feeds.items()}, {k: v[cut:] for k, v in feeds.items()}, "random"
+    )
 
 
-def dequantized_weights(qdq: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """float weight initializer -> (float weight, weight after its Q -> DQ pair as onnxruntime computes it)."""
+def dequantized_weights(
+    qdq: onnx.ModelProto, feeds: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """float weight initializer -> (float weight, weight after its Q -> DQ pair as onnxruntime computes
+    it)."""
     inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
-    q_of = {n.output[0]: n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits}
-    dq = {n.output[0]: q_of[n.input[0]] for n in qdq.graph.node
-          if n.op_type == "DequantizeLinear" and n.input[0] in q_of}
+    q_of = {
+        n.output[0]: n.input[0]
+        for n in qdq.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] in inits
+    }
+    dq = {
+        n.output[0]: q_of[n.input[0]]
+        for n in qdq.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in q_of
+    }
     probe = onnx.ModelProto()
     probe.CopyFrom(qdq)
     probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in dq)
-    outs = run_ort(probe, feeds)[len(qdq.graph.output):]
+    outs = run_ort(probe, feeds)[len(qdq.graph.output) :]
     return {w: (inits[w], got) for w, got in zip(dq.values(), outs, strict=True)}
 
 
@@ -56,8 +68,19 @@ def cli_run(tmp_path_factory):
     os.chdir(cwd)
     try:
         with pytest.raises(SystemExit) as info:
-            main(["quantize", str(model), "--calib", str(CALIB), "--calib-samples", "128", "-o", str(root / "out"),
-                  "--json"])
+            main(
+                [
+                    "quantize",
+                    str(model),
+                    "--calib",
+                    str(CALIB),
+                    "--calib-samples",
+                    "128",
+                    "-o",
+                    str(root / "out"),
+                    "--json",
+                ]
+            )
     finally:
         assert os.getcwd() == str(cwd)  # the quantizer's scratch cwd was restored
         os.chdir(old)
@@ -77,7 +100,16 @@ def test_cli_writes_checked_runnable_model_and_report(cli_run, capsys):
     ops = {n.op_type for n in int8.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     report = json.loads((out / "m.int8.report.json").read_text())
-    for key in ("preset", "calib_method", "size_bytes", "fidelity", "latency_ms", "layers", "warnings", "versions"):
+    for key in (
+        "preset",
+        "calib_method",
+        "size_bytes",
+        "fidelity",
+        "latency_ms",
+        "layers",
+        "warnings",
+        "versions",
+    ):
         assert key in report
     assert report["layers"]["quantized"] == report["layers"]["weight_layers"] == 9
     assert report["size_bytes"]["int8_weights_stored"] * 2.5 < report["size_bytes"]["fp32"]
@@ -95,8 +127,21 @@ def test_cli_json_parses_input_untouched_no_stray_files(cli_run, capsys):
 
 
 def test_cli_json_stdout_is_pure_json(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "quantize", MODEL, "--calib", CALIB, "--calib-samples", "64",
-                             "--calib-method", "percentile", "--no-bias-correction", "-o", tmp_path, "--json")
+    code, out, err = run_cli(
+        capsys,
+        "quantize",
+        MODEL,
+        "--calib",
+        CALIB,
+        "--calib-samples",
+        "64",
+        "--calib-method",
+        "percentile",
+        "--no-bias-correction",
+        "-o",
+        tmp_path,
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)  # the histogram calibrators print progress: it must not reach stdout
     assert report["calib_method"] == "percentile" and report["bias_correction"] is None
@@ -111,10 +156,13 @@ def test_mismatched_calibration_exit_2(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--max-drop", "-0.1"], "--max-drop"),
-    (["--preset", "tflite"], "--preset"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--max-drop", "-0.1"], "--max-drop"),
+        (["--preset", "tflite"], "--preset"),
+    ],
+)
 def test_bad_arguments_exit_2(tmp_path, capsys, args, words):
     code, _, err = run_cli(capsys, "quantize", MODEL, "--calib", CALIB, "-o", tmp_path, *args)
     assert code == 2 and words in err
@@ -132,8 +180,19 @@ def test_unreachable_gate_exit_4_still_writes(tmp_path, capsys):
     data[:32] *= 0.01
     skewed = tmp_path / "skewed.npz"
     np.savez(skewed, input=data)
-    code, _, err = run_cli(capsys, "quantize", MODEL, "--calib", skewed, "--calib-samples", "32", "--max-drop", "0.01",
-                           "-o", tmp_path / "out")
+    code, _, err = run_cli(
+        capsys,
+        "quantize",
+        MODEL,
+        "--calib",
+        skewed,
+        "--calib-samples",
+        "32",
+        "--max-drop",
+        "0.01",
+        "-o",
+        tmp_path / "out",
+    )
     assert code == 4 and "quality gate failed" in err and len(err.strip().splitlines()) == 1
     report = json.loads((tmp_path / "out" / "fmnist_resnet.int8.report.json").read_text())
     assert report["quality_gate"]["passed"] is False
@@ -176,7 +235,9 @@ def test_pruned_and_2_4_zeros_stay_exactly_zero():
         zero_both += int(np.sum(w == 0))
         nonzero_before += int(np.sum(w != 0))
         zero_after += int(np.sum((dq == 0) & (w != 0)))
-        scale = np.max(np.abs(w).reshape(len(w), -1), axis=1) / 127 if w.ndim == 4 else np.max(np.abs(w)) / 127
+        scale = (
+            np.max(np.abs(w).reshape(len(w), -1), axis=1) / 127 if w.ndim == 4 else np.max(np.abs(w)) / 127
+        )
         err = np.abs(w - dq).reshape(len(w), -1) if w.ndim == 4 else np.abs(w - dq)
         assert np.all(err <= (scale[:, None] if w.ndim == 4 else scale) * 0.5 + 1e-7)
     # the normalized model folds BN into the weights, so the masks reappear as the same zero pattern
@@ -195,12 +256,18 @@ def _pair_scale(model: onnx.ModelProto, tensor: str) -> float:
 @pytest.mark.parametrize("graph", ["residual_add", "dense_concat"])
 def test_tensorrt_preset_zero_points_and_shared_scales(graph):
     model = synthetic.build(graph)
-    int8, report = quantize_model(model, random_calib(model), QuantizeOptions(preset="tensorrt", latency_runs=0))
+    int8, report = quantize_model(
+        model, random_calib(model), QuantizeOptions(preset="tensorrt", latency_runs=0)
+    )
     onnx.checker.check_model(int8, full_check=True)
     inits = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}
     qdq = [n for n in int8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq and all(np.all(inits[n.input[2]] == 0) for n in qdq if len(n.input) > 2)
-    assert all(inits[n.input[2]].dtype == np.int8 for n in qdq if len(n.input) > 2 and inits[n.input[2]].dtype != np.int32)
+    assert all(
+        inits[n.input[2]].dtype == np.int8
+        for n in qdq
+        if len(n.input) > 2 and inits[n.input[2]].dtype != np.int32
+    )
     joins = [n for n in int8.graph.node if n.op_type in ("Add", "Concat")]
     assert joins
     for node in joins:
@@ -250,10 +317,12 @@ def _one_conv(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     w = (rng.normal(size=(16, 8, 3, 3)) * 0.2).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])], "one_conv",
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "one_conv",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8, 8, 8])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16, 8, 8])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(16, np.float32), "b")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(16, np.float32), "b")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
@@ -267,7 +336,9 @@ def test_bias_correction_removes_mean_output_error():
     want = channel_means(model, {"y": "y"}, calib.batches("holdout", 16))["y"]
 
     def mean_error(bias_correction: bool) -> float:
-        int8, _ = quantize_model(model, calib, QuantizeOptions(bias_correction=bias_correction, latency_runs=0))
+        int8, _ = quantize_model(
+            model, calib, QuantizeOptions(bias_correction=bias_correction, latency_runs=0)
+        )
         got = channel_means(int8, {"y": "y"}, calib.batches("holdout", 16))["y"]
         return float(np.mean(np.abs(got - want)))
 
@@ -293,20 +364,25 @@ def test_fallback_counts_grow_then_end_at_all_layers():
 @pytest.mark.parametrize("graph", synthetic.names())
 def test_every_synthetic_graph_quantizes_to_a_valid_runnable_model(graph, opset):
     """onnxruntime's quantizer fails on some valid graphs (a [1, N] Gemm bias; grouped ConvTranspose, whose
-    per-channel scales it sizes per group): prepare reshapes the one and keeps the other in float, saying so."""
+    per-channel scales it sizes per group): prepare reshapes the one and keeps the other in float, saying
+    so."""
     model = synthetic.build(graph, opset=opset)
     calib = random_calib(model)
     int8, report = quantize_model(model, calib, QuantizeOptions(latency_runs=0))
     onnx.checker.check_model(int8, full_check=True)
     out = run_ort(int8, calib.holdout)
     assert all(np.all(np.isfinite(o)) for o in out)
-    grouped = [n.name for n in model.graph.node if n.op_type == "ConvTranspose"
-               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    grouped = [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "ConvTranspose" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
     assert bool(grouped) == any("grouped ConvTranspose" in w for w in report["warnings"])
 
 
 def test_percentile_calibration_clips_at_the_project_percentile(monkeypatch):
-    """`percentile` asks onnxruntime's calibrator for PERCENTILE (not its 99.999 default) and the preset's symmetry."""
+    """`percentile` asks onnxruntime's calibrator for PERCENTILE (not its 99.999 default) and the preset's
+    symmetry."""
     import onnxprune.quantize as q
 
     seen = {}
@@ -324,7 +400,8 @@ def test_percentile_calibration_clips_at_the_project_percentile(monkeypatch):
 
 def test_attention_graphs_quantize_weight_layers_only():
     """A graph with MatMuls of two activations (attention) gets Q/DQ on its weight layers' weights and inputs
-    only (their outputs stay float), with a warning; a CNN keeps its INT8 islands (Add inputs quantized too)."""
+    only (their outputs stay float), with a warning; a CNN keeps its INT8 islands (Add inputs quantized
+    too)."""
     from onnxprune.quantize import attention_matmuls
 
     model = synthetic.build("transformer_block")
@@ -359,9 +436,21 @@ def test_float16_model_gets_an_int8_copy_from_its_exact_float32_upcast(tmp_path,
     before = digest(path)
     x = np.load(CALIB)["input"][256:384]
     dense = run_ort(model, {"input": x.astype(np.float16)})[0].astype(np.float32)
-    for cmd, out in (("quantize", tmp_path / "q" / "half.int8.onnx"), ("compress", tmp_path / "c" / "half.pruned.int8.onnx")):
-        code, _, err = run_cli(capsys, cmd, path, "--calib", CALIB, "-o", out.parent, "--json", *(
-            ("--target", "1.2x") if cmd == "compress" else ()))
+    for cmd, out in (
+        ("quantize", tmp_path / "q" / "half.int8.onnx"),
+        ("compress", tmp_path / "c" / "half.pruned.int8.onnx"),
+    ):
+        code, _, err = run_cli(
+            capsys,
+            cmd,
+            path,
+            "--calib",
+            CALIB,
+            "-o",
+            out.parent,
+            "--json",
+            *(("--target", "1.2x") if cmd == "compress" else ()),
+        )
         assert code == 0, err
         int8 = onnx.load(str(out))
         onnx.checker.check_model(int8, full_check=True)

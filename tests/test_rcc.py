@@ -11,7 +11,8 @@ from models.rcc import read_rcc
 
 
 def rcc_bytes(version: int = 2) -> bytes:
-    """A bundle laid out as Qt's rcc writes it: / -> images/ -> {a.bin (stored), b.bin (qCompress)}, top.txt."""
+    """A bundle laid out as Qt's rcc writes it: / -> images/ -> {a.bin (stored), b.bin (qCompress)},
+    top.txt."""
     names = b""
     name_at = {}
     for n in ("images", "a.bin", "b.bin", "top.txt"):
@@ -31,8 +32,13 @@ def rcc_bytes(version: int = 2) -> bytes:
     def file(name_offset, flags, offset):
         return struct.pack(">IHHHI", name_offset, flags, 0, 0, offset) + tail
 
-    tree = (directory(0, 2, 1) + directory(name_at["images"], 2, 3) + file(name_at["top.txt"], 0, data_at[2])
-            + file(name_at["a.bin"], 0, data_at[0]) + file(name_at["b.bin"], 1, data_at[1]))
+    tree = (
+        directory(0, 2, 1)
+        + directory(name_at["images"], 2, 3)
+        + file(name_at["top.txt"], 0, data_at[2])
+        + file(name_at["a.bin"], 0, data_at[0])
+        + file(name_at["b.bin"], 1, data_at[1])
+    )
     header = 20 + (4 if version >= 3 else 0)
     tree_off, data_off = header, header + len(tree)
     names_off = data_off + len(data)
@@ -47,8 +53,11 @@ def test_read_rcc_returns_every_file_with_its_path_and_bytes(tmp_path, version):
     path = tmp_path / "bundle.rcc"
     path.write_bytes(rcc_bytes(version))
     files = read_rcc(path)
-    assert files == {"images/a.bin": b"\x00\x01stored", "images/b.bin": b"compressible " * 40,
-                     "top.txt": b"top level"}
+    assert files == {
+        "images/a.bin": b"\x00\x01stored",
+        "images/b.bin": b"compressible " * 40,
+        "top.txt": b"top level",
+    }
 
 
 def test_read_rcc_rejects_a_file_that_is_not_a_bundle(tmp_path):

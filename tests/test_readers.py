@@ -65,8 +65,12 @@ def test_npz_fmnist_real(fmnist):
 
 def test_npz_multi_input_casts(tmp_path):
     model = make_model(("a", FLOAT, ["N", 4]), ("ids", INT64, ["N", "S"]))
-    p = save_npz(tmp_path / "d.npz", a=rand(20, 4, dtype=np.float64),
-                 ids=np.arange(60, dtype=np.int32).reshape(20, 3), labels=np.zeros(20))
+    p = save_npz(
+        tmp_path / "d.npz",
+        a=rand(20, 4, dtype=np.float64),
+        ids=np.arange(60, dtype=np.int32).reshape(20, 3),
+        labels=np.zeros(20),
+    )
     cs = load_calibration(p, model, samples=12, holdout=5)
     assert cs.calib["a"].dtype == np.float32 and cs.calib["ids"].dtype == np.int64
     assert (cs.n_calib(), cs.n_holdout()) == (12, 5)
@@ -135,8 +139,9 @@ def test_fixed_batch(tmp_path):
     # the first n samples in whole batches: several with a static batch, one slice without
     assert [len(b["x"]) for b in cs.first("calib", 3)] == [2, 2]
     assert [len(b["x"]) for b in cs.first("calib", 32)] == [2, 2]
-    dynamic = load_calibration(save_npz(tmp_path / "e.npz", x=rand(5, 3)), make_model(("x", FLOAT, ["N", 3])),
-                               samples=5, holdout=0)
+    dynamic = load_calibration(
+        save_npz(tmp_path / "e.npz", x=rand(5, 3)), make_model(("x", FLOAT, ["N", 3])), samples=5, holdout=0
+    )
     assert [len(b["x"]) for b in dynamic.first("calib", 3)] == [3]
     assert [len(b["x"]) for b in dynamic.first("calib", 5, 2)] == [2, 2, 1]
     assert [len(b["x"]) for b in cs.first("calib", 4, 32)] == [2, 2]  # the static batch wins over ``batch``
@@ -237,14 +242,17 @@ def write_script(tmp_path, body: str, name="loader.py") -> str:
 
 def test_script_loader(tmp_path):
     (tmp_path / "helper_mod.py").write_text("WIDTH = 3\n")
-    path = write_script(tmp_path, """
+    path = write_script(
+        tmp_path,
+        """
         import numpy as np
         from helper_mod import WIDTH   # the script's folder is importable
 
         def batches():
             for i in range(4):
                 yield {"x": np.full((5, WIDTH), i, np.float64), "ids": np.arange(5).reshape(5, 1)}
-    """)
+    """,
+    )
     model = make_model(("x", FLOAT, ["N", 3]), ("ids", INT64, ["N", 1]))
     cs = load_calibration(f"{path}:batches", model, samples=12, holdout=6)
     assert (cs.n_calib(), cs.n_holdout()) == (12, 6)
@@ -255,14 +263,17 @@ def test_script_loader(tmp_path):
 
 
 def test_script_infinite_generator_stops(tmp_path):
-    path = write_script(tmp_path, """
+    path = write_script(
+        tmp_path,
+        """
         import itertools
         import numpy as np
 
         def forever():
             for i in itertools.count():
                 yield {"x": np.full((4, 2), i, np.float32)}
-    """)
+    """,
+    )
     cs = load_calibration(f"{path}:forever", make_model(("x", FLOAT, ["N", 2])), samples=8, holdout=3)
     assert (cs.n_calib(), cs.n_holdout()) == (8, 3)
 
@@ -282,8 +293,11 @@ def test_script_single_dict(tmp_path):
         ("def f():\n    return 3\n", "f", r"returned int, expected an iterable"),
         ("def f():\n    return [[1, 2]]\n", "f", r"item 0 is list"),
         ("def f():\n    return []\n", "f", r"yielded no data"),
-        ("import numpy as np\ndef f():\n    return [{'x': np.ones((2, 2))}, {'y': np.ones((2, 2))}]\n",
-         "f", r"item 1 has keys"),
+        (
+            "import numpy as np\ndef f():\n    return [{'x': np.ones((2, 2))}, {'y': np.ones((2, 2))}]\n",
+            "f",
+            r"item 1 has keys",
+        ),
         ("import sys\ndef f():\n    sys.exit(3)\n", "f", r"raised SystemExit"),
     ],
 )
@@ -334,8 +348,10 @@ NCHW8 = ("input", FLOAT, ["N", 3, 8, 8])
 def test_images_preprocess_values(tmp_path, pil):
     gray(128).save(tmp_path / "g.png")
     model = make_model(NCHW8)
-    got = {p: load_calibration(str(tmp_path), model, preprocess=p).calib["input"]
-           for p in ("imagenet", "effnet", "raw")}
+    got = {
+        p: load_calibration(str(tmp_path), model, preprocess=p).calib["input"]
+        for p in ("imagenet", "effnet", "raw")
+    }
     for x in got.values():
         assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -407,9 +423,13 @@ def test_images_errors(tmp_path, pil, monkeypatch):
 
 @pytest.mark.parametrize("compressed", [True, False])
 def test_npz_reads_only_the_samples_it_needs_and_equals_a_full_read(tmp_path, compressed):
-    """The prefix reader (C-ordered members) and the whole-array fallback (Fortran order) give the same rows."""
-    model = make_model(("x", TensorProto.FLOAT, ["N", 3, 4]), ("ids", TensorProto.INT64, ["N", 5]),
-                       ("f", TensorProto.FLOAT, ["N", 6]))
+    """The prefix reader (C-ordered members) and the whole-array fallback (Fortran order) give the same
+    rows."""
+    model = make_model(
+        ("x", TensorProto.FLOAT, ["N", 3, 4]),
+        ("ids", TensorProto.INT64, ["N", 5]),
+        ("f", TensorProto.FLOAT, ["N", 6]),
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 3, 4)).astype(np.float32)
     ids = rng.integers(0, 1000, size=(100, 5))
@@ -439,7 +459,9 @@ def test_corrupt_npz_is_a_clear_input_error(tmp_path, where):
     path = tmp_path / "c.npz"
     np.savez_compressed(path, x=np.random.default_rng(0).normal(size=(400, 64)).astype(np.float32))
     data = bytearray(path.read_bytes())
-    pos = {"header": 60, "inside the rows read": len(data) // 8, "after the rows read": len(data) * 3 // 4}[where]
+    pos = {"header": 60, "inside the rows read": len(data) // 8, "after the rows read": len(data) * 3 // 4}[
+        where
+    ]
     for i in range(pos, pos + 32):
         data[i] ^= 0x5A
     path.write_bytes(bytes(data))
@@ -457,27 +479,42 @@ def test_npz_groups_follow_the_calibration_slice_and_warn_when_held_out_shares_t
     cal = load_calibration(path, model, samples=4, holdout=6)
     np.testing.assert_array_equal(cal.groups, [0, 1, 2, 3])
     assert any("4 of 6 held-out samples share a group" in w for w in cal.warnings)
-    clean = load_calibration(save_npz(tmp_path / "h.npz", x=rand(6, 3), groups=np.array(list("aabbcc"))),
-                             model, samples=4, holdout=2)
+    clean = load_calibration(
+        save_npz(tmp_path / "h.npz", x=rand(6, 3), groups=np.array(list("aabbcc"))),
+        model,
+        samples=4,
+        holdout=2,
+    )
     assert clean.groups.tolist() == list("aabb") and clean.warnings == []
 
 
 def test_npz_without_groups_or_with_a_groups_input_has_no_groups(tmp_path):
-    plain = load_calibration(save_npz(tmp_path / "p.npz", x=rand(6, 3)), make_model(("x", FLOAT, ["N", 3])),
-                             samples=4, holdout=2)
+    plain = load_calibration(
+        save_npz(tmp_path / "p.npz", x=rand(6, 3)), make_model(("x", FLOAT, ["N", 3])), samples=4, holdout=2
+    )
     assert plain.groups is None
     model = make_model(("x", FLOAT, ["N", 3]), ("groups", FLOAT, ["N", 3]))  # a model input wins over the key
-    cal = load_calibration(save_npz(tmp_path / "q.npz", x=rand(6, 3), groups=rand(6, 3)), model, samples=4, holdout=2)
+    cal = load_calibration(
+        save_npz(tmp_path / "q.npz", x=rand(6, 3), groups=rand(6, 3)), model, samples=4, holdout=2
+    )
     assert cal.groups is None and cal.calib["groups"].shape == (4, 3)
 
 
-@pytest.mark.parametrize("groups, got", [(np.zeros((6, 2), np.int64), r"int64 of shape \[6, 2\]"),
-                                         (np.arange(5), r"int64 of shape \[5\]"),
-                                         (np.linspace(0, 1, 6), r"float64 of shape \[6\]")])
+@pytest.mark.parametrize(
+    "groups, got",
+    [
+        (np.zeros((6, 2), np.int64), r"int64 of shape \[6, 2\]"),
+        (np.arange(5), r"int64 of shape \[5\]"),
+        (np.linspace(0, 1, 6), r"float64 of shape \[6\]"),
+    ],
+)
 def test_bad_groups_are_a_one_line_input_error(tmp_path, groups, got):
     path = save_npz(tmp_path / "b.npz", x=rand(6, 3), groups=groups)
-    with pytest.raises(InputError, match=r"calibration 'groups' in .*b\.npz must hold one integer or string per "
-                                         rf"sample \(6\), got {got}"):
+    with pytest.raises(
+        InputError,
+        match=r"calibration 'groups' in .*b\.npz must hold one integer or string per "
+        rf"sample \(6\), got {got}",
+    ):
         load_calibration(path, make_model(("x", FLOAT, ["N", 3])), samples=4, holdout=2)
 
 
@@ -496,5 +533,7 @@ def test_script_feeds_may_carry_groups(tmp_path):
     def load():
         yield {"x": np.zeros((4, 3), np.float32), "groups": np.zeros((4, 2))}
     """
-    with pytest.raises(InputError, match=r"calibration 'groups' in .*:load must hold one integer or string per sample"):
+    with pytest.raises(
+        InputError, match=r"calibration 'groups' in .*:load must hold one integer or string per sample"
+    ):
         load_calibration(write_script(tmp_path, bad, "bad.py") + ":load", model, samples=2, holdout=1)

@@ -38,7 +38,9 @@ def _assert_tapped(model, batches, taps, got) -> None:
             np.testing.assert_allclose(vals[t], w, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["residual_add", "dense_concat", "depthwise_se", "split_slice", "resize_fpn"])
+@pytest.mark.parametrize(
+    "name", ["residual_add", "dense_concat", "depthwise_se", "split_slice", "resize_fpn"]
+)
 def test_frontier_gives_the_tapped_tensors_stage_by_stage(name):
     model, batches = _model_and_batches(name)
     layers = linear_layers(model)
@@ -168,7 +170,8 @@ def test_candidates_that_tie_go_to_the_least_regularized(monkeypatch):
 
 
 def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
-    """compensate_locally (dense Hessians only) = numpy lstsq of the dense outputs on the kept input features."""
+    """compensate_locally (dense Hessians only) = numpy lstsq of the dense outputs on the kept input
+    features."""
     from onnx import numpy_helper
     from onnxprune.calibration.collect import HessianSum
     from onnxprune.passes.prune_channels import prune_channels
@@ -182,11 +185,22 @@ def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
     group = max(trace.prunable_groups(), key=lambda g: g.size)
     plan = {group.id: np.arange(0, group.size, 2)}
     kept = trace.kept_channels(plan)
-    k_in = {n: kept[trace.space_of(lay.input)] for n, lay in layers.items() if trace.space_of(lay.input) is not None}
-    k_out = {n: kept[trace.space_of(lay.output)] for n, lay in layers.items() if trace.space_of(lay.output) is not None}
+    k_in = {
+        n: kept[trace.space_of(lay.input)]
+        for n, lay in layers.items()
+        if trace.space_of(lay.input) is not None
+    }
+    k_out = {
+        n: kept[trace.space_of(lay.output)]
+        for n, lay in layers.items()
+        if trace.space_of(lay.output) is not None
+    }
     taps = sorted({lay.input for lay in layers.values()})
     sess, need = tapped_session(model, taps)
-    acts = [dict(zip(taps, sess.run(taps, {k: v for k, v in f.items() if k in need}), strict=True)) for f in batches]
+    acts = [
+        dict(zip(taps, sess.run(taps, {k: v for k, v in f.items() if k in need}), strict=True))
+        for f in batches
+    ]
     sums = {n: HessianSum(lay) for n, lay in layers.items()}
     for a in acts:
         for n, lay in layers.items():
@@ -200,7 +214,9 @@ def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
     p_inits = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
     for name in done:
         lay = layers[name]
-        x = np.concatenate([lay.features(a[lay.input].astype(np.float64))[0] for a in acts])  # [rows, features]
+        x = np.concatenate(
+            [lay.features(a[lay.input].astype(np.float64))[0] for a in acts]
+        )  # [rows, features]
         wd = lay.matrix(inits[lay.weight])[0].astype(np.float64)
         taps_per = wd.shape[1] // (lay.in_per_group if lay.op == "Conv" else wd.shape[1])
         cols = (np.asarray(k_in[name])[:, None] * taps_per + np.arange(taps_per)).reshape(-1)
@@ -213,7 +229,11 @@ def test_local_compensation_is_the_least_squares_fit_on_the_kept_dense_inputs():
 def test_validation_halves_keep_every_group_on_one_side():
     from onnxprune.passes.staged import half_chunks, validation_halves
 
-    assert [h.tolist() for h in validation_halves([2, 2, 1])] == [[0, 0], [0, 0], [1]]  # batches, first half first
+    assert [h.tolist() for h in validation_halves([2, 2, 1])] == [
+        [0, 0],
+        [0, 0],
+        [1],
+    ]  # batches, first half first
     photos = np.array(list(range(10)) * 2 + list(range(10, 14)))  # view-major: two views of 0-9, one of 10-13
     halves = np.concatenate(validation_halves([8, 8, 8], photos))
     for p in np.unique(photos):
@@ -221,7 +241,10 @@ def test_validation_halves_keep_every_group_on_one_side():
     assert abs(int(halves.sum()) - len(halves) // 2) <= 2  # balanced
     with pytest.raises(ValueError, match="3 groups for 4"):
         validation_halves([2, 2], photos[:3])
-    rows = [(r.tolist() if isinstance(r, np.ndarray) else r, h) for r, h in half_chunks(np.array([0, 1, 0, 0, 1, 1]), 4)]
+    rows = [
+        (r.tolist() if isinstance(r, np.ndarray) else r, h)
+        for r, h in half_chunks(np.array([0, 1, 0, 0, 1, 1]), 4)
+    ]
     assert rows == [([0, 2, 3], 0), ([1], 1), (slice(4, 8), 1)]  # a chunk wholly in one half stays a slice
 
 
@@ -241,11 +264,12 @@ def test_refit_with_groups_equal_to_the_batch_halves_is_the_default_refit():
     results = []
     for groups in (None, np.array([7, 7, 7, 7, 3, 3, 3, 3])):
         pruned = prune_channels(model, trace, plan, infer=False)
-        reconstruct(model, pruned, changed, lambda: iter(batches), RefitInputs(k_out, k_in, groups=groups), ridge=1e-3)
+        reconstruct(
+            model, pruned, changed, lambda: iter(batches), RefitInputs(k_out, k_in, groups=groups), ridge=1e-3
+        )
         results.append({t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer})
     for name, want in results[0].items():
         np.testing.assert_array_equal(results[1][name], want)
-
 
 
 def test_only_partners_of_settled_layers_are_tapped():
@@ -255,8 +279,10 @@ def test_only_partners_of_settled_layers_are_tapped():
     layers = linear_layers(model)
     partners = residual_partners(model, layers)
     assert set(partners) == {"b1.conv2", "b2.proj", "b2.conv2"}
-    assert settled_partners(model, partners, layer_stages(model, layers, set(layers))) == \
-        {"b1.conv2": partners["b1.conv2"], "b2.conv2": partners["b2.conv2"]}
+    assert settled_partners(model, partners, layer_stages(model, layers, set(layers))) == {
+        "b1.conv2": partners["b1.conv2"],
+        "b2.conv2": partners["b2.conv2"],
+    }
 
 
 def test_refit_keeps_the_block_output_of_a_residual_layer(monkeypatch):
@@ -268,18 +294,25 @@ def test_refit_keeps_the_block_output_of_a_residual_layer(monkeypatch):
     h = onnx.helper
 
     def model(wa):
-        nodes = [h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"), h.make_node("Relu", ["a"], ["r"], name="relu"),
-                 h.make_node("Conv", ["r", "b.w"], ["b"], name="conv_b"), h.make_node("Add", ["b", "r"], ["y"], name="add")]
+        nodes = [
+            h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
+            h.make_node("Relu", ["a"], ["r"], name="relu"),
+            h.make_node("Conv", ["r", "b.w"], ["b"], name="conv_b"),
+            h.make_node("Add", ["b", "r"], ["y"], name="add"),
+        ]
         inits = [onnx.numpy_helper.from_array(wa, "a.w"), onnx.numpy_helper.from_array(w_b, "b.w")]
         vi = lambda n: h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", c, 3, 3])  # noqa: E731
-        return h.make_model(h.make_graph(nodes, "res", [vi("x")], [vi("y")], inits),
-                            opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+        return h.make_model(
+            h.make_graph(nodes, "res", [vi("x")], [vi("y")], inits),
+            opset_imports=[h.make_opsetid("", 17)],
+            ir_version=8,
+        )
 
     dense = model(w_a)
     damaged = w_a.copy()
     damaged[: c // 2] *= rng.uniform(0.3, 1.7, (c // 2, c, 1, 1)).astype(np.float32)
     x = (rng.standard_normal((96, c, 3, 3)) + rng.standard_normal((1, c, 1, 1))).astype(np.float32)
-    batches = [{"x": x[i:i + 16]} for i in range(0, len(x), 16)]
+    batches = [{"x": x[i : i + 16]} for i in range(0, len(x), 16)]
     want = tapped_session(dense, ["y"])[0].run(["y"], {"x": x})[0]
     errors = {}
     for label in ("block", "layer"):
@@ -294,7 +327,9 @@ def test_refit_keeps_the_block_output_of_a_residual_layer(monkeypatch):
 
 
 def test_partner_drift_lines_up_with_the_layers_output_rows():
-    conv = LinearLayer("c", "Conv", "x", "y", "w", None, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), in_per_group=3)
+    conv = LinearLayer(
+        "c", "Conv", "x", "y", "w", None, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), in_per_group=3
+    )
     rng = np.random.default_rng(0)
     s_dense, s_pruned = rng.standard_normal((2, 4, 3, 3)), rng.standard_normal((2, 2, 3, 3))
     kept = np.array([1, 3])
@@ -322,7 +357,8 @@ def _rectified_problem(rng, rows=4000, feats=6):
 
 
 def _errors(w, wd, xd, xp):
-    """(squared distance of the fit's outputs to those the ReLU maps onto the dense ones, error after the ReLU)."""
+    """(squared distance of the fit's outputs to those the ReLU maps onto the dense ones, error after the
+    ReLU)."""
     ones = np.ones((len(xd), 1))
     y_dense, y_fit = np.hstack([xd, ones]) @ wd.T, np.hstack([xp, ones]) @ w.T
     distance = float(np.sum((rectified_target(y_dense, y_fit, 0.0, np.inf) - y_fit) ** 2))
@@ -337,15 +373,19 @@ def test_rectified_refit_lowers_the_error_after_the_relu_step_by_step():
 
     def rows():
         for lo in range(0, len(xd), 1000):
-            yield xd[lo:lo + 1000], xp[lo:lo + 1000]
+            yield xd[lo : lo + 1000], xp[lo : lo + 1000]
 
     w0 = np.zeros_like(least_squares)
     errors = [_errors(least_squares, wd, xd, xp)]
     for steps in (1, 2, 4, 8):
-        w = rectified_refit(least_squares, RidgeProblem(wd, w0, g, 0.0, True), (0.0, np.inf), rows, steps=steps)
+        w = rectified_refit(
+            least_squares, RidgeProblem(wd, w0, g, 0.0, True), (0.0, np.inf), rows, steps=steps
+        )
         errors.append(_errors(w, wd, xd, xp))
     distances = [d for d, _ in errors]
-    assert all(b <= a * (1 + 1e-6) for a, b in zip(distances, distances[1:], strict=False))  # every step helps
+    assert all(
+        b <= a * (1 + 1e-6) for a, b in zip(distances, distances[1:], strict=False)
+    )  # every step helps
     assert errors[-1][1] < 0.9 * errors[0][1]  # and what the ReLU passes on is closer to the dense model's
 
 
@@ -354,15 +394,22 @@ def test_rectified_refit_without_clamping_is_the_least_squares_fit():
     xd, xp, wd, g = _rectified_problem(rng)
     x1 = np.hstack([xp, np.ones((len(xp), 1))])
     want = np.linalg.lstsq(x1, np.hstack([xd, np.ones((len(xd), 1))]) @ wd.T, rcond=None)[0].T
-    start = want + 0.1 * rng.normal(size=want.shape)  # any start: nothing clamps, so one step is least squares
-    got = rectified_refit(start, RidgeProblem(wd, np.zeros_like(want), g, 0.0, True), (-np.inf, np.inf),
-                          lambda: iter([(xd, xp)]), steps=1)
+    start = want + 0.1 * rng.normal(
+        size=want.shape
+    )  # any start: nothing clamps, so one step is least squares
+    got = rectified_refit(
+        start,
+        RidgeProblem(wd, np.zeros_like(want), g, 0.0, True),
+        (-np.inf, np.inf),
+        lambda: iter([(xd, xp)]),
+        steps=1,
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-
 def _relu_refit_errors(monkeypatch, seed: int, bias: float, residual: bool) -> tuple[dict, dict]:
-    """x → conv_a [→ Relu (r)] → conv_b [→ Add(conv_b, r)] → Relu with a third of conv_a's outputs lost (no refit
+    """x → conv_a [→ Relu (r)] → conv_b [→ Add(conv_b, r)] → Relu with a third of conv_a's outputs lost (no
+    refit
     is exact): conv_b's refit without (RECTIFY_STEPS = 0) and with the refinement for that last Relu; returns
     (the refit's report, squared error after the last Relu against the dense model, per steps)."""
     rng = np.random.default_rng(seed)
@@ -373,23 +420,36 @@ def _relu_refit_errors(monkeypatch, seed: int, bias: float, residual: bool) -> t
 
     def model(wa):
         if residual:
-            nodes = [h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"), h.make_node("Relu", ["a"], ["r"], name="relu_a"),
-                     h.make_node("Conv", ["r", "b.w", "b.b"], ["b"], name="conv_b"),
-                     h.make_node("Add", ["b", "r"], ["s"], name="add"), h.make_node("Relu", ["s"], ["y"], name="relu")]
+            nodes = [
+                h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
+                h.make_node("Relu", ["a"], ["r"], name="relu_a"),
+                h.make_node("Conv", ["r", "b.w", "b.b"], ["b"], name="conv_b"),
+                h.make_node("Add", ["b", "r"], ["s"], name="add"),
+                h.make_node("Relu", ["s"], ["y"], name="relu"),
+            ]
         else:
-            nodes = [h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
-                     h.make_node("Conv", ["a", "b.w", "b.b"], ["b"], name="conv_b"), h.make_node("Relu", ["b"], ["y"], name="relu")]
-        inits = [onnx.numpy_helper.from_array(wa, "a.w"), onnx.numpy_helper.from_array(w_b, "b.w"),
-                 onnx.numpy_helper.from_array(b_b, "b.b")]
+            nodes = [
+                h.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
+                h.make_node("Conv", ["a", "b.w", "b.b"], ["b"], name="conv_b"),
+                h.make_node("Relu", ["b"], ["y"], name="relu"),
+            ]
+        inits = [
+            onnx.numpy_helper.from_array(wa, "a.w"),
+            onnx.numpy_helper.from_array(w_b, "b.w"),
+            onnx.numpy_helper.from_array(b_b, "b.b"),
+        ]
         vi = lambda n: h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", c, 3, 3])  # noqa: E731
-        return h.make_model(h.make_graph(nodes, "relu", [vi("x")], [vi("y")], inits),
-                            opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+        return h.make_model(
+            h.make_graph(nodes, "relu", [vi("x")], [vi("y")], inits),
+            opset_imports=[h.make_opsetid("", 17)],
+            ir_version=8,
+        )
 
     dense = model(w_a)
     damaged = w_a.copy()
     damaged[: c // 3] = 0
     x = rng.standard_normal((96, c, 3, 3)).astype(np.float32)
-    batches = [{"x": x[i:i + 16]} for i in range(0, len(x), 16)]
+    batches = [{"x": x[i : i + 16]} for i in range(0, len(x), 16)]
     want = tapped_session(dense, ["y"])[0].run(["y"], {"x": x})[0]
     errors = {}
     for steps in (0, 2):
@@ -420,7 +480,16 @@ def test_rectified_refit_reading_every_kth_row_stays_close_to_reading_all():
     x1 = np.hstack([xp, np.ones((len(xp), 1))])
     least_squares = np.linalg.lstsq(x1, np.hstack([xd, np.ones((len(xd), 1))]) @ wd.T, rcond=None)[0].T
     w0 = np.zeros_like(least_squares)
-    every, strided = (rectified_refit(least_squares, RidgeProblem(wd, w0, g, 0.0, True), (0.0, np.inf),
-                                      lambda: iter([(xd, xp)]), steps=2, stride=k) for k in (1, 4))
+    every, strided = (
+        rectified_refit(
+            least_squares,
+            RidgeProblem(wd, w0, g, 0.0, True),
+            (0.0, np.inf),
+            lambda: iter([(xd, xp)]),
+            steps=2,
+            stride=k,
+        )
+        for k in (1, 4)
+    )
     errors = [_errors(w, wd, xd, xp)[1] for w in (least_squares, every, strided)]
     assert errors[2] < errors[0] and abs(errors[2] - errors[1]) < 0.02 * errors[1]

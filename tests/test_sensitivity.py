@@ -54,14 +54,30 @@ def test_measured_curves_monotone_and_order_kept():
         assert any(measured[g.id].error[g.size // 2] > 0 for g in groups)
 
 
-@pytest.mark.parametrize("name", ["residual_add", "dense_concat", "depthwise_se", "split_slice", "transformer_block",
-                                  "resize_fpn", "paddle_convnet", "static_batch"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "residual_add",
+        "dense_concat",
+        "depthwise_se",
+        "split_slice",
+        "transformer_block",
+        "resize_fpn",
+        "paddle_convnet",
+        "static_batch",
+    ],
+)
 def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name):
     """A trial run from where the group's edits start (``group_starts``: the dense values the suffix reads)
     gives the damage of running the whole pruned model, compensated or not, for every group; groups whose
     suffix starts at the graph input read the feeds themselves."""
-    built = synthetic.with_static_batch(synthetic.build("residual_add"), 4) if name == "static_batch" else \
-        synthetic.paddle_style_model() if name == "paddle_convnet" else synthetic.build(name)
+    built = (
+        synthetic.with_static_batch(synthetic.build("residual_add"), 4)
+        if name == "static_batch"
+        else synthetic.paddle_style_model()
+        if name == "paddle_convnet"
+        else synthetic.build(name)
+    )
     model, trace, groups, rankings = _ranked(built)
     feeds = synthetic.random_inputs(model, batch=4)
     starts = group_starts(model, trace, groups, feeds)
@@ -78,7 +94,7 @@ def test_trials_from_the_dense_values_below_a_group_match_whole_model_runs(name)
 
     damages = []
     for g in groups:
-        plan = {g.id: np.sort(rankings[g.id].order[g.size // 2:])}
+        plan = {g.id: np.sort(rankings[g.id].order[g.size // 2 :])}
         for comp in (None, halve):
             trials = Trials(model, trace, groups, feeds, comp)
             whole, suffix = trials.run(plan), trials.run(plan, starts.get(g.id))
@@ -153,9 +169,14 @@ def _head_model(*ops: str) -> onnx.ModelProto:
             inits += [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), f"w{i}")]
             nodes.append(helper.make_node("Gemm", [cur, f"w{i}"], [out]))
         elif op == "MatMul+Add":
-            inits += [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), f"w{i}"),
-                      numpy_helper.from_array(np.ones(8, np.float32), f"b{i}")]
-            nodes += [helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [out])]
+            inits += [
+                numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), f"w{i}"),
+                numpy_helper.from_array(np.ones(8, np.float32), f"b{i}"),
+            ]
+            nodes += [
+                helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"]),
+                helper.make_node("Add", [f"m{i}", f"b{i}"], [out]),
+            ]
         elif op == "Add":  # a residual: features, not scores
             nodes.append(helper.make_node("Add", [cur, cur], [out]))
         elif op == "Div":  # e.g. mean pooling's sum / count
@@ -165,14 +186,29 @@ def _head_model(*ops: str) -> onnx.ModelProto:
             nodes.append(helper.make_node(op, [cur], [out]))
         cur = out
     nodes.append(helper.make_node("Identity", [cur], ["y"]))
-    graph = helper.make_graph(nodes, "h", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "h",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("ops, scores", [(("Gemm",), True), (("MatMul+Add",), True), (("Gemm", "Softmax"), True),
-                                         (("Gemm", "Flatten"), True), (("Gemm", "Relu"), False),
-                                         (("MatMul+Add", "Div"), False), (("Gemm", "Add"), False), ((), False)])
+@pytest.mark.parametrize(
+    "ops, scores",
+    [
+        (("Gemm",), True),
+        (("MatMul+Add",), True),
+        (("Gemm", "Softmax"), True),
+        (("Gemm", "Flatten"), True),
+        (("Gemm", "Relu"), False),
+        (("MatMul+Add", "Div"), False),
+        (("Gemm", "Add"), False),
+        ((), False),
+    ],
+)
 def test_classifier_outputs_are_class_scores_not_features(ops, scores):
 
     assert classifier_outputs(_head_model(*ops)) == [scores]
@@ -183,10 +219,14 @@ def test_features_get_standardized_error_and_no_top_k_even_when_2d():
     from onnxprune.fidelity import compare
 
     emb = np.random.default_rng(1).normal(size=(6, 8))
-    want = float(np.mean(0.01 * np.mean(emb ** 2, axis=0) / emb.var(axis=0)))
+    want = float(np.mean(0.01 * np.mean(emb**2, axis=0) / emb.var(axis=0)))
     assert np.isclose(output_damage([emb], [emb * 0.9], [False]), want)
     fid = compare([emb], [emb * 0.9], ["sentence_embedding"], [False])["sentence_embedding"]
-    assert "top1_agreement" not in fid and "kl_dense_to_pruned" not in fid and np.isclose(fid["cosine_mean"], 1.0)
+    assert (
+        "top1_agreement" not in fid
+        and "kl_dense_to_pruned" not in fid
+        and np.isclose(fid["cosine_mean"], 1.0)
+    )
     assert np.isclose(fid["r2_mean"], 1 - want) and fid["components"] == 8 and fid["component_axis"] == 1
     assert "kl_dense_to_pruned" in compare([emb], [emb * 0.9], ["logits"], [True])["logits"]
 
@@ -200,7 +240,9 @@ def test_sensitivity_halves_split_the_sources_and_build_each_halfs_mosaics_from_
     from onnxprune.stages import sensitivity_halves as _sensitivity_halves
 
     groups = np.repeat(np.arange(6), 4)  # six sources, four samples each
-    x = np.broadcast_to(np.arange(24, dtype=np.float32)[:, None, None, None], (24, 3, 16, 16)).copy()  # value = row
+    x = np.broadcast_to(
+        np.arange(24, dtype=np.float32)[:, None, None, None], (24, 3, 16, 16)
+    ).copy()  # value = row
     calib = CalibrationSet({"x": x}, {}, "test", groups=groups)
     a, b = _sensitivity_halves(calib, mosaics=24, seed=0)
     rows_a, rows_b = a.calib["x"][:, 0, 0, 0].astype(int), b.calib["x"][:, 0, 0, 0].astype(int)
@@ -208,7 +250,12 @@ def test_sensitivity_halves_split_the_sources_and_build_each_halfs_mosaics_from_
     np.testing.assert_array_equal(a.holdout["x"], b.calib["x"])
     assert a.n_statistics() - a.n_calib() + b.n_statistics() - b.n_calib() == 24
     for half, own in ((a, rows_a), (b, rows_b)):
-        tiles = {half.mosaics["x"][m, 0, y, z] for m in range(len(half.mosaics["x"])) for y in (0, 8) for z in (0, 8)}
+        tiles = {
+            half.mosaics["x"][m, 0, y, z]
+            for m in range(len(half.mosaics["x"]))
+            for y in (0, 8)
+            for z in (0, 8)
+        }
         assert tiles <= set(own.astype(np.float32))
     one_source = CalibrationSet({"x": x}, {}, "test", groups=np.zeros(24, int))
     assert _sensitivity_halves(one_source, 24, 0) is None
@@ -225,7 +272,9 @@ def test_split_statistics_are_each_streams_and_merge_to_the_whole():
     name = model.graph.input[0].name
     x = synthetic.random_inputs(model, batch=20, seed=3)[name]
     layers = linear_layers(model)
-    a, b = collect_split_statistics(model, [[{name: x[:8]}, {name: x[8:12]}], [{name: x[12:]}]], layers, {name: 1})
+    a, b = collect_split_statistics(
+        model, [[{name: x[:8]}, {name: x[8:12]}], [{name: x[12:]}]], layers, {name: 1}
+    )
     for step, rows in (("a", x[:12]), ("b", x[12:]), ("a + b", x)):
         if step == "a + b":
             a.merge(b)
@@ -253,7 +302,9 @@ def test_pooled_classifier_hessian_is_the_gram_of_every_position():
     stats = collect_statistics(model, [{name: x}], layers, {})
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
-    tapped.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in (layers[fc].tap, layers[fc].input))
+    tapped.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(t) for t in (layers[fc].tap, layers[fc].input)
+    )
     pre, pooled = run_ort(tapped, {name: x})[-2:]
     pos = np.moveaxis(pre, 1, -1).reshape(-1, pre.shape[1]).astype(np.float64)
     np.testing.assert_allclose(stats.hessians[fc].hessian()[0], 2.0 / len(pos) * pos.T @ pos, rtol=1e-6)
@@ -272,7 +323,7 @@ def test_a_raised_curve_passes_through_the_measurement_and_keeps_the_measured_pa
     damage = data.draw(st.floats(0, 100))
     out = raised_curve(error, deepest, removed, damage)
     assert out[removed] >= min(damage, 1e300) - 1e-9 and out[removed] >= error[removed]
-    np.testing.assert_array_equal(out[:deepest + 1], error[:deepest + 1])  # what was measured stays
+    np.testing.assert_array_equal(out[: deepest + 1], error[: deepest + 1])  # what was measured stays
     assert np.all(out[:-1] >= error[:-1]) and np.all(np.diff(out[:-1]) >= 0) and np.isinf(out[-1])
     if damage <= error[removed]:
         np.testing.assert_array_equal(out, error)
@@ -291,7 +342,7 @@ def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was
     victim = max(groups, key=lambda g: g.size)
     half = victim.size // 2
     fooled = rankings[victim.id].error.copy()
-    fooled[half + 1:-1] = fooled[half]  # past the trials the curve is flat: the last channels look free
+    fooled[half + 1 : -1] = fooled[half]  # past the trials the curve is flat: the last channels look free
     rankings[victim.id] = GroupRanking(victim.id, rankings[victim.id].order, fooled)
     level = {g.id: rankings[g.id].error[g.size // 2] for g in groups}
 
@@ -299,7 +350,7 @@ def test_the_guard_measures_cuts_past_the_trials_and_replans_where_the_curve_was
         plan = {}
         for g in groups:
             ok = [m for m in range(g.size) if rankings[g.id].error[m] <= level[g.id]]
-            plan[g.id] = np.sort(rankings[g.id].order[max(ok):])
+            plan[g.id] = np.sort(rankings[g.id].order[max(ok) :])
         return plan
 
     first = allocate()
@@ -340,13 +391,13 @@ def test_a_static_batch_model_is_measured_on_every_batch():
     on the dynamic-batch model, suffix trials included."""
     dynamic = synthetic.build("residual_add")
     feeds = synthetic.random_inputs(dynamic, batch=8)
-    batches = [{k: v[i:i + 2] for k, v in feeds.items()} for i in range(0, 8, 2)]
+    batches = [{k: v[i : i + 2] for k, v in feeds.items()} for i in range(0, 8, 2)]
     damages = []
     for built, f in ((dynamic, feeds), (synthetic.with_static_batch(dynamic, 2), batches)):
         model, trace, groups, rankings = _ranked(built)
         trials = Trials(model, trace, groups, f)
         assert len(trials.dense[0]) == 8
-        damages.append([trials.damage({g.id: np.sort(rankings[g.id].order[g.size // 2:])}) for g in groups])
+        damages.append([trials.damage({g.id: np.sort(rankings[g.id].order[g.size // 2 :])}) for g in groups])
     np.testing.assert_allclose(damages[1], damages[0], rtol=1e-4)
 
 
@@ -361,8 +412,9 @@ def test_a_metric_with_a_damage_prices_its_output_and_the_default_the_others():
     moved[:, 0] += 3.0
     names, classifier = ["det", "feat"], [False, False]
     measure = metric_measure(load_metric("detection-f1", "score=0.3"), names, classifier)
-    expected = (detection_damage({"det": head}, {"det": moved}, score=0.3)
-                + output_damage([feat], [off], [False]))
+    expected = detection_damage({"det": head}, {"det": moved}, score=0.3) + output_damage(
+        [feat], [off], [False]
+    )
     assert measure([head, feat], [moved, off]) == pytest.approx(expected) and expected > 0
     # the metric reads the output its options name (else the first); the default measure prices the rest
     named = metric_measure(load_metric("detection-f1", "score=0.3,output=det"), ["feat", "det"], classifier)

@@ -1,5 +1,6 @@
 """N:M and unstructured sparsity: SparseGPT against a direct OBS computation, TensorRT layout of the masks,
-eligibility, and whole models sparsified end to end (checker, onnxruntime, pattern on every eligible weight)."""
+eligibility, and whole models sparsified end to end (checker, onnxruntime, pattern on every eligible
+weight)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def correlated_layer(rows=6, cols=24, samples=300, dead=(5,), seed=0):
     return rng.standard_normal((rows, cols)), 2.0 / samples * x.T @ x
 
 
-@pytest.mark.parametrize("kwargs", [dict(n=2, m=4), dict(n=1, m=4), dict(n=3, m=8), dict(sparsity=0.5),
-                                    dict(sparsity=0.3)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(n=2, m=4), dict(n=1, m=4), dict(n=3, m=8), dict(sparsity=0.5), dict(sparsity=0.3)]
+)
 def test_sparsegpt_equals_direct_obs(kwargs):
     """Cholesky rows + lazy block updates (blocks of 8 over 24 columns) = explicit OBS steps and downdates."""
     w, h = correlated_layer()
@@ -53,7 +55,7 @@ def test_sparsegpt_equals_direct_obs(kwargs):
         assert fast_mask[:, 5].all()  # the dead feature costs nothing: always pruned first
     else:
         for start in range(0, 24, 8):  # the fraction holds per block
-            assert fast_mask[:, start:start + 8].mean() >= kwargs["sparsity"]
+            assert fast_mask[:, start : start + 8].mean() >= kwargs["sparsity"]
     # compensation pays: lower output error than zeroing the same weights without updating the rest
     assert relative_output_error(w, fast, h) < relative_output_error(w, np.where(fast_mask, 0, w), h)
 
@@ -68,13 +70,20 @@ def test_sparsegpt_beats_magnitude_on_output_error():
 def drifted_inputs(cols=32, samples=400, seed=2):
     """X_d [features, rows] (dense model's inputs) and X_s = X_d + correlated drift (sparsified model's)."""
     rng = np.random.default_rng(seed)
-    x_d = rng.standard_normal((cols, cols)) @ rng.standard_normal((cols, samples)) + rng.standard_normal((cols, 1))
-    x_s = x_d + 0.3 * rng.standard_normal((cols, cols)) @ x_d / np.sqrt(cols) + 0.2 * rng.standard_normal((cols, 1))
+    x_d = rng.standard_normal((cols, cols)) @ rng.standard_normal((cols, samples)) + rng.standard_normal(
+        (cols, 1)
+    )
+    x_s = (
+        x_d
+        + 0.3 * rng.standard_normal((cols, cols)) @ x_d / np.sqrt(cols)
+        + 0.2 * rng.standard_normal((cols, 1))
+    )
     return x_d, x_s
 
 
 def test_error_correction_decomposition():
-    """‖W X_d − Ŵ X_s‖² − ‖W* X_s − Ŵ X_s‖² does not depend on Ŵ (W* = W C H_s⁻¹); output_mismatch is exact."""
+    """‖W X_d − Ŵ X_s‖² − ‖W* X_s − Ŵ X_s‖² does not depend on Ŵ (W* = W C H_s⁻¹); output_mismatch is
+    exact."""
     rng = np.random.default_rng(3)
     x_d, x_s = drifted_inputs()
     w = rng.standard_normal((8, 32))
@@ -104,7 +113,9 @@ def test_corrected_sparsegpt_pattern_and_gain(kwargs):
         assert mask.mean() == 0.5
     plain = sparsegpt_prune(w, h_s, blocksize=16, **kwargs)[0]
     # toward the dense outputs it is closer than plain SparseGPT (which reproduces W on the drifted inputs)
-    assert output_mismatch(w, fixed, cross, h_s, x_d @ x_d.T) < 0.7 * output_mismatch(w, plain, cross, h_s, x_d @ x_d.T)
+    assert output_mismatch(w, fixed, cross, h_s, x_d @ x_d.T) < 0.7 * output_mismatch(
+        w, plain, cross, h_s, x_d @ x_d.T
+    )
 
 
 def test_masked_refit_is_each_rows_ridge_least_squares_on_its_support():
@@ -121,7 +132,9 @@ def test_masked_refit_is_each_rows_ridge_least_squares_on_its_support():
             s_i = np.flatnonzero(keep[i])
             a = np.vstack([x_s[s_i].T, np.sqrt(lam) * np.eye(len(s_i))])
             b = np.concatenate([w[i] @ x_d, np.sqrt(lam) * w[i, s_i]])
-            np.testing.assert_allclose(got[i, s_i], np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(
+                got[i, s_i], np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-7, atol=1e-9
+            )
             assert np.all(got[i][~keep[i]] == 0)
     # on its own mask it fits at least as well as SparseGPT's lazy updates
     plain, pruned = sparsegpt_prune(w, h_s, blocksize=16)
@@ -149,7 +162,7 @@ def test_bias_correction_matches_dense_mean_output():
     residual = (w @ x_d + b[:, None]) - (w_hat @ x_s + b_new[:, None])
     assert np.max(np.abs(residual.mean(1))) < 1e-9 * np.max(np.abs(residual))
     for other in (b, b_new + 0.01):
-        assert np.sum(residual ** 2) < np.sum(((w @ x_d + b[:, None]) - (w_hat @ x_s + other[:, None])) ** 2)
+        assert np.sum(residual**2) < np.sum(((w @ x_d + b[:, None]) - (w_hat @ x_s + other[:, None])) ** 2)
 
 
 def test_tap_major_order_groups_channels_at_one_tap():
@@ -162,8 +175,12 @@ def test_tap_major_order_groups_channels_at_one_tap():
 def test_check_pattern_layouts():
     w = np.arange(1, 2 * 8 * 3 * 3 + 1, dtype=np.float32).reshape(2, 8, 3, 3)
     w[:, 0::4] = w[:, 1::4] = 0  # two zeros in every 4 consecutive input channels at every (k, r, s)
-    assert check_pattern(w, 1, 2, 4) == {"compliant": True, "groups": 2 * 2 * 9, "violating_groups": 0,
-                                         "sparsity": 0.5}
+    assert check_pattern(w, 1, 2, 4) == {
+        "compliant": True,
+        "groups": 2 * 2 * 9,
+        "violating_groups": 0,
+        "sparsity": 0.5,
+    }
     assert not check_pattern(w, 2, 1, 3)["compliant"]  # along the kernel rows the zeros do not line up
     w[1, 5, 2, 2] = 0
     w[1, 4, 2, 2] = 7  # group (k=1, c=4..7, r=s=2) now has one zero only
@@ -181,6 +198,7 @@ def test_parse_pattern():
 
 # ---- a model with every layout and every reason to skip -------------------------------------------
 
+
 def layouts_model(seed=0) -> onnx.ModelProto:
     """stem Conv 3→64 (C % 4 ≠ 0) → conv 64→16 3x3 → grouped conv (2 groups of 8) → depthwise → GAP →
     Gemm transB=1 [64,16] → MatMul B [64,32] → Gemm transB=0 [32,40] → tiny Gemm [40,10]."""
@@ -189,7 +207,9 @@ def layouts_model(seed=0) -> onnx.ModelProto:
 
     def param(name, shape):
         fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]
-        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name))
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+        )
         return name
 
     def node(op, inputs, name, **attrs):
@@ -199,16 +219,28 @@ def layouts_model(seed=0) -> onnx.ModelProto:
     h = node("Conv", ["x", param("stem.w", [64, 3, 3, 3]), param("stem.b", [64])], "stem", pads=[1] * 4)
     h = node("Relu", [h], "stem/relu")
     h = node("Relu", [node("Conv", [h, param("conv.w", [16, 64, 3, 3])], "conv", pads=[1] * 4)], "conv/relu")
-    h = node("Relu", [node("Conv", [h, param("grouped.w", [16, 8, 3, 3])], "grouped", pads=[1] * 4, group=2)],
-             "grouped/relu")
+    h = node(
+        "Relu",
+        [node("Conv", [h, param("grouped.w", [16, 8, 3, 3])], "grouped", pads=[1] * 4, group=2)],
+        "grouped/relu",
+    )
     h = node("Conv", [h, param("dw.w", [16, 1, 3, 3])], "dw", pads=[1] * 4, group=16)
     h = node("Flatten", [node("GlobalAveragePool", [h], "gap")], "flatten")
-    h = node("Relu", [node("Gemm", [h, param("fc1.w", [64, 16]), param("fc1.b", [64])], "fc1", transB=1)], "fc1/relu")
+    h = node(
+        "Relu",
+        [node("Gemm", [h, param("fc1.w", [64, 16]), param("fc1.b", [64])], "fc1", transB=1)],
+        "fc1/relu",
+    )
     h = node("Relu", [node("MatMul", [h, param("mm.w", [64, 32])], "mm")], "mm/relu")
     h = node("Relu", [node("Gemm", [h, param("fc2.w", [32, 40]), param("fc2.b", [40])], "fc2")], "fc2/relu")
     node("Gemm", [h, param("head.w", [40, 10])], "head")
-    graph = helper.make_graph(nodes, "layouts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("head", TensorProto.FLOAT, ["N", 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "layouts",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("head", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -216,7 +248,7 @@ def layouts_model(seed=0) -> onnx.ModelProto:
 
 def calib(n=64, batch=16, seed=0):
     x = np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)
-    return lambda: ({"x": x[i:i + batch]} for i in range(0, n, batch))
+    return lambda: ({"x": x[i : i + batch]} for i in range(0, n, batch))
 
 
 def groups_of_channels(w: np.ndarray, layout: str, m: int) -> np.ndarray:
@@ -316,6 +348,7 @@ def test_sparsegpt_needs_calibration_and_known_criterion():
 
 # ---- the shipped Fashion-MNIST ResNet ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fmnist():
     model, _ = normalize(load_model(MODELS / "fmnist_resnet.onnx"))
@@ -326,7 +359,7 @@ def fmnist():
 
 def test_fmnist_two_four_end_to_end(fmnist):
     model, x, x_eval, labels = fmnist
-    batches = lambda: ({"input": x[i:i + 32]} for i in range(0, len(x), 32))  # noqa: E731
+    batches = lambda: ({"input": x[i : i + 32]} for i in range(0, len(x), 32))  # noqa: E731
     results = {}
     for criterion in ("sparsegpt", "magnitude"):
         sparse, report = sparsify(model, batches, SparsifyOptions(pattern="2:4", criterion=criterion))
@@ -335,7 +368,10 @@ def test_fmnist_two_four_end_to_end(fmnist):
         eligible = [e for e in report["layers"] if e["eligible"]]
         assert len(eligible) >= 5 and report["sparsity_eligible"] >= 0.5
         for e in eligible:
-            assert groups_of_channels(weights[e["weight"]], "conv" if e["op"] == "Conv" else "out_k", 4).min() >= 2
+            assert (
+                groups_of_channels(weights[e["weight"]], "conv" if e["op"] == "Conv" else "out_k", 4).min()
+                >= 2
+            )
         results[criterion] = np.mean(run_ort(sparse, {"input": x_eval})[0].argmax(1) == labels)
     dense = np.mean(run_ort(model, {"input": x_eval})[0].argmax(1) == labels)
     # second-order masks and compensation lose far less accuracy than magnitude masks
@@ -347,11 +383,16 @@ def test_validated_correction_honours_groups():
     still give a valid 2:4 model."""
     model = layouts_model()
     base = initializer_dict(sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated"))[0])
-    same = initializer_dict(sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated"),
-                                     np.repeat([5, 9], 32))[0])
+    same = initializer_dict(
+        sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated"), np.repeat([5, 9], 32))[
+            0
+        ]
+    )
     for name, want in base.items():
         np.testing.assert_array_equal(same[name], want)
-    mixed, report = sparsify(model, calib(), SparsifyOptions(pattern="2:4", correct="validated"), np.arange(64) % 7)
+    mixed, report = sparsify(
+        model, calib(), SparsifyOptions(pattern="2:4", correct="validated"), np.arange(64) % 7
+    )
     onnx.checker.check_model(mixed, full_check=True)
     after = initializer_dict(mixed)
     for node, layout in ELIGIBLE.items():
@@ -378,24 +419,36 @@ def test_residual_drift_enters_target_refit_and_mismatch():
         a = np.vstack([x_s[s_i].T, np.sqrt(lam) * np.eye(len(s_i))])
         b = np.concatenate([goal[i], np.sqrt(lam) * w[i, s_i]])
         np.testing.assert_allclose(got[i, s_i], np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-7, atol=1e-9)
-    gaps = [np.sum((goal - w_hat @ x_s) ** 2) - output_mismatch(w, w_hat, cross, h_s, skip_cross=skip)
-            for w_hat in (w, got, w + rng.standard_normal(w.shape))]
-    assert np.ptp(gaps) < 1e-8 * np.sum(goal ** 2)
+    gaps = [
+        np.sum((goal - w_hat @ x_s) ** 2) - output_mismatch(w, w_hat, cross, h_s, skip_cross=skip)
+        for w_hat in (w, got, w + rng.standard_normal(w.shape))
+    ]
+    assert np.ptp(gaps) < 1e-8 * np.sum(goal**2)
 
 
 def residual_model(channels=32, seed=0) -> onnx.ModelProto:
     """x → conv_a 1x1 → Relu (r) → conv_b 1x1 → Add(conv_b, r): conv_b's residual partner r drifts once
     conv_a is sparsified."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array((rng.standard_normal((channels, channels, 1, 1)) / np.sqrt(channels))
-                                     .astype(np.float32), n) for n in ("a.w", "b.w")]
-    nodes = [helper.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
-             helper.make_node("Relu", ["a"], ["r"], name="relu"),
-             helper.make_node("Conv", ["r", "b.w"], ["b"], name="conv_b"),
-             helper.make_node("Add", ["b", "r"], ["y"], name="add")]
-    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                ["N", channels, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 4, 4])], inits)
+    inits = [
+        numpy_helper.from_array(
+            (rng.standard_normal((channels, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32), n
+        )
+        for n in ("a.w", "b.w")
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "a.w"], ["a"], name="conv_a"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "b.w"], ["b"], name="conv_b"),
+        helper.make_node("Add", ["b", "r"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 4, 4])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -404,15 +457,19 @@ def test_sparsify_fits_the_block_output_of_a_residual_layer(monkeypatch):
     block output on the calibration data is closer to the dense one than when conv_b only keeps conv_b(r)."""
     model = residual_model()
     rng = np.random.default_rng(1)
-    x = (rng.standard_normal((128, 32, 1, 1)) * rng.standard_normal((128, 32, 4, 4))
-         + rng.standard_normal((1, 32, 1, 1))).astype(np.float32)
-    batches = lambda: ({"x": x[i:i + 32]} for i in range(0, len(x), 32))  # noqa: E731
+    x = (
+        rng.standard_normal((128, 32, 1, 1)) * rng.standard_normal((128, 32, 4, 4))
+        + rng.standard_normal((1, 32, 1, 1))
+    ).astype(np.float32)
+    batches = lambda: ({"x": x[i : i + 32]} for i in range(0, len(x), 32))  # noqa: E731
     dense = run_ort(model, {"x": x})[0]
     sparse, report = sparsify(model, batches, SparsifyOptions(pattern="2:4"))
     onnx.checker.check_model(sparse, full_check=True)
     assert {e["node"]: e["residual_partner"] for e in report["layers"]} == {"conv_a": None, "conv_b": "r"}
     monkeypatch.setattr(staged_module, "residual_partners", lambda *args: {})
     layer_only = sparsify(model, batches, SparsifyOptions(pattern="2:4"))[0]
-    err = {name: np.sum((run_ort(m, {"x": x})[0] - dense) ** 2) for name, m in (("block", sparse),
-                                                                                 ("layer", layer_only))}
+    err = {
+        name: np.sum((run_ort(m, {"x": x})[0] - dense) ** 2)
+        for name, m in (("block", sparse), ("layer", layer_only))
+    }
     assert err["block"] < 0.9 * err["layer"]

@@ -16,8 +16,23 @@ from tests.helpers import MODELS, run_cli, run_ort
 def sparse_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sparse")
     with pytest.raises(SystemExit) as info:
-        main(["compress", str(MODELS / "fmnist_resnet.onnx"), "--target", "1.5x", "--calib",
-              str(MODELS / "fmnist_calib.npz"), "--calib-samples", "64", "--sparsity", "2:4", "-o", str(out), "--json"])
+        main(
+            [
+                "compress",
+                str(MODELS / "fmnist_resnet.onnx"),
+                "--target",
+                "1.5x",
+                "--calib",
+                str(MODELS / "fmnist_calib.npz"),
+                "--calib-samples",
+                "64",
+                "--sparsity",
+                "2:4",
+                "-o",
+                str(out),
+                "--json",
+            ]
+        )
     assert info.value.code == 0
     return out
 
@@ -99,9 +114,23 @@ def test_analyze_sparsity_reads_the_int8_weights_behind_dequantize(sparse_run, c
 
 
 def test_sparsity_alone_keeps_every_channel(tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "compress", MODELS / "fmnist_resnet.onnx", "--target", "1x", "--calib",
-                           MODELS / "fmnist_calib.npz", "--calib-samples", "64", "--sparsity", "0.5", "--no-int8",
-                           "-o", tmp_path, "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "compress",
+        MODELS / "fmnist_resnet.onnx",
+        "--target",
+        "1x",
+        "--calib",
+        MODELS / "fmnist_calib.npz",
+        "--calib-samples",
+        "64",
+        "--sparsity",
+        "0.5",
+        "--no-int8",
+        "-o",
+        tmp_path,
+        "--json",
+    )
     assert code == 0
     report = json.loads(out)
     assert report["pruned"]["macs"] == report["dense"]["macs"] and report["int8"] is None

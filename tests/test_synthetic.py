@@ -15,9 +15,21 @@ from models import synthetic
 
 NAMES = synthetic.names()
 REQUIRED = {
-    "residual_add", "dense_concat", "depthwise_se", "grouped_conv", "split_slice", "flatten_gemm",
-    "reshape_matmul", "transpose_nhwc", "resize_fpn", "channel_shuffle", "lstm", "transformer_block",
-    "conv_chain", "conv_transpose", "mlp_gemm",
+    "residual_add",
+    "dense_concat",
+    "depthwise_se",
+    "grouped_conv",
+    "split_slice",
+    "flatten_gemm",
+    "reshape_matmul",
+    "transpose_nhwc",
+    "resize_fpn",
+    "channel_shuffle",
+    "lstm",
+    "transformer_block",
+    "conv_chain",
+    "conv_transpose",
+    "mlp_gemm",
 }
 
 
@@ -185,9 +197,11 @@ def test_paddle_style_model():
 
 def test_random_inputs_dtypes_and_seeds():
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["ids"], ["out"])], "ints",
+        [helper.make_node("Identity", ["ids"], ["out"])],
+        "ints",
         [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["B", 5])],
-        [helper.make_tensor_value_info("out", onnx.TensorProto.INT64, ["B", 5])])
+        [helper.make_tensor_value_info("out", onnx.TensorProto.INT64, ["B", 5])],
+    )
     feeds = synthetic.random_inputs(helper.make_model(graph), batch=4)
     assert feeds["ids"].dtype == np.int64 and feeds["ids"].shape == (4, 5)
     assert feeds["ids"].min() >= 0 and feeds["ids"].max() < 4

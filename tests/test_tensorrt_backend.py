@@ -1,6 +1,7 @@
 """TensorRT backend: availability messages, precision and sparsity decisions, the layer report.
 
-Tests using the ``gpu`` fixture build and time real engines: they run only where ``tensorrt`` imports and a CUDA
+Tests using the ``gpu`` fixture build and time real engines: they run only where ``tensorrt`` imports and a
+CUDA
 GPU (with cuda-python or torch) is visible, and are skipped everywhere else.
 """
 
@@ -36,15 +37,22 @@ def sparse_model(qdq_weight: bool = False, seed: int = 0) -> onnx.ModelProto:
     w1 = _conv_2_4(rng.standard_normal((64, 32, 3, 3)).astype(np.float32) / 17)
     w2 = rng.standard_normal((64, 64, 3, 3)).astype(np.float32) / 24
     wg = magnitude_nm(rng.standard_normal((16, 64)).astype(np.float32) / 8, 2, 4)[0]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (wg, "wg"),
-                                                        (np.zeros(16, np.float32), "bg"))]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in ((w1, "w1"), (w2, "w2"), (wg, "wg"), (np.zeros(16, np.float32), "bg"))
+    ]
     nodes = []
     w1_name = "w1"
     if qdq_weight:
         scale = (np.abs(w1).reshape(64, -1).max(1) / 127).astype(np.float32)
-        inits += [numpy_helper.from_array(scale, "w1.scale"), numpy_helper.from_array(np.zeros(64, np.int8), "w1.zp")]
-        nodes += [helper.make_node("QuantizeLinear", ["w1", "w1.scale", "w1.zp"], ["w1.q"], "w1_q", axis=0),
-                  helper.make_node("DequantizeLinear", ["w1.q", "w1.scale", "w1.zp"], ["w1.dq"], "w1_dq", axis=0)]
+        inits += [
+            numpy_helper.from_array(scale, "w1.scale"),
+            numpy_helper.from_array(np.zeros(64, np.int8), "w1.zp"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["w1", "w1.scale", "w1.zp"], ["w1.q"], "w1_q", axis=0),
+            helper.make_node("DequantizeLinear", ["w1.q", "w1.scale", "w1.zp"], ["w1.dq"], "w1_dq", axis=0),
+        ]
         w1_name = "w1.dq"
     nodes += [
         helper.make_node("Conv", ["x", w1_name], ["c1"], "conv_sparse", pads=[1, 1, 1, 1]),
@@ -55,8 +63,13 @@ def sparse_model(qdq_weight: bool = False, seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Flatten", ["g"], ["f"], "flatten"),
         helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], "gemm_sparse", transB=1),
     ]
-    graph = helper.make_graph(nodes, "sparse", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "sparse",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -64,14 +77,16 @@ def sparse_model(qdq_weight: bool = False, seed: int = 0) -> onnx.ModelProto:
 
 # ---- runs everywhere -------------------------------------------------------------------------------
 
+
 def test_the_test_model_holds_what_it_claims():
     m = sparse_model()
     w = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     assert check_pattern(w["w1"], 1, 2, 4)["compliant"] and not check_pattern(w["w2"], 1, 2, 4)["compliant"]
     assert check_pattern(w["wg"], 1, 2, 4)["compliant"]
     x = np.random.default_rng(1).standard_normal((2, 32, 16, 16)).astype(np.float32)
-    np.testing.assert_allclose(run_ort(sparse_model(qdq_weight=True), {"x": x})[0], run_ort(m, {"x": x})[0],
-                               rtol=0.05, atol=0.02)  # the Q/DQ pair only rounds the weight
+    np.testing.assert_allclose(
+        run_ort(sparse_model(qdq_weight=True), {"x": x})[0], run_ort(m, {"x": x})[0], rtol=0.05, atol=0.02
+    )  # the Q/DQ pair only rounds the weight
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
@@ -117,8 +132,12 @@ def test_availability_falls_back_to_torch(monkeypatch):
 def test_broken_tensorrt_install_is_reported(monkeypatch):
     def broken():
         raise OSError("libnvinfer.so.10: cannot open shared object file")
+
     monkeypatch.setattr(tb, "_import_tensorrt", broken)
-    assert tb.tensorrt_available() == "tensorrt does not import: libnvinfer.so.10: cannot open shared object file"
+    assert (
+        tb.tensorrt_available()
+        == "tensorrt does not import: libnvinfer.so.10: cannot open shared object file"
+    )
 
 
 def test_precision_from_the_graph_and_builder_flags():
@@ -150,23 +169,47 @@ def test_asymmetric_qdq_gets_a_preset_hint():
 
 def _layer_info() -> str:
     """Engine inspector JSON as TensorRT 10 writes it at DETAILED verbosity (abridged)."""
-    return json.dumps({"Layers": [
-        {"Name": "conv_sparse + relu1", "LayerType": "CaskConvolution",
-         "Metadata": "[ONNX Layer: conv_sparse]\x1e[ONNX Layer: relu1]",
-         "TacticName": "sm80_xmma_fprop_sparse_conv_interleaved_f16f16_f16f16_f16_nhwckrsc_tilesize128x128x64",
-         "TacticValue": "0x1"},
-        {"Name": "conv_dense + relu2", "LayerType": "CaskConvolution",
-         "Metadata": "[ONNX Layer: conv_dense]\x1e[ONNX Layer: relu2]",
-         "TacticName": "sm80_xmma_fprop_implicit_gemm_f16f16_f16f16_f16_nhwckrsc_nhwc_tilesize64x64x64"},
-        {"Name": "gap", "LayerType": "CaskPooling", "Metadata": "[ONNX Layer: gap]", "TacticName": "pooling"},
-        {"Name": "gemm_sparse", "LayerType": "CaskGemmMatrixMultiply",
-         "Metadata": "[ONNX Layer: gemm_sparse | block (MyFunction)]", "TacticName": "sm80_xmma_gemm_f16f16"},
-    ], "Bindings": ["x", "y"]})
+    return json.dumps(
+        {
+            "Layers": [
+                {
+                    "Name": "conv_sparse + relu1",
+                    "LayerType": "CaskConvolution",
+                    "Metadata": "[ONNX Layer: conv_sparse]\x1e[ONNX Layer: relu1]",
+                    "TacticName": "sm80_xmma_fprop_sparse_conv_interleaved_f16f16_f16f16_f16_"
+                    "nhwckrsc_tilesize128x128x64",
+                    "TacticValue": "0x1",
+                },
+                {
+                    "Name": "conv_dense + relu2",
+                    "LayerType": "CaskConvolution",
+                    "Metadata": "[ONNX Layer: conv_dense]\x1e[ONNX Layer: relu2]",
+                    "TacticName": "sm80_xmma_fprop_implicit_gemm_f16f16_f16f16_f16_"
+                    "nhwckrsc_nhwc_tilesize64x64x64",
+                },
+                {
+                    "Name": "gap",
+                    "LayerType": "CaskPooling",
+                    "Metadata": "[ONNX Layer: gap]",
+                    "TacticName": "pooling",
+                },
+                {
+                    "Name": "gemm_sparse",
+                    "LayerType": "CaskGemmMatrixMultiply",
+                    "Metadata": "[ONNX Layer: gemm_sparse | block (MyFunction)]",
+                    "TacticName": "sm80_xmma_gemm_f16f16",
+                },
+            ],
+            "Bindings": ["x", "y"],
+        }
+    )
 
 
 def test_sparse_layers_maps_engine_layers_to_onnx_nodes():
-    log = ["(Sparsity) Layers eligible for sparse math: conv_sparse + relu1, gemm_sparse",
-           "(Sparsity) TRT inference plan picked sparse implementation for layers: conv_sparse + relu1"]
+    log = [
+        "(Sparsity) Layers eligible for sparse math: conv_sparse + relu1, gemm_sparse",
+        "(Sparsity) TRT inference plan picked sparse implementation for layers: conv_sparse + relu1",
+    ]
     report = tb.sparse_layers(_layer_info(), sparse_model(), log)
     assert report["eligible"] == ["conv_sparse", "gemm_sparse"]
     assert report["eligible_tensorrt"] == ["conv_sparse + relu1", "gemm_sparse"]
@@ -174,11 +217,15 @@ def test_sparse_layers_maps_engine_layers_to_onnx_nodes():
     assert report["sparse_tactic"] == ["conv_sparse + relu1"] and report["detailed"]
     assert [(r["layer"], r["onnx_nodes"], r["eligible"], r["sparse"]) for r in report["layers"]] == [
         ("conv_sparse + relu1", ["conv_sparse", "relu1"], True, True),
-        ("gemm_sparse", ["gemm_sparse"], True, False)]
+        ("gemm_sparse", ["gemm_sparse"], True, False),
+    ]
 
 
 def test_sparse_layers_with_names_only():
-    names_only = {"Layers": ["conv_sparse + relu1", "conv_dense + relu2", "gemm_sparse"], "Bindings": ["x", "y"]}
+    names_only = {
+        "Layers": ["conv_sparse + relu1", "conv_dense + relu2", "gemm_sparse"],
+        "Bindings": ["x", "y"],
+    }
     report = tb.sparse_layers(names_only, sparse_model())
     assert not report["detailed"] and report["sparse_tactic"] == []
     assert report["eligible_tensorrt"] is None and report["picked_tensorrt"] is None
@@ -186,6 +233,7 @@ def test_sparse_layers_with_names_only():
 
 
 # ---- real engines: only where tensorrt imports and a GPU is visible --------------------------------
+
 
 @pytest.fixture(scope="module")
 def gpu():
@@ -215,7 +263,9 @@ def test_2_4_model_with_sparse_weights_reports_eligible_layers(gpu):
     assert report["eligible"] == ["conv_sparse", "gemm_sparse"] and report["detailed"]
     holding = [r for r in report["layers"] if "conv_sparse" in r["onnx_nodes"]]
     assert len(holding) == 1 and holding[0]["eligible"]  # the engine layer running conv_sparse is found
-    assert report["eligible_tensorrt"], f"no '(Sparsity) Layers eligible' line in TensorRT's log: {build.log[-5:]}"
+    assert report["eligible_tensorrt"], (
+        f"no '(Sparsity) Layers eligible' line in TensorRT's log: {build.log[-5:]}"
+    )
     assert any("conv_sparse" in name for name in report["eligible_tensorrt"])
     for name in report["sparse_tactic"]:
         assert name in {r["layer"] for r in report["layers"]}
@@ -228,9 +278,14 @@ def test_int8_qdq_graph_builds_with_the_int8_flag(gpu):
 
     model = sparse_model()
     rng = np.random.default_rng(0)
-    calib = CalibrationSet(calib={"x": rng.standard_normal((32, 32, 16, 16)).astype(np.float32)},
-                           holdout={"x": rng.standard_normal((8, 32, 16, 16)).astype(np.float32)}, source="random")
-    int8, _ = quantize_model(model, calib, QuantizeOptions(preset="tensorrt", bias_correction=False, latency_runs=5))
+    calib = CalibrationSet(
+        calib={"x": rng.standard_normal((32, 32, 16, 16)).astype(np.float32)},
+        holdout={"x": rng.standard_normal((8, 32, 16, 16)).astype(np.float32)},
+        source="random",
+    )
+    int8, _ = quantize_model(
+        model, calib, QuantizeOptions(preset="tensorrt", bias_correction=False, latency_runs=5)
+    )
     assert tb.precision_for(int8) == "int8"
     build = tb.build_engine(int8, precision="int8", sparse=True, batch=4)
     assert build.flags == ["INT8", "FP16", "SPARSE_WEIGHTS"]
@@ -241,8 +296,21 @@ def test_cli_tensorrt_backend(gpu, tmp_path, capsys):
     dense, sparse = tmp_path / "dense.onnx", tmp_path / "sparse.onnx"
     onnx.save(synthetic.build("conv_chain"), str(dense))
     onnx.save(sparse_model(), str(sparse))
-    code, out, err = run_cli(capsys, "bench", dense, sparse, "--backend", "tensorrt", "--batch", "1,4",
-                             "--rounds", "5", "--warmup", "1", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        dense,
+        sparse,
+        "--backend",
+        "tensorrt",
+        "--batch",
+        "1,4",
+        "--rounds",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["backend"] == "tensorrt" and "tensorrt" in report["versions"]

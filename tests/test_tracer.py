@@ -35,6 +35,7 @@ def roles(group):
 def finish(b, fn_name="test_graph"):
     def fn():
         pass
+
     fn.__name__ = fn_name
     return b.finish(fn)
 
@@ -168,7 +169,9 @@ def test_unknown_custom_op_in_the_middle_of_a_group_blocks_it():
     src = conv2.input[0]
     conv2.input[0] = "mystery_out"
     index = [n.name for n in model.graph.node].index("b1.conv2")
-    model.graph.node.insert(index, helper.make_node("Mystery", [src], ["mystery_out"], name="mystery", domain="com.acme"))
+    model.graph.node.insert(
+        index, helper.make_node("Mystery", [src], ["mystery_out"], name="mystery", domain="com.acme")
+    )
     model.opset_import.append(helper.make_opsetid("com.acme", 1))
     trace = trace_channels(model)
     g = group_of_node_output(model, trace, "b1.conv1")
@@ -209,14 +212,17 @@ def test_einsum_on_channels_blocks_naming_node():
     assert not g.prunable and "'mix' (Einsum)" in g.reasons[0]
 
 
-@pytest.mark.parametrize("in_shape, view, out_shape, expected", [
-    ((2, 8, 4, 4), View(0, 1), (2, 128), View(0, 1, 1, 16)),  # Flatten: C·H·W blocks
-    ((2, 4, 4, 8), View(0, 3), (2, 128), View(0, 1, 16, 1)),  # NHWC flatten: channel innermost
-    ((2, 8, 1, 1), View(0, 1), (2, 8), View(0, 1)),  # squeeze spatial
-    ((2, 5, 12), View(0, 2), (10, 12), View(0, 1)),  # merge batch and sequence
-    ((2, 5, 12), View(0, 2), (2, 5, 3, 4), None),  # split into heads: cannot map
-    ((2, 6, 4), View(0, 1), (2, 24), View(0, 1, 1, 4)),
-])
+@pytest.mark.parametrize(
+    "in_shape, view, out_shape, expected",
+    [
+        ((2, 8, 4, 4), View(0, 1), (2, 128), View(0, 1, 1, 16)),  # Flatten: C·H·W blocks
+        ((2, 4, 4, 8), View(0, 3), (2, 128), View(0, 1, 16, 1)),  # NHWC flatten: channel innermost
+        ((2, 8, 1, 1), View(0, 1), (2, 8), View(0, 1)),  # squeeze spatial
+        ((2, 5, 12), View(0, 2), (10, 12), View(0, 1)),  # merge batch and sequence
+        ((2, 5, 12), View(0, 2), (2, 5, 3, 4), None),  # split into heads: cannot map
+        ((2, 6, 4), View(0, 1), (2, 24), View(0, 1, 1, 4)),
+    ],
+)
 def test_map_reshape(in_shape, view, out_shape, expected):
     assert map_reshape(in_shape, view, out_shape) == expected
 

@@ -34,7 +34,9 @@ def test_real_zoo_model(name):
     if not path.exists():
         pytest.skip(f"{path} not built (python models/build_zoo.py)")
     data = np.load(ZOO / npz)
-    feeds = {k: data[k][:8] for k in data.files if k in {"input", "input_ids", "attention_mask", "token_type_ids"}}
+    feeds = {
+        k: data[k][:8] for k in data.files if k in {"input", "input_ids", "attention_mask", "token_type_ids"}
+    }
     shapes = {k: (1, *v.shape[1:]) for k, v in feeds.items()}
     analysis = analyze_model(path, shapes)
     assert lo <= analysis["totals"]["macs"] <= hi and not analysis["totals"]["unmeasured"]

@@ -20,10 +20,16 @@ from . import linear, pointwise, recurrent, shape, spatial
 from .base import EditRule, MacRule, OpEntry, Rule, edit_param
 
 REGISTRY: dict[str, OpEntry] = {
-    **pointwise.ENTRIES, **spatial.ENTRIES, **shape.ENTRIES, **linear.ENTRIES, **recurrent.ENTRIES,
+    **pointwise.ENTRIES,
+    **spatial.ENTRIES,
+    **shape.ENTRIES,
+    **linear.ENTRIES,
+    **recurrent.ENTRIES,
 }
-EDITS: dict[Edit, EditRule] = {Edit.PARAM: edit_param,
-                               **{kind: rule for e in REGISTRY.values() for kind, rule in e.edits.items()}}
+EDITS: dict[Edit, EditRule] = {
+    Edit.PARAM: edit_param,
+    **{kind: rule for e in REGISTRY.values() for kind, rule in e.edits.items()},
+}
 WEIGHT_LAYER_OPS: tuple[str, ...] = tuple(op for op, e in REGISTRY.items() if e.weight_layer)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 

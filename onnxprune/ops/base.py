@@ -55,7 +55,9 @@ def block_inputs(ctx: TraceContext, node: Node, why: str) -> None:
 def edit_param(edit, trace: Trace, m: Member, kept: Mapping[int, np.ndarray]) -> None:
     """Slice constant input ``m.input_index`` along ``m.axis`` to the positions holding the kept channels."""
     arr = edit.get(m.node, m.input_index)
-    positions = np.unique(weight_positions(kept[m.space], trace.spaces[m.space].size, m.outer, m.inner, m.groups))
+    positions = np.unique(
+        weight_positions(kept[m.space], trace.spaces[m.space].size, m.outer, m.inner, m.groups)
+    )
     edit.set(m.node, m.input_index, np.take(arr, positions, axis=m.axis))
 
 

@@ -48,7 +48,9 @@ def conv(ctx: TraceContext, node: Node) -> None:
     if g > 1 and cin == g and cout % g == 0 and not transposed:
         if view is not None:
             ctx.block(view.space, f"{node} is a depthwise conv with channel multiplier {cout // g}")
-        ctx.set_view(node.outputs[0], View(ctx.new_space(node.outputs[0], cout, f"{node} has a channel multiplier"), 1))
+        ctx.set_view(
+            node.outputs[0], View(ctx.new_space(node.outputs[0], cout, f"{node} has a channel multiplier"), 1)
+        )
         return
     terms = []
     if view is not None:
@@ -59,8 +61,16 @@ def conv(ctx: TraceContext, node: Node) -> None:
             # each group reads one slice of the space (an interleaved view: whole blocks of `inner`)
             for k in range(1, g):
                 ctx.link(view.space, 0, view.space, k * (size // g), size // g)
-            ctx.member(node, "consumer", view.space, input_index=1, axis=in_axis,
-                       groups=1 if transposed else g, outer=view.outer, inner=view.inner)
+            ctx.member(
+                node,
+                "consumer",
+                view.space,
+                input_index=1,
+                axis=in_axis,
+                groups=1 if transposed else g,
+                outer=view.outer,
+                inner=view.inner,
+            )
             terms.append(view.space)
     space = ctx.new_space(node.outputs[0], cout)
     for k in range(1, g):
@@ -84,8 +94,15 @@ def gemm(ctx: TraceContext, node: Node) -> None:
     terms = []
     if view is not None:
         if view.axis == (0 if trans_a else 1):
-            ctx.member(node, "consumer", view.space, input_index=1, axis=1 if trans_b else 0,
-                       outer=view.outer, inner=view.inner)
+            ctx.member(
+                node,
+                "consumer",
+                view.space,
+                input_index=1,
+                axis=1 if trans_b else 0,
+                outer=view.outer,
+                inner=view.inner,
+            )
             terms.append(view.space)
         else:
             ctx.block(view.space, f"{node} reads the traced channels as rows")
@@ -112,12 +129,22 @@ def matmul(ctx: TraceContext, node: Node) -> None:
         return
     if wb is not None or wa is not None:
         act_view, w_idx, contracted, w_in_axis, w_out_axis, out_axis = (
-            (va, 1, ra - 1, rb - 2, rb - 1, rout - 1) if wb is not None else (vb, 0, rb - 2, ra - 1, ra - 2, rout - 2))
+            (va, 1, ra - 1, rb - 2, rb - 1, rout - 1)
+            if wb is not None
+            else (vb, 0, rb - 2, ra - 1, ra - 2, rout - 2)
+        )
         terms = []
         if act_view is not None:
             if act_view.axis == contracted:
-                ctx.member(node, "consumer", act_view.space, input_index=w_idx, axis=w_in_axis,
-                           outer=act_view.outer, inner=act_view.inner)
+                ctx.member(
+                    node,
+                    "consumer",
+                    act_view.space,
+                    input_index=w_idx,
+                    axis=w_in_axis,
+                    outer=act_view.outer,
+                    inner=act_view.inner,
+                )
                 terms.append(act_view.space)
             else:
                 ctx.block(act_view.space, f"{node} keeps the traced channels on an axis it does not contract")
@@ -192,42 +219,87 @@ def conv_view(node: onnx.NodeProto, attrs: dict, inits: Mapping[str, onnx.Tensor
         return None  # implicit padding is not handled by the im2col view
     w = inits[node.input[1]]
     nd = len(w.dims) - 2
-    return dict(node=node.name, op="Conv", input=node.input[0], output=node.output[0], weight=node.input[1],
-                bias=_bias(node), groups=int(attrs.get("group", 1)), kernel=tuple(w.dims[2:]),
-                strides=tuple(attrs.get("strides", [1] * nd)), pads=tuple(attrs.get("pads", [0] * 2 * nd)),
-                dilations=tuple(attrs.get("dilations", [1] * nd)), in_per_group=int(w.dims[1]))
+    return dict(
+        node=node.name,
+        op="Conv",
+        input=node.input[0],
+        output=node.output[0],
+        weight=node.input[1],
+        bias=_bias(node),
+        groups=int(attrs.get("group", 1)),
+        kernel=tuple(w.dims[2:]),
+        strides=tuple(attrs.get("strides", [1] * nd)),
+        pads=tuple(attrs.get("pads", [0] * 2 * nd)),
+        dilations=tuple(attrs.get("dilations", [1] * nd)),
+        in_per_group=int(w.dims[1]),
+    )
 
 
 def gemm_view(node: onnx.NodeProto, attrs: dict, inits: Mapping[str, onnx.TensorProto]) -> dict | None:
     """A Gemm with a constant B, no transA, unit alpha/beta and a row-vector (or no) C."""
-    if node.input[1] not in inits or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
-            or attrs.get("beta", 1.0) != 1.0:
+    if (
+        node.input[1] not in inits
+        or attrs.get("transA", 0)
+        or attrs.get("alpha", 1.0) != 1.0
+        or attrs.get("beta", 1.0) != 1.0
+    ):
         return None
     c = _bias(node)
     if c is not None and (c not in inits or len(inits[c].dims) > 1 and inits[c].dims[0] != 1):
         return None
-    return dict(node=node.name, op="Gemm", input=node.input[0], output=node.output[0], weight=node.input[1],
-                bias=c, groups=1, trans_b=bool(attrs.get("transB", 0)))
+    return dict(
+        node=node.name,
+        op="Gemm",
+        input=node.input[0],
+        output=node.output[0],
+        weight=node.input[1],
+        bias=c,
+        groups=1,
+        trans_b=bool(attrs.get("transB", 0)),
+    )
 
 
 def matmul_view(node: onnx.NodeProto, attrs: dict, inits: Mapping[str, onnx.TensorProto]) -> dict | None:
     """A MatMul of an activation by a constant 2-D matrix on the right."""
     a, b = node.input
     if b in inits and a not in inits and len(inits[b].dims) == 2:
-        return dict(node=node.name, op="MatMul", input=a, output=node.output[0], weight=b, bias=None, groups=1)
+        return dict(
+            node=node.name, op="MatMul", input=a, output=node.output[0], weight=b, bias=None, groups=1
+        )
     return None
 
 
 ENTRIES = {
-    "Conv": OpEntry(conv, macs=conv_macs, linear=conv_view, edits={Edit.GROUP: edit_group}, weight_layer=True,
-                    quantize="symmetric per-channel INT8 weights"),
-    "ConvTranspose": OpEntry(conv, macs=conv_transpose_macs, edits={Edit.GROUP: edit_group}, weight_layer=True,
-                             quantize="symmetric per-channel INT8 weights; grouped ones stay in float "
-                                      "(onnxruntime's per-channel quantizer cannot size their scales)"),
-    "Gemm": OpEntry(gemm, macs=gemm_macs, linear=gemm_view, weight_layer=True,
-                    quantize="symmetric per-channel INT8 weights"),
-    "MatMul": OpEntry(matmul, macs=matmul_macs, linear=matmul_view, weight_layer=True,
-                      quantize="symmetric per-channel INT8 weights; a MatMul of two activations (attention) "
-                               "makes an attention graph, where only weight layers and their inputs are quantized"),
+    "Conv": OpEntry(
+        conv,
+        macs=conv_macs,
+        linear=conv_view,
+        edits={Edit.GROUP: edit_group},
+        weight_layer=True,
+        quantize="symmetric per-channel INT8 weights",
+    ),
+    "ConvTranspose": OpEntry(
+        conv,
+        macs=conv_transpose_macs,
+        edits={Edit.GROUP: edit_group},
+        weight_layer=True,
+        quantize="symmetric per-channel INT8 weights; grouped ones stay in float "
+        "(onnxruntime's per-channel quantizer cannot size their scales)",
+    ),
+    "Gemm": OpEntry(
+        gemm,
+        macs=gemm_macs,
+        linear=gemm_view,
+        weight_layer=True,
+        quantize="symmetric per-channel INT8 weights",
+    ),
+    "MatMul": OpEntry(
+        matmul,
+        macs=matmul_macs,
+        linear=matmul_view,
+        weight_layer=True,
+        quantize="symmetric per-channel INT8 weights; a MatMul of two activations (attention) "
+        "makes an attention graph, where only weight layers and their inputs are quantized",
+    ),
     "Einsum": OpEntry(block_unknown, macs=einsum_macs),
 }

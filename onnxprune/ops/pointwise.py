@@ -45,7 +45,9 @@ def elementwise(ctx: TraceContext, node: Node) -> None:
         if shape is not None and (pos < 0 or shape[pos] == 1):
             continue  # broadcast along the channel axis: nothing to slice
         if shape is not None and ctx.const(name) is not None and shape[pos] == full:
-            ctx.member(node, "pass-through", ref.space, input_index=i, axis=pos, outer=ref.outer, inner=ref.inner)
+            ctx.member(
+                node, "pass-through", ref.space, input_index=i, axis=pos, outer=ref.outer, inner=ref.inner
+            )
         else:
             ctx.block(ref.space, f"{node} mixes the channels with '{name}', which is not traced")
     ctx.set_view(out, ref)
@@ -63,8 +65,9 @@ def per_channel_norm(ctx: TraceContext, node: Node) -> None:
         if ctx.const(node.inputs[i]) is None:
             ctx.block(view.space, f"{node} has non-constant parameters")
             return
-        ctx.member(node, "pass-through", view.space, input_index=i, axis=0, outer=view.outer,
-                   inner=view.inner)
+        ctx.member(
+            node, "pass-through", view.space, input_index=i, axis=0, outer=view.outer, inner=view.inner
+        )
     ctx.set_view(node.outputs[0], view)
 
 
@@ -104,15 +107,77 @@ def opaque(ctx: TraceContext, node: Node) -> None:
     """Ops that only read a tensor's shape (Shape, Size): nothing to prune, nothing to block."""
 
 
-
-UNARY = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
-         "Gelu", "Softplus", "Softsign", "Mish", "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Floor",
-         "Ceil", "Round", "Sign", "Sin", "Cos", "Cast", "Identity", "Dropout", "Not", "IsNaN", "IsInf",
-         "ThresholdedRelu", "Shrink")
-ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Clip", "Where",
-               "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod")
-REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-          "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+UNARY = (
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Erf",
+    "Gelu",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Cast",
+    "Identity",
+    "Dropout",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "ThresholdedRelu",
+    "Shrink",
+)
+ELEMENTWISE = (
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "PRelu",
+    "Clip",
+    "Where",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Mod",
+)
+REDUCE = (
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+)
 
 ENTRIES = {
     **dict.fromkeys(UNARY, OpEntry(unary)),

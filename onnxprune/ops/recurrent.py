@@ -23,12 +23,18 @@ def recurrent(ctx: TraceContext, node: Node) -> None:
     for o in node.outputs:
         shape = ctx.shape(o)
         if o and shape:
-            ctx.set_view(o, View(ctx.new_space(o, shape[-1], f"{node}: recurrent hidden units are not prunable"),
-                                 len(shape) - 1))
+            ctx.set_view(
+                o,
+                View(
+                    ctx.new_space(o, shape[-1], f"{node}: recurrent hidden units are not prunable"),
+                    len(shape) - 1,
+                ),
+            )
 
 
 def recurrent_macs(node, sh):
-    """LSTM/GRU/RNN: per step and direction, gates·(I + H) MACs; W is [dirs, gates·H, I], R is [dirs, gates·H, H]."""
+    """LSTM/GRU/RNN: per step and direction, gates·(I + H) MACs; W is [dirs, gates·H, I], R is [dirs, gates·H,
+    H]."""
     x, w, r = sh[node.input[0]], sh[node.input[1]], sh[node.input[2]]
     seq, batch = (x[1], x[0]) if attr(node, "layout", 0) else (x[0], x[1])
     return seq * batch * w[0] * w[1] * (w[2] + r[2])

@@ -32,10 +32,10 @@ def map_reshape(in_shape, view: View, out_shape) -> View | None:
     """
     a = view.axis
     outer_total = math.prod(in_shape[:a]) * view.outer
-    inner_total = view.inner * math.prod(in_shape[a + 1:])
+    inner_total = view.inner * math.prod(in_shape[a + 1 :])
     size = in_shape[a] // (view.outer * view.inner)
     for b in range(len(out_shape)):
-        before, after = math.prod(out_shape[:b]), math.prod(out_shape[b + 1:])
+        before, after = math.prod(out_shape[:b]), math.prod(out_shape[b + 1 :])
         if before and after and outer_total % before == 0 and inner_total % after == 0:
             outer, inner = outer_total // before, inner_total // after
             if outer * size * inner == out_shape[b]:
@@ -49,10 +49,15 @@ def split_axis(in_shape, view: View, out_shape) -> int | None:
     if not view.plain:
         return None
     a = view.axis
-    before, after = math.prod(in_shape[:a]), math.prod(in_shape[a + 1:])
+    before, after = math.prod(in_shape[:a]), math.prod(in_shape[a + 1 :])
     for j in range(len(out_shape) - 1):
-        if out_shape[j] > 1 and out_shape[j + 1] > 1 and out_shape[j] * out_shape[j + 1] == in_shape[a] \
-                and math.prod(out_shape[:j]) == before and math.prod(out_shape[j + 2:]) == after:
+        if (
+            out_shape[j] > 1
+            and out_shape[j + 1] > 1
+            and out_shape[j] * out_shape[j + 1] == in_shape[a]
+            and math.prod(out_shape[:j]) == before
+            and math.prod(out_shape[j + 2 :]) == after
+        ):
             return j
     return None
 
@@ -108,11 +113,22 @@ def reshape(ctx: TraceContext, node: Node) -> None:
         kind, value = _shape_entry(ctx, node.inputs[1], mapped.axis)
         if kind == "const" and value > 0:
             if ctx.const(node.inputs[1]) is None:
-                ctx.block(mapped.space, f"{node} builds its target shape at run time with the channel count "
-                          f"{value} as a constant")
+                ctx.block(
+                    mapped.space,
+                    f"{node} builds its target shape at run time with the channel count "
+                    f"{value} as a constant",
+                )
                 return
-            ctx.member(node, "pass-through", mapped.space, kind=Edit.RESHAPE, input_index=1, axis=mapped.axis,
-                       outer=mapped.outer, inner=mapped.inner)
+            ctx.member(
+                node,
+                "pass-through",
+                mapped.space,
+                kind=Edit.RESHAPE,
+                input_index=1,
+                axis=mapped.axis,
+                outer=mapped.outer,
+                inner=mapped.inner,
+            )
         elif kind == "unknown":
             ctx.block(mapped.space, f"{node} has a target shape computed at run time that cannot be followed")
             return
@@ -177,8 +193,12 @@ def slice_(ctx: TraceContext, node: Node) -> None:
     consts = [ctx.const(n) if i < len(node.inputs) and n else None for i, n in enumerate(node.inputs[1:5])]
     consts += [None] * (4 - len(consts))
     starts, ends, axes, steps = consts
-    if starts is None or ends is None or (len(node.inputs) > 3 and node.inputs[3] and axes is None) \
-            or (len(node.inputs) > 4 and node.inputs[4] and steps is None):
+    if (
+        starts is None
+        or ends is None
+        or (len(node.inputs) > 3 and node.inputs[3] and axes is None)
+        or (len(node.inputs) > 4 and node.inputs[4] and steps is None)
+    ):
         ctx.block(view.space, f"{node} has slice bounds that are not constant")
         return
     axes = [int(a) % len(shape) for a in (axes if axes is not None else range(len(starts)))]

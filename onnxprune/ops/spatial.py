@@ -20,13 +20,17 @@ def spatial(ctx: TraceContext, node: Node) -> None:
     if out_shape is None or in_shape[view.axis] != out_shape[view.axis] or len(in_shape) != len(out_shape):
         ctx.block(view.space, f"{node} changes the size of the channel axis")
         return
-    if node.op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool") \
-            and view.axis != 1:
+    if (
+        node.op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+        and view.axis != 1
+    ):
         ctx.block(view.space, f"{node} pools over the channel axis")
         return
     if node.op == "Pad":
         pads = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attr("pads"))
-        axes = ctx.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else np.arange(len(in_shape))
+        axes = (
+            ctx.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else np.arange(len(in_shape))
+        )
         if pads is None or axes is None:
             ctx.block(view.space, f"{node} has pads that are not constant")
             return
@@ -51,8 +55,18 @@ def edit_resize(edit, trace: Trace, m: Member, kept: Mapping[int, np.ndarray]) -
     sizes[m.axis] = len(kept[m.space])
 
 
-SPATIAL = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-           "Upsample", "Pad", "SpaceToDepth", "DepthToSpace")
+SPATIAL = (
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "Upsample",
+    "Pad",
+    "SpaceToDepth",
+    "DepthToSpace",
+)
 
 ENTRIES = {
     **dict.fromkeys(SPATIAL, OpEntry(spatial)),
