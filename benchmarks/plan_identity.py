@@ -74,13 +74,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0])
-    side = ap.add_mutually_exclusive_group(required=True)
-    side.add_argument("--save", type=Path, help="write the plans and numbers of this code here")
-    side.add_argument("--against", type=Path, help="compare this code with plans saved earlier")
+    ap.add_argument("--save", type=Path, help="write the plans and numbers of this code here")
+    ap.add_argument("--against", type=Path, help="compare this code with plans saved earlier")
     ap.add_argument("--tolerance", type=float, default=1e-6)
     ap.add_argument("--python", default=sys.executable, help="the Python whose onnxprune runs compress")
     ap.add_argument("--cwd", default=str(Path(__file__).resolve().parents[1]), help="its working directory")
     args = ap.parse_args()
+    if not (args.save or args.against):
+        ap.error("give --save, --against or both")
     earlier = json.loads(args.against.read_text()) if args.against else {}
     runs, failed = {}, False
     print(f"Machine: {machine()}\n")
