@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnxprune.calibration.augment import mosaics
-from onnxprune.calibration.collect import collect_statistics
+from onnxprune.calibration.collect import Wanted, collect_statistics
 from onnxprune.passes.normalize import normalize
 from onnxprune.passes.prune_channels import prune_channels
 from onnxprune.passes.reconstruct import compensate_locally
@@ -80,7 +80,7 @@ def table(key: str, target: float, fold: int | None = None) -> str:
     layers = linear_layers(dense)
     rows = np.concatenate([own, mosaics(own, len(own), np.random.default_rng(0))])  # as compress's statistics
     stats = collect_statistics(
-        dense, ({"input": rows[i : i + 16]} for i in range(0, len(rows), 16)), layers, {}
+        dense, ({"input": rows[i : i + 16]} for i in range(0, len(rows), 16)), Wanted(layers)
     )
     hessians = {n: h.hessian() for n, h in stats.hessians.items()}
     counts = {n: h.n for n, h in stats.hessians.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from onnxprune.calibration.collect import collect_statistics
+from onnxprune.calibration.collect import Wanted, collect_statistics
 from onnxprune.calibration.readers import load_calibration
 from onnxprune.passes.normalize import normalize
 from scipy.stats import spearmanr
@@ -36,7 +36,7 @@ def orders(model, trace, groups, calib, dtype):
         m.node for g in groups for m in trace.members_of(g.id) if m.role == "consumer" and m.node in layers
     }
     stats = collect_statistics(
-        model, calib.batches("calib", 16), {n: layers[n] for n in wanted}, {}, dtype=dtype
+        model, calib.batches("calib", 16), Wanted({n: layers[n] for n in wanted}, dtype=dtype)
     )
     data = RankData.of(
         model,

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxprune.graph import producers
 from onnxprune.latency import ort_session
 from onnxprune.layers import LinearLayer
 
@@ -123,7 +124,7 @@ class Frontier:
         graph = model.graph
         have = set(self.values[0]) if self.values else set()
         inits = {t.name for t in graph.initializer}
-        producer = {o: n for n in graph.node for o in n.output}
+        producer = producers(graph)
         run: set[str] = set()
         stack = [t for t in taps if t not in have]
         while stack:
@@ -307,45 +308,48 @@ class Statistics:
                 acc.merge(theirs[k])
 
 
+@dataclass
+class Wanted:
+    """What a statistics pass collects: input Hessian sums of ``layers`` (or, with ``sample_rows``, a row
+    sample of each layer's input; ``seed`` picks it) in ``dtype``, and channel statistics of the
+    ``channel_axes`` tensors (tensor → channel axis)."""
+
+    layers: Mapping[str, LinearLayer]
+    channel_axes: Mapping[str, int] = field(default_factory=dict)
+    dtype: type = np.float64
+    sample_rows: int = 0
+    seed: int = 0
+
+
 def collect_statistics(
     model: onnx.ModelProto,
     batches: Iterable[Mapping[str, np.ndarray]],
-    layers: Mapping[str, LinearLayer],
-    channel_axes: Mapping[str, int],
-    dtype: type = np.float64,
+    wanted: Wanted,
     progress: Callable[[int], None] | None = None,
-    sample_rows: int = 0,
-    seed: int = 0,
 ) -> Statistics:
-    """One pass: input Hessian sums of ``layers`` (or, with ``sample_rows``, a row sample of each
-    layer's input instead) and channel statistics of ``channel_axes`` tensors."""
-    return collect_split_statistics(
-        model, [batches], layers, channel_axes, dtype, progress, sample_rows, seed
-    )[0]
+    """One pass over ``batches``: the statistics ``wanted``."""
+    return collect_split_statistics(model, [batches], wanted, progress)[0]
 
 
 def collect_split_statistics(
     model: onnx.ModelProto,
     parts: list[Iterable[Mapping[str, np.ndarray]]],
-    layers: Mapping[str, LinearLayer],
-    channel_axes: Mapping[str, int],
-    dtype: type = np.float64,
+    wanted: Wanted,
     progress: Callable[[int], None] | None = None,
-    sample_rows: int = 0,
-    seed: int = 0,
 ) -> list[Statistics]:
     """:func:`collect_statistics` of several streams of batches in one pass (one session): one
     ``Statistics`` per part, so a caller gets the statistics of disjoint halves and of the whole
     (``a.merge(b)``) for the price of one pass."""
+    layers, channel_axes, sample_rows = wanted.layers, wanted.channel_axes, wanted.sample_rows
     every = []
     by_input: dict[str, list[list]] = {}  # tapped tensor → per part, its accumulators
     for part in range(len(parts)):
         stats = Statistics()
         for name, layer in layers.items():
             if sample_rows:
-                acc = stats.samples[name] = RowSample(layer, sample_rows, seed, part)
+                acc = stats.samples[name] = RowSample(layer, sample_rows, wanted.seed, part)
             else:
-                acc = stats.hessians[name] = HessianSum(layer, dtype)
+                acc = stats.hessians[name] = HessianSum(layer, wanted.dtype)
             by_input.setdefault(layer.tap, [[] for _ in parts])[part].append(acc)
         for tensor, axis in channel_axes.items():
             stats.channels[tensor] = ChannelStats(axis)

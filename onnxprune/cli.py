@@ -19,6 +19,24 @@ from .options import ALLOCATIONS, METRICS, STATS_DTYPES
 from .quantize import CALIB_METHODS, PRESETS
 from .shapes import parse_input_shapes
 
+
+def option(*decls: str, **kw):
+    """``click.option`` that shows its default in the help when it has one."""
+    return click.option(*decls, show_default="default" in kw and not kw.get("is_flag"), **kw)
+
+
+def output_dir_option(what: str):
+    """``-o/--output-dir``: the folder for the command's outputs (``what``)."""
+    return option(
+        "-o",
+        "--output-dir",
+        "outdir",
+        default="out",
+        type=click.Path(file_okay=False),
+        help=f"Folder for {what}.",
+    )
+
+
 input_shape_option = click.option(
     "--input-shape",
     "input_shapes",
@@ -37,13 +55,13 @@ def cli() -> None:
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @input_shape_option
-@click.option(
+@option(
     "--sparsity",
     metavar="N:M",
     help="Also report which linear weights have ≥ N zeros in every M "
     "along the reduction dimension (TensorRT layout), and the overall sparsity.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON instead of tables.")
+@option("--json", "as_json", is_flag=True, help="Print the analysis as JSON instead of tables.")
 def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_json: bool) -> None:
     """Layers, MACs and parameters of MODEL (after normalization)."""
     from .analyze import analyze_model, render_analysis
@@ -57,34 +75,23 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option(
-    "-o",
-    "--output-dir",
-    "outdir",
-    default="out",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for <stem>.pruned.onnx and <stem>.report.json.",
-)
-@click.option("--target", default="2x", show_default=True, help="Cost divisor, e.g. 2x halves the MACs.")
-@click.option(
+@output_dir_option("<stem>.pruned.onnx and <stem>.report.json")
+@option("--target", default="2x", help="Cost divisor, e.g. 2x halves the MACs.")
+@option(
     "--metric",
     type=click.Choice(METRICS),
     default="macs",
-    show_default=True,
     help="What --target divides. latency: measured onnxruntime CPU time on this machine (a per-layer "
     "latency table, then a side-by-side check of the pruned model; the budget tightens until it holds).",
 )
-@click.option(
+@option(
     "--calib",
     metavar="PATH",
     help="Calibration data: .npz/.npy, an image folder, or file.py:function "
     "(runs that Python file: only use code you trust).",
 )
-@click.option(
-    "--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out."
-)
-@click.option(
+@option("--calib-samples", default=256, help="Calibration samples; the next ones are held out.")
+@option(
     "--calib-mosaics",
     type=int,
     metavar="N",
@@ -92,122 +99,86 @@ def analyze(model: str, input_shapes: tuple[str, ...], sparsity: str | None, as_
     "of calibration-image crops (default: one per calibration image for image inputs of 64 px or more; 0: "
     "none).",
 )
-@click.option("--preprocess", type=click.Choice(PREPROCESS), help="Image-folder preprocessing.")
-@click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
-@click.option("--criterion", type=click.Choice(CRITERIA), default="obs", show_default=True)
-@click.option(
+@option("--preprocess", type=click.Choice(PREPROCESS), help="Image-folder preprocessing.")
+@option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
+@option("--criterion", type=click.Choice(CRITERIA), default="obs")
+@option(
     "--allocation",
     type=click.Choice(ALLOCATIONS),
     default="dp",
-    show_default=True,
     help="dp: least summed measured damage for the target (SPDY-style); global: one ranking of every "
     "channel by its error alone, blind to what it saves (a baseline, like global magnitude pruning); "
     "uniform: every group loses the same fraction.",
 )
-@click.option(
+@option(
     "--search-evals",
     default=0,
-    show_default=True,
     metavar="N",
     help="dp: after the DP, search its "
     "per-group weights by the whole plan's measured damage on calibration data (N evaluations; 0: off; "
     "with photo-like calibration each plan is compensated from one half of the sources, measured on the "
     "other).",
 )
-@click.option(
+@option(
     "--no-reconstruct",
     is_flag=True,
     help="Skip the least-squares refit of the pruned layers on "
     "calibration data (obs/woodfisher still apply OBS's own compensation from the dense Hessians).",
 )
-@click.option(
+@option(
     "--round-to",
     type=int,
     help="Keep every group's width a multiple of N (default 1; 16 with --metric "
     "latency: other widths fall off onnxruntime's 16-channel blocked CPU convolutions).",
 )
-@click.option(
+@option(
     "--threads",
     default=0,
-    show_default=True,
     help="--metric latency: onnxruntime threads of every measurement (0: one per core).",
 )
-@click.option(
+@option(
     "--latency-batches",
     metavar="B1,B2..",
     help="--metric latency: the table is measured at the first "
     "batch size, the speedup checked at each (default 1,32; a model with a fixed batch: that batch).",
 )
-@click.option(
+@option(
     "--max-drop",
     type=float,
     help="Fail (exit 4) if top-1 agreement (or the lowest per-component R² of other outputs) drops by more.",
 )
-@click.option(
+@option(
     "--metric-fn",
     metavar="NAME|FILE.py:FN",
     help="Fidelity for the report and --max-drop: "
     "detection-f1, map-iou, map-pearson, or your function of (dense outputs, pruned outputs) -> number, "
     "1.0 = identical (runs that Python file: only use code you trust).",
 )
-@click.option(
-    "--metric-options", metavar="K=V,..", help="Options of --metric-fn, e.g. layout=yolov8,score=0.25."
-)
-@click.option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
-@click.option("--stats-dtype", type=click.Choice(STATS_DTYPES), default="float64", show_default=True)
-@click.option(
+@option("--metric-options", metavar="K=V,..", help="Options of --metric-fn, e.g. layout=yolov8,score=0.25.")
+@option("--exclude", metavar="REGEX", help="Never prune groups touching nodes whose name matches.")
+@option("--stats-dtype", type=click.Choice(STATS_DTYPES), default="float64")
+@option(
     "--sparsity",
     metavar="N:M|FRACTION",
     help="Also sparsify the linear weights: '2:4' (2 zeros in every "
     "4 input channels, TensorRT layout) or an unstructured fraction like 0.5 (SparseGPT with --calib).",
 )
-@click.option(
+@option(
     "--int8/--no-int8",
     default=True,
-    show_default=True,
     help="Also write <stem>.pruned.int8.onnx: QAT-ready INT8 QDQ of the pruned model (needs --calib).",
 )
-@click.option("--quant-preset", type=click.Choice(list(PRESETS)), default="ort", show_default=True)
-@click.option(
+@option("--quant-preset", type=click.Choice(list(PRESETS)), default="ort")
+@option(
     "--calib-method",
     type=click.Choice(list(CALIB_METHODS)),
     default="minmax",
-    show_default=True,
     help="INT8 activation range calibration.",
 )
-@click.option("--seed", default=0, show_default=True)
+@option("--seed", default=0)
 @input_shape_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
-def compress(
-    model,
-    outdir,
-    target,
-    metric,
-    calib,
-    calib_samples,
-    calib_mosaics,
-    preprocess,
-    input_size,
-    criterion,
-    allocation,
-    search_evals,
-    no_reconstruct,
-    round_to,
-    threads,
-    latency_batches,
-    max_drop,
-    metric_fn,
-    metric_options,
-    exclude,
-    stats_dtype,
-    sparsity,
-    int8,
-    quant_preset,
-    calib_method,
-    seed,
-    input_shapes,
-    as_json,
-) -> None:
+@option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
+def compress(model, outdir, target, no_reconstruct, latency_batches, input_shapes, as_json, **fields) -> None:
     """Prune MODEL to --target with calibration-aware scores and reconstruction."""
     from .bench import parse_batches
     from .pipeline import CompressOptions, parse_target
@@ -216,30 +187,10 @@ def compress(
 
     opts = CompressOptions(
         target=parse_target(target),
-        metric=metric,
-        calib=calib,
-        calib_samples=calib_samples,
-        calib_mosaics=calib_mosaics,
-        criterion=criterion,
-        allocation=allocation,
-        search_evals=search_evals,
         reconstruct=not no_reconstruct,
-        round_to=round_to,
-        max_drop=max_drop,
-        metric_fn=metric_fn,
-        metric_options=metric_options,
-        exclude=exclude,
-        seed=seed,
-        input_shapes=parse_input_shapes(input_shapes),
-        stats_dtype=stats_dtype,
-        preprocess=preprocess,
-        input_size=input_size,
-        sparsity=sparsity,
-        int8=int8,
-        quant_preset=quant_preset,
-        calib_method=calib_method,
-        threads=threads,
         latency_batches=tuple(parse_batches(latency_batches, "--latency-batches")) if latency_batches else (),
+        input_shapes=parse_input_shapes(input_shapes),
+        **fields,  # the other options are CompressOptions' fields by name
     )
     console = Console(stderr=as_json)
     with progress_factory(console, enabled=not as_json) as progress:
@@ -252,59 +203,47 @@ def compress(
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option(
+@option(
     "--calib",
     required=True,
     metavar="PATH",
     help="Calibration data: .npz/.npy, an image folder, or "
     "file.py:function (runs that Python file: only use code you trust).",
 )
-@click.option(
-    "-o",
-    "--output-dir",
-    "outdir",
-    default="out",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for <stem>.int8.onnx and <stem>.int8.report.json.",
-)
-@click.option(
-    "--calib-samples", default=256, show_default=True, help="Calibration samples; the next ones are held out."
-)
-@click.option("--preprocess", type=click.Choice(PREPROCESS), help="Image-folder preprocessing.")
-@click.option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
-@click.option(
+@output_dir_option("<stem>.int8.onnx and <stem>.int8.report.json")
+@option("--calib-samples", default=256, help="Calibration samples; the next ones are held out.")
+@option("--preprocess", type=click.Choice(PREPROCESS), help="Image-folder preprocessing.")
+@option("--input-size", type=int, help="Image-folder crop size (default: the model's input size).")
+@option(
     "--preset",
     type=click.Choice(list(PRESETS)),
     default="ort",
-    show_default=True,
     help="ort: uint8 asymmetric activations for ORT CPU; tensorrt: symmetric int8, shared Add/Concat scales.",
 )
-@click.option(
+@option(
     "--calib-method",
     type=click.Choice(list(CALIB_METHODS)),
     default="minmax",
-    show_default=True,
     help="How onnxruntime's calibrator picks activation ranges.",
 )
-@click.option(
+@option(
     "--max-drop",
     type=float,
     help="Keep the most sensitive layers in float until top-1 agreement (or "
     "the lowest per-component R² of other outputs) with the FP32 model drops by at most X; exit 4 if "
     "even that fails.",
 )
-@click.option(
+@option(
     "--no-bias-correction", is_flag=True, help="Skip correcting the biases for the mean INT8 weight error."
 )
-@click.option(
+@option(
     "--metric-fn",
     metavar="NAME|FILE.py:FN",
     help="Fidelity for the report and --max-drop (as for "
     "compress; runs that Python file: only use code you trust).",
 )
-@click.option("--metric-options", metavar="K=V,..", help="Options of --metric-fn.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
+@option("--metric-options", metavar="K=V,..", help="Options of --metric-fn.")
+@option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the summary.")
 def quantize(
     model,
     calib,
@@ -328,22 +267,14 @@ def quantize(
     console = Console(stderr=True)
     status = None if as_json else console.status("quantizing")
     with status or contextlib.nullcontext():
+        metric = load_metric(metric_fn, metric_options) if metric_fn else None
         opts = QuantizeOptions(
-            preset=preset,
-            calib_method=calib_method,
-            max_drop=max_drop,
-            bias_correction=not no_bias_correction,
-            metric=load_metric(metric_fn, metric_options) if metric_fn else None,
+            preset, calib_method, max_drop=max_drop, bias_correction=not no_bias_correction
         )
+        opts.metric = metric
+        shown = (lambda stage: status.update(f"quantizing: {stage}")) if status else None
         report = quantize_file(
-            model,
-            outdir,
-            calib,
-            calib_samples=calib_samples,
-            preprocess=preprocess,
-            input_size=input_size,
-            opts=opts,
-            progress=(lambda stage: status.update(f"quantizing: {stage}")) if status else None,
+            model, outdir, calib, calib_samples, preprocess, input_size, opts, progress=shown
         )
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -353,52 +284,39 @@ def quantize(
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
+@option(
     "--batch",
     "batches",
     default="1",
-    show_default=True,
     metavar="B[,B..]",
     help="Batch sizes to measure, comma-separated, e.g. 1,8,32.",
 )
-@click.option(
-    "--threads",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="onnxruntime intra-op threads (0: onnxruntime's default, one per core).",
+@option(
+    "--threads", default=0, type=click.IntRange(min=0), help="onnxruntime intra-op threads (0: one per core)."
 )
-@click.option(
+@option(
     "--rounds",
     default=30,
-    show_default=True,
     type=click.IntRange(min=1),
-    help="Timed rounds; every model runs once per round, in rotating order.",
+    help="Timed rounds, each model once a round, rotating.",
 )
-@click.option(
-    "--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Untimed rounds first."
+@option("--warmup", default=5, type=click.IntRange(min=0), help="Untimed rounds first.")
+@option(
+    "--repeats", default=1, type=click.IntRange(min=1), help="Repeats of the rounds (median and min of p50s)."
 )
-@click.option(
-    "--repeats",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Repeat the interleaved rounds; the table shows the median and the min of the p50s.",
-)
-@click.option(
+@option(
     "--backend",
     type=click.Choice(BACKENDS),
     default="ort",
-    show_default=True,
     help="ort: onnxruntime CPU; tensorrt: engines built on the GPU (needs tensorrt and a CUDA GPU).",
 )
-@click.option(
+@option(
     "--sparse",
     is_flag=True,
     help="TensorRT: build with SPARSE_WEIGHTS (automatic for models with 2:4 weights).",
 )
 @input_shape_option
-@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON instead of a table.")
+@option("--json", "as_json", is_flag=True, help="Print the measurements as JSON instead of a table.")
 def bench(models, batches, threads, rounds, warmup, repeats, backend, sparse, input_shapes, as_json) -> None:
     """Latency of MODELS side by side in one process, with ratios against the first model."""
     from .backends import run_bench

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from .graph import producers
 from .latency import ort_session
 
 _FLOAT_TYPES = {
@@ -53,7 +54,7 @@ _SCORE_OPS = {"Gemm", "MatMul", "Conv", "Softmax", "LogSoftmax"}
 def classifier_outputs(model: onnx.ModelProto) -> list[bool]:
     """Per graph output: are these class scores (a linear head or softmax), not features such as a
     mean-pooled sentence embedding? Only scores get top-k agreement and KL."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph)
 
     def source(name: str):
         node = producer.get(name)

@@ -32,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .channels import Trace
+from .graph import initializers
 from .latency import measure_latency
 from .shapes import Shape, static_shapes
 
@@ -145,7 +146,7 @@ def probe_model(
     node (the same edits pruning makes), and a depthwise conv's ``group`` follows its channel count.
     """
     rng = np.random.default_rng(seed)
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = initializers(model.graph)
     members = [m for m in trace.members if m.node == node.name]
     # activations are of the weights' float type (a float16 model's probes must not feed float32)
     act = next(
@@ -158,7 +159,7 @@ def probe_model(
     )
     proto = onnx.NodeProto()
     proto.CopyFrom(node)
-    graph_inputs, initializers, feeds = [], [], {}
+    graph_inputs, probe_inits, feeds = [], [], {}
 
     def narrowed(shape, axis, space, outer=1, inner=1, groups=1):
         shape = list(shape)
@@ -177,7 +178,7 @@ def probe_model(
                         shape, m.axis, m.space, m.outer, m.inner, m.groups if m.role == "consumer" else 1
                     )
             dtype = helper.tensor_dtype_to_np_dtype(inits[name].data_type)
-            initializers.append(
+            probe_inits.append(
                 numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(dtype), name)
             )
         else:
@@ -197,7 +198,7 @@ def probe_model(
         "probe",
         graph_inputs,
         [helper.make_tensor_value_info(o, act, None) for o in node.output if o],
-        initializers,
+        probe_inits,
     )
     probe = helper.make_model(graph, opset_imports=list(model.opset_import))
     probe.ir_version = model.ir_version

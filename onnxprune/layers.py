@@ -14,7 +14,7 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import numpy_helper
 
-from .graph import attrs
+from .graph import attrs, initializers, producers
 from .ops import entry
 
 
@@ -148,7 +148,7 @@ class LinearLayer:
 
 def linear_layers(model: onnx.ModelProto) -> dict[str, LinearLayer]:
     """Every Conv (not ConvTranspose), Gemm (B constant, no transA) and MatMul with one constant operand."""
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = initializers(model.graph)
     out: dict[str, LinearLayer] = {}
     for node in model.graph.node:
         e = entry(node.op_type, node.domain)
@@ -169,7 +169,7 @@ class _GraphFacts:
 
     def __init__(self, model: onnx.ModelProto, inits: dict[str, onnx.TensorProto]):
         g = model.graph
-        self.producers = {o: n for n in g.node for o in n.output}
+        self.producers = producers(g)
         self.constants = inits
         self.ranks = {
             v.name: len(v.type.tensor_type.shape.dim)
@@ -293,7 +293,7 @@ def rectified_outputs(
     conv → Add → ReLU), in which case the clamp reads the block output W·x + s. Ungrouped, unpooled layers
     only
     (their ``output_rows`` align with the fit's feature rows); graph outputs are read as is and left out."""
-    graph = _GraphFacts(model, {t.name: t for t in model.graph.initializer})
+    graph = _GraphFacts(model, initializers(model.graph))
     consumers = readers(model)
     graph_outputs = {o.name for o in model.graph.output}
     out = {}

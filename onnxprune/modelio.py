@@ -22,6 +22,7 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from .errors import InputError
+from .graph import initializers
 
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 
@@ -147,7 +148,7 @@ def check_contents(model: onnx.ModelProto, path: Path | str) -> None:
                 f"({onnx.__version__}) knows opsets 1 to {newest}"
             )
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    inits = initializers(graph)
     floats = (
         onnx.TensorProto.FLOAT,
         onnx.TensorProto.DOUBLE,

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from . import stages
-from ._version import __version__
+from ._version import versions
 from .calibration.readers import CalibrationSet
 from .errors import QualityGateError
 from .fidelity import headline
@@ -49,15 +49,14 @@ def _compress(path: Path, outdir: Path, run: Run) -> dict:
     scope = stages.select(run, loaded, traced)
     stats = stages.collect_statistics(run, loaded, traced, scope)
     rankings = stages.rank(run, loaded, traced, scope, stats)
-    trials = stages.make_trials(run, loaded, traced, scope, stats)
-    points: dict[int, list[tuple[int, float]]] = {}
-    rankings = stages.sensitivity(run, scope, trials, rankings, points)
+    curves = stages.Curves(rankings, stages.make_trials(run, loaded, traced, scope, stats))
+    stages.sensitivity(run, scope, curves)
     pattern = stages.sparsity_pattern(run.opts)
     step = stages.round_to(run.opts, pattern)
     cost = stages.cost_model(run, loaded, traced, scope, step)
-    allocator, plan = stages.allocate(run, loaded, scope, rankings, cost, step, trials)
-    plan, guarded = stages.guard(run, scope, trials, rankings, points, allocator, plan)
-    allocator.trials = trials = stats.half = None  # the dense values of every group's start: no longer needed
+    allocator, plan = stages.allocate(run, loaded, scope, curves, cost, step)
+    plan, guarded = stages.guard(run, scope, curves, allocator, plan)
+    allocator.trials = curves.trials = stats.half = None  # the dense values of every group's start: freed
     pruned = stages.apply(run, loaded, traced, plan)
     plan, pruned, speed = meet_latency(run, loaded, traced, allocator, plan, pruned)
     after = stages.check_budget(run, traced, allocator, pruned, scope, plan)
@@ -207,17 +206,6 @@ def group_rows(trace, plan, skipped) -> list[dict]:
             }
         )
     return rows
-
-
-def versions() -> dict:
-    import onnxruntime
-
-    return {
-        "onnxprune": __version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
 
 
 __all__ = ["CompressOptions", "CalibrationSet", "compress", "parse_target"]

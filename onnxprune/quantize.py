@@ -49,10 +49,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-from ._version import __version__
+from ._version import versions
 from .calibration.readers import CalibrationSet, load_calibration
 from .errors import InputError, QualityGateError
 from .fidelity import HeldOut, compare, headline
+from .graph import initializers, producers
 from .latency import measure_latency, ort_session
 from .modelio import load_model, output_folder, require_runnable, write_outputs
 from .ops import WEIGHT_LAYER_OPS
@@ -227,7 +228,7 @@ def upcast_float16(model: onnx.ModelProto) -> onnx.ModelProto | None:
 def flatten_gemm_biases(model: onnx.ModelProto) -> int:
     """A Gemm bias stored as [1, N] becomes [N] (same broadcast): onnxruntime's per-channel bias check
     indexes the bias per output channel and fails on a row. Shared biases get their own copy."""
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = initializers(model.graph)
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -273,7 +274,7 @@ def grouped_conv_transposes(model: onnx.ModelProto) -> list[str]:
 
 def add_zero_biases(model: onnx.ModelProto) -> int:
     """Give each Conv/ConvTranspose/Gemm that has a float weight initializer but no bias a zero bias."""
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = initializers(model.graph)
     added = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
@@ -424,7 +425,7 @@ def keep_outputs_float(qdq: onnx.ModelProto) -> int:
     saves nothing: the consumer of a graph output is float anyway.
     """
     outputs = {o.name for o in qdq.graph.output}
-    producer = {o: n for n in qdq.graph.node for o in n.output}
+    producer = producers(qdq.graph)
     readers: dict[str, int] = {}
     for n in qdq.graph.node:
         for t in n.input:
@@ -480,7 +481,7 @@ def weight_storage_bytes(qdq: onnx.ModelProto) -> int:
     The QAT-ready file keeps float weights; onnxruntime folds those Q nodes at load time, and a
     deployment export would store the int8 values: 3 bytes saved per weight element.
     """
-    inits = {t.name: t for t in qdq.graph.initializer}
+    inits = initializers(qdq.graph)
     quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits}
     saved = sum(
         3 * int(np.prod(inits[name].dims))
@@ -494,17 +495,6 @@ def check_runnable(model: onnx.ModelProto) -> None:
     """Full ONNX check and an onnxruntime session: every emitted model must pass both."""
     onnx.checker.check_model(model, full_check=True)
     ort_session(model)
-
-
-def versions() -> dict:
-    import onnxruntime
-
-    return {
-        "onnxprune": __version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
 
 
 @contextlib.contextmanager
@@ -787,7 +777,6 @@ def quantize_file(
     model_path: str | os.PathLike,
     outdir: str | os.PathLike,
     calib_spec: str,
-    *,
     calib_samples: int = 256,
     preprocess: str | None = None,
     input_size: int | None = None,

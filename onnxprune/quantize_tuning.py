@@ -23,6 +23,7 @@ import onnx
 from .calibration.collect import stream
 from .calibration.readers import CalibrationSet
 from .fidelity import HeldOut, headline, run_all
+from .graph import initializers, producers
 from .sensitivity import metric_measure, output_damage
 
 CORRECTED_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -48,7 +49,7 @@ def channel_means(
 
 def bias_slots(model: onnx.ModelProto) -> dict[str, str]:
     """Conv/ConvTranspose/Gemm node -> its float bias initializer, for biases no other node reads."""
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = initializers(model.graph)
     readers: dict[str, int] = {}
     for node in model.graph.node:
         for t in node.input:
@@ -73,7 +74,7 @@ def float_weight_probes(
     the error the weight quantization alone adds to that layer. Returns the probe model and
     node -> (quantized output, float-weight output).
     """
-    producer = {o: n for n in qdq.graph.node for o in n.output}
+    producer = producers(qdq.graph)
     wanted = set(nodes)
     probe = onnx.ModelProto()
     probe.CopyFrom(qdq)
@@ -123,7 +124,7 @@ class BiasCorrector:
         }
         means = channel_means(probe, taps, self.batches)
         shift = {node: means[f"{node}\0f"] - means[f"{node}\0q"] for node in pairs}
-        inits = {t.name: t for t in self.prepared.graph.initializer}
+        inits = initializers(self.prepared.graph)
         model = onnx.ModelProto()
         model.CopyFrom(self.prepared)
         index = {t.name: i for i, t in enumerate(model.graph.initializer)}

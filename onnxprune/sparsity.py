@@ -41,6 +41,8 @@ from onnxprune.errors import InputError
 from onnxprune.graph import attrs
 from onnxprune.layers import LinearLayer
 
+from .graph import initializers, producers
+
 MIN_WEIGHTS = 1024  # smaller layers are skipped: negligible memory and compute, sparse kernels do not pay off
 
 
@@ -197,14 +199,7 @@ def sparsegpt_prune(
 
 
 def obs_reference_prune(
-    w: np.ndarray,
-    h: np.ndarray,
-    *,
-    n: int = 2,
-    m: int = 4,
-    sparsity: float | None = None,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
+    w: np.ndarray, h: np.ndarray, pattern: Pattern, blocksize: int = 128, percdamp: float = 0.01
 ) -> tuple[np.ndarray, np.ndarray]:
     """The same pruning done directly (slow, for tests): explicit H⁻¹, one OBS step per column, downdates.
 
@@ -212,6 +207,7 @@ def obs_reference_prune(
     row r pruned at q gets w_r ← w_r − (w_rq / G_qq)·G_{q,:}; then q leaves the free set:
     G ← G − G_{:,q} G_{q,:} / G_qq. Mask scores use [H_{F_j}⁻¹]_jj = (H[j:, j:])⁻¹_00, inverted directly.
     """
+    n, m, sparsity = pattern.n, pattern.m, pattern.sparsity
     semi = sparsity is None
     h_damped, dead = dampen(h, percdamp)
     g = np.linalg.inv(h_damped)
@@ -304,12 +300,12 @@ def stored_weights(model: onnx.ModelProto) -> list[StoredWeight]:
     """Every Conv, Gemm (no transA) and MatMul with a constant weight, in graph order. The weight may arrive
     through QuantizeLinear/DequantizeLinear (an INT8 QDQ model): symmetric quantization keeps zeros zero, so
     the stored integers hold the float weights' N:M pattern."""
-    inits = {t.name: t for t in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = initializers(model.graph)
+    writer = producers(model.graph)
 
     def behind_qdq(name: str) -> str | None:
         while name not in inits:
-            node = producers.get(name)
+            node = writer.get(name)
             if node is None or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
                 return None
             name = node.input[0]

@@ -31,7 +31,7 @@ from .allocate import (
     search_allocation,
 )
 from .calibration.augment import DEFAULT_MIN_SIDE, image_input
-from .calibration.collect import collect_split_statistics
+from .calibration.collect import Wanted, collect_split_statistics
 from .calibration.readers import CalibrationSet, load_calibration
 from .channels import ChannelGroup, Trace
 from .costs import ModelCost, model_cost, param_slots
@@ -257,15 +257,15 @@ def collect_statistics(run: Run, loaded: Loaded, traced: Traced, scope: Scope) -
                 k: np.concatenate([h.mosaics[k] for h in halves if h.mosaics]) for k in calib.mosaics
             }
         parts = [h.batches("statistics", 16) for h in halves] if halves else [calib.batches("statistics", 16)]
-        every = collect_split_statistics(
-            loaded.model,
-            parts,
+        request = Wanted(
             {n: traced.layers[n] for n in wanted},
             axes,
             dtype=np.float32 if opts.stats_dtype == "float32" else np.float64,
-            progress=run.bar("calibration", calib.n_statistics()),
             sample_rows=opts.woodfisher_rows if scope.criterion == "woodfisher" else 0,
             seed=opts.seed,
+        )
+        every = collect_split_statistics(
+            loaded.model, parts, request, progress=run.bar("calibration", calib.n_statistics())
         )
         out = LayerStats()
         if halves:  # half A's Hessians price the sensitivity trials; the whole set's: A + B
@@ -438,23 +438,27 @@ def make_trials(run: Run, loaded: Loaded, traced: Traced, scope: Scope, stats: L
     return Trials(model, traced.trace, scope.groups, feeds, comp, measure)
 
 
-def sensitivity(
-    run: Run,
-    scope: Scope,
-    trials: Trials | None,
-    rankings: dict[int, GroupRanking],
-    points: dict[int, list[tuple[int, float]]],
-) -> dict[int, GroupRanking]:
-    """Error curves through the measured damage of trial cuts (their points added to ``points``)."""
+@dataclass
+class Curves:
+    """Each eligible group's ranking (removal order, error curve), the measured (channels removed, damage)
+    points behind it, and the trials that measure more."""
+
+    rankings: dict[int, GroupRanking]
+    trials: Trials | None
+    points: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def sensitivity(run: Run, scope: Scope, curves: Curves) -> None:
+    """Error curves through the measured damage of trial cuts (their points added to ``curves.points``)."""
     if not scope.measured:
-        return rankings
+        return
     with run.timer("sensitivity"):
-        return measured_rankings(
-            trials,
+        curves.rankings = measured_rankings(
+            curves.trials,
             scope.groups,
-            rankings,
+            curves.rankings,
             mode=run.opts.sensitivity,
-            points=points,
+            points=curves.points,
             progress=run.bar("sensitivity", len(scope.groups)),
         )
 
@@ -581,13 +585,7 @@ class Allocator:
 
 
 def allocate(
-    run: Run,
-    loaded: Loaded,
-    scope: Scope,
-    rankings: dict[int, GroupRanking],
-    cost: CostModel,
-    step: int,
-    trials: Trials | None,
+    run: Run, loaded: Loaded, scope: Scope, curves: Curves, cost: CostModel, step: int
 ) -> tuple[Allocator, Plan]:
     """The allocator over the eligible groups and its plan at ``base / target``."""
     opts, model = run.opts, loaded.model
@@ -601,9 +599,9 @@ def allocate(
                 min_keep = math.ceil(g.size * (1 - opts.first_conv_cap))
             min_keep = max(min_keep, min(step, g.size))
             choices.append(
-                GroupChoice(g.id, g.size, min_keep, step, controlled[g.id] / g.size, rankings[g.id])
+                GroupChoice(g.id, g.size, min_keep, step, controlled[g.id] / g.size, curves.rankings[g.id])
             )
-        allocator = Allocator(opts, choices, cost, trials, searching(run, loaded))
+        allocator = Allocator(opts, choices, cost, curves.trials, searching(run, loaded))
         return allocator, allocator.plan(allocator.budget)
 
 
@@ -633,17 +631,12 @@ def fit_uniform(choices, cost_of, budget, floor, base, metric):
 
 
 def guard(
-    run: Run,
-    scope: Scope,
-    trials: Trials | None,
-    rankings: dict[int, GroupRanking],
-    points: dict[int, list[tuple[int, float]]],
-    allocator: Allocator,
-    plan: Plan,
+    run: Run, scope: Scope, curves: Curves, allocator: Allocator, plan: Plan
 ) -> tuple[Plan, dict | None]:
     """Measure every cut past a group's trials to its last channels; raise the curves it beats and re-plan."""
     if not (scope.measured and plan):
         return plan, None
+    rankings = curves.rankings
 
     def replan() -> Plan:  # the allocator reads the rankings the guard raised
         allocator.rerank(rankings)
@@ -651,7 +644,7 @@ def guard(
 
     with run.timer("guard"):
         return guard_deep_cuts(
-            trials, scope.groups, rankings, points, plan, replan, progress=run.bar("guard")
+            curves.trials, scope.groups, rankings, curves.points, plan, replan, progress=run.bar("guard")
         )
 
 

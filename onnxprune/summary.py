@@ -44,18 +44,14 @@ def progress_factory(console: Console, enabled: bool = True):
 def print_summary(console: Console, r: dict) -> None:
     """The compress report as a human reads it: costs, calibration, speed, INT8, groups, guard, fidelity."""
     d, p = r["dense"], r["pruned"]
+    repair = (
+        " + reconstruction" if r["reconstruct"] else " + OBS compensation" if r.get("refit_layers") else ""
+    )
     console.print(f"[bold]{r['model']}[/bold] → {r['output']}")
     console.print(
         f"MACs {human(d['macs'])} → {human(p['macs'])} ({r['achieved']['macs']:.2f}x)   "
         f"params {human(d['params'])} → {human(p['params'])} ({r['achieved']['params']:.2f}x)   "
-        f"target {r['target']:g}x {r['metric']}, {r['criterion']} + {r['allocation']}"
-        + (
-            " + reconstruction"
-            if r["reconstruct"]
-            else " + OBS compensation"
-            if r.get("refit_layers")
-            else ""
-        )
+        f"target {r['target']:g}x {r['metric']}, {r['criterion']} + {r['allocation']}{repair}"
     )
     cal = r.get("calibration")
     if cal:

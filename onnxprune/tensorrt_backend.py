@@ -38,6 +38,7 @@ from .bench import (
     latency_stats,
     shapes_at_batch,
 )
+from .graph import initializers
 from .modelio import load_model
 from .shapes import Shape
 from .sparsity import check_pattern, stored_weights
@@ -258,7 +259,7 @@ def _logger():
 def _asymmetric_qdq_hint(model: onnx.ModelProto) -> str:
     """A hint when Q/DQ zero points are uint8 or nonzero (the ort preset): TensorRT takes symmetric int8
     only."""
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = initializers(model.graph)
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
             zp = numpy_helper.to_array(inits[node.input[2]])

@@ -11,7 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from .channels import Member, Space, View
-from .graph import attrs
+from .graph import attrs, initializers, producers
 from .shapes import Shape, declared_shape, graph_inputs
 
 
@@ -37,8 +37,8 @@ class TraceContext:
 
     def __init__(self, model: onnx.ModelProto, shapes: Mapping[str, Shape]):
         self.shapes = shapes
-        self.consts = {t.name: t for t in model.graph.initializer}
-        self._producers = {o: n for n in model.graph.node for o in n.output if o}
+        self.consts = initializers(model.graph)
+        self._producers = producers(model.graph)
         self._arrays: dict[str, np.ndarray] = {}
         self.views: dict[str, View] = {}
         self.spaces: list[Space] = []

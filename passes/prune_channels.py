@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.channels import Member, Trace, weight_positions
+from onnxprune.graph import initializers
 from onnxprune.ops import EDITS
 from onnxprune.shapes import infer_shapes
 
@@ -34,7 +35,7 @@ class _Editor:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.nodes = {n.name: n for n in model.graph.node}
-        self.inits = {t.name: t for t in model.graph.initializer}
+        self.inits = initializers(model.graph)
         self.readers: dict[str, int] = {}
         for n in model.graph.node:
             for name in n.input:

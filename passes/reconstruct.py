@@ -39,6 +39,7 @@ from onnx import numpy_helper
 from onnxprune.calibration.collect import downstream
 from onnxprune.passes.staged import GramSums, StagedWalk, partner_drift, partner_rows, ridge_lambda
 
+from onnxprune.graph import initializers
 from onnxprune.layers import LinearLayer, initializer_dict, linear_layers, rectified_outputs
 from onnxprune.sparsity import output_mismatch
 
@@ -535,7 +536,7 @@ def _apply(
             )
         new_w[b] = w[:, :-1] if fit.bias else w
         new_b[b] = w[:, -1] if fit.bias else b0[b]
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = initializers(model.graph)
     stored = p_inits[pl.weight]
     inits[pl.weight].CopyFrom(
         numpy_helper.from_array(pl.unmatrix(new_w, stored).astype(stored.dtype), pl.weight)
@@ -577,7 +578,7 @@ def compensate_locally(
     grouped convs and those whose inputs are all kept are left alone. Returns the compensated layers.
     """
     d_layers, p_layers = linear_layers(dense), linear_layers(pruned)
-    d_inits, p_tensors = initializer_dict(dense), {t.name: t for t in pruned.graph.initializer}
+    d_inits, p_tensors = initializer_dict(dense), initializers(pruned.graph)
     done = []
     for name, kept in kept_in.items():
         dl, pl = d_layers.get(name), p_layers.get(name)

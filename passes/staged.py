@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnxprune.calibration.collect import Frontier
 
+from onnxprune.graph import producers
 from onnxprune.layers import LinearLayer, residual_partners
 
 
@@ -89,13 +90,13 @@ def settled_partners(
     later stage, e.g. the conv on the other side of a projection shortcut) would run with stale weights.
     """
     stage_of = {name: i for i, stage in enumerate(stages) for name in stage}
-    producers = {o: n for n in model.graph.node for o in n.output}
+    writer = producers(model.graph)
     out = {}
     for name, tensor in partners.items():
         seen: set[str] = set()
         stack = [tensor]
         while stack:
-            node = producers.get(stack.pop())
+            node = writer.get(stack.pop())
             if node is None or node.name in seen:
                 continue
             seen.add(node.name)

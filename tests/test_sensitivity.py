@@ -264,7 +264,7 @@ def test_sensitivity_halves_split_the_sources_and_build_each_halfs_mosaics_from_
 def test_split_statistics_are_each_streams_and_merge_to_the_whole():
     """One pass over two streams gives each stream's Hessians (as if collected alone) and, merged, the
     Hessians of all rows: the sensitivity's half costs no second pass."""
-    from onnxprune.calibration.collect import collect_split_statistics, collect_statistics
+    from onnxprune.calibration.collect import Wanted, collect_split_statistics, collect_statistics
 
     from onnxprune.layers import linear_layers
 
@@ -273,13 +273,13 @@ def test_split_statistics_are_each_streams_and_merge_to_the_whole():
     x = synthetic.random_inputs(model, batch=20, seed=3)[name]
     layers = linear_layers(model)
     a, b = collect_split_statistics(
-        model, [[{name: x[:8]}, {name: x[8:12]}], [{name: x[12:]}]], layers, {name: 1}
+        model, [[{name: x[:8]}, {name: x[8:12]}], [{name: x[12:]}]], Wanted(layers, {name: 1})
     )
     for step, rows in (("a", x[:12]), ("b", x[12:]), ("a + b", x)):
         if step == "a + b":
             a.merge(b)
         part = b if step == "b" else a
-        direct = collect_statistics(model, [{name: rows}], layers, {name: 1})
+        direct = collect_statistics(model, [{name: rows}], Wanted(layers, {name: 1}))
         for n, h in direct.hessians.items():
             np.testing.assert_allclose(part.hessians[n].hessian(), h.hessian(), rtol=1e-10, atol=1e-12)
             assert part.hessians[n].n == h.n
@@ -290,7 +290,7 @@ def test_split_statistics_are_each_streams_and_merge_to_the_whole():
 def test_pooled_classifier_hessian_is_the_gram_of_every_position():
     """After GlobalAveragePool the classifier's H is (2/(n·P))·Σ x_s x_sᵀ over the P positions of the pooled
     map (a 1x1 conv on it), not the rank-≤n Gram of the n pooled rows."""
-    from onnxprune.calibration.collect import collect_statistics
+    from onnxprune.calibration.collect import Wanted, collect_statistics
 
     from onnxprune.layers import linear_layers
 
@@ -299,7 +299,7 @@ def test_pooled_classifier_hessian_is_the_gram_of_every_position():
     x = synthetic.random_inputs(model, batch=6, seed=1)[name]
     layers = {n: lay for n, lay in linear_layers(model).items() if lay.pooled_from}
     (fc,) = layers
-    stats = collect_statistics(model, [{name: x}], layers, {})
+    stats = collect_statistics(model, [{name: x}], Wanted(layers))
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
     tapped.graph.output.extend(

@@ -15,6 +15,7 @@ from onnxprune.passes.sparsify import SparsifyOptions, pattern_report, sparsify
 from onnxprune.layers import initializer_dict
 from onnxprune.modelio import load_model
 from onnxprune.sparsity import (
+    Pattern,
     bias_correction,
     check_pattern,
     corrected_sparsegpt,
@@ -46,7 +47,7 @@ def test_sparsegpt_equals_direct_obs(kwargs):
     """Cholesky rows + lazy block updates (blocks of 8 over 24 columns) = explicit OBS steps and downdates."""
     w, h = correlated_layer()
     fast, fast_mask = sparsegpt_prune(w, h, blocksize=8, **kwargs)
-    slow, slow_mask = obs_reference_prune(w, h, blocksize=8, **kwargs)
+    slow, slow_mask = obs_reference_prune(w, h, Pattern(**kwargs), blocksize=8)
     assert np.array_equal(fast_mask, slow_mask)
     assert np.max(np.abs(fast - slow)) < 1e-6
     assert np.all(fast[fast_mask] == 0) and np.all(fast[~fast_mask] != 0)

@@ -213,20 +213,23 @@ def _bias(node: onnx.NodeProto, index: int = 2) -> str | None:
     return node.input[index] if len(node.input) > index and node.input[index] else None
 
 
+def _fields(node: onnx.NodeProto, op: str, bias: str | None, groups: int, **extra) -> dict:
+    """The ``layers.LinearLayer`` fields of a node whose input 0 is the activation and input 1 the weight."""
+    io = dict(input=node.input[0], output=node.output[0], weight=node.input[1])
+    return dict(node=node.name, op=op, **io, bias=bias, groups=groups, **extra)
+
+
 def conv_view(node: onnx.NodeProto, attrs: dict, inits: Mapping[str, onnx.TensorProto]) -> dict | None:
     """A Conv with constant weights and explicit padding: W [groups, out/g, (in/g)·k…] on im2col patches."""
     if node.input[1] not in inits or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None  # implicit padding is not handled by the im2col view
     w = inits[node.input[1]]
     nd = len(w.dims) - 2
-    return dict(
-        node=node.name,
-        op="Conv",
-        input=node.input[0],
-        output=node.output[0],
-        weight=node.input[1],
-        bias=_bias(node),
-        groups=int(attrs.get("group", 1)),
+    return _fields(
+        node,
+        "Conv",
+        _bias(node),
+        int(attrs.get("group", 1)),
         kernel=tuple(w.dims[2:]),
         strides=tuple(attrs.get("strides", [1] * nd)),
         pads=tuple(attrs.get("pads", [0] * 2 * nd)),
@@ -247,25 +250,14 @@ def gemm_view(node: onnx.NodeProto, attrs: dict, inits: Mapping[str, onnx.Tensor
     c = _bias(node)
     if c is not None and (c not in inits or len(inits[c].dims) > 1 and inits[c].dims[0] != 1):
         return None
-    return dict(
-        node=node.name,
-        op="Gemm",
-        input=node.input[0],
-        output=node.output[0],
-        weight=node.input[1],
-        bias=c,
-        groups=1,
-        trans_b=bool(attrs.get("transB", 0)),
-    )
+    return _fields(node, "Gemm", c, 1, trans_b=bool(attrs.get("transB", 0)))
 
 
 def matmul_view(node: onnx.NodeProto, attrs: dict, inits: Mapping[str, onnx.TensorProto]) -> dict | None:
     """A MatMul of an activation by a constant 2-D matrix on the right."""
     a, b = node.input
     if b in inits and a not in inits and len(inits[b].dims) == 2:
-        return dict(
-            node=node.name, op="MatMul", input=a, output=node.output[0], weight=b, bias=None, groups=1
-        )
+        return _fields(node, "MatMul", None, 1)
     return None
 
 
