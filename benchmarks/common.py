@@ -52,13 +52,18 @@ def compressed(
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [python, "-m", "onnxprune", "compress", *args, "--json", "-o", out],
+            compress_cmd(*args, "--json", "-o", out, python=python),
             capture_output=True,
             text=True,
             cwd=cwd,
         )
         wall = time.perf_counter() - t0
         yield proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, proc.stderr, wall
+
+
+def compress_cmd(*args, python: str = sys.executable) -> list[str]:
+    """``python -m onnxprune compress ARGS`` as an argument list (paths and numbers as strings)."""
+    return [python, "-m", "onnxprune", "compress", *map(str, args)]
 
 
 def run_batched(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:

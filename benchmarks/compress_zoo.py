@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks.common import MODELS, machine, quality_text, run_batched
+from benchmarks.common import MODELS, compress_cmd, machine, quality_text, run_batched
 
 CONFIGS = {
     "magnitude+uniform": ["--criterion", "magnitude", "--allocation", "uniform", "--no-reconstruct"],
@@ -62,11 +61,7 @@ def main() -> None:
             for name in args.configs:
                 with tempfile.TemporaryDirectory() as out:
                     t0 = time.perf_counter()
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "onnxprune",
-                        "compress",
+                    cmd = compress_cmd(
                         str(model),
                         "--calib",
                         str(calib),
@@ -77,7 +72,7 @@ def main() -> None:
                         "--json",
                         "--no-int8",
                         *CONFIGS[name],
-                    ]
+                    )
                     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
                         proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
                         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS

@@ -16,25 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import onnx
 
-from benchmarks.common import MODELS, machine
+from benchmarks.common import MODELS, compress_cmd, machine
 from benchmarks.compress_zoo import evaluate
 from onnxprune.bench import compare_latency
 
 
 def compress(model: Path, calib: Path, out: str, *args: str) -> tuple[dict | None, float, str]:
     t0 = time.perf_counter()
-    cmd = [
-        sys.executable,
-        "-m",
-        "onnxprune",
-        "compress",
+    cmd = compress_cmd(
         str(model),
         "--calib",
         str(calib),
@@ -43,7 +38,7 @@ def compress(model: Path, calib: Path, out: str, *args: str) -> tuple[dict | Non
         "--json",
         "--no-int8",
         *args,
-    ]
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -15,24 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 
-from benchmarks.common import MODELS, machine
+from benchmarks.common import MODELS, compress_cmd, machine
 from onnxprune.bench import compare_latency
 
 MULTIPLES = (1, 2, 4, 8, 16, 32)
 
 
 def prune(model: Path, out: str, target: float, round_to: int) -> tuple[onnx.ModelProto, float]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "onnxprune",
-        "compress",
+    cmd = compress_cmd(
         str(model),
         "--target",
         f"{target}x",
@@ -47,7 +42,7 @@ def prune(model: Path, out: str, target: float, round_to: int) -> tuple[onnx.Mod
         out,
         "--json",
         "--no-int8",
-    ]
+    )
     report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     return onnx.load(report["output"]), report["achieved"]["macs"]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks.common import MODELS, machine, quality_text, run_batched
+from benchmarks.common import MODELS, compress_cmd, machine, quality_text, run_batched
 from benchmarks.compress_zoo import CONFIGS
 
 SPARSITY_CONFIGS = {
@@ -147,11 +147,7 @@ def main() -> None:
                 for target in args.targets:
                     for config in args.configs:
                         name = f"{config} {args.extra}".strip()
-                        cmd = [
-                            sys.executable,
-                            "-m",
-                            "onnxprune",
-                            "compress",
+                        cmd = compress_cmd(
                             str(model),
                             "--calib",
                             str(data),
@@ -165,7 +161,7 @@ def main() -> None:
                             str(len(cal)),
                             *ALL_CONFIGS[config],
                             *shlex.split(args.extra),
-                        ]
+                        )
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         if proc.returncode:
                             print(

@@ -245,20 +245,8 @@ def test_static_batch_model_compresses_and_measures_at_its_batch(tmp_path, capsy
     with np.load(MODELS / "fmnist_calib.npz") as z:
         x = z["input"][:96]
     np.savez(tmp_path / "calib.npz", input=x, groups=np.arange(96) // 3)  # 32 sources, three samples each
-    code, out, err = run_cli(
-        capsys,
-        "compress",
-        path,
-        "--calib",
-        tmp_path / "calib.npz",
-        "--calib-samples",
-        "64",
-        "--target",
-        "1.3x",
-        "-o",
-        tmp_path / "out",
-        "--json",
-    )
+    common = ["compress", path, "--calib", tmp_path / "calib.npz", "--calib-samples", "64", "--json"]
+    code, out, err = run_cli(capsys, *common, "--target", "1.3x", "-o", tmp_path / "out")
     assert code == 0, err
     report = json.loads(out)
     assert report["achieved"]["macs"] >= 1.3 and report["input_shapes"]["input"][0] == 4
@@ -267,21 +255,7 @@ def test_static_batch_model_compresses_and_measures_at_its_batch(tmp_path, capsy
     assert run_ort(pruned, {"input": x[:4]})[0].shape[0] == 4
     # --metric latency measures at the batch the model fixes (the default batches 1 and 32 cannot run)
     code, out, err = run_cli(
-        capsys,
-        "compress",
-        path,
-        "--calib",
-        tmp_path / "calib.npz",
-        "--calib-samples",
-        "64",
-        "--target",
-        "1.1x",
-        "--metric",
-        "latency",
-        "--no-int8",
-        "-o",
-        tmp_path / "lat",
-        "--json",
+        capsys, *common, "--target", "1.1x", "--metric", "latency", "--no-int8", "-o", tmp_path / "lat"
     )
     assert code in (0, 3), err  # 3: this machine could not reach 1.1x; never an input error
     if code == 0:
