@@ -1,22 +1,17 @@
 """Generalization inside the calibration domain: calibrate on most calibration photos, score on the rest.
 
     python -m benchmarks.unseen_photos [--models effnet mnv2] [--targets 1.5] [--photos 26 51 0]
-                                       [--configs obs+dp+reconstruct] [--folds 1] [--extra "--search-evals
-                                       32"]
+        [--configs obs+dp+reconstruct] [--folds 1] [--extra "--search-evals 32"]
 
 The zoo's calibration files hold 12 views of each of 391 photos and a ``groups`` key (the photo of each
-row): the 138 photos of sessions 3–9 first, then the 253 gcompris photos appended in session 10 (their
-indices, so the folds of the first 138, did not move). Every 4th photo (``--folds``: which of the four
-offsets, photo index % 4; a near-duplicate group — stereo or flow pair — goes with its first photo) is held
-back; compress calibrates on the first 256 rows (view-major) of the
-others (``--photos N``: only the first N of them; 0 = all 293; ``--calib-rows``: other than 256), exactly
-as a user would, through the CLI.
-The pruned model is then scored against the dense one on
+row): 138 earlier photos (textures, text, microscopy, street scenes) first, then 253 object-centred gcompris
+photos. Every 4th photo (``--folds``: which of the four offsets, photo index % 4; a near-duplicate group —
+stereo or flow pair — goes with its first photo) is held back; compress calibrates on the first 256 rows
+(view-major) of the others (``--photos N``: only the first N of them; 0 = all 293; ``--calib-rows``: other
+than 256), exactly as a user would, through the CLI. The pruned model is then scored against the dense one on
 
-* **unseen photos**: all 12 views of the held-back photos, split into the held-back photos of the first
-  138 (34–35 photos, 408–420 crops: the unseen sets of sessions 5–9, except that a near-duplicate twin now
-  goes with its group — sessions 5–9 could calibrate on the twin of a held-back photo) and the held-back
-  gcompris photos (62–64 photos);
+* **unseen photos**: all 12 views of the held-back photos, split into the held-back earlier photos (34–35
+  photos, 408–420 crops) and the held-back gcompris photos (62–64 photos);
 * **seen photos, other views**: 256 views of the calibration photos that compress did not read.
 
 A model that generalizes scores alike on both; the gap between them is what the compressor memorized of
@@ -49,7 +44,7 @@ SPARSITY_CONFIGS = {
 ALL_CONFIGS = {**CONFIGS, **SPARSITY_CONFIGS}
 CALIB_ROWS = 256
 HOLD_EVERY = 4  # photos with id % 4 == fold are held back
-EARLIER_PHOTOS = 138  # the calibration photos before the gcompris ones were appended (session 10)
+EARLIER_PHOTOS = 138  # the calibration photos before the gcompris ones
 
 
 def group_anchors(calib: Path, n_photos: int) -> np.ndarray:
