@@ -356,6 +356,52 @@ def transformer_block(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     return b.finish(transformer_block)
 
 
+def transformer_runtime_shapes(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """An attention block whose head split and merge shapes are built at run time, as torch exports write
+    them: tokens [N,8,12], 3 heads of 4, q/k/v as MatMul + bias Add, then
+    Reshape(x, Concat(Slice(Shape(x), 0, 2), [3, 4])) -> Transpose -> scores -> Softmax -> context ->
+    Transpose -> Reshape(c, Concat(Slice(Shape(c), 0, 2), [12])) -> attn_out -> Add residual -> FFN 24 (Relu)
+    -> Add residual. Output [N,8,12].
+    The head count and head size are constants inside a computed shape: pruning heads must rewrite them.
+    """
+    b = Builder(seed, opset)
+    d, heads, dh = 12, 3, 4
+    x = b.input("x", ["N", 8, d])
+
+    def leading(t, name):  # [N, S] of a [N, S, ...] tensor, read at run time
+        shape = b.op("Shape", [t], f"{name}/shape")
+        return b.op(
+            "Slice",
+            [shape, b.const(f"{name}.start", [0], np.int64), b.const(f"{name}.end", [2], np.int64)],
+            f"{name}/leading",
+        )
+
+    def project(name, perm):
+        y = b.linear(x, d, d, name)
+        target = b.op(
+            "Concat",
+            [leading(y, name), b.const(f"{name}.heads", [heads, dh], np.int64)],
+            f"{name}/target",
+            axis=0,
+        )
+        return b.op(
+            "Transpose", [b.op("Reshape", [y, target], f"{name}/heads")], f"{name}/transpose", perm=perm
+        )
+
+    q, k, v = project("q", [0, 2, 1, 3]), project("k", [0, 2, 3, 1]), project("v", [0, 2, 1, 3])
+    s = b.op("Div", [b.op("MatMul", [q, k], "scores"), b.const("attn.scale", np.sqrt(dh))], "scores/scale")
+    c = b.op("MatMul", [b.op("Softmax", [s], "probs", axis=-1), v], "context")
+    c = b.op("Transpose", [c], "context/transpose", perm=[0, 2, 1, 3])
+    merge = b.op(
+        "Concat", [leading(c, "merge"), b.const("merge.width", [d], np.int64)], "merge/target", axis=0
+    )
+    c = b.op("Reshape", [c, merge], "context/merge")
+    h = b.op("Add", [b.linear(c, d, d, "attn_out"), x], "attn_residual")
+    f = b.linear(b.op("Relu", [b.linear(h, d, 2 * d, "ffn1")], "ffn1/relu"), 2 * d, d, "ffn2")
+    b.output(b.op("Add", [f, h], "ffn_residual"), ["N", 8, d])
+    return b.finish(transformer_runtime_shapes)
+
+
 def conv_chain(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """Plain conv chain through every per-channel pass-through op the tracer must know.
 
@@ -469,6 +515,7 @@ GRAPHS: dict[str, Callable[..., onnx.ModelProto]] = {
     "shuffle_residual": shuffle_residual,
     "lstm": lstm,
     "transformer_block": transformer_block,
+    "transformer_runtime_shapes": transformer_runtime_shapes,
     "conv_chain": conv_chain,
     "conv_transpose": conv_transpose,
     "mlp_gemm": mlp_gemm,

@@ -210,3 +210,27 @@ def test_random_inputs_dtypes_and_seeds():
     assert a["x"].shape == (2, 8, 16) and a["x"].dtype == np.float32
     np.testing.assert_array_equal(a["x"], synthetic.random_inputs(model, seed=0)["x"])
     assert not np.array_equal(a["x"], b["x"])
+
+
+def test_runtime_shaped_attention_is_attention():
+    """transformer_runtime_shapes computes multi-head attention (3 heads of 4) with its head split and merge
+    shapes read at run time: numpy's attention on the same weights gives the same output."""
+    model = synthetic.build("transformer_runtime_shapes")
+    w = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = synthetic.random_inputs(model, batch=3)["x"]
+
+    def linear(name, t):
+        return t @ w[f"{name}.weight"] + w[f"{name}.bias"]
+
+    def heads(t):
+        return t.reshape(3, 8, 3, 4).transpose(0, 2, 1, 3)
+
+    q, k, v = heads(linear("q", x)), heads(linear("k", x)), heads(linear("v", x))
+    scores = q @ k.transpose(0, 1, 3, 2) / 2.0
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    h = linear("attn_out", (p @ v).transpose(0, 2, 1, 3).reshape(3, 8, 12)) + x
+    want = linear("ffn2", np.maximum(linear("ffn1", h), 0.0)) + h
+    got = run(model, {"x": x})
+    np.testing.assert_allclose(next(iter(got.values())), want, atol=1e-5)
+    assert {n.op_type for n in model.graph.node} >= {"Shape", "Slice", "Concat", "Reshape", "Softmax"}

@@ -260,3 +260,18 @@ def test_analyze_reports_groups(tmp_path, capsys):
         main(["analyze", str(path)])
     out = capsys.readouterr().out
     assert "Channel groups" in out and "scores" in out
+
+
+def test_a_head_split_in_a_runtime_built_shape_blocks_its_projection_with_the_reason():
+    """transformer_runtime_shapes: the q/k/v projections are split into heads by a Reshape whose target is
+    Concat(Shape pieces, [heads, head size]); with the head size a constant there, slicing channels would
+    break the Reshape, so those spaces block naming the node and the constant; the FFN's neurons stay a
+    prunable group."""
+    model, _ = normalize(synthetic.build("transformer_runtime_shapes"))
+    trace = trace_channels(model)
+    reasons = [r for g in trace.groups for r in g.reasons]
+    for name in ("q/heads", "k/heads", "v/heads"):
+        assert any(f"'{name}'" in r and "channel count 4 as a constant" in r for r in reasons), name
+    prunable = [g for g in trace.groups if g.prunable]
+    assert [g.size for g in prunable] == [24]
+    assert {m.node for m in trace.members_of(prunable[0].id)} >= {"ffn1/matmul", "ffn2/matmul"}
