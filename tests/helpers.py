@@ -14,6 +14,15 @@ from onnxprune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
+# `compress` on the shipped model with 64 calibration samples (the rest of a CLI call follows)
+FMNIST_64 = (
+    "compress",
+    MODELS / "fmnist_resnet.onnx",
+    "--calib",
+    MODELS / "fmnist_calib.npz",
+    "--calib-samples",
+    "64",
+)
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from onnxprune.calibration.augment import image_input, mosaics, spatial_axes
 from onnxprune.calibration.readers import CalibrationSet
 
-from tests.helpers import MODELS, run_cli
+from tests.helpers import FMNIST_64, MODELS, run_cli
 
 
 def _find_crop(tile: np.ndarray, images: np.ndarray, axes: tuple[int, int]) -> set[int]:
@@ -93,20 +93,7 @@ def test_statistics_batches_read_calibration_then_mosaics():
 
 def _report(tmp_path, capsys, *args):
     code, out, err = run_cli(
-        capsys,
-        "compress",
-        MODELS / "fmnist_resnet.onnx",
-        "--calib",
-        MODELS / "fmnist_calib.npz",
-        "--calib-samples",
-        "64",
-        "--target",
-        "1.2x",
-        "--no-int8",
-        "-o",
-        tmp_path,
-        "--json",
-        *args,
+        capsys, *FMNIST_64, "--target", "1.2x", "--no-int8", "-o", tmp_path, "--json", *args
     )
     assert code == 0, err
     return json.loads(out)

@@ -181,17 +181,7 @@ def test_cli_json_batches_and_repeats(model_files, capsys):
         model_files["chain"],
         model_files["residual"],
         model_files["fixed"],
-        "--batch",
-        "1,4",
-        "--rounds",
-        "5",
-        "--warmup",
-        "1",
-        "--repeats",
-        "2",
-        "--threads",
-        "1",
-        "--json",
+        *"--batch 1,4 --rounds 5 --warmup 1 --repeats 2 --threads 1 --json".split(),
     )
     assert code == 0, err
     report = json.loads(out)
@@ -226,12 +216,7 @@ def test_cli_skipped_row_is_a_warning_not_a_failure(model_files, capsys):
         "bench",
         model_files["chain"],
         model_files["fixed"],
-        "--batch",
-        "2",
-        "--rounds",
-        "5",
-        "--warmup",
-        "0",
+        *"--batch 2 --rounds 5 --warmup 0".split(),
     )
     assert code == 0
     assert (
@@ -248,15 +233,7 @@ def test_cli_dynamic_dims_need_input_shape(model_files, capsys):
         "bench",
         model_files["dynamic_hw"],
         model_files["chain"],
-        "--input-shape",
-        "x:1x3x16x16",
-        "--batch",
-        "2",
-        "--rounds",
-        "5",
-        "--warmup",
-        "0",
-        "--json",
+        *"--input-shape x:1x3x16x16 --batch 2 --rounds 5 --warmup 0 --json".split(),
     )
     assert code == 0, err
     assert [r["stats"]["runs"] for r in json.loads(out)["results"]] == [5, 5]

@@ -22,7 +22,7 @@ from onnxprune.metrics import (
     nms,
     parse_options,
 )
-from tests.helpers import MODELS, run_cli
+from tests.helpers import FMNIST_64, MODELS, run_cli
 
 
 def yolov8(boxes, classes, scores, num_classes=3, anchors=20) -> np.ndarray:
@@ -169,21 +169,7 @@ def test_a_user_metric_is_the_reports_fidelity_and_the_gate(tmp_path, capsys):
     script = tmp_path / "metric.py"
     script.write_text("def half(dense, pruned, bias=0.0):\n    return 0.5 + bias\n")
     out = tmp_path / "out"
-    args = [
-        "compress",
-        MODELS / "fmnist_resnet.onnx",
-        "--calib",
-        MODELS / "fmnist_calib.npz",
-        "--calib-samples",
-        "64",
-        "--no-int8",
-        "--target",
-        "1.2x",
-        "-o",
-        out,
-        "--metric-fn",
-        f"{script}:half",
-    ]
+    args = [*FMNIST_64, "--no-int8", "--target", "1.2x", "-o", out, "--metric-fn", f"{script}:half"]
     code, _, err = run_cli(capsys, *args, "--metric-options", "bias=0.25", "--max-drop", "0.2", "--json")
     assert code == 4 and "quality gate failed" in err and f"{script}:half 0.7500" in err
     report = json.loads((out / "fmnist_resnet.report.json").read_text())

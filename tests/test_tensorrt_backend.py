@@ -301,15 +301,7 @@ def test_cli_tensorrt_backend(gpu, tmp_path, capsys):
         "bench",
         dense,
         sparse,
-        "--backend",
-        "tensorrt",
-        "--batch",
-        "1,4",
-        "--rounds",
-        "5",
-        "--warmup",
-        "1",
-        "--json",
+        *"--backend tensorrt --batch 1,4 --rounds 5 --warmup 1 --json".split(),
     )
     assert code == 0, err
     report = json.loads(out)
