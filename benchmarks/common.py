@@ -61,6 +61,11 @@ def compressed(
         yield proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, proc.stderr, wall
 
 
+def group_key(group: dict) -> str:
+    """A report's group known by its members (node:role, sorted): ids shift as the tracer finds more."""
+    return "|".join(sorted(f"{m['node']}:{m['role']}" for m in group["members"]))
+
+
 def compress_cmd(*args, python: str = sys.executable) -> list[str]:
     """``python -m onnxprune compress ARGS`` as an argument list (paths and numbers as strings)."""
     return [python, "-m", "onnxprune", "compress", *map(str, args)]

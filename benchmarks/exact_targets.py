@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import MODELS, ZOO, compressed, machine
+from benchmarks.common import MODELS, ZOO, compressed, group_key, machine
 from benchmarks.compress_zoo import evaluate
 from onnxprune.fidelity import headline
 
@@ -67,11 +67,7 @@ def main() -> None:
                 continue
             achieved = report["achieved"]["macs"]
             # a group is known by its members (ids shift when the tracer finds more groups)
-            widths = {
-                "|".join(sorted(f"{m['node']}:{m['role']}" for m in g["members"])): g["kept"]
-                for g in report["groups"]
-                if g["prunable"]
-            }
+            widths = {group_key(g): g["kept"] for g in report["groups"] if g["prunable"]}
             plans[f"{key}@{target}"] = widths
             name, value = headline(report["fidelity"])
             quality = "—"

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.common import MODELS, compressed, machine
+from benchmarks.common import MODELS, compressed, group_key, machine
 
 
 def numbers(tree, prefix: str = "") -> dict[str, float]:
@@ -42,7 +42,7 @@ def record(report: dict) -> dict:
     kept = {}
     for g in report["groups"]:
         if g["prunable"]:
-            key = "|".join(sorted(f"{m['node']}:{m['role']}" for m in g["members"]))
+            key = group_key(g)
             pruned = set(g["pruned_indices"])
             kept[key] = [i for i in range(g["channels"]) if i not in pruned]
     int8 = (report.get("int8") or {}).get("fidelity") or {}

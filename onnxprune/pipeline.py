@@ -24,6 +24,7 @@ from .metrics import load_metric
 from .modelio import output_folder, write_outputs
 from .options import CompressOptions, parse_target, validate
 from .quantize import Known, QuantizeOptions, quantize_model
+from .sparsity import sparsity_option
 from .stages import Replanner, Run
 
 
@@ -51,7 +52,7 @@ def _compress(path: Path, outdir: Path, run: Run) -> dict:
     rankings = stages.rank(run, loaded, traced, scope, stats)
     curves = stages.Curves(rankings, stages.make_trials(run, loaded, traced, scope, stats))
     stages.sensitivity(run, scope, curves)
-    pattern = stages.sparsity_pattern(run.opts)
+    pattern = sparsity_option(run.opts.sparsity)
     step = stages.round_to(run.opts, pattern)
     cost = stages.cost_model(run, loaded, traced, scope, step)
     allocator, plan = stages.allocate(run, loaded, scope, curves, cost, step)
@@ -122,7 +123,7 @@ def meet_latency(
     check = SpeedCheck(opts.target, stages.latency_batches(opts, model), opts.threads, traced.shapes)
     with run.timer("latency_check"):
         plan, pruned, speed = meet_speedup(
-            model, Replanner(run, loaded, traced, allocator), (plan, pruned), allocator.budget, check
+            model, Replanner(loaded, traced, allocator), (plan, pruned), allocator.budget, check
         )
     speed["table"] = table.summary()
     return plan, pruned, speed

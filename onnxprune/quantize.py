@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ from .ops import WEIGHT_LAYER_OPS
 from .passes.normalize import normalize
 from .quantize_tuning import BiasCorrector, fallback_search
 from .shapes import infer_shapes
+from .timing import Timer
 
 # What quantize_static quantizes when op_types_to_quantize is not given; the calibrator must see the same.
 QUANTIZABLE_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
@@ -497,15 +497,6 @@ def check_runnable(model: onnx.ModelProto) -> None:
     ort_session(model)
 
 
-@contextlib.contextmanager
-def timed(times: dict[str, float], stage: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[stage] = round(times.get(stage, 0.0) + time.perf_counter() - t0, 3)
-
-
 @dataclass
 class QuantizeOptions:
     """How the INT8 copy is built and checked: ``preset`` (``PRESETS``), onnxruntime's calibration method,
@@ -572,13 +563,13 @@ def quantize_model(
             "(float32 inputs and outputs)"
         )
     log_records: list[str] = []
-    times: dict[str, float] = {}
+    timer = Timer(release=False)
     with ort_quantizer_sandbox(log_records) as scratch:
         notify("prepare")
-        with timed(times, "prepare"):
+        with timer("prepare"):
             prep = _prepare(model, scratch, opts, warnings)
         notify("calibrate")
-        with timed(times, "calibrate"):
+        with timer("calibrate"):
             cache = scratch / "ranges.json"
             calibrate_ranges(prep.path, calib, opts.calib_method, prep.settings, cache)
             overrides = shared_scale_overrides(prep.model, cache) if opts.preset == "tensorrt" else {}
@@ -588,17 +579,17 @@ def quantize_model(
         corrector = BiasCorrector(prep.model, builder, calib) if opts.bias_correction else None
         build = corrector.build if corrector else builder.build
         notify("quantize")
-        with timed(times, "quantize"):
+        with timer("quantize"):
             int8 = first_int8 = build(prep.forced)
         held = None
         if calib.n_holdout():
             held = HeldOut.of(model, calib, opts.metric, known.model_outputs)
             notify("verify")
-            with timed(times, "verify"):
+            with timer("verify"):
                 first_out = held.run(int8)
                 fidelity = held.compare(first_out)
             int8, fidelity, search = _fallback(
-                held, build, builder, prep, (int8, fidelity), opts, notify, times
+                held, build, builder, prep, (int8, fidelity), opts, notify, timer
             )
         else:
             fidelity, search = {}, {}
@@ -606,18 +597,18 @@ def quantize_model(
     check_runnable(int8)
     report = _report(model, int8, calib, opts, prep, fidelity, search, corrector)
     if held is not None and (known.dense_model is not None or known.dense_outputs is not None):
-        with timed(times, "verify"):
+        with timer("verify"):
             int8_out = first_out if int8 is first_int8 else held.run(int8)
             report["fidelity"].update(_against_dense(held, known, int8_out))
     if opts.latency_runs:
         notify("latency")
-        with timed(times, "latency"):
+        with timer("latency"):
             variants = {"fp32": model, "int8": int8}
             if search.get("excluded"):
                 variants["int8_no_fallback"] = first_int8
             report["latency_ms"] = latency_report(variants, calib, opts.latency_runs)
     report["warnings"] = warnings + _dedupe(log_records)
-    report["timings_s"] = times
+    report["timings_s"] = timer.times
     report["versions"] = versions()
     return int8, report
 
@@ -683,7 +674,7 @@ def _fallback(
     first: tuple[onnx.ModelProto, dict],
     opts: QuantizeOptions,
     notify,
-    times: dict,
+    timer: Timer,
 ) -> tuple[onnx.ModelProto, dict, dict]:
     """(model, its held-out fidelity to the float model, the fallback's account): the ``first`` INT8 model and
     its fidelity, or the fallback's model with layers kept in float where ``max_drop`` asks for it and it
@@ -692,7 +683,7 @@ def _fallback(
     if opts.max_drop is None or 1.0 - headline(fidelity)[1] <= opts.max_drop:
         return int8, fidelity, {}
     notify("fallback")
-    with timed(times, "fallback"):
+    with timer("fallback"):
         found, found_fid, search = fallback_search(
             build, builder.build, prep.forced, prep.layers, held, opts.max_drop
         )

@@ -9,12 +9,10 @@ metric, progress bars, warnings, stage timers). A stage reads only its arguments
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +38,6 @@ from .errors import InputError, InternalError, TargetUnreachableError
 from .fidelity import classifier_outputs, compare, run_all
 from .latency_table import LATENCY_ROUND_TO, LatencyTable, build_table, latency_feeds
 from .layers import LinearLayer, initializer_dict, linear_layers
-from .memory import release_freed_memory
 from .metrics import Metric
 from .modelio import load_model, require_runnable
 from .options import DATA_CRITERIA, CompressOptions
@@ -51,26 +48,11 @@ from .passes.sparsify import SparsifyOptions, sparsify
 from .passes.staged import validation_halves
 from .sensitivity import Trials, guard_deep_cuts, measured_rankings, metric_measure
 from .shapes import Shape, graph_inputs, static_batch
-from .sparsity import Pattern, sparsity_option
+from .sparsity import Pattern
+from .timing import Timer
 from .tracer import trace_channels
 
 Plan = dict[int, np.ndarray]  # group id → kept channel indices of the group
-
-
-class Timer:
-    """Wall time per stage: ``with timer("prune"): ...`` adds to ``times["prune"]``."""
-
-    def __init__(self):
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 3)
-            release_freed_memory()
 
 
 @dataclass
@@ -97,7 +79,6 @@ class Run:
 
 @dataclass
 class Loaded:
-    path: Path
     model: onnx.ModelProto  # normalized
     norm: NormalizeReport
     calib: CalibrationSet | None
@@ -125,7 +106,7 @@ def load(run: Run, path: Path) -> Loaded:
             require_finite_outputs(model, calib)
     else:
         run.warnings.append("no --calib: data-free criteria only, no reconstruction, no fidelity check")
-    return Loaded(path, model, norm, calib)
+    return Loaded(model, norm, calib)
 
 
 def require_finite_outputs(model: onnx.ModelProto, calib: CalibrationSet, samples: int = 16) -> None:
@@ -652,7 +633,6 @@ def guard(
 class Replanner:
     """The latency loop's view of allocate and apply (``latency_table.Planner``)."""
 
-    run: Run
     loaded: Loaded
     traced: Traced
     allocator: Allocator
@@ -790,7 +770,3 @@ def verify(run: Run, loaded: Loaded, pruned: onnx.ModelProto) -> Verified:
             dense_out,
             pruned_out,
         )
-
-
-def sparsity_pattern(opts: CompressOptions) -> Pattern | None:
-    return sparsity_option(opts.sparsity)

@@ -300,9 +300,8 @@ class _Refit:
     ):
         self.walk, self.d_layers, self.inputs, self.ridge = walk, d_layers, inputs, ridge
         self.d_inits = initializer_dict(walk.dense)
-        todo = {n for stage in walk.stages for n in stage}
         self.clamps = (
-            rectified_outputs(walk.edited, {n: walk.layers[n] for n in todo}) if RECTIFY_STEPS else {}
+            rectified_outputs(walk.edited, {n: walk.layers[n] for n in walk.todo}) if RECTIFY_STEPS else {}
         )
         self.done: dict[str, str] = {}
         self.fits: dict[str, _Fit] = {}

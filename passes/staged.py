@@ -225,6 +225,7 @@ class StagedWalk:
         dense_layers: Mapping[str, LinearLayer] | None = None,
     ):
         self.dense, self.edited, self.layers, self.feeds, self.chunk = dense, edited, layers, feeds, chunk
+        self.todo = set(todo)
         self.dense_taps = {n: (dense_layers or layers)[n].tap for n in todo}
         self.halves = validation_halves([len(next(iter(f.values()))) for f in feeds], groups)
         self.stages = layer_stages(edited, layers, todo)
